@@ -1,0 +1,48 @@
+# fluxalock: build, test, demo, bench, lint and sanitizer targets.
+# Flags come from pkg-config; override LUA_INCDIR, HIREDIS_INCDIR,
+# HIREDIS_LIBDIR (or CFLAGS/LDFLAGS) for other layouts.
+
+LUA        ?= lua5.4
+PKG_CONFIG ?= pkg-config
+LUA_PC     ?= lua5.4
+LUA_INCDIR ?= $(shell $(PKG_CONFIG) --variable=includedir $(LUA_PC) 2>/dev/null)/lua5.4
+# the directory that holds hiredis/hiredis.h
+HIREDIS_INCDIR ?= /usr/include
+HIREDIS_LIBDIR ?= $(shell $(PKG_CONFIG) --variable=libdir hiredis 2>/dev/null)
+
+CC      ?= cc
+OPT     ?= -O2 -g
+WARN    = -std=c99 -Wall -Wextra -Werror -pedantic -Wmissing-prototypes \
+          -Wstrict-prototypes -Wshadow -Wpointer-arith -Wcast-qual
+CFLAGS  += $(OPT) $(WARN) -fPIC -I$(LUA_INCDIR) -I$(HIREDIS_INCDIR)
+LDFLAGS += -shared -L$(HIREDIS_LIBDIR)
+LIBS    = -lhiredis
+
+SRC = csrc/core.c csrc/conn.c csrc/pool.c csrc/lock.c csrc/token.c csrc/keys.c
+OBJ = $(SRC:.c=.o)
+LIB = fluxalock/core.so
+
+.PHONY: all clean test demo bench lint deps
+
+all: $(LIB)
+
+$(LIB): $(SRC) csrc/fluxalock.h
+	@mkdir -p fluxalock
+	$(CC) $(CFLAGS) -o $@ $(SRC) $(LDFLAGS) $(LIBS)
+
+clean:
+	rm -rf fluxalock csrc/*.o
+
+deps:
+	@sh tools/deps.sh
+
+test: deps
+	@$(MAKE) --no-print-directory all
+	@sh tools/test.sh
+
+demo: deps
+	@$(MAKE) --no-print-directory all
+	@sh tools/demo.sh
+
+lint:
+	luacheck lua spec examples bench

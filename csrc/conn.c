@@ -1,0 +1,347 @@
+/*
+ * fl_conn: one hiredis context, driven in non-blocking steps.
+ *
+ * The socket is always non-blocking.  fl_conn_step() never waits: it does
+ * what the socket allows and answers FL_DONE, FL_ERR, or FL_WAIT with the
+ * events it needs (c->events) and the deadline (c->deadline).  fl_run() is
+ * the one place that waits: with poll(2) for plain scripts, or through the
+ * pool's host function (an event loop's "wait for this fd") with a
+ * lua_pcallk continuation, so the same steps serve both.
+ *
+ * A request is pipelined in one write: AUTH/SELECT when the connection is
+ * new, the releases that __gc deferred, then the main command.  Any I/O
+ * failure or timeout drops the connection (a late reply must never be read as
+ * the answer to a later command); the next request reconnects.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <errno.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#include "fluxalock.h"
+
+double fl_now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+fl_conn *fl_conn_new(fl_pool *p) {
+  fl_conn *c = calloc(1, sizeof *c);
+  if (c) c->pool = p;
+  return c;
+}
+
+static void drop_reply(fl_conn *c) {
+  if (c->reply) freeReplyObject(c->reply);
+  c->reply = NULL;
+}
+
+void fl_conn_disconnect(fl_conn *c) {
+  drop_reply(c);
+  if (c->ctx) redisFree(c->ctx);
+  c->ctx = NULL;
+  c->connecting = 0;
+}
+
+void fl_conn_free(fl_conn *c) {
+  if (!c) return;
+  fl_conn_disconnect(c);
+  free(c->scratch);
+  free(c);
+}
+
+/* record "fluxalock: <op> <where>: <why>" and drop the connection */
+static int fail(fl_conn *c, const char *op, const char *fmt, ...) {
+  char why[FL_ERRLEN / 2];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(why, sizeof why, fmt, ap);
+  va_end(ap);
+  snprintf(c->err, sizeof c->err, "fluxalock: %s %s: %s", op,
+           c->pool->o.where, why);
+  fl_conn_disconnect(c);
+  return FL_ERR;
+}
+
+/* is an idle connection still usable?  A server that went away leaves the
+   socket readable (EOF) while we owe it nothing: reconnect before writing,
+   instead of failing the call that happens to come first. */
+static int stale(fl_conn *c) {
+  struct pollfd pfd;
+  pfd.fd = c->ctx->fd;
+  pfd.events = POLLIN;
+  pfd.revents = 0;
+  return poll(&pfd, 1, 0) != 0;
+}
+
+static int append_cmd(fl_conn *c, fl_cmd *cmd) {
+  return redisAppendCommandArgv(c->ctx, cmd->argc, cmd->argv, cmd->argvlen);
+}
+
+/* the EVAL form of an EVALSHA command, for NOSCRIPT and deferred releases */
+static int append_eval(fl_conn *c, fl_cmd *cmd) {
+  fl_cmd e = *cmd;
+  e.argv[0] = "EVAL";
+  e.argvlen[0] = 4;
+  e.argv[1] = fl_scripts[cmd->script].body;
+  e.argvlen[1] = strlen(fl_scripts[cmd->script].body);
+  return append_cmd(c, &e);
+}
+
+static int connect_ctx(fl_conn *c) {
+  const fl_opts *o = &c->pool->o;
+  c->ctx = o->path ? redisConnectUnixNonBlock(o->path)
+                   : redisConnectNonBlock(o->host, o->port);
+  if (!c->ctx) return fail(c, "connect", "out of memory");
+  if (c->ctx->err) return fail(c, "connect", "%s", c->ctx->errstr);
+  c->connecting = 1;
+  c->handshake = 0;
+  if (o->password) {
+    const char *argv[3] = {"AUTH", o->username, o->password};
+    size_t len[3] = {4, 0, strlen(o->password)};
+    int n = 2;
+    if (o->username) { /* ACL user */
+      len[1] = strlen(o->username);
+      argv[2] = o->password;
+      n = 3;
+    } else {
+      argv[1] = o->password;
+      len[1] = len[2];
+    }
+    if (redisAppendCommandArgv(c->ctx, n, argv, len) != REDIS_OK)
+      return fail(c, "connect", "out of memory");
+    c->handshake++;
+  }
+  if (o->db) {
+    char db[24];
+    const char *argv[2] = {"SELECT", db};
+    size_t len[2] = {6, 0};
+    len[1] = (size_t)snprintf(db, sizeof db, "%d", o->db);
+    if (redisAppendCommandArgv(c->ctx, 2, argv, len) != REDIS_OK)
+      return fail(c, "connect", "out of memory");
+    c->handshake++;
+  }
+  return FL_DONE;
+}
+
+/* queue the releases that __gc deferred in front of this request */
+static int append_pending(fl_conn *c) {
+  fl_pool *p = c->pool;
+  c->pending = 0;
+  while (p->pending) {
+    fl_pending *d = p->pending;
+    fl_cmd cmd;
+    fl_cmd_release(&cmd, d->key, d->keylen, d->wake, d->wakelen, d->token);
+    if (append_eval(c, &cmd) != REDIS_OK) return -1;
+    p->pending = d->next;
+    free(d);
+    c->pending++;
+  }
+  return 0;
+}
+
+/* start c->cmd; extra: seconds the command itself may block (BLPOP) */
+int fl_conn_begin(fl_conn *c, const char *op, double extra) {
+  double now = fl_now();
+  c->op = op;
+  c->busy = 1;
+  c->retried = 0;
+  c->written = 0;
+  c->limit = 0;
+  drop_reply(c);
+  if (c->ctx && stale(c)) fl_conn_disconnect(c);
+  if (!c->ctx) {
+    if (connect_ctx(c) == FL_ERR) return FL_ERR;
+    c->deadline = now + c->pool->o.connect_timeout;
+  } else {
+    c->handshake = 0;
+    c->deadline = now + c->pool->o.timeout + extra;
+  }
+  c->extra = extra;
+  if (append_pending(c) != 0 || append_cmd(c, &c->cmd) != REDIS_OK)
+    return fail(c, op, "out of memory");
+  c->expect = c->handshake + c->pending + 1;
+  return FL_WAIT;
+}
+
+static int step_connect(fl_conn *c) {
+  struct pollfd pfd;
+  int err = 0;
+  socklen_t len = sizeof err;
+  pfd.fd = c->ctx->fd;
+  pfd.events = POLLOUT;
+  pfd.revents = 0;
+  if (poll(&pfd, 1, 0) == 0) {
+    c->events = POLLOUT;
+    return FL_WAIT;
+  }
+  if (getsockopt(c->ctx->fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
+  if (err) return fail(c, "connect", "%s", strerror(err));
+  c->connecting = 0;
+  return FL_DONE;
+}
+
+static int is_error(const redisReply *r, const char *prefix) {
+  return r->type == REDIS_REPLY_ERROR && r->str &&
+         strncmp(r->str, prefix, strlen(prefix)) == 0;
+}
+
+/* one reply has arrived; FL_DONE when it was the main one */
+static int on_reply(fl_conn *c, redisReply *r) {
+  c->expect--;
+  if (c->handshake > 0) {
+    /* AUTH comes first when there is a password, then SELECT */
+    int is_auth = c->pool->o.password && c->handshake == 1 + (c->pool->o.db != 0);
+    c->handshake--;
+    if (r->type == REDIS_REPLY_ERROR) {
+      char msg[FL_ERRLEN];
+      snprintf(msg, sizeof msg, "%s", r->str ? r->str : "error");
+      freeReplyObject(r);
+      if (is_auth) return fail(c, "auth", "%s", msg);
+      return fail(c, "select", "db %d: %s", c->pool->o.db, msg);
+    }
+    freeReplyObject(r);
+    return FL_WAIT;
+  }
+  if (c->pending > 0) { /* deferred release: best effort, answer ignored */
+    c->pending--;
+    freeReplyObject(r);
+    return FL_WAIT;
+  }
+  if (c->cmd.script >= 0 && !c->retried && is_error(r, "NOSCRIPT")) {
+    /* the server lost its script cache (SCRIPT FLUSH, restart): send the
+       body once; EVAL caches it again for the EVALSHAs that follow */
+    freeReplyObject(r);
+    c->retried = 1;
+    if (append_eval(c, &c->cmd) != REDIS_OK) return fail(c, c->op, "out of memory");
+    c->expect = 1;
+    c->written = 0;
+    return FL_WAIT;
+  }
+  c->reply = r;
+  return FL_DONE;
+}
+
+int fl_conn_step(fl_conn *c) {
+  if (!c->ctx) return fail(c, c->op, "not connected");
+  if (c->connecting) {
+    int r = step_connect(c);
+    if (r != FL_DONE) return r;
+    /* connected: the command's own time starts now */
+    c->deadline = fl_now() + c->pool->o.timeout + c->extra;
+  }
+  while (!c->written) {
+    int done = 0;
+    if (redisBufferWrite(c->ctx, &done) != REDIS_OK)
+      return fail(c, c->op, "%s", c->ctx->errstr);
+    if (!done) {
+      c->events = POLLOUT;
+      return FL_WAIT;
+    }
+    c->written = 1;
+    /* the answer cannot be there yet: wait before trying to read */
+    c->events = POLLIN;
+    return FL_WAIT;
+  }
+  for (;;) {
+    void *r = NULL;
+    int got;
+    if (redisReaderGetReply(c->ctx->reader, &r) != REDIS_OK)
+      return fail(c, c->op, "protocol error: %s", c->ctx->reader->errstr);
+    if (r) {
+      int st = on_reply(c, r);
+      if (st != FL_WAIT) return st;
+      if (!c->written) return fl_conn_step(c); /* NOSCRIPT: write the EVAL */
+      continue;
+    }
+    got = (int)c->ctx->reader->len - (int)c->ctx->reader->pos;
+    if (redisBufferRead(c->ctx) != REDIS_OK)
+      return fail(c, c->op, "%s", c->ctx->errstr);
+    if ((int)c->ctx->reader->len - (int)c->ctx->reader->pos == got) {
+      c->events = POLLIN; /* nothing new: the socket would block */
+      return FL_WAIT;
+    }
+  }
+}
+
+void fl_conn_end(fl_conn *c) {
+  drop_reply(c);
+  c->busy = 0;
+}
+
+static int wait_poll(fl_conn *c, double left) {
+  struct pollfd pfd;
+  int ms = (int)(left * 1000.0) + 1; /* round up: never wake before */
+  pfd.fd = c->ctx->fd;
+  pfd.events = (short)c->events;
+  pfd.revents = 0;
+  if (poll(&pfd, 1, ms) < 0 && errno != EINTR)
+    return fail(c, c->op, "poll: %s", strerror(errno));
+  return FL_WAIT;
+}
+
+/*
+ * Drive c's request to the end.  hostidx is the stack index of the host's
+ * wait function, or 0 to wait with poll(2).  When the host function yields,
+ * Lua later calls k, which calls fl_run again with the pcall status.
+ */
+int fl_run(lua_State *L, fl_conn *c, int hostidx, lua_KFunction k,
+           lua_KContext ctx) {
+  for (;;) {
+    int st = fl_conn_step(c);
+    double left, now;
+    if (st != FL_WAIT) return st;
+    now = fl_now();
+    if (c->limit > 0 && now >= c->limit) { /* see fl_conn.limit */
+      fl_conn_disconnect(c);
+      return FL_LATE;
+    }
+    left = c->deadline - now;
+    if (left <= 0)
+      return fail(c, c->connecting ? "connect" : c->op, "timed out");
+    if (c->limit > 0 && c->limit - now < left) left = c->limit - now;
+    if (hostidx && lua_type(L, hostidx) == LUA_TFUNCTION) {
+      /* the host decides what a wait outside a coroutine means */
+      lua_pushvalue(L, hostidx);
+      lua_pushinteger(L, c->ctx->fd);
+      lua_pushstring(L, c->events == POLLOUT ? "w" : "r");
+      lua_pushnumber(L, left);
+      st = lua_pcallk(L, 3, 0, 0, ctx, k);
+      if (st != LUA_OK) { /* the host's wait raised: fail the request */
+        const char *m = lua_tostring(L, -1);
+        fail(c, c->op, "host wait: %s", m ? m : "error");
+        lua_pop(L, 1);
+        return FL_ERR;
+      }
+    } else if (wait_poll(c, left) == FL_ERR) {
+      return FL_ERR;
+    }
+  }
+}
+
+/* continuation helper: called by each k with the pcall status */
+int fl_resume(lua_State *L, fl_conn *c, int status) {
+  if (status != LUA_OK && status != LUA_YIELD) {
+    const char *m = lua_tostring(L, -1);
+    fail(c, c->op, "host wait: %s", m ? m : "error");
+    lua_pop(L, 1);
+    return FL_ERR;
+  }
+  return FL_WAIT;
+}
+
+/* nil, message; the connection is idle again */
+int fl_push_error(lua_State *L, fl_conn *c) {
+  char msg[FL_ERRLEN];
+  memcpy(msg, c->err, sizeof msg);
+  fl_conn_end(c);
+  lua_pushnil(L);
+  lua_pushstring(L, msg);
+  return 2;
+}

@@ -1,0 +1,41 @@
+/*
+ * luaopen_fluxalock_core: the module table, with the Pool and Lock
+ * metatables built once here.  The pure-Lua layer (lua/fluxalock.lua) is the
+ * public face; this module is its engine.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <errno.h>
+#include <time.h>
+
+#include "fluxalock.h"
+
+#ifndef FLUXALOCK_VERSION
+#define FLUXALOCK_VERSION "0.1.0"
+#endif
+
+int luaopen_fluxalock_core(lua_State *L);
+
+/* core.sleep(seconds): a plain blocking sleep, for scripts and examples */
+static int core_sleep(lua_State *L) {
+  lua_Number s = luaL_checknumber(L, 1);
+  struct timespec ts;
+  luaL_argcheck(L, s >= 0 && s <= 1e9, 1, "seconds out of range");
+  ts.tv_sec = (time_t)s;
+  ts.tv_nsec = (long)((s - (lua_Number)ts.tv_sec) * 1e9);
+  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {}
+  return 0;
+}
+
+int luaopen_fluxalock_core(lua_State *L) {
+  fl_scripts_init();
+  lua_newtable(L);
+  fl_pool_open(L);
+  fl_lock_open(L);
+  lua_pushcfunction(L, core_sleep);
+  lua_setfield(L, -2, "sleep");
+  lua_pushstring(L, FLUXALOCK_VERSION);
+  lua_setfield(L, -2, "version");
+  lua_pushinteger(L, HIREDIS_MAJOR);
+  lua_setfield(L, -2, "hiredis_major");
+  return 1;
+}

@@ -1,0 +1,165 @@
+/*
+ * fluxalock: shared declarations of the C core.
+ *
+ * Objects (one file each):
+ *   conn.c   fl_conn: one hiredis context driven in non-blocking steps
+ *   pool.c   fl_pool: options + connections of one Redis, the Pool userdata
+ *   lock.c   the fluxalock.Lock userdata
+ *   token.c  random tokens from the kernel CSPRNG
+ *   keys.c   key naming (hash slots, companion keys) and the Lua scripts
+ *   core.c   luaopen_fluxalock_core
+ *
+ * Ownership: fl_pool is malloc'd and reference counted.  The Pool userdata
+ * holds one reference, every Lock holds one, so garbage-collection order and
+ * lua_close can never leave a Lock with a dangling pool.
+ */
+#ifndef FLUXALOCK_H
+#define FLUXALOCK_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <hiredis/hiredis.h>
+#include <lua.h>
+#include <lauxlib.h>
+
+#define FL_POOL_MT "fluxalock.Pool"
+#define FL_LOCK_MT "fluxalock.Lock"
+
+#define FL_TOKEN_LEN 32 /* 128 random bits as hex */
+#define FL_ERRLEN 1024
+#define FL_MAXARGS 6
+
+/* results of one engine step */
+enum { FL_DONE = 0, FL_WAIT = 1, FL_ERR = 2, FL_LATE = 3 };
+
+/* the scripts, indexes into fl_scripts[] */
+enum { FL_S_OBTAIN, FL_S_RELEASE, FL_S_TTL, FL_S_REFRESH, FL_NSCRIPTS };
+
+typedef struct fl_script {
+  const char *name;
+  const char *body;
+  char sha[41];
+} fl_script;
+
+extern fl_script fl_scripts[FL_NSCRIPTS];
+
+/* one command; argv points at memory that outlives the request (the Lua
+   stack of the calling method, or the Lock userdata) */
+typedef struct fl_cmd {
+  int argc;
+  int script; /* -1, or FL_S_*: argv[0..2] are EVALSHA sha nkeys */
+  const char *argv[FL_MAXARGS + 3];
+  size_t argvlen[FL_MAXARGS + 3];
+} fl_cmd;
+
+typedef struct fl_pending { /* a release deferred by __gc */
+  struct fl_pending *next;
+  size_t keylen, wakelen;
+  char token[FL_TOKEN_LEN];
+  char *key, *wake; /* in the same allocation */
+} fl_pending;
+
+typedef struct fl_opts {
+  char *host;     /* NULL when path is set */
+  int port;
+  char *path;     /* unix socket */
+  int db;
+  char *username; /* may be NULL */
+  char *password; /* may be NULL; never printed */
+  double connect_timeout, timeout; /* seconds */
+  char *prefix;
+  size_t prefixlen;
+  int prefix_tagged; /* the prefix holds a hash tag of its own */
+  int cluster;       /* companion keys must share the lock key's slot */
+  char where[256];   /* "host:port" or "unix:path", for messages */
+} fl_opts;
+
+typedef struct fl_conn {
+  struct fl_pool *pool;
+  redisContext *ctx;   /* NULL while disconnected */
+  int busy;            /* a request is in flight */
+  int connecting;      /* non-blocking connect not yet confirmed */
+  int written;         /* output buffer flushed */
+  int expect;          /* replies still to read, main one last */
+  int handshake;       /* of them, AUTH/SELECT replies first */
+  int pending;         /* then deferred releases */
+  int retried;         /* NOSCRIPT fallback done */
+  int events;          /* when FL_WAIT: POLLIN/POLLOUT */
+  double deadline;     /* monotonic seconds */
+  double extra;        /* seconds the command may block server-side */
+  double limit;        /* 0, or a hard deadline that ends the request
+                          quietly with FL_LATE (a wait that must not
+                          outlive its obtain) */
+  const char *op;      /* "obtain", "release", ... for messages */
+  fl_cmd cmd;
+  redisReply *reply;   /* main reply once FL_DONE, owned by the conn */
+  char num[2][32];     /* numeric arguments of the request in flight */
+  char *scratch;       /* companion key of the request in flight */
+  size_t scratchcap;
+  char err[FL_ERRLEN];
+} fl_conn;
+
+typedef struct fl_pool {
+  int refs;
+  int has_host;  /* waits go through a Lua host function */
+  fl_opts o;
+  fl_conn **conns;
+  int nconns, cap;
+  fl_pending *pending;
+} fl_pool;
+
+typedef struct fl_lock {
+  fl_pool *pool;    /* one reference, dropped by __gc */
+  long long fence;  /* from the fence counter at obtain */
+  size_t keylen;    /* of key[]: prefix + user key */
+  size_t prefixlen;
+  int held;         /* cleared before the release is sent (liolib habit) */
+  char token[FL_TOKEN_LEN];
+  char key[1];      /* prefix + key + NUL; the userdata is sized to fit */
+} fl_lock;
+
+/* conn.c */
+double fl_now(void);
+fl_conn *fl_conn_new(fl_pool *p);
+void fl_conn_free(fl_conn *c);
+void fl_conn_disconnect(fl_conn *c);
+int fl_conn_begin(fl_conn *c, const char *op, double extra);
+int fl_conn_step(fl_conn *c);
+void fl_conn_end(fl_conn *c);
+int fl_run(lua_State *L, fl_conn *c, int hostidx, lua_KFunction k,
+           lua_KContext ctx);
+int fl_resume(lua_State *L, fl_conn *c, int status);
+int fl_push_error(lua_State *L, fl_conn *c);
+
+/* pool.c */
+fl_pool *fl_pool_ref(fl_pool *p);
+void fl_pool_unref(fl_pool *p);
+fl_conn *fl_pool_conn(fl_pool *p);
+void fl_pool_defer(fl_pool *p, const char *key, size_t keylen,
+                   const char *wake, size_t wakelen, const char *token);
+void fl_pool_flush(fl_pool *p);
+int fl_pool_open(lua_State *L);
+
+/* lock.c */
+fl_lock *fl_lock_new(lua_State *L, int poolidx, fl_pool *p, const char *key,
+                     size_t keylen);
+lua_Integer fl_checkms(lua_State *L, int arg, const char *what);
+void fl_cmd_release(fl_cmd *cmd, const char *key, size_t keylen,
+                    const char *wake, size_t wakelen, const char *token);
+int fl_lock_open(lua_State *L);
+
+/* token.c */
+int fl_token(char out[FL_TOKEN_LEN]);
+
+/* keys.c */
+unsigned fl_slot(const char *key, size_t len);
+const char *fl_companion(fl_conn *c, const char *key, size_t keylen,
+                         const char *what, int withkey, size_t *len);
+char *fl_companion_dup(const fl_opts *o, const char *key, size_t keylen,
+                       const char *what, size_t *len);
+void fl_scripts_init(void);
+void fl_cmd_script(fl_cmd *cmd, int script, int nkeys);
+void fl_cmd_arg(fl_cmd *cmd, const char *s, size_t len);
+
+#endif

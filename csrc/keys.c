@@ -1,0 +1,244 @@
+/*
+ * Key naming and the server-side scripts.
+ *
+ * A lock lives at <prefix><key>.  Two companion keys go with it:
+ *   <prefix>fluxalock:fence       the fence counter (one key, never expires)
+ *   <prefix>fluxalock:wake:<key>  the wake-up list waiters block on (short
+ *                                 lived: it expires a moment after a release)
+ * On a cluster both must live in the lock key's hash slot, so one script can
+ * touch them together: there they are <prefix>{T}fluxalock:..., where T is a
+ * short tag that hashes to the lock key's slot (so the scheme works for every
+ * key, whatever braces it contains), and the fence counter is one per slot
+ * (at most 16384 keys per prefix).  A prefix that carries its own hash tag
+ * ("{jobs}:") already pins every key of the pool to one slot; then T is left
+ * out.
+ */
+#include <string.h>
+#include <stdlib.h>
+#include <stdio.h>
+
+#include "fluxalock.h"
+
+/* ---- the scripts ------------------------------------------------------- */
+
+/*
+ * The value of a lock key is the holder's 32-character token, followed by
+ * "+" when waiters may be blocked on the wake list: then release pushes one
+ * wake-up (one waiter, no stampede) that expires by itself.  No user data is
+ * ever part of a script body: keys and tokens travel as KEYS and ARGV.
+ */
+fl_script fl_scripts[FL_NSCRIPTS] = {
+  { "obtain",
+    /* KEYS: lock, fence. ARGV: token, ms, mode ("0" try, "1" try and mark
+       the holder when busy, "2" the same, and announce waiters if obtained) */
+    "local v = ARGV[1]\n"
+    "if ARGV[3] == '2' then v = v .. '+' end\n"
+    "if redis.call('set', KEYS[1], v, 'NX', 'PX', ARGV[2]) then\n"
+    "  return redis.call('incr', KEYS[2])\n"
+    "end\n"
+    "if ARGV[3] ~= '0' then\n"
+    "  local cur = redis.call('get', KEYS[1])\n"
+    "  if cur and string.byte(cur, -1) ~= 43 then\n"
+    "    redis.call('append', KEYS[1], '+')\n"
+    "  end\n"
+    "end\n"
+    "return 0\n", "" },
+  { "release",
+    /* KEYS: lock, wake. ARGV: token, wake-up lifetime in ms */
+    "local v = redis.call('get', KEYS[1])\n"
+    "if v ~= ARGV[1] and v ~= ARGV[1] .. '+' then return 0 end\n"
+    "redis.call('del', KEYS[1])\n"
+    "if #v > #ARGV[1] then\n"
+    "  redis.call('lpush', KEYS[2], '1')\n"
+    "  redis.call('pexpire', KEYS[2], ARGV[2])\n"
+    "end\n"
+    "return 1\n", "" },
+  { "ttl",
+    /* KEYS: lock. ARGV: token. -> ms left, or -1 when not held */
+    "local v = redis.call('get', KEYS[1])\n"
+    "if v ~= ARGV[1] and v ~= ARGV[1] .. '+' then return -1 end\n"
+    "local t = redis.call('pttl', KEYS[1])\n"
+    "if t < 0 then return 0 end\n"
+    "return t\n", "" },
+  { "refresh",
+    /* KEYS: lock. ARGV: token, ms, "1" to replace. -> 1 or 0 */
+    "local v = redis.call('get', KEYS[1])\n"
+    "if v ~= ARGV[1] and v ~= ARGV[1] .. '+' then return 0 end\n"
+    "local ms = tonumber(ARGV[2])\n"
+    "if ARGV[3] ~= '1' then\n"
+    "  local t = redis.call('pttl', KEYS[1])\n"
+    "  if t > 0 then ms = ms + t end\n"
+    "end\n"
+    "redis.call('pexpire', KEYS[1], ms)\n"
+    "return 1\n", "" },
+};
+
+/* ---- SHA-1, for EVALSHA (FIPS 180-4) ------------------------------------ */
+
+#define ROL(x, n) (((x) << (n)) | ((x) >> (32 - (n))))
+
+static void sha1_block(uint32_t h[5], const unsigned char *p) {
+  uint32_t w[80], a, b, c, d, e, t;
+  int i;
+  for (i = 0; i < 16; i++)
+    w[i] = (uint32_t)p[4 * i] << 24 | (uint32_t)p[4 * i + 1] << 16 |
+           (uint32_t)p[4 * i + 2] << 8 | p[4 * i + 3];
+  for (; i < 80; i++) w[i] = ROL(w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16], 1);
+  a = h[0]; b = h[1]; c = h[2]; d = h[3]; e = h[4];
+  for (i = 0; i < 80; i++) {
+    uint32_t f, k;
+    if (i < 20) { f = (b & c) | (~b & d); k = 0x5A827999u; }
+    else if (i < 40) { f = b ^ c ^ d; k = 0x6ED9EBA1u; }
+    else if (i < 60) { f = (b & c) | (b & d) | (c & d); k = 0x8F1BBCDCu; }
+    else { f = b ^ c ^ d; k = 0xCA62C1D6u; }
+    t = ROL(a, 5) + f + e + k + w[i];
+    e = d; d = c; c = ROL(b, 30); b = a; a = t;
+  }
+  h[0] += a; h[1] += b; h[2] += c; h[3] += d; h[4] += e;
+}
+
+static void sha1_hex(const char *msg, char out[41]) {
+  uint32_t h[5] = {0x67452301u, 0xEFCDAB89u, 0x98BADCFEu, 0x10325476u,
+                   0xC3D2E1F0u};
+  size_t len = strlen(msg), i;
+  unsigned char blk[64];
+  uint64_t bits = (uint64_t)len * 8;
+  for (i = 0; i + 64 <= len; i += 64) sha1_block(h, (const unsigned char *)msg + i);
+  size_t rest = len - i;
+  memset(blk, 0, sizeof blk);
+  memcpy(blk, msg + i, rest);
+  blk[rest] = 0x80;
+  if (rest >= 56) { /* no room for the length: one more block */
+    sha1_block(h, blk);
+    memset(blk, 0, sizeof blk);
+  }
+  for (i = 0; i < 8; i++) blk[63 - i] = (unsigned char)(bits >> (8 * i));
+  sha1_block(h, blk);
+  for (i = 0; i < 5; i++) snprintf(out + 8 * i, 9, "%08x", (unsigned)h[i]);
+}
+
+/* ---- hash slots ---------------------------------------------------------- */
+
+static uint16_t crctab[256];
+/* tags[s] is a 1..3 character string whose slot is s */
+static char tags[16384][4];
+
+static uint16_t crc16(const char *s, size_t n) {
+  uint16_t crc = 0;
+  size_t i;
+  for (i = 0; i < n; i++)
+    crc = (uint16_t)((crc << 8) ^ crctab[((crc >> 8) ^ (unsigned char)s[i]) & 0xff]);
+  return crc;
+}
+
+unsigned fl_slot(const char *key, size_t len) {
+  /* Redis Cluster: hash only the first {...} if it is non-empty */
+  const char *open = memchr(key, '{', len);
+  if (open) {
+    size_t from = (size_t)(open - key) + 1;
+    const char *close = memchr(key + from, '}', len - from);
+    if (close && close > key + from) key += from, len = (size_t)(close - key);
+  }
+  return crc16(key, len) & 16383u;
+}
+
+void fl_scripts_init(void) {
+  static int done = 0;
+  static const char al[] = "0123456789abcdefghijklmnopqrstuvwxyz"
+                           "ABCDEFGHIJKLMNOPQRSTUVWXYZ";
+  int i, j, k, left = 16384;
+  char s[4];
+  if (done) return;
+  for (i = 0; i < 256; i++) { /* CRC16-CCITT (XMODEM), polynomial 0x1021 */
+    uint16_t c = (uint16_t)(i << 8);
+    for (j = 0; j < 8; j++) c = (uint16_t)(c & 0x8000 ? (c << 1) ^ 0x1021 : c << 1);
+    crctab[i] = c;
+  }
+  for (i = 0; i < FL_NSCRIPTS; i++) sha1_hex(fl_scripts[i].body, fl_scripts[i].sha);
+  memset(tags, 0, sizeof tags);
+  /* 62^3 = 238328 three-character tags cover all 16384 slots (checked by
+     the loop: it stops once every slot has one) */
+  for (i = 0; i < 62 && left; i++)
+    for (j = 0; j < 62 && left; j++)
+      for (k = 0; k < 62 && left; k++) {
+        unsigned sl;
+        s[0] = al[i]; s[1] = al[j]; s[2] = al[k]; s[3] = 0;
+        sl = crc16(s, 3) & 16383u;
+        if (!tags[sl][0]) { memcpy(tags[sl], s, 4); left--; }
+      }
+  done = 1;
+}
+
+/* <prefix>{T}fluxalock:<what>[<key>], or <prefix>fluxalock:<what>[<key>]
+   when the prefix pins the slot itself; key is without the prefix, and is
+   appended only when withkey (the fence counter is one per slot) */
+static size_t companion(const fl_opts *o, const char *key, size_t keylen,
+                        const char *what, int withkey, char *out) {
+  size_t n = 0, wl = strlen(what);
+  memcpy(out, o->prefix, o->prefixlen);
+  n = o->prefixlen;
+  if (o->cluster && !o->prefix_tagged) {
+    /* the slot of the full lock key <prefix><key> */
+    unsigned sl;
+    char stackbuf[256], *full = stackbuf;
+    size_t fl = o->prefixlen + keylen;
+    if (fl > sizeof stackbuf && !(full = malloc(fl))) return 0;
+    memcpy(full, o->prefix, o->prefixlen);
+    memcpy(full + o->prefixlen, key, keylen);
+    sl = fl_slot(full, fl);
+    if (full != stackbuf) free(full);
+    out[n++] = '{';
+    memcpy(out + n, tags[sl], strlen(tags[sl]));
+    n += strlen(tags[sl]);
+    out[n++] = '}';
+  }
+  memcpy(out + n, "fluxalock:", 10);
+  n += 10;
+  memcpy(out + n, what, wl);
+  n += wl;
+  if (!withkey) return n;
+  memcpy(out + n, key, keylen);
+  return n + keylen;
+}
+
+#define COMPANION_MAX(o, keylen, what) ((o)->prefixlen + 16 + strlen(what) + (keylen))
+
+const char *fl_companion(fl_conn *c, const char *key, size_t keylen,
+                         const char *what, int withkey, size_t *len) {
+  size_t need = COMPANION_MAX(&c->pool->o, keylen, what);
+  if (need > c->scratchcap) {
+    char *s = realloc(c->scratch, need);
+    if (!s) return NULL;
+    c->scratch = s;
+    c->scratchcap = need;
+  }
+  *len = companion(&c->pool->o, key, keylen, what, withkey, c->scratch);
+  return *len ? c->scratch : NULL;
+}
+
+char *fl_companion_dup(const fl_opts *o, const char *key, size_t keylen,
+                       const char *what, size_t *len) {
+  char *s = malloc(COMPANION_MAX(o, keylen, what));
+  if (s && !(*len = companion(o, key, keylen, what, 1, s))) {
+    free(s);
+    s = NULL;
+  }
+  return s;
+}
+
+/* ---- command building ---------------------------------------------------- */
+
+void fl_cmd_script(fl_cmd *cmd, int script, int nkeys) {
+  static const char *nk[] = {"0", "1", "2"};
+  cmd->script = script;
+  cmd->argc = 0;
+  fl_cmd_arg(cmd, "EVALSHA", 7);
+  fl_cmd_arg(cmd, fl_scripts[script].sha, 40);
+  fl_cmd_arg(cmd, nk[nkeys], 1);
+}
+
+void fl_cmd_arg(fl_cmd *cmd, const char *s, size_t len) {
+  cmd->argv[cmd->argc] = s;
+  cmd->argvlen[cmd->argc] = len;
+  cmd->argc++;
+}

@@ -1,0 +1,470 @@
+/*
+ * fl_pool: the options and connections of one Redis server, and the
+ * fluxalock.Pool userdata the Lua layer drives (obtain, await).
+ *
+ * A plain script uses one connection.  Under an event-loop host a request
+ * can be suspended while another coroutine starts one, so a busy connection
+ * is never shared: the pool opens another (two coroutines never interleave
+ * commands on one hiredis context).
+ */
+#include <stdlib.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "fluxalock.h"
+
+typedef struct pool_ud {
+  fl_pool *p;
+} pool_ud;
+
+/* ---- the C object ---------------------------------------------------------- */
+
+fl_pool *fl_pool_ref(fl_pool *p) {
+  p->refs++;
+  return p;
+}
+
+static void opts_free(fl_opts *o) {
+  free(o->host);
+  free(o->path);
+  free(o->username);
+  if (o->password) { /* do not leave the secret in freed memory */
+    memset(o->password, 0, strlen(o->password));
+    free(o->password);
+  }
+  free(o->prefix);
+}
+
+void fl_pool_unref(fl_pool *p) {
+  int i;
+  if (!p || --p->refs > 0) return;
+  fl_pool_flush(p);
+  while (p->pending) { /* could not be sent: the TTL will free them */
+    fl_pending *d = p->pending;
+    p->pending = d->next;
+    free(d);
+  }
+  for (i = 0; i < p->nconns; i++) fl_conn_free(p->conns[i]);
+  free(p->conns);
+  opts_free(&p->o);
+  free(p);
+}
+
+fl_conn *fl_pool_conn(fl_pool *p) {
+  int i;
+  fl_conn *c;
+  for (i = 0; i < p->nconns; i++)
+    if (!p->conns[i]->busy) return p->conns[i];
+  if (p->nconns == p->cap) {
+    int cap = p->cap ? 2 * p->cap : 2;
+    fl_conn **a = realloc(p->conns, (size_t)cap * sizeof *a);
+    if (!a) return NULL;
+    p->conns = a;
+    p->cap = cap;
+  }
+  if (!(c = fl_conn_new(p))) return NULL;
+  p->conns[p->nconns++] = c;
+  return c;
+}
+
+void fl_pool_defer(fl_pool *p, const char *key, size_t keylen,
+                   const char *wake, size_t wakelen, const char *token) {
+  fl_pending *d = malloc(sizeof *d + keylen + wakelen);
+  if (!d) return; /* best effort: the lock's TTL still frees it */
+  d->key = (char *)(d + 1);
+  d->wake = d->key + keylen;
+  memcpy(d->key, key, keylen);
+  memcpy(d->wake, wake, wakelen);
+  memcpy(d->token, token, FL_TOKEN_LEN);
+  d->keylen = keylen;
+  d->wakelen = wakelen;
+  d->next = p->pending;
+  p->pending = d;
+}
+
+/* send deferred releases now, blocking (bounded by the pool's timeouts) */
+void fl_pool_flush(fl_pool *p) {
+  fl_conn *c;
+  if (!p->pending || !(c = fl_pool_conn(p))) return;
+  c->cmd.argc = 0;
+  c->cmd.script = -1;
+  fl_cmd_arg(&c->cmd, "PING", 4);
+  if (fl_conn_begin(c, "release", 0) != FL_ERR) fl_run(NULL, c, 0, NULL, 0);
+  fl_conn_end(c);
+}
+
+/* ---- the userdata ---------------------------------------------------------- */
+
+static fl_pool *checkpool(lua_State *L) {
+  pool_ud *u = luaL_checkudata(L, 1, FL_POOL_MT);
+  if (!u->p) luaL_argerror(L, 1, "pool is closed");
+  return u->p;
+}
+
+/* the host's wait function at index 'at', or 0 for poll(2) */
+static int host_index(lua_State *L, fl_pool *p, int poolidx, int at) {
+  lua_settop(L, at - 1);
+  if (!p->has_host) return 0;
+  lua_getiuservalue(L, poolidx, 1);
+  return at;
+}
+
+static char *optstr(lua_State *L, int t, const char *k) {
+  const char *s;
+  size_t n;
+  char *r;
+  lua_getfield(L, t, k);
+  s = lua_tolstring(L, -1, &n);
+  r = s ? malloc(n + 1) : NULL;
+  if (r) memcpy(r, s, n + 1);
+  lua_pop(L, 1);
+  return r;
+}
+
+static double optnum(lua_State *L, int t, const char *k, double d) {
+  double v;
+  lua_getfield(L, t, k);
+  v = luaL_optnumber(L, -1, d);
+  lua_pop(L, 1);
+  return v;
+}
+
+/* core.pool{host=, port=, path=, db=, username=, password=, connect_timeout=,
+   timeout=, prefix=}: options already validated by the Lua layer */
+static int pool_new(lua_State *L) {
+  fl_pool *p;
+  pool_ud *u;
+  fl_opts *o;
+  luaL_checktype(L, 1, LUA_TTABLE);
+  u = lua_newuserdatauv(L, sizeof *u, 1);
+  u->p = NULL;
+  luaL_setmetatable(L, FL_POOL_MT);
+  if (!(p = calloc(1, sizeof *p))) return luaL_error(L, "fluxalock: out of memory");
+  u->p = p; /* owned by the userdata from here: __gc frees it */
+  p->refs = 1;
+  o = &p->o;
+  o->host = optstr(L, 1, "host");
+  o->path = optstr(L, 1, "path");
+  o->username = optstr(L, 1, "username");
+  o->password = optstr(L, 1, "password");
+  o->prefix = optstr(L, 1, "prefix");
+  o->port = (int)optnum(L, 1, "port", 6379);
+  o->db = (int)optnum(L, 1, "db", 0);
+  o->connect_timeout = optnum(L, 1, "connect_timeout", 1);
+  o->timeout = optnum(L, 1, "timeout", 1);
+  if (!o->prefix) o->prefix = calloc(1, 1);
+  if (!o->host && !o->path) {
+    o->host = malloc(10);
+    if (o->host) memcpy(o->host, "127.0.0.1", 10);
+  }
+  if (!o->prefix || (!o->host && !o->path))
+    return luaL_error(L, "fluxalock: out of memory");
+  o->prefixlen = strlen(o->prefix);
+  {
+    const char *open = strchr(o->prefix, '{');
+    const char *close = open ? strchr(open, '}') : NULL;
+    o->prefix_tagged = close && close > open + 1;
+  }
+  if (o->path)
+    snprintf(o->where, sizeof o->where, "unix:%s", o->path);
+  else if (strchr(o->host, ':'))
+    snprintf(o->where, sizeof o->where, "[%s]:%d", o->host, o->port);
+  else
+    snprintf(o->where, sizeof o->where, "%s:%d", o->host, o->port);
+  return 1;
+}
+
+static int pool_gc(lua_State *L) {
+  pool_ud *u = luaL_checkudata(L, 1, FL_POOL_MT);
+  fl_pool_unref(u->p);
+  u->p = NULL;
+  return 0;
+}
+
+/* pool:sethost(fn | nil): waits go through fn(fd, "r"|"w", seconds) */
+static int pool_sethost(lua_State *L) {
+  fl_pool *p = checkpool(L);
+  if (!lua_isnoneornil(L, 2)) luaL_checktype(L, 2, LUA_TFUNCTION);
+  lua_settop(L, 2);
+  p->has_host = !lua_isnil(L, 2);
+  lua_setiuservalue(L, 1, 1);
+  return 0;
+}
+
+/* pool:close(): drop idle connections; the next call reconnects */
+static int pool_close(lua_State *L) {
+  fl_pool *p = checkpool(L);
+  int i;
+  fl_pool_flush(p);
+  for (i = 0; i < p->nconns; i++)
+    if (!p->conns[i]->busy) fl_conn_disconnect(p->conns[i]);
+  return 0;
+}
+
+/* pool:connections() -> open, total */
+static int pool_connections(lua_State *L) {
+  fl_pool *p = checkpool(L);
+  int i, open = 0;
+  for (i = 0; i < p->nconns; i++) open += p->conns[i]->ctx != NULL;
+  lua_pushinteger(L, open);
+  lua_pushinteger(L, p->nconns);
+  return 2;
+}
+
+static int pool_where(lua_State *L) {
+  lua_pushstring(L, checkpool(L)->o.where);
+  return 1;
+}
+
+/* ---- obtain ---------------------------------------------------------------- */
+
+/* stack: 1 pool, 2 key, 3 ms, 4 mode, 5 host fn?, 6 lock */
+#define OBTAIN_LOCK 6
+
+static int obtain_finish(lua_State *L, fl_conn *c, int st) {
+  fl_lock *lk = lua_touserdata(L, OBTAIN_LOCK);
+  redisReply *r;
+  long long n;
+  if (st == FL_ERR) return fl_push_error(L, c);
+  r = c->reply;
+  if (r->type == REDIS_REPLY_ERROR) {
+    char msg[FL_ERRLEN];
+    snprintf(msg, sizeof msg, "fluxalock: obtain %s: %s", c->pool->o.where, r->str);
+    fl_conn_end(c);
+    lua_pushnil(L);
+    lua_pushstring(L, msg);
+    return 2;
+  }
+  n = r->type == REDIS_REPLY_INTEGER ? r->integer : -1;
+  fl_conn_end(c);
+  if (n < 0) {
+    fl_conn_disconnect(c); /* a reply we do not understand: not Redis? */
+    lua_pushnil(L);
+    lua_pushfstring(L, "fluxalock: obtain %s: unexpected reply", c->pool->o.where);
+    return 2;
+  }
+  if (n == 0) {
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  lk->fence = n;
+  lk->held = 1;
+  lua_settop(L, OBTAIN_LOCK);
+  return 1;
+}
+
+static int obtain_k(lua_State *L, int status, lua_KContext ctx) {
+  fl_conn *c = (fl_conn *)ctx;
+  int st = fl_resume(L, c, status);
+  if (st != FL_ERR) st = fl_run(L, c, 5, obtain_k, ctx);
+  return obtain_finish(L, c, st);
+}
+
+/* pool:obtain(key, ms, mode) -> lock | false | nil, message */
+static int pool_obtain(lua_State *L) {
+  fl_pool *p = checkpool(L);
+  size_t keylen, fencelen;
+  const char *key = luaL_checklstring(L, 2, &keylen);
+  lua_Integer ms = luaL_checkinteger(L, 3);
+  lua_Integer mode = luaL_checkinteger(L, 4);
+  int hidx;
+  fl_conn *c;
+  fl_lock *lk;
+  const char *fence;
+  hidx = host_index(L, p, 1, 5);
+  lua_settop(L, 5);
+  lk = fl_lock_new(L, 1, p, key, keylen); /* at OBTAIN_LOCK */
+  if (fl_token(lk->token) != 0) {
+    lua_pushnil(L);
+    lua_pushstring(L, "fluxalock: obtain: no random bytes from the kernel");
+    return 2;
+  }
+  /* one fence counter per hash slot: named after the lock key's slot */
+  if (!(c = fl_pool_conn(p)) ||
+      !(fence = fl_companion(c, key, keylen, "fence", 0, &fencelen)))
+    return luaL_error(L, "fluxalock: out of memory");
+  snprintf(c->num[0], sizeof c->num[0], "%lld", (long long)ms);
+  snprintf(c->num[1], sizeof c->num[1], "%d", (int)mode);
+  fl_cmd_script(&c->cmd, FL_S_OBTAIN, 2);
+  fl_cmd_arg(&c->cmd, lk->key, lk->keylen);
+  fl_cmd_arg(&c->cmd, fence, fencelen);
+  fl_cmd_arg(&c->cmd, lk->token, FL_TOKEN_LEN);
+  fl_cmd_arg(&c->cmd, c->num[0], strlen(c->num[0]));
+  fl_cmd_arg(&c->cmd, c->num[1], 1);
+  if (fl_conn_begin(c, "obtain", 0) == FL_ERR) return fl_push_error(L, c);
+  return obtain_finish(L, c, fl_run(L, c, hidx, obtain_k, (lua_KContext)c));
+}
+
+/* ---- await: block on the key's wake-up list ------------------------------ */
+
+static int await_finish(lua_State *L, fl_conn *c, int st) {
+  int woke;
+  if (st == FL_ERR) return fl_push_error(L, c);
+  if (st == FL_LATE) { /* the obtain's deadline came first */
+    fl_conn_end(c);
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  if (c->reply->type == REDIS_REPLY_ERROR) {
+    char msg[FL_ERRLEN];
+    snprintf(msg, sizeof msg, "fluxalock: wait %s: %s", c->pool->o.where, c->reply->str);
+    fl_conn_end(c);
+    lua_pushnil(L);
+    lua_pushstring(L, msg);
+    return 2;
+  }
+  woke = c->reply->type == REDIS_REPLY_ARRAY;
+  fl_conn_end(c);
+  lua_pushboolean(L, woke);
+  return 1;
+}
+
+static int await_k(lua_State *L, int status, lua_KContext ctx) {
+  fl_conn *c = (fl_conn *)ctx;
+  int st = fl_resume(L, c, status);
+  if (st != FL_ERR) st = fl_run(L, c, 5, await_k, ctx);
+  return await_finish(L, c, st);
+}
+
+/*
+ * pool:await(key, seconds, limit) -> true (woken) | false (timed out) |
+ * nil, msg.  Redis times BLPOP out only as often as its event loop ticks
+ * (every 100 ms at the default hz 10), so the server's timeout cannot be
+ * trusted to end a wait on time: 'limit' (seconds from now) is enforced here,
+ * and a BLPOP still blocked then is abandoned with its connection.
+ */
+static int pool_await(lua_State *L) {
+  fl_pool *p = checkpool(L);
+  size_t keylen, wakelen;
+  const char *key = luaL_checklstring(L, 2, &keylen);
+  lua_Number secs = luaL_checknumber(L, 3);
+  lua_Number limit = luaL_optnumber(L, 4, 0);
+  int hidx = host_index(L, p, 1, 5);
+  fl_conn *c = fl_pool_conn(p);
+  const char *wake;
+  if (!c || !(wake = fl_companion(c, key, keylen, "wake:", 1, &wakelen)))
+    return luaL_error(L, "fluxalock: out of memory");
+  if (secs < 0.001) secs = 0.001; /* BLPOP 0 would block for ever */
+  snprintf(c->num[0], sizeof c->num[0], "%.3f", (double)secs);
+  c->cmd.argc = 0;
+  c->cmd.script = -1;
+  fl_cmd_arg(&c->cmd, "BLPOP", 5);
+  fl_cmd_arg(&c->cmd, wake, wakelen);
+  fl_cmd_arg(&c->cmd, c->num[0], strlen(c->num[0]));
+  if (fl_conn_begin(c, "wait", secs) == FL_ERR) return fl_push_error(L, c);
+  if (limit > 0) c->limit = fl_now() + limit;
+  return await_finish(L, c, fl_run(L, c, hidx, await_k, (lua_KContext)c));
+}
+
+/* ---- call: any command, for tools, tests and discovery ------------------- */
+
+#define REPLY_BOX "fluxalock.Reply"
+
+static int box_gc(lua_State *L) {
+  redisReply **b = luaL_checkudata(L, 1, REPLY_BOX);
+  if (*b) freeReplyObject(*b);
+  *b = NULL;
+  return 0;
+}
+
+static void push_reply(lua_State *L, const redisReply *r) {
+  size_t i;
+  luaL_checkstack(L, 4, "reply too deep");
+  switch (r->type) {
+  case REDIS_REPLY_INTEGER: lua_pushinteger(L, (lua_Integer)r->integer); break;
+  case REDIS_REPLY_NIL: lua_pushnil(L); break;
+  case REDIS_REPLY_ARRAY:
+    lua_createtable(L, (int)r->elements, 0);
+    for (i = 0; i < r->elements; i++) {
+      push_reply(L, r->element[i]);
+      lua_rawseti(L, -2, (lua_Integer)i + 1);
+    }
+    break;
+  default: lua_pushlstring(L, r->str ? r->str : "", r->str ? (size_t)r->len : 0);
+  }
+}
+
+static int call_finish(lua_State *L, fl_conn *c, int st) {
+  redisReply **box;
+  if (st == FL_ERR) return fl_push_error(L, c);
+  if (c->reply->type == REDIS_REPLY_ERROR) {
+    char msg[FL_ERRLEN];
+    snprintf(msg, sizeof msg, "fluxalock: call %s: %s", c->pool->o.where, c->reply->str);
+    fl_conn_end(c);
+    lua_pushnil(L);
+    lua_pushstring(L, msg);
+    return 2;
+  }
+  /* box the reply before building Lua values: a memory error while
+     converting then leaves it to the box's __gc, not leaked */
+  box = lua_newuserdatauv(L, sizeof *box, 0);
+  *box = NULL;
+  if (luaL_newmetatable(L, REPLY_BOX)) {
+    lua_pushcfunction(L, box_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_setmetatable(L, -2);
+  *box = c->reply;
+  c->reply = NULL;
+  fl_conn_end(c);
+  push_reply(L, *box);
+  freeReplyObject(*box);
+  *box = NULL;
+  return 1;
+}
+
+static int call_k(lua_State *L, int status, lua_KContext ctx) {
+  fl_conn *c = (fl_conn *)ctx;
+  int st = fl_resume(L, c, status);
+  if (st != FL_ERR) st = fl_run(L, c, 3, call_k, ctx);
+  return call_finish(L, c, st);
+}
+
+/* pool:call({"CMD", arg, ...}) -> reply as Lua values | nil, message */
+static int pool_call(lua_State *L) {
+  fl_pool *p = checkpool(L);
+  int n, i, hidx;
+  fl_conn *c;
+  luaL_checktype(L, 2, LUA_TTABLE);
+  n = (int)luaL_len(L, 2);
+  luaL_argcheck(L, n >= 1 && n <= FL_MAXARGS + 3, 2, "1 to 9 command words");
+  hidx = host_index(L, p, 1, 3);
+  lua_settop(L, 3);
+  if (!(c = fl_pool_conn(p))) return luaL_error(L, "fluxalock: out of memory");
+  c->cmd.argc = 0;
+  c->cmd.script = -1;
+  for (i = 1; i <= n; i++) { /* the words stay anchored on the stack */
+    size_t len;
+    const char *s;
+    lua_rawgeti(L, 2, i);
+    if (!(s = lua_tolstring(L, -1, &len)))
+      luaL_argerror(L, 2, "command words must be strings or numbers");
+    fl_cmd_arg(&c->cmd, s, len);
+  }
+  if (fl_conn_begin(c, "call", 0) == FL_ERR) return fl_push_error(L, c);
+  return call_finish(L, c, fl_run(L, c, hidx, call_k, (lua_KContext)c));
+}
+
+static int core_now(lua_State *L) {
+  lua_pushnumber(L, fl_now());
+  return 1;
+}
+
+int fl_pool_open(lua_State *L) {
+  static const luaL_Reg meth[] = {
+    {"obtain", pool_obtain},   {"await", pool_await},
+    {"sethost", pool_sethost}, {"close", pool_close},
+    {"connections", pool_connections}, {"where", pool_where},
+    {"call", pool_call}, {NULL, NULL}};
+  static const luaL_Reg mt[] = {{"__gc", pool_gc}, {NULL, NULL}};
+  luaL_newmetatable(L, FL_POOL_MT);
+  luaL_setfuncs(L, mt, 0);
+  luaL_newlib(L, meth);
+  lua_setfield(L, -2, "__index");
+  lua_pop(L, 1);
+  lua_pushcfunction(L, pool_new);
+  lua_setfield(L, -2, "pool");
+  lua_pushcfunction(L, core_now);
+  lua_setfield(L, -2, "now");
+  return 0;
+}

@@ -1,0 +1,191 @@
+-- fluxalock: a distributed lock for Lua 5.4, backed by Redis.
+--
+--   local fluxalock = require "fluxalock"
+--   local lock <close>, err = fluxalock.locker():obtain("nightly-report", 60, 5)
+--   if not lock then print(err) return end
+--
+-- This layer holds configuration, pools, validation and the waiting policy;
+-- the C core (fluxalock.core) speaks to Redis.  See README.md for the API.
+
+local core = require "fluxalock.core"
+local config = require "fluxalock.config"
+
+local type, error, getmetatable, setmetatable = type, error, getmetatable, setmetatable
+local min, now = math.min, core.now
+
+local M = {
+  NOT_OBTAINED = "not obtained",
+  DEFAULT_POOL = "default",
+  _VERSION = "fluxalock " .. core.version,
+}
+local NOT_OBTAINED = M.NOT_OBTAINED
+
+local pools = {}            -- name -> normalized options (configured)
+local defaults = nil        -- configure{defaults = ...}
+local lockers = {}          -- name -> Locker of a configured pool
+local by_url = setmetatable({}, { __mode = "v" }) -- URL -> Locker
+local host_wait = nil       -- the event-loop host's wait function, or nil
+
+-- ---- argument checks: misuse raises, naming the argument --------------------
+
+local function argerror(n, fname, msg)
+  -- level 3: the caller of the API function that called us
+  error(("bad argument #%d to '%s' (%s)"):format(n, fname, msg), 3)
+end
+
+-- seconds -> whole milliseconds (>= 1), or raise naming argument n
+local function duration(v, n, fname, what)
+  if type(v) ~= "number" then
+    argerror(n, fname, ("%s must be a number of seconds, got %s"):format(what, type(v)))
+  end
+  if v ~= v then argerror(n, fname, what .. " must not be NaN") end
+  if v < 0.001 then argerror(n, fname, what .. " must be at least 0.001 seconds") end
+  if v > 1e9 then argerror(n, fname, what .. " must not exceed 1e9 seconds") end
+  return (v * 1000 + 0.5) // 1
+end
+
+-- ---- Locker ------------------------------------------------------------------
+
+local Locker = { __name = "fluxalock.Locker" }
+Locker.__index = Locker
+
+local function new_locker(name, o)
+  local pool = core.pool(o)
+  if host_wait then pool:sethost(host_wait) end
+  return setmetatable({
+    name = name,
+    _pool = pool,
+    _where = config.where(o),
+    _step = o.retry_step,
+    _max = o.retry_max,
+  }, Locker)
+end
+
+function Locker.__tostring(self)
+  return ("fluxalock.Locker: %s (%s)"):format(self.name, self._where)
+end
+
+--- locker:obtain(key, ttl [, wait]) -> lock | nil, "not obtained" | nil, message
+function Locker.obtain(self, key, ttl, wait)
+  if getmetatable(self) ~= Locker then
+    error("bad argument #0 to 'obtain' (calling 'obtain' on bad self: use locker:obtain)", 2)
+  end
+  if type(key) ~= "string" then
+    argerror(1, "obtain", "key must be a string, got " .. type(key))
+  end
+  if key == "" then argerror(1, "obtain", "key must not be empty") end
+  local ms = duration(ttl, 2, "obtain", "ttl")
+  if wait == nil then
+    wait = 0
+  else
+    if type(wait) ~= "number" then
+      argerror(3, "obtain", "wait timeout must be a number of seconds, got " .. type(wait))
+    end
+    if wait ~= wait then argerror(3, "obtain", "wait timeout must not be NaN") end
+    if wait < 0 then argerror(3, "obtain", "wait timeout must not be negative") end
+    if wait > ttl then argerror(3, "obtain", "wait timeout must not exceed ttl") end
+  end
+  local pool = self._pool
+  if wait == 0 then
+    local lock, err = pool:obtain(key, ms, 0)
+    if lock then return lock end
+    if lock == false then return nil, NOT_OBTAINED end
+    return nil, err
+  end
+  -- Waiting: a failed try marks the holder's value, so its release pushes a
+  -- wake-up that one waiter pops (BLPOP) at once.  Each wait is also a
+  -- linear backoff step (retry_step, 2*retry_step, ... up to retry_max): an
+  -- expired lock or a lost wake-up is noticed at the latest by the next step.
+  -- No wait runs past the deadline, and a last try is made at it.
+  local deadline = now() + wait
+  local lock, err = pool:obtain(key, ms, 1)
+  local step, smax, pause = self._step, self._max, 0
+  while not lock do
+    if lock == nil then return nil, err end
+    local left = deadline - now()
+    if left <= 0 then return nil, NOT_OBTAINED end
+    pause = min(pause + step, smax)
+    if left >= 0.001 then
+      -- the server times BLPOP out coarsely: 'left' is enforced client-side
+      local ok, werr = pool:await(key, min(pause, left), left)
+      if ok == nil then return nil, werr end
+    end
+    lock, err = pool:obtain(key, ms, 2)
+  end
+  return lock
+end
+
+--- locker:close(): drop this locker's idle connections (the next call
+--- reconnects).  Locks stay valid.
+function Locker.close(self)
+  self._pool:close()
+end
+
+-- ---- module functions ---------------------------------------------------------
+
+local function default_options()
+  return config.pool(M.DEFAULT_POOL, os.getenv("FLUXALOCK_URL") or config.DEFAULT_URL, defaults)
+end
+
+--- fluxalock.configure(config) -> true
+function M.configure(cfg)
+  local ok, newpools, newdefaults = pcall(config.check, cfg)
+  if not ok then error("fluxalock.configure: " .. newpools, 2) end
+  local wait = host_wait
+  if cfg.host ~= nil then
+    local hok, w = pcall(function() return require("fluxalock.host").resolve(cfg.host) end)
+    if not hok then error("fluxalock.configure: " .. tostring(w), 2) end
+    wait = w
+  end
+  -- everything is valid: apply it
+  if cfg.defaults ~= nil then defaults = newdefaults end
+  for name, o in pairs(newpools) do
+    local old = pools[name]
+    if o == false then
+      pools[name], lockers[name] = nil, nil
+    else
+      if not old or config.signature(old) ~= config.signature(o) then lockers[name] = nil end
+      pools[name] = o
+    end
+  end
+  if wait ~= host_wait then
+    host_wait = wait
+    for _, l in pairs(lockers) do l._pool:sethost(wait) end
+    for _, l in pairs(by_url) do l._pool:sethost(wait) end
+  end
+  return true
+end
+
+--- fluxalock.locker([pool]) -> Locker
+function M.locker(pool)
+  if pool == nil then pool = M.DEFAULT_POOL end
+  local tp = type(pool)
+  if tp == "string" then
+    local l = lockers[pool]
+    if l then return l end
+    local o = pools[pool]
+    if not o and pool == M.DEFAULT_POOL then o = default_options() end
+    if o then
+      l = new_locker(pool, o)
+      lockers[pool] = l
+      return l
+    end
+    if not pool:find("://", 1, true) then
+      error(("bad argument #1 to 'locker' (unknown pool '%s')"):format(pool), 2)
+    end
+    l = by_url[pool]
+    if l then return l end
+    local ok, opts = pcall(config.pool, pool:gsub("//[^@/]*@", "//***@"), pool, defaults)
+    if not ok then error("bad argument #1 to 'locker' (" .. opts .. ")", 2) end
+    l = new_locker(config.where(opts), opts)
+    by_url[pool] = l
+    return l
+  elseif tp == "table" then
+    local ok, opts = pcall(config.pool, "(table)", pool, defaults)
+    if not ok then error("bad argument #1 to 'locker' (" .. opts .. ")", 2) end
+    return new_locker(config.where(opts), opts)
+  end
+  error("bad argument #1 to 'locker' (pool name, URL or options table expected, got " .. tp .. ")", 2)
+end
+
+return M

@@ -1,0 +1,234 @@
+-- fluxalock.config: URL parsing and strict validation of pool options.
+-- Pure Lua, testable without Redis.  Every error names the pool and the
+-- option; no error or string built here ever contains a password.
+
+local M = {}
+
+local tointeger, type, pairs, tostring = math.tointeger, type, pairs, tostring
+
+M.DEFAULT_URL = "redis://127.0.0.1:6379/0"
+
+-- option -> kind of value
+local OPTIONS = {
+  url = "string",
+  host = "string",
+  port = "integer",
+  path = "string",
+  db = "integer",
+  username = "string",
+  password = "string",
+  connect_timeout = "duration",
+  timeout = "duration",
+  prefix = "string",
+  retry_step = "duration",
+  retry_max = "duration",
+}
+M.OPTIONS = OPTIONS
+
+M.DEFAULTS = {
+  host = "127.0.0.1", port = 6379, db = 0,
+  connect_timeout = 1, timeout = 1, prefix = "",
+  -- linear backoff of a waiting obtain: the n-th wait is n * retry_step,
+  -- capped at retry_max.  Waiters are woken by the release itself, so these
+  -- only bound how late an expired lock (holder crashed) is noticed.
+  retry_step = 0.005, retry_max = 0.1,
+}
+
+local MAX_SECONDS = 1e9
+
+local function fail(pool, key, msg)
+  if key then
+    error(("pool '%s': option '%s' %s"):format(pool, key, msg), 0)
+  end
+  error(("pool '%s': %s"):format(pool, msg), 0)
+end
+
+local function unescape(s)
+  return (s:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
+end
+
+-- redis://[[user]:password@]host[:port][/db]
+-- unix:///path/to/redis.sock[?db=N]
+-- Returns a table of options, or raises "pool 'name': ..." on a bad URL.
+function M.parse_url(url, pool)
+  pool = pool or "?"
+  local scheme, rest = url:match("^(%a[%w+.-]*)://(.*)$")
+  if not scheme then fail(pool, "url", "is not a URL (redis://host:port/db or unix:///path)") end
+  scheme = scheme:lower()
+  local o = {}
+  if scheme == "unix" then
+    local path, query = rest:match("^([^?]*)%??(.*)$")
+    if path == "" or path:sub(1, 1) ~= "/" then
+      fail(pool, "url", "needs an absolute socket path (unix:///path/to/redis.sock)")
+    end
+    o.path = unescape(path)
+    for k, v in query:gmatch("([^&=]+)=([^&]*)") do
+      if k == "db" then
+        o.db = tointeger(tonumber(v))
+        if not o.db then fail(pool, "url", "has a db that is not a number") end
+      else
+        fail(pool, "url", ("has an unknown query parameter '%s'"):format(k))
+      end
+    end
+    if query ~= "" and not query:find("=", 1, true) then
+      fail(pool, "url", "has a malformed query (expected ?db=N)")
+    end
+    return o
+  elseif scheme == "rediss" then
+    fail(pool, "url", "uses TLS (rediss://), which fluxalock does not support")
+  elseif scheme ~= "redis" then
+    fail(pool, "url", ("has an unsupported scheme '%s' (redis:// or unix://)"):format(scheme))
+  end
+  local userinfo, hostpart = rest:match("^(.*)@([^@]*)$")
+  if not userinfo then hostpart = rest end
+  if userinfo then
+    local user, pass = userinfo:match("^([^:]*):(.*)$")
+    if not user then
+      -- redis://secret@host is the old form: the whole userinfo is a password
+      user, pass = "", userinfo
+    end
+    if user ~= "" then o.username = unescape(user) end
+    if pass ~= "" then o.password = unescape(pass) end
+  end
+  local hostport, db = hostpart:match("^([^/]*)/?(.*)$")
+  if db ~= "" then
+    o.db = tointeger(tonumber(db))
+    if not o.db or not db:match("^%d+$") then fail(pool, "url", "has a db that is not a number") end
+  end
+  local host, port
+  if hostport:sub(1, 1) == "[" then -- [::1]:6379
+    host, port = hostport:match("^%[([^%]]+)%]:?(%d*)$")
+  else
+    host, port = hostport:match("^([^:]*):?(%d*)$")
+  end
+  if not host then fail(pool, "url", "has a malformed host or port") end
+  if host ~= "" then o.host = host end
+  if port ~= "" then o.port = tointeger(tonumber(port)) end
+  return o
+end
+
+local function check_duration(pool, key, v)
+  if type(v) ~= "number" then fail(pool, key, "must be a number of seconds, got " .. type(v)) end
+  if v ~= v then fail(pool, key, "must not be NaN") end
+  if v < 0.001 then fail(pool, key, "must be at least 0.001 seconds") end
+  if v > MAX_SECONDS then fail(pool, key, "must not exceed 1e9 seconds") end
+end
+
+local function check_value(pool, key, v)
+  local kind = OPTIONS[key]
+  if not kind then fail(pool, key, "is not a known option") end
+  if kind == "string" then
+    if type(v) ~= "string" then fail(pool, key, "must be a string, got " .. type(v)) end
+    if key ~= "prefix" and key ~= "password" and v == "" then fail(pool, key, "must not be empty") end
+    if key ~= "prefix" and v:find("\0", 1, true) then fail(pool, key, "must not contain a NUL byte") end
+  elseif kind == "integer" then
+    if not tointeger(v) then fail(pool, key, "must be an integer, got " .. (type(v) == "number" and tostring(v) or type(v))) end
+  else
+    check_duration(pool, key, v)
+  end
+end
+
+-- Normalize one pool definition (a URL string or a table) into a flat table
+-- of every option, defaults filled in from 'defaults' then M.DEFAULTS.
+function M.pool(name, spec, defaults)
+  local given
+  if type(spec) == "string" then
+    given = { url = spec }
+  elseif type(spec) == "table" then
+    given = spec
+  else
+    fail(name, nil, "must be a URL string or a table, got " .. type(spec))
+  end
+  for k, v in pairs(given) do
+    if type(k) ~= "string" then fail(name, tostring(k), "is not a known option") end
+    check_value(name, k, v)
+  end
+  local o = {}
+  for k, v in pairs(M.DEFAULTS) do o[k] = v end
+  for k, v in pairs(defaults or {}) do o[k] = v end
+  if given.url then
+    for k, v in pairs(M.parse_url(given.url, name)) do o[k] = v end
+  end
+  for k, v in pairs(given) do
+    if k ~= "url" then o[k] = v end
+  end
+  o.url = nil
+  -- a socket path wins over host/port unless host/port were given explicitly
+  if o.path and (given.host or given.port) and not given.path then o.path = nil end
+  if o.path then o.host, o.port = nil, nil end
+  if o.host and (o.port < 1 or o.port > 65535) then
+    fail(name, "port", "must be from 1 to 65535")
+  end
+  if o.db < 0 then fail(name, "db", "must not be negative") end
+  if o.username and not o.password then
+    fail(name, "username", "needs a password")
+  end
+  if o.retry_max < o.retry_step then
+    fail(name, "retry_max", "must not be below retry_step")
+  end
+  -- braces in a prefix must form a Redis hash tag ("{jobs}:"), or companion
+  -- keys would hash to another cluster slot than their lock
+  local open = o.prefix:find("{", 1, true)
+  local close = open and o.prefix:find("}", open + 2, true)
+  if open and not close then
+    fail(name, "prefix", "has a '{' that does not open a hash tag like '{name}'")
+  end
+  return o
+end
+
+-- "host:port" or "unix:/path": where a pool connects, never its secrets
+function M.where(o)
+  if o.path then return "unix:" .. o.path end
+  if o.host:find(":", 1, true) then return ("[%s]:%d"):format(o.host, o.port) end
+  return ("%s:%d"):format(o.host, o.port)
+end
+
+-- a stable string of a normalized pool, to tell "same definition" apart
+function M.signature(o)
+  local keys = {}
+  for k in pairs(o) do keys[#keys + 1] = k end
+  table.sort(keys)
+  local parts = {}
+  for i, k in ipairs(keys) do parts[i] = k .. "=" .. tostring(o[k]) end
+  return table.concat(parts, "\0")
+end
+
+-- Validate a whole configure{} argument without changing anything.
+-- Returns pools (name -> normalized | false) and the host setting.
+function M.check(config)
+  if type(config) ~= "table" then
+    error("configuration must be a table, got " .. type(config), 0)
+  end
+  for k in pairs(config) do
+    if k ~= "pools" and k ~= "defaults" and k ~= "host" then
+      error(("unknown configuration key '%s' (pools, defaults, host)"):format(tostring(k)), 0)
+    end
+  end
+  local defaults = config.defaults
+  if defaults ~= nil then
+    if type(defaults) ~= "table" then error("'defaults' must be a table, got " .. type(defaults), 0) end
+    for k, v in pairs(defaults) do
+      if k == "url" or k == "host" or k == "port" or k == "path" then
+        fail("defaults", tostring(k), "belongs to a pool, not to the defaults")
+      end
+      check_value("defaults", k, v)
+    end
+  end
+  local pools = {}
+  if config.pools ~= nil then
+    if type(config.pools) ~= "table" then error("'pools' must be a table, got " .. type(config.pools), 0) end
+    for name, spec in pairs(config.pools) do
+      if type(name) ~= "string" or name == "" then
+        error("pool names must be non-empty strings, got " .. tostring(name), 0)
+      end
+      if spec == false then
+        pools[name] = false
+      else
+        pools[name] = M.pool(name, spec, defaults)
+      end
+    end
+  end
+  return pools, defaults
+end
+
+return M

@@ -1,0 +1,191 @@
+-- Test support: real redis-server processes on free loopback ports (and a
+-- Unix socket), started by the specs themselves and stopped by their own
+-- PID; real OS processes for concurrency.  Never a mock.
+local core = require "fluxalock.core"
+
+local R = {}
+
+local function sh(cmd)
+  local p = assert(io.popen(cmd, "r"))
+  local out = p:read("a")
+  local ok, _, code = p:close()
+  return out, ok, code
+end
+R.sh = sh
+
+local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
+R.quote = q
+
+R.sleep = core.sleep
+R.now = core.now
+
+local function mkdtemp()
+  local d = sh("mktemp -d /tmp/fluxalock-test.XXXXXX"):gsub("%s+$", "")
+  assert(d ~= "", "mktemp failed")
+  return d
+end
+
+-- a process that exited but was not reaped yet (a zombie) counts as gone
+local function alive(pid)
+  local f = pid and io.open("/proc/" .. pid .. "/stat")
+  if not f then return false end
+  local st = f:read("a")
+  f:close()
+  local state = st:match("^%d+ %b() (%a)")
+  return state ~= nil and state ~= "Z" and state ~= "X"
+end
+R.alive = alive
+
+local function track(pid)
+  local f = os.getenv("FLUXALOCK_TEST_PIDS")
+  if f and pid then
+    local h = io.open(f, "a")
+    if h then h:write(pid, "\n") h:close() end
+  end
+end
+
+-- wait until fn() is true, polling; the condition is the real signal, the
+-- poll interval only paces the checks
+local function until_true(fn, timeout, what)
+  local deadline = core.now() + (timeout or 10)
+  while not fn() do
+    if core.now() > deadline then error("timed out waiting for " .. (what or "condition"), 2) end
+    core.sleep(0.01)
+  end
+end
+R.until_true = until_true
+
+local Server = {}
+Server.__index = Server
+
+-- R.start{ args = {"--requirepass", "x"}, persist = true, port = n }
+function R.start(opts)
+  opts = opts or {}
+  local s = setmetatable({ opts = opts, dir = opts.dir or mkdtemp(), host = "127.0.0.1" }, Server)
+  s.socket = s.dir .. "/redis.sock"
+  s:_launch(opts.port)
+  return s
+end
+
+function Server:_launch(port)
+  for _ = 1, 20 do
+    local p = port or math.random(20000, 59999)
+    local args = {
+      "redis-server", "--port", p, "--bind", "127.0.0.1",
+      "--unixsocket", self.socket, "--unixsocketperm", "700",
+      "--dir", self.dir, "--pidfile", self.dir .. "/redis.pid",
+      "--logfile", self.dir .. "/redis.log", "--daemonize", "yes",
+      "--save", "", "--protected-mode", "no",
+    }
+    if self.opts.persist then
+      for _, a in ipairs { "--appendonly", "yes", "--appendfsync", "always" } do args[#args + 1] = a end
+    else
+      for _, a in ipairs { "--appendonly", "no" } do args[#args + 1] = a end
+    end
+    for _, a in ipairs(self.opts.args or {}) do args[#args + 1] = a end
+    for i, a in ipairs(args) do args[i] = q(a) end
+    os.remove(self.dir .. "/redis.pid")
+    sh(table.concat(args, " ") .. " >/dev/null 2>&1")
+    local ok = pcall(until_true, function()
+      local f = io.open(self.dir .. "/redis.pid")
+      if not f then return false end
+      self.pid = tonumber(f:read("l"))
+      f:close()
+      return self.pid and self:cli("PING"):match("PONG") or self.opts.args and self:cli("PING"):match("NOAUTH")
+    end, 5, "redis-server")
+    if ok then
+      self.port = p
+      self.url = ("redis://127.0.0.1:%d/0"):format(p)
+      self.unix_url = "unix://" .. self.socket
+      track(self.pid)
+      return
+    end
+    if self.pid and alive(self.pid) then self:stop() end
+    if port then break end -- a fixed port that is taken: give up
+  end
+  local log = io.open(self.dir .. "/redis.log")
+  error("could not start redis-server: " .. (log and log:read("a") or "?"))
+end
+
+-- redis-cli over the Unix socket (works while the TCP port is the subject)
+function Server:cli(...)
+  local args = { "redis-cli", "-s", self.socket }
+  if self.opts.password then args[#args + 1] = "--no-auth-warning" args[#args + 1] = "-a" args[#args + 1] = self.opts.password end
+  for _, a in ipairs { ... } do args[#args + 1] = a end
+  for i, a in ipairs(args) do args[i] = q(a) end
+  return (sh(table.concat(args, " ") .. " 2>&1"):gsub("\n$", ""))
+end
+
+function Server:signal(sig)
+  if self.pid then os.execute(("kill -%s %d 2>/dev/null"):format(sig, self.pid)) end
+end
+
+-- stop: SIGTERM (or sig), then wait until the process is gone
+function Server:stop(sig)
+  if not self.pid then return end
+  local pid = self.pid
+  self:signal(sig or "TERM")
+  self:signal("CONT") -- a stopped process cannot act on TERM
+  until_true(function() return not alive(pid) end, 10, "redis-server exit")
+  self.pid = nil
+end
+
+function Server:kill() self:stop("KILL") end
+function Server:pause() self:signal("STOP") end
+function Server:resume() self:signal("CONT") end
+
+-- start again on the same port and socket (data kept only when persist)
+function Server:restart()
+  if self.pid then self:stop() end
+  self:_launch(self.port)
+end
+
+-- a copy of the environment's Lua paths, for child processes
+local function lua_env()
+  local root = sh("pwd"):gsub("%s+$", "")
+  return ("LUA_PATH=%s LUA_CPATH=%s"):format(
+    q(root .. "/lua/?.lua;" .. root .. "/lua/?/init.lua;" .. root .. "/spec/?.lua;;"),
+    q(root .. "/?.so;;"))
+end
+
+-- R.spawn(code, env): run Lua code in a real OS process (lua5.4).
+-- Returns a proc with :wait() -> output, exit code; :pid; :kill(sig).
+function R.spawn(code, env)
+  local dir = mkdtemp()
+  local file = dir .. "/main.lua"
+  local f = assert(io.open(file, "w"))
+  f:write(code)
+  f:close()
+  local vars = {}
+  for k, v in pairs(env or {}) do vars[#vars + 1] = k .. "=" .. q(v) end
+  local cmd = ("%s %s lua5.4 %s > %s 2>&1 & echo $!"):format(
+    lua_env(), table.concat(vars, " "), q(file), q(dir .. "/out"))
+  local pid = tonumber((sh("exec 3>&-; " .. cmd)))
+  local proc = { pid = pid, dir = dir }
+  function proc.wait(self, timeout)
+    until_true(function() return not alive(self.pid) end, timeout or 60, "child process " .. self.pid)
+    local h = io.open(self.dir .. "/out")
+    local out = h and h:read("a") or ""
+    if h then h:close() end
+    return out
+  end
+  function proc.output(self)
+    local h = io.open(self.dir .. "/out")
+    local out = h and h:read("a") or ""
+    if h then h:close() end
+    return out
+  end
+  function proc.signal(self, sig) os.execute(("kill -%s %d 2>/dev/null"):format(sig, self.pid)) end
+  return proc
+end
+
+-- a fresh module instance configured for server s (package.loaded reset)
+function R.fluxalock(s, extra)
+  local fl = require "fluxalock"
+  local pool = { url = s.url }
+  for k, v in pairs(extra or {}) do pool[k] = v end
+  fl.configure { pools = { default = pool } }
+  return fl
+end
+
+return R
