@@ -102,6 +102,7 @@ static int connect_ctx(fl_conn *c) {
   if (c->ctx->err) return fail(c, "connect", "%s", c->ctx->errstr);
   c->connecting = 1;
   c->handshake = 0;
+  c->gen = c->pool->gen;
   if (o->password) {
     const char *argv[3] = {"AUTH", o->username, o->password};
     size_t len[3] = {4, 0, strlen(o->password)};
@@ -155,7 +156,8 @@ int fl_conn_begin(fl_conn *c, const char *op, double extra) {
   c->written = 0;
   c->limit = 0;
   drop_reply(c);
-  if (c->ctx && stale(c)) fl_conn_disconnect(c);
+  /* a connection to where the pool pointed before a retarget is not reused */
+  if (c->ctx && (c->gen != c->pool->gen || stale(c))) fl_conn_disconnect(c);
   if (!c->ctx) {
     if (connect_ctx(c) == FL_ERR) return FL_ERR;
     c->deadline = now + c->pool->o.connect_timeout;

@@ -86,6 +86,7 @@ typedef struct fl_conn {
   int pending;         /* then deferred releases */
   int retried;         /* NOSCRIPT fallback done */
   int events;          /* when FL_WAIT: POLLIN/POLLOUT */
+  unsigned gen;        /* the pool's target generation at connect */
   double deadline;     /* monotonic seconds */
   double extra;        /* seconds the command may block server-side */
   double limit;        /* 0, or a hard deadline that ends the request
@@ -103,6 +104,7 @@ typedef struct fl_conn {
 typedef struct fl_pool {
   int refs;
   int has_host;  /* waits go through a Lua host function */
+  unsigned gen;  /* bumped by retarget: older connections are dropped */
   fl_opts o;
   fl_conn **conns;
   int nconns, cap;

@@ -216,6 +216,38 @@ static int pool_where(lua_State *L) {
   return 1;
 }
 
+/* pool:retarget(host, port): point the pool at another server (Sentinel
+   found a new master).  Idle connections are dropped now, busy ones when
+   their request ends (fl_pool.gen); locks follow, as they hold the pool. */
+static int pool_retarget(lua_State *L) {
+  fl_pool *p = checkpool(L);
+  size_t n;
+  const char *host = luaL_checklstring(L, 2, &n);
+  lua_Integer port = luaL_checkinteger(L, 3);
+  char *h;
+  int i;
+  luaL_argcheck(L, n > 0 && n < 200 && strlen(host) == n, 2, "host name expected");
+  luaL_argcheck(L, port >= 1 && port <= 65535, 3, "port must be from 1 to 65535");
+  if (!p->o.path && strcmp(p->o.host, host) == 0 && p->o.port == (int)port) {
+    lua_pushboolean(L, 0); /* already there: keep the connections */
+    return 1;
+  }
+  if (!(h = malloc(n + 1))) return luaL_error(L, "fluxalock: out of memory");
+  memcpy(h, host, n + 1);
+  free(p->o.host);
+  free(p->o.path);
+  p->o.path = NULL;
+  p->o.host = h;
+  p->o.port = (int)port;
+  snprintf(p->o.where, sizeof p->o.where, strchr(h, ':') ? "[%s]:%d" : "%s:%d",
+           h, p->o.port);
+  p->gen++;
+  for (i = 0; i < p->nconns; i++)
+    if (!p->conns[i]->busy) fl_conn_disconnect(p->conns[i]);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
 /* ---- obtain ---------------------------------------------------------------- */
 
 /* stack: 1 pool, 2 key, 3 ms, 4 mode, 5 host fn?, 6 lock */
@@ -455,7 +487,7 @@ int fl_pool_open(lua_State *L) {
     {"obtain", pool_obtain},   {"await", pool_await},
     {"sethost", pool_sethost}, {"close", pool_close},
     {"connections", pool_connections}, {"where", pool_where},
-    {"call", pool_call}, {NULL, NULL}};
+    {"call", pool_call}, {"retarget", pool_retarget}, {NULL, NULL}};
   static const luaL_Reg mt[] = {{"__gc", pool_gc}, {NULL, NULL}};
   luaL_newmetatable(L, FL_POOL_MT);
   luaL_setfuncs(L, mt, 0);

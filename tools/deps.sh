@@ -4,7 +4,7 @@
 # alone (no apt-get at all).
 set -eu
 PACKAGES="make gcc pkg-config lua5.4 liblua5.4-dev libhiredis-dev redis-server
-redis-tools lua-busted"
+redis-tools lua-busted redis-sentinel"
 
 missing=""
 for p in $PACKAGES; do
