@@ -166,8 +166,15 @@ int fl_conn_begin(fl_conn *c, const char *op, double extra) {
     c->deadline = now + c->pool->o.timeout + extra;
   }
   c->extra = extra;
-  if (append_pending(c) != 0 || append_cmd(c, &c->cmd) != REDIS_OK)
-    return fail(c, op, "out of memory");
+  if (append_pending(c) != 0) return fail(c, op, "out of memory");
+  if (c->asking) { /* cluster ASK: the next command is for an importing slot */
+    const char *a[1] = {"ASKING"};
+    size_t al[1] = {6};
+    if (redisAppendCommandArgv(c->ctx, 1, a, al) != REDIS_OK)
+      return fail(c, op, "out of memory");
+    c->pending++; /* its +OK is skipped like a deferred release's */
+  }
+  if (append_cmd(c, &c->cmd) != REDIS_OK) return fail(c, op, "out of memory");
   c->expect = c->handshake + c->pending + 1;
   return FL_WAIT;
 }
@@ -221,8 +228,16 @@ static int on_reply(fl_conn *c, redisReply *r) {
        body once; EVAL caches it again for the EVALSHAs that follow */
     freeReplyObject(r);
     c->retried = 1;
+    c->pending = 0;
+    if (c->asking) { /* the EVAL needs its own ASKING */
+      const char *a[1] = {"ASKING"};
+      size_t al[1] = {6};
+      if (redisAppendCommandArgv(c->ctx, 1, a, al) != REDIS_OK)
+        return fail(c, c->op, "out of memory");
+      c->pending = 1;
+    }
     if (append_eval(c, &c->cmd) != REDIS_OK) return fail(c, c->op, "out of memory");
-    c->expect = 1;
+    c->expect = 1 + c->pending;
     c->written = 0;
     return FL_WAIT;
   }
@@ -275,6 +290,12 @@ int fl_conn_step(fl_conn *c) {
 void fl_conn_end(fl_conn *c) {
   drop_reply(c);
   c->busy = 0;
+  c->asking = 0;
+}
+
+/* the request ran out of time (for drivers other than fl_run) */
+int fl_conn_timeout(fl_conn *c) {
+  return fail(c, c->connecting ? "connect" : c->op, "timed out");
 }
 
 static int wait_poll(fl_conn *c, double left) {

@@ -145,6 +145,7 @@ static int lock_release(lua_State *L) {
     lua_pushboolean(L, 0);
     return 1;
   }
+  if (lk->pool->kind) return fl_multi_lock(L, FL_OP_RELEASE);
   release_start(L, lk, release_k, &st, &c);
   return release_finish(L, c, st);
 }
@@ -160,6 +161,7 @@ static int lock_close(lua_State *L) {
   fl_conn *c;
   int st;
   if (!lk->held) return 0;
+  if (lk->pool->kind) return fl_multi_lock(L, FL_OP_CLOSE);
   release_start(L, lk, close_k, &st, &c);
   release_finish(L, c, st);
   return 0;
@@ -171,6 +173,7 @@ static int lock_gc(lua_State *L) {
   fl_lock *lk = lua_touserdata(L, 1);
   fl_pool *p = lk->pool;
   if (!p) return 0;
+  if (lk->held && p->kind) fl_multi_gc(lk); /* clears held */
   if (lk->held) {
     size_t wakelen;
     char *wake = fl_companion_dup(&p->o, lk->key + lk->prefixlen,
@@ -218,6 +221,7 @@ static int lock_ttl(lua_State *L) {
     lua_pushnumber(L, 0);
     return 1;
   }
+  if (lk->pool->kind) return fl_multi_lock(L, FL_OP_TTL);
   c = prepare(L, lk, 2, &hidx);
   fl_cmd_script(&c->cmd, FL_S_TTL, 1);
   fl_cmd_arg(&c->cmd, lk->key, lk->keylen);
@@ -292,6 +296,12 @@ static int lock_refresh(lua_State *L) {
     lua_pushboolean(L, 0);
     return 1;
   }
+  if (lk->pool->kind) { /* ms and replace travel on the stack */
+    lua_settop(L, 1);
+    lua_pushinteger(L, ms);
+    lua_pushboolean(L, replace);
+    return fl_multi_lock(L, FL_OP_REFRESH);
+  }
   c = prepare(L, lk, 4, &hidx);
   snprintf(c->num[0], sizeof c->num[0], "%lld", (long long)ms);
   fl_cmd_script(&c->cmd, FL_S_REFRESH, 1);
@@ -322,7 +332,11 @@ static int lock_held(lua_State *L) {
 }
 
 static int lock_fence(lua_State *L) {
-  lua_pushinteger(L, (lua_Integer)checklock(L)->fence);
+  fl_lock *lk = checklock(L);
+  if (lk->pool && lk->pool->kind == FL_REDLOCK)
+    return luaL_error(L, "fluxalock: fence is not available on a Redlock pool "
+                         "(independent counters on each node give no order)");
+  lua_pushinteger(L, (lua_Integer)lk->fence);
   return 1;
 }
 

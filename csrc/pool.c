@@ -46,6 +46,7 @@ void fl_pool_unref(fl_pool *p) {
   }
   for (i = 0; i < p->nconns; i++) fl_conn_free(p->conns[i]);
   free(p->conns);
+  fl_multi_free(p);
   opts_free(&p->o);
   free(p);
 }
@@ -98,6 +99,12 @@ void fl_pool_flush(fl_pool *p) {
 static fl_pool *checkpool(lua_State *L) {
   pool_ud *u = luaL_checkudata(L, 1, FL_POOL_MT);
   if (!u->p) luaL_argerror(L, 1, "pool is closed");
+  return u->p;
+}
+
+fl_pool *fl_checkpool(lua_State *L, int idx) {
+  pool_ud *u = luaL_checkudata(L, idx, FL_POOL_MT);
+  if (!u->p) luaL_argerror(L, idx, "pool is closed");
   return u->p;
 }
 
@@ -198,16 +205,21 @@ static int pool_close(lua_State *L) {
   fl_pool_flush(p);
   for (i = 0; i < p->nconns; i++)
     if (!p->conns[i]->busy) fl_conn_disconnect(p->conns[i]);
+  fl_multi_close(p);
   return 0;
 }
 
 /* pool:connections() -> open, total */
 static int pool_connections(lua_State *L) {
   fl_pool *p = checkpool(L);
-  int i, open = 0;
+  int i, j, open = 0, total = p->nconns;
   for (i = 0; i < p->nconns; i++) open += p->conns[i]->ctx != NULL;
+  for (j = 0; j < p->nnodes; j++) { /* a group: its nodes' connections */
+    total += p->nodes[j]->nconns;
+    for (i = 0; i < p->nodes[j]->nconns; i++) open += p->nodes[j]->conns[i]->ctx != NULL;
+  }
   lua_pushinteger(L, open);
-  lua_pushinteger(L, p->nconns);
+  lua_pushinteger(L, total);
   return 2;
 }
 
@@ -296,8 +308,11 @@ static int obtain_k(lua_State *L, int status, lua_KContext ctx) {
 static int pool_obtain(lua_State *L) {
   fl_pool *p = checkpool(L);
   size_t keylen, fencelen;
-  const char *key = luaL_checklstring(L, 2, &keylen);
-  lua_Integer ms = luaL_checkinteger(L, 3);
+  const char *key;
+  lua_Integer ms;
+  if (p->kind) return fl_multi_obtain(L);
+  key = luaL_checklstring(L, 2, &keylen);
+  ms = luaL_checkinteger(L, 3);
   lua_Integer mode = luaL_checkinteger(L, 4);
   int hidx;
   fl_conn *c;
@@ -368,12 +383,17 @@ static int await_k(lua_State *L, int status, lua_KContext ctx) {
 static int pool_await(lua_State *L) {
   fl_pool *p = checkpool(L);
   size_t keylen, wakelen;
-  const char *key = luaL_checklstring(L, 2, &keylen);
-  lua_Number secs = luaL_checknumber(L, 3);
-  lua_Number limit = luaL_optnumber(L, 4, 0);
-  int hidx = host_index(L, p, 1, 5);
-  fl_conn *c = fl_pool_conn(p);
+  const char *key;
+  lua_Number secs, limit;
+  int hidx;
+  fl_conn *c;
   const char *wake;
+  if (p->kind) return fl_multi_await(L);
+  key = luaL_checklstring(L, 2, &keylen);
+  secs = luaL_checknumber(L, 3);
+  limit = luaL_optnumber(L, 4, 0);
+  hidx = host_index(L, p, 1, 5);
+  c = fl_pool_conn(p);
   if (!c || !(wake = fl_companion(c, key, keylen, "wake:", 1, &wakelen)))
     return luaL_error(L, "fluxalock: out of memory");
   if (secs < 0.001) secs = 0.001; /* BLPOP 0 would block for ever */
@@ -457,6 +477,7 @@ static int pool_call(lua_State *L) {
   fl_pool *p = checkpool(L);
   int n, i, hidx;
   fl_conn *c;
+  if (p->kind) return luaL_error(L, "fluxalock: call is for single-server pools");
   luaL_checktype(L, 2, LUA_TTABLE);
   n = (int)luaL_len(L, 2);
   luaL_argcheck(L, n >= 1 && n <= FL_MAXARGS + 3, 2, "1 to 9 command words");
@@ -487,7 +508,9 @@ int fl_pool_open(lua_State *L) {
     {"obtain", pool_obtain},   {"await", pool_await},
     {"sethost", pool_sethost}, {"close", pool_close},
     {"connections", pool_connections}, {"where", pool_where},
-    {"call", pool_call}, {"retarget", pool_retarget}, {NULL, NULL}};
+    {"call", pool_call}, {"retarget", pool_retarget},
+    {"group", fl_multi_group}, {"setslots", fl_multi_setslots},
+    {"info", fl_multi_info}, {NULL, NULL}};
   static const luaL_Reg mt[] = {{"__gc", pool_gc}, {NULL, NULL}};
   luaL_newmetatable(L, FL_POOL_MT);
   luaL_setfuncs(L, mt, 0);
