@@ -9,6 +9,8 @@
 --   pass        forward both ways as fast as possible
 --   drop        close every connection (RST), and every new one at once
 --   stall       keep connections open but forward nothing (a half-open peer)
+--   deaf        accept connections and never read from them (no Redis
+--               behind): a large request stays stuck mid-write
 --   slow <ms>   forward each chunk only <ms> milliseconds after the last one
 --   onebyte     forward one byte per send, a millisecond apart: every reply
 --               reaches the client split into single bytes
@@ -138,7 +140,12 @@ local marg -- argument of the mode: ms (slow) or bytes (garbage)
 
 local function unhex(h) return (h:gsub("%x%x", function(x) return string.char(tonumber(x, 16)) end)) end
 
+local reset_all
 local function setmode(m, a)
+  -- garbage and http connections have no Redis behind them: a change to or
+  -- from those modes resets the open connections
+  local fake = { garbage = true, http = true, deaf = true }
+  if reset_all and (fake[m] or fake[mode]) then reset_all() end
   mode = m
   marg = a
   if m == "slow" then marg = (tonumber(a) or 50) / 1000 end
@@ -167,7 +174,7 @@ local function close_pair(p, reset)
   p.closed = true
 end
 
-local function reset_all()
+function reset_all()
   for _, p in ipairs(pairs_) do if not p.closed then close_pair(p, true) end end
   pairs_ = {}
 end
@@ -182,7 +189,7 @@ local function on_accept(c)
     return
   end
   local p = { c = c, toc = "", tou = "", next = 0 }
-  if mode ~= "garbage" and mode ~= "http" then
+  if mode ~= "garbage" and mode ~= "http" and mode ~= "deaf" then
     local u = socket.tcp()
     u:settimeout(2)
     if not u:connect("127.0.0.1", target) then
@@ -252,7 +259,7 @@ while true do
   local rd, wr = { listener, control }, {}
   local busy = false
   for _, p in ipairs(pairs_) do
-    rd[#rd + 1] = p.c
+    if mode ~= "deaf" then rd[#rd + 1] = p.c end
     if p.u then rd[#rd + 1] = p.u end
     if p.toc ~= "" or p.tou ~= "" then busy = true end
   end
@@ -271,7 +278,8 @@ while true do
   local keep = {}
   for _, p in ipairs(pairs_) do
     local ok = true
-    local data, partial = drain(p.c)
+    local data, partial = "", nil
+    if mode ~= "deaf" then data, partial = drain(p.c) end
     if data == nil then
       p.tou = p.tou .. (partial or "")
       ok = false -- client gone: close both sides
