@@ -44,5 +44,17 @@ demo: deps
 	@$(MAKE) --no-print-directory all
 	@sh tools/demo.sh
 
+# bench needs two packages make test does not: it installs them itself
+BENCH_PACKAGES = python3-redis gnuplot-nox
+
+bench:
+	@sh tools/deps.sh $(BENCH_PACKAGES)
+	@$(MAKE) --no-print-directory all bench/out/floor
+	@sh bench/run.sh
+
+bench/out/floor: bench/floor.c
+	@mkdir -p bench/out
+	$(CC) $(OPT) $(WARN) -I$(HIREDIS_INCDIR) -o $@ bench/floor.c -L$(HIREDIS_LIBDIR) $(LIBS)
+
 lint:
 	luacheck lua spec examples bench
