@@ -58,3 +58,14 @@ bench/out/floor: bench/floor.c
 
 lint:
 	luacheck lua spec examples bench
+
+# examples/embed: a C program embedding Lua that drives fluxalock from its
+# own poll(2) loop (README: hosts); spec/host_embed_spec.lua runs it
+LUA_LIBS ?= $(shell $(PKG_CONFIG) --libs $(LUA_PC) 2>/dev/null || echo -llua5.4)
+EMBED = examples/embed/embed
+
+.PHONY: examples
+examples: $(LIB) $(EMBED)
+
+$(EMBED): examples/embed/embed.c
+	$(CC) $(OPT) $(WARN) -I$(LUA_INCDIR) -o $@ examples/embed/embed.c $(LUA_LIBS)
