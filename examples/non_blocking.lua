@@ -87,9 +87,9 @@ if role then -- one of the contenders
   if not ok then
     io.stderr:write(role, ": ", tostring(err), "\n")
     mark("failed")
-    os.exit(1)
+    os.exit(1, true)
   end
-  os.exit(0)
+  os.exit(0, true)
 end
 
 -- the parent: the command line that ran this script (interpreter, its
@@ -105,4 +105,4 @@ tmp:close()
 assert(dir and dir ~= "", "mktemp -d failed")
 local ok = os.execute(("%s A %s & a=$!; %s B %s & b=$!; wait $a; ra=$?; wait $b; rb=$?; "
   .. "rm -rf %s; [ $ra -eq 0 ] && [ $rb -eq 0 ]"):format(self, quote(dir), self, quote(dir), quote(dir)))
-os.exit(ok and 0 or 1)
+os.exit(ok and 0 or 1, true) -- true: close the state, free everything

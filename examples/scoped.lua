@@ -31,7 +31,7 @@ local ok, err = pcall(job)
 assert(not ok)
 if not seen then -- the lock was never obtained: say why
   io.stderr:write("scoped: ", err, "\n")
-  os.exit(1)
+  os.exit(1, true)
 end
 print("JOB FAILED: " .. err) -- the job's error, not the release's
 print(tostring(seen))        -- released by <close> on the way out
@@ -40,7 +40,7 @@ print(tostring(seen))        -- released by <close> on the way out
 local again, why = locker:obtain("scoped_job", 60)
 if not again then -- "not obtained" (someone else took it), or a failure
   io.stderr:write("scoped: ", why, "\n")
-  os.exit(1)
+  os.exit(1, true)
 end
 print("LOCK IS FREE AGAIN")
 again:release()

@@ -26,7 +26,7 @@ local locker = fluxalock.locker()
 local lock <close>, err = locker:obtain("test", 5, 0)
 if not lock then -- "not obtained", or why Redis could not be asked
   io.stderr:write("ttl_refresh: ", err, "\n")
-  os.exit(1)
+  os.exit(1, true)
 end
 
 local ttl = assert(lock:ttl())

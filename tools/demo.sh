@@ -76,10 +76,14 @@ else
   echo "demo: using FLUXALOCK_URL"
 fi
 
+# FLUXALOCK_DEMO_RUNNER: a command the examples run under (a valgrind
+# command line ending with the interpreter; see tools/valgrind-examples.sh)
+run=${FLUXALOCK_DEMO_RUNNER:-$LUA}
 status=0
 for ex in non_blocking waiting ttl_refresh scoped; do
   echo
   echo "== examples/$ex.lua"
-  "$LUA" "examples/$ex.lua" || { status=1; echo "== examples/$ex.lua FAILED" >&2; }
+  # shellcheck disable=SC2086 # $run is a command line: split it
+  $run "examples/$ex.lua" || { status=1; echo "== examples/$ex.lua FAILED" >&2; }
 done
 exit $status
