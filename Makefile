@@ -69,3 +69,16 @@ examples: $(LIB) $(EMBED)
 
 $(EMBED): examples/embed/embed.c
 	$(CC) $(OPT) $(WARN) -I$(LUA_INCDIR) -o $@ examples/embed/embed.c $(LUA_LIBS)
+
+# every example, and the processes it starts, under valgrind --leak-check=full
+.PHONY: valgrind-examples check-hiredis1
+valgrind-examples:
+	@sh tools/deps.sh valgrind
+	@$(MAKE) --no-print-directory all
+	@sh tools/valgrind-examples.sh
+
+# the core against hiredis 1.x: make check-hiredis1 HIREDIS1_DIR=<a built
+# hiredis 1.x source tree> (skipped without it; HIREDIS1_TEST=1 also runs
+# the specs against that build)
+check-hiredis1:
+	@HIREDIS1_DIR="$(HIREDIS1_DIR)" HIREDIS1_TEST="$(HIREDIS1_TEST)" sh tools/hiredis1.sh
