@@ -29,10 +29,6 @@ describe("misuse", function()
     local args = table.pack(...)
     return raised(function() local r = locker:obtain(table.unpack(args, 1, args.n)) return r end)
   end
-  local function method_error(obj, m, ...)
-    local args = table.pack(...)
-    return raised(function() local r = obj[m](obj, table.unpack(args, 1, args.n)) return r end)
-  end
   local function refresh_error(lock, ...)
     local args = table.pack(...)
     return raised(function() local r = lock:refresh(table.unpack(args, 1, args.n)) return r end)
