@@ -45,5 +45,41 @@ demo: deps
 	@$(MAKE) --no-print-directory all
 	@sh tools/demo.sh
 
+# bench needs two packages make test does not: it installs them itself
+BENCH_PACKAGES = python3-redis gnuplot-nox
+
+bench:
+	@sh tools/deps.sh $(BENCH_PACKAGES)
+	@$(MAKE) --no-print-directory all bench/out/floor
+	@sh bench/run.sh
+
+bench/out/floor: bench/floor.c
+	@mkdir -p bench/out
+	$(CC) $(OPT) $(WARN) -I$(HIREDIS_INCDIR) -o $@ bench/floor.c -L$(HIREDIS_LIBDIR) $(LIBS)
+
 lint:
 	luacheck lua spec examples bench
+
+# examples/embed: a C program embedding Lua that drives fluxalock from its
+# own poll(2) loop (README: hosts); spec/host_embed_spec.lua runs it
+LUA_LIBS ?= $(shell $(PKG_CONFIG) --libs $(LUA_PC) 2>/dev/null || echo -llua5.4)
+EMBED = examples/embed/embed
+
+.PHONY: examples
+examples: $(LIB) $(EMBED)
+
+$(EMBED): examples/embed/embed.c
+	$(CC) $(OPT) $(WARN) -I$(LUA_INCDIR) -o $@ examples/embed/embed.c $(LUA_LIBS)
+
+# every example, and the processes it starts, under valgrind --leak-check=full
+.PHONY: valgrind-examples check-hiredis1
+valgrind-examples:
+	@sh tools/deps.sh valgrind
+	@$(MAKE) --no-print-directory all
+	@sh tools/valgrind-examples.sh
+
+# the core against hiredis 1.x: make check-hiredis1 HIREDIS1_DIR=<a built
+# hiredis 1.x source tree> (skipped without it; HIREDIS1_TEST=1 also runs
+# the specs against that build)
+check-hiredis1:
+	@HIREDIS1_DIR="$(HIREDIS1_DIR)" HIREDIS1_TEST="$(HIREDIS1_TEST)" sh tools/hiredis1.sh

@@ -155,12 +155,32 @@ static int close_k(lua_State *L, int status, lua_KContext ctx) {
   return 0; /* errors swallowed: the scope's own error must win */
 }
 
-/* __close(lock, err): release, never raise; may yield under a host */
+/* queue the release in front of the pool's next request */
+static void defer_release(fl_lock *lk) {
+  fl_pool *p = lk->pool;
+  size_t wakelen;
+  char *wake = fl_companion_dup(&p->o, lk->key + lk->prefixlen,
+                                lk->keylen - lk->prefixlen, "wake:", &wakelen);
+  lk->held = 0;
+  if (wake) {
+    fl_pool_defer(p, lk->key, lk->keylen, wake, wakelen, lk->token);
+    free(wake);
+  }
+}
+
+/* __close(lock, err): release, never raise; may yield under a host.  Where
+   Lua cannot yield (coroutine.close, an error leaving a coroutine, the main
+   thread) the host's wait would fail: queue the release like __gc does */
 static int lock_close(lua_State *L) {
   fl_lock *lk = checklock(L);
   fl_conn *c;
   int st;
   if (!lk->held) return 0;
+  if (lk->pool->has_host && !lua_isyieldable(L)) {
+    if (lk->pool->kind) fl_multi_gc(lk); /* a group: on its nodes */
+    else defer_release(lk);
+    return 0;
+  }
   if (lk->pool->kind) return fl_multi_lock(L, FL_OP_CLOSE);
   release_start(L, lk, close_k, &st, &c);
   release_finish(L, c, st);
@@ -175,15 +195,8 @@ static int lock_gc(lua_State *L) {
   if (!p) return 0;
   if (lk->held && p->kind) fl_multi_gc(lk); /* clears held */
   if (lk->held) {
-    size_t wakelen;
-    char *wake = fl_companion_dup(&p->o, lk->key + lk->prefixlen,
-                                  lk->keylen - lk->prefixlen, "wake:", &wakelen);
-    lk->held = 0;
-    if (wake) {
-      fl_pool_defer(p, lk->key, lk->keylen, wake, wakelen, lk->token);
-      free(wake);
-      if (!p->has_host) fl_pool_flush(p);
-    }
+    defer_release(lk);
+    if (!p->has_host) fl_pool_flush(p);
   }
   lk->pool = NULL;
   fl_pool_unref(p);

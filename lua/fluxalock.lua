@@ -127,6 +127,9 @@ end
 --- locker:close(): drop this locker's idle connections (the next call
 --- reconnects).  Locks stay valid.
 function Locker.close(self)
+  if getmetatable(self) ~= Locker then
+    error("bad argument #0 to 'close' (calling 'close' on bad self: use locker:close)", 2)
+  end
   self._pool:close()
 end
 
@@ -184,7 +187,9 @@ function M.locker(pool)
     end
     l = by_url[pool]
     if l then return l end
-    local ok, opts = pcall(config.pool, pool:gsub("//[^@/]*@", "//***@"), pool, defaults)
+    -- the URL names the pool in errors: hide all of its userinfo (up to the
+    -- last '@', as the parser reads it; a password may hold '/' or '@')
+    local ok, opts = pcall(config.pool, pool:gsub("^([^/]*//).*@", "%1***@"), pool, defaults)
     if not ok then error("bad argument #1 to 'locker' (" .. opts .. ")", 2) end
     l = new_locker(config.where(opts), opts)
     by_url[pool] = l

@@ -150,7 +150,10 @@ local function check_value(pool, key, v)
     if key ~= "prefix" and key ~= "password" and v == "" then fail(pool, key, "must not be empty") end
     if key ~= "prefix" and v:find("\0", 1, true) then fail(pool, key, "must not contain a NUL byte") end
   elseif kind == "integer" then
-    if not tointeger(v) then fail(pool, key, "must be an integer, got " .. (type(v) == "number" and tostring(v) or type(v))) end
+    -- math.tointeger also converts numeric strings ("6379"): ask for a number
+    if type(v) ~= "number" or not tointeger(v) then
+      fail(pool, key, "must be an integer, got " .. (type(v) == "number" and tostring(v) or type(v)))
+    end
   else
     check_duration(pool, key, v)
   end

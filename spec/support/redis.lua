@@ -67,9 +67,45 @@ function R.start(opts)
   return s
 end
 
+-- Free ports are taken below the kernel's ephemeral range: a client
+-- socket in TIME_WAIT holds its ephemeral port against a new listener (it
+-- was bound without SO_REUSEADDR), and a busy suite leaves thousands.
+local function ephemeral_low()
+  local f = io.open("/proc/sys/net/ipv4/ip_local_port_range")
+  local low = f and tonumber(f:read("l"):match("^%s*(%d+)"))
+  if f then f:close() end
+  return low
+end
+
+local function random_port()
+  local low = ephemeral_low()
+  if low and low > 11000 then return math.random(10000, low - 1) end
+  return math.random(20000, 59999)
+end
+
+-- the size of a file (0 if absent)
+local function fsize(path)
+  local f = io.open(path)
+  if not f then return 0 end
+  local n = f:seek("end")
+  f:close()
+  return n
+end
+
+-- did the server started after 'from' bytes of its log fail to listen?
+local function failed_listening(logfile, from, p)
+  local f = io.open(logfile)
+  if not f then return false end
+  f:seek("set", from)
+  local log = f:read("a")
+  f:close()
+  return log:find("Failed listening on port " .. p, 1, true) ~= nil
+end
+
 function Server:_launch(port)
   for _ = 1, 20 do
-    local p = port or math.random(20000, 59999)
+    local p = port or random_port()
+    local logfrom = fsize(self.dir .. "/redis.log")
     local args = {
       "redis-server", "--port", p, "--bind", "127.0.0.1",
       "--unixsocket", self.socket, "--unixsocketperm", "700",
@@ -88,7 +124,11 @@ function Server:_launch(port)
     sh(table.concat(args, " ") .. " >/dev/null 2>&1")
     local ok = pcall(until_true, function()
       local f = io.open(self.dir .. "/redis.pid")
-      if not f then return false end
+      if not f then
+        -- a taken port ends the server at once: try another without waiting
+        if failed_listening(self.dir .. "/redis.log", logfrom, p) then error("port " .. p .. " taken") end
+        return false
+      end
       self.pid = tonumber(f:read("l"))
       f:close()
       return self.pid and self:cli("PING"):match("PONG") or self.opts.args and self:cli("PING"):match("NOAUTH")

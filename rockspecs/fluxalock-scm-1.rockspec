@@ -1,0 +1,61 @@
+-- luarocks --lua-version 5.4 make rockspecs/fluxalock-scm-1.rockspec
+-- builds fluxalock.core from csrc/ against the system's hiredis (0.14 or
+-- 1.x) and installs the pure-Lua modules.  Another hiredis:
+--   luarocks make rockspecs/fluxalock-scm-1.rockspec \
+--     HIREDIS_INCDIR=/opt/hiredis/include HIREDIS_LIBDIR=/opt/hiredis/lib
+-- (HIREDIS_INCDIR is the directory that holds hiredis/hiredis.h).
+-- The builtin backend takes its compiler flags from luarocks' CFLAGS (the
+-- rockspec cannot add any); to build as strictly as the Makefile does:
+--   luarocks make rockspecs/fluxalock-scm-1.rockspec CFLAGS="-O2 -fPIC -std=c99"
+rockspec_format = "3.0"
+package = "fluxalock"
+version = "scm-1"
+
+source = {
+  -- luarocks make builds the checkout it is run in and never fetches;
+  -- there is no published repository yet
+  url = "git+https://example.invalid/fluxalock.git",
+}
+
+description = {
+  summary = "A distributed lock for Lua 5.4, backed by Redis",
+  detailed = [[
+    Locks across processes and machines through one Redis server: obtain
+    with a ttl and an optional wait (woken by the release, with a linear
+    backoff as a safety net), release, refresh and ttl checked against a
+    random per-acquisition token, fencing counters, and a lock userdata that
+    a to-be-closed variable releases on every exit from its scope.  The core
+    is C on hiredis and can wait through an event loop's poller.
+  ]],
+  labels = { "redis", "lock", "mutex", "distributed" },
+}
+
+dependencies = {
+  "lua >= 5.4, < 5.5",
+}
+
+external_dependencies = {
+  HIREDIS = {
+    header = "hiredis/hiredis.h",
+    library = "hiredis",
+  },
+}
+
+build = {
+  type = "builtin",
+  modules = {
+    ["fluxalock"] = "lua/fluxalock.lua",
+    ["fluxalock.config"] = "lua/fluxalock/config.lua",
+    ["fluxalock.host"] = "lua/fluxalock/host.lua",
+    ["fluxalock.core"] = {
+      sources = {
+        "csrc/core.c", "csrc/conn.c", "csrc/pool.c", "csrc/lock.c",
+        "csrc/token.c", "csrc/keys.c",
+      },
+      libraries = { "hiredis" },
+      incdirs = { "$(HIREDIS_INCDIR)" },
+      libdirs = { "$(HIREDIS_LIBDIR)" },
+      defines = { "_FILE_OFFSET_BITS=64" },
+    },
+  },
+}

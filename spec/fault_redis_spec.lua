@@ -1,0 +1,166 @@
+-- Faults of the Redis process itself: killed and restarted while a lock is
+-- held, while a client waits, between obtain and release; frozen (SIGSTOP)
+-- and thawed.  Real redis-server processes on loopback; the client side is
+-- this process or real child processes.
+local R = require "support.redis"
+
+-- elapsed seconds of f(), and its results
+local function timed(f)
+  local t = R.now()
+  local r = table.pack(f())
+  return R.now() - t, table.unpack(r, 1, r.n)
+end
+
+local ERR = "^fluxalock: %a+ 127%.0%.0%.1:%d+: "
+
+-- SIGKILL is reported before every thread of the server is gone: wait until
+-- its port really refuses connections (the kernel closed its sockets)
+local function gone(server)
+  local socket = require "socket"
+  R.until_true(function()
+    local c = socket.connect("127.0.0.1", server.port)
+    if c then c:close() end
+    return c == nil
+  end, 10, "the killed server's port to close")
+end
+
+describe("Redis killed and restarted", function()
+  it("mid-hold, data kept (appendfsync always): the holder still owns its lock", function()
+    local server = R.start { persist = true }
+    finally(function() server:stop() end)
+    local fl = R.fluxalock(server)
+    local locker = fl.locker()
+    local lock = assert(locker:obtain("job", 30))
+    local fence = lock:fence()
+    server:kill() -- SIGKILL: no chance to save anything more
+    gone(server)
+    local dt, ok, err = timed(function() return lock:release() end)
+    assert.is_nil(ok)
+    -- the idle connection was found dead before writing: a reconnect, refused
+    assert.matches("^fluxalock: connect 127%.0%.0%.1:%d+: Connection refused$", err)
+    assert.is_true(dt < 2, "a refused connection is reported at once")
+    assert.is_true(lock:held(), "a failed release leaves the lock held")
+    server:restart()
+    local left = assert(lock:ttl())
+    assert.is_true(left > 20 and left <= 30)
+    assert.same({ nil, "not obtained" }, { locker:obtain("job", 5) })
+    assert.is_true(lock:refresh(5))
+    assert.is_true(lock:release())
+    local again = assert(locker:obtain("job", 5))
+    assert.is_true(again:fence() > fence, "the fence counter survived the restart")
+    assert.is_true(again:release())
+  end)
+
+  it("mid-hold, data lost: the holder learns it lost the lock and deletes nothing", function()
+    local server = R.start()
+    finally(function() server:stop() end)
+    local fl = R.fluxalock(server)
+    local locker = fl.locker()
+    local lock = assert(locker:obtain("job", 30))
+    server:kill()
+    server:restart() -- an empty Redis on the same port
+    local other = assert(locker:obtain("job", 30), "the key is free again")
+    assert.equal(0, lock:ttl())
+    assert.is_false(lock:refresh(5))
+    assert.is_false(lock:release())
+    assert.is_true(other:ttl() > 0, "the new holder's lock is untouched")
+    assert.is_true(other:release())
+  end)
+
+  it("between obtain and release (graceful restart): release reconnects and succeeds", function()
+    local server = R.start { persist = true }
+    finally(function() server:stop() end)
+    local locker = R.fluxalock(server).locker()
+    local lock = assert(locker:obtain("job", 30))
+    server:restart() -- SIGTERM, then the same port again
+    assert.is_true(lock:release())
+    assert.equal("0", server:cli("EXISTS", "job"))
+  end)
+
+  it("mid-wait: the waiter returns an error at once, and waiting works after the restart", function()
+    local server = R.start { persist = true }
+    finally(function() server:stop() end)
+    local locker = R.fluxalock(server).locker()
+    local lock = assert(locker:obtain("job", 30))
+    local code = [[
+      local fl = require "fluxalock"
+      fl.configure { pools = { default = os.getenv("URL") } }
+      local core = require "fluxalock.core"
+      local t = core.now()
+      local lock, err = fl.locker():obtain("job", 10, 10)
+      print(string.format("result %s %s %.3f", tostring(lock), tostring(err), core.now() - t))
+    ]]
+    local child = R.spawn(code, { URL = server.url })
+    -- the waiter's first try marks the holder's value ("+"): it is waiting
+    R.until_true(function() return server:cli("GET", "job"):sub(-1) == "+" end, 10, "the waiter")
+    server:kill()
+    local out = child:wait(15)
+    local lockstr, err, dt = out:match("result (%S+) (.-) ([%d.]+)\n")
+    assert.equal("nil", lockstr, out)
+    assert.matches("^fluxalock: wait 127%.0%.0%.1:%d+: ", err)
+    assert.is_true(tonumber(dt) < 5, "the waiter did not sit out its wait: " .. out)
+    server:restart()
+    -- the lock survived; a new waiter gets it once the holder releases
+    child = R.spawn(code, { URL = server.url })
+    R.until_true(function() return server:cli("GET", "job"):sub(-1) == "+" end, 10, "the waiter")
+    assert.is_true(lock:release())
+    out = child:wait(15)
+    assert.matches("result fluxalock%.Lock: job %(held%) nil", out)
+  end)
+end)
+
+describe("Redis frozen (SIGSTOP)", function()
+  local server, fl
+  local T = 0.3 -- timeout and connect_timeout of the pool under test
+  local BOUND = 2 * T + 0.7 -- did not hang: connect + command + a margin
+
+  setup(function()
+    server = R.start()
+    fl = R.fluxalock(server, { timeout = T, connect_timeout = T })
+  end)
+  teardown(function()
+    server:resume()
+    server:stop()
+  end)
+
+  local function times_out(what, f)
+    local dt, a, b = timed(f)
+    assert.is_nil(a, what .. " returned a value while Redis was frozen")
+    assert.matches(ERR .. "timed out$", b)
+    assert.is_true(dt >= T * 0.9, what .. " gave up before its timeout")
+    assert.is_true(dt < BOUND, ("%s took %.2f s"):format(what, dt))
+    return b
+  end
+
+  it("makes every call return 'timed out' within its timeout, then works again once thawed", function()
+    local locker = fl.locker()
+    local kept = assert(locker:obtain("kept", 30))
+    local gone = assert(locker:obtain("gone", 30))
+    server:pause()
+    finally(function() server:resume() end)
+    times_out("obtain", function() return locker:obtain("new", 1) end)
+    times_out("obtain with wait", function() return locker:obtain("new2", 2, 1) end)
+    times_out("ttl", function() return kept:ttl() end)
+    times_out("refresh", function() return kept:refresh(1) end)
+    times_out("release", function() return gone:release() end)
+    assert.is_true(gone:held(), "a release that timed out leaves the lock held")
+    -- a locker that has no connection yet: TCP connects (the kernel accepts),
+    -- Redis never answers
+    times_out("obtain on a new connection", function()
+      return fl.locker { url = server.url, timeout = T, connect_timeout = T }:obtain("x", 1)
+    end)
+    server:resume()
+    assert.is_true(kept:ttl() > 20)
+    assert.is_true(kept:refresh(5))
+    assert.is_true(kept:release())
+    -- the frozen server ran the requests it had received once it was thawed:
+    -- the release may have happened late; either way the key is gone
+    local r = gone:release()
+    assert.is_boolean(r)
+    assert.equal("0", server:cli("EXISTS", "gone"))
+    -- an obtain that timed out may have taken the key late: it expires by
+    -- its own ttl (1 s), so a waiting obtain gets it
+    local lock = assert(locker:obtain("new", 5, 3))
+    assert.is_true(lock:release())
+  end)
+end)

@@ -1,0 +1,302 @@
+-- Test support for the event-loop host specs: one real loop per host
+-- (cqueues, luv) behind a small driver, and the scenarios the cqueues and
+-- luv specs share.  Everything runs against a real redis-server.
+local core = require "fluxalock.core"
+local R = require "support.redis"
+
+local H = {}
+
+-- a driver: spawn(fn) starts fn in a coroutine of the loop, sleep(s) yields
+-- to the loop for s seconds, run() runs the loop until nothing is left.
+-- An error inside a spawned coroutine is collected in d.errors (with a
+-- traceback) instead of escaping through the loop.
+local function collect(d, fn)
+  return function()
+    local ok, err = xpcall(fn, debug.traceback)
+    if not ok then d.errors[#d.errors + 1] = err end
+  end
+end
+
+function H.cqueues()
+  local cqueues = require "cqueues"
+  local cq = cqueues.new()
+  local d = { name = "cqueues", errors = {}, sleep = cqueues.sleep }
+  function d.spawn(fn) cq:wrap(collect(d, fn)) end
+  function d.run() assert(cq:loop()) end
+  return d
+end
+
+function H.luv()
+  local uv = require "luv"
+  local d = { name = "luv", errors = {} }
+  local function resume(co)
+    local ok, err = coroutine.resume(co)
+    if not ok then d.errors[#d.errors + 1] = err end
+  end
+  function d.spawn(fn) resume(coroutine.create(collect(d, fn))) end
+  function d.sleep(s)
+    local co = coroutine.running()
+    local t = uv.new_timer()
+    t:start(math.max(1, math.floor(s * 1000)), 0, function()
+      t:close()
+      resume(co)
+    end)
+    coroutine.yield()
+  end
+  function d.run() uv.run() end
+  return d
+end
+
+-- a core pool for the specs' own bookkeeping commands (holder counters),
+-- waiting through the same host so it never blocks the loop either
+local function counter_pool(server, d)
+  local p = core.pool { host = "127.0.0.1", port = server.port, timeout = 2 }
+  p:sethost(require("fluxalock.host").resolve(d.name))
+  return p
+end
+H.counter_pool = counter_pool
+
+-- The heartbeat: a coroutine that sleeps 'beat' seconds at a time and
+-- records the longest gap between two of its wake-ups while 'busy()' is
+-- true.  A lock call that blocked the thread would show up here as a gap of
+-- its whole blocking time.
+function H.heartbeat(d, beat, busy)
+  local hb = { max = 0, beats = 0 }
+  d.spawn(function()
+    local last = core.now()
+    while busy() do
+      d.sleep(beat)
+      local t = core.now()
+      if t - last > hb.max then hb.max = t - last end
+      hb.beats = hb.beats + 1
+      last = t
+    end
+  end)
+  return hb
+end
+
+-- n coroutines contend for k keys, each holding its lock across a timer
+-- sleep of 'hold' seconds.  Overlaps are counted twice: in Lua (this
+-- process) and with INCR/DECR in Redis (every process, also a plain one).
+function H.contention(d, fluxalock, server, opts)
+  local n, k, hold = opts.n or 200, opts.k or 10, opts.hold or 0.005
+  local locker = fluxalock.locker()
+  local counts = counter_pool(server, d)
+  local st = { done = 0, failed = {}, overlaps = 0, redis_overlaps = 0 }
+  local holders = {}
+  local started = core.now()
+  local hb = H.heartbeat(d, opts.beat or 0.005, function() return st.done + #st.failed < n end)
+  for i = 1, n do
+    d.spawn(function()
+      local key = (opts.prefix or "job:") .. (i % k)
+      local lock <close>, err = locker:obtain(key, 10, 8)
+      if not lock then
+        st.failed[#st.failed + 1] = key .. ": " .. tostring(err)
+        return
+      end
+      holders[key] = (holders[key] or 0) + 1
+      if holders[key] > 1 then st.overlaps = st.overlaps + 1 end
+      local inside = assert(counts:call { "INCR", "holders:" .. key })
+      if inside ~= 1 then st.redis_overlaps = st.redis_overlaps + 1 end
+      d.sleep(hold) -- held across a yield to the loop
+      assert(counts:call { "DECR", "holders:" .. key })
+      holders[key] = holders[key] - 1
+      st.done = st.done + 1
+      -- the <close> variable releases here, yielding through the host
+    end)
+  end
+  d.run()
+  st.errors = d.errors
+  st.elapsed = core.now() - started
+  st.heartbeat = hb
+  st.connections = select(2, locker._pool:connections())
+  return st
+end
+
+-- a plain blocking process contending for the same keys until the key
+-- 'stop' exists (or 'rounds' is reached); prints "plain done=N overlaps=N"
+function H.spawn_plain(server, opts)
+  local code = ([[
+    local core = require "fluxalock.core"
+    local fluxalock = require "fluxalock"
+    fluxalock.configure { pools = { default = %q } }
+    local locker = fluxalock.locker()
+    local counts = core.pool { host = "127.0.0.1", port = %d }
+    local done, overlaps, failed = 0, 0, 0
+    counts:call { "SET", "plain:started", "1" }
+    for i = 1, %d do
+      if counts:call { "EXISTS", "stop" } == 1 then break end
+      local key = %q .. (i %% %d)
+      local lock, err = locker:obtain(key, 10, 8)
+      if lock then
+        if counts:call { "INCR", "holders:" .. key } ~= 1 then overlaps = overlaps + 1 end
+        core.sleep(%g)
+        counts:call { "DECR", "holders:" .. key }
+        lock:release()
+        done = done + 1
+      else
+        failed = failed + 1
+        io.stderr:write(tostring(err), "\n")
+      end
+    end
+    print(("plain done=%%d overlaps=%%d failed=%%d"):format(done, overlaps, failed))
+  ]]):format(server.url, server.port, opts.rounds or 400, opts.prefix or "job:", opts.k or 10, opts.hold or 0.005)
+  local proc = R.spawn(code)
+  R.until_true(function() return server:cli("EXISTS", "plain:started") == "1" end, 10, "plain process start")
+  return proc
+end
+
+function H.parse_plain(out)
+  local done, overlaps, failed = out:match("plain done=(%d+) overlaps=(%d+) failed=(%d+)")
+  return tonumber(done), tonumber(overlaps), tonumber(failed)
+end
+
+-- Redis dies (SIGKILL) while coroutines wait for a held lock, and comes back
+-- (same port, empty).  Every obtain must end by its deadline, with a lock
+-- or nil, "fluxalock: ..."; after the restart new obtains succeed.
+function H.outage(d, fluxalock, server, opts)
+  local n, wait = opts.n or 20, opts.wait or 2
+  local locker = fluxalock.locker()
+  local counts = counter_pool(server, d)
+  local res = { ends = {}, late = {}, after = nil }
+  local phase = "waiting"
+  d.spawn(function()
+    local holder = assert(locker:obtain("outage", 30))
+    for i = 1, n do
+      d.spawn(function()
+        local t0 = core.now()
+        local lock, err = locker:obtain("outage", 30, wait)
+        local took = core.now() - t0
+        res.ends[#res.ends + 1] = { lock = lock, err = err, took = took, i = i }
+        -- its deadline plus one command timeout (a request started just
+        -- before the deadline may run its full timeout), plus slack
+        if took > wait + 1 + 0.5 then res.late[#res.late + 1] = took end
+      end)
+    end
+    -- the real signal: every waiter is blocked in BLPOP on the server
+    while true do
+      local info = counts:call { "INFO", "clients" }
+      local blocked = info and tonumber(info:match("blocked_clients:(%d+)"))
+      if blocked and blocked >= n then break end
+      d.sleep(0.01)
+    end
+    server:signal("KILL")
+    phase = "down"
+    -- a new obtain while the server is down fails at once, no hang
+    local t0 = core.now()
+    local lock, err = locker:obtain("outage:down", 5)
+    res.down = { lock = lock, err = err, took = core.now() - t0 }
+    holder:release() -- fails (server gone): must not raise
+    while #res.ends < n do d.sleep(0.01) end
+  end)
+  d.run()
+  assert(phase == "down")
+  R.until_true(function() return not R.alive(server.pid) end, 10, "redis-server death")
+  server.pid = nil
+  server:restart()
+  -- after the restart: the same pool reconnects, from inside the loop
+  d.spawn(function()
+    local lock, err = locker:obtain("outage", 30, 1)
+    res.after = { lock = lock, err = err }
+    if lock then res.after.released = lock:release() end
+  end)
+  d.run()
+  res.errors = d.errors
+  return res
+end
+
+-- the heartbeat sleeps 5 ms; a gap above 50 ms means the loop was blocked
+-- (a blocking lock call would stall it for its whole wait: hundreds of ms)
+local MAX_GAP = 0.05
+
+-- the shared specs of one host; env: the calling spec file's _ENV (busted
+-- gives describe/it/assert to spec files only)
+function H.spec(name, outside, env)
+  local describe, it, assert = env.describe, env.it, env.assert
+  local lazy_setup, lazy_teardown = env.lazy_setup, env.lazy_teardown
+  local new = H[name]
+  describe("host '" .. name .. "'", function()
+    local server, fluxalock
+
+    lazy_setup(function()
+      server = R.start()
+      fluxalock = R.fluxalock(server)
+      fluxalock.configure { host = name }
+    end)
+
+    lazy_teardown(function()
+      if server then server:stop() end
+    end)
+
+    it("heartbeat sees a loop that is really blocked (the measure can fail)", function()
+      local d = new()
+      local blocked = false
+      local hb = H.heartbeat(d, 0.005, function() return not blocked end)
+      d.spawn(function()
+        d.sleep(0.02)
+        require("fluxalock.core").sleep(0.15) -- blocks the thread, as a blocking call would
+        blocked = true
+      end)
+      d.run()
+      assert.is_true(hb.max >= 0.15, "max gap " .. hb.max)
+    end)
+
+    it("200 coroutines contend for 10 keys, locks held across yields: no overlap, none blocks the loop", function()
+      local st = H.contention(new(), fluxalock, server, { n = 200, k = 10, hold = 0.005 })
+      assert.same({}, st.errors)
+      assert.same({}, st.failed)
+      assert.equal(200, st.done)
+      assert.equal(0, st.overlaps)
+      assert.equal(0, st.redis_overlaps)
+      assert.is_true(st.heartbeat.beats > 5, "heartbeat ran " .. st.heartbeat.beats .. " times")
+      assert.is_true(st.heartbeat.max < MAX_GAP, ("heartbeat delayed %.1f ms"):format(st.heartbeat.max * 1000))
+      for i = 0, 9 do assert.equal("0", server:cli("EXISTS", "job:" .. i)) end
+    end)
+
+    it("interoperates with a plain blocking process on the same keys", function()
+      server:cli("DEL", "stop", "plain:started")
+      local plain = H.spawn_plain(server, { prefix = "mixed:", k = 10, hold = 0.003 })
+      local st = H.contention(new(), fluxalock, server, { n = 200, k = 10, hold = 0.005, prefix = "mixed:" })
+      server:cli("SET", "stop", "1")
+      local out = plain:wait(30)
+      local done, overlaps, failed = H.parse_plain(out)
+      assert.same({}, st.errors)
+      assert.same({}, st.failed)
+      assert.equal(200, st.done)
+      assert.equal(0, st.redis_overlaps)
+      assert.truthy(done, out)
+      assert.is_true(done > 0, out)
+      assert.equal(0, overlaps)
+      assert.equal(0, failed)
+      assert.is_true(st.heartbeat.max < MAX_GAP, ("heartbeat delayed %.1f ms"):format(st.heartbeat.max * 1000))
+    end)
+
+    it("outside a coroutine of the loop, a call fails with a clear message instead of blocking", function()
+      local lock, err = fluxalock.locker():obtain("outside", 5)
+      assert.is_nil(lock)
+      assert.equal("host wait: " .. outside, err:match("^fluxalock: obtain 127%.0%.0%.1:%d+: (.*)$"))
+    end)
+
+    it("redis killed and restarted while coroutines wait: each wait ends on time, then reconnects", function()
+      local s2 = R.start()
+      local fl2 = R.fluxalock(s2, { timeout = 0.5, connect_timeout = 0.5 })
+      fl2.configure { host = name }
+      local ok, res = pcall(H.outage, new(), fl2, s2, { n = 20, wait = 2 })
+      s2:stop()
+      R.fluxalock(server).configure { host = name } -- the same module: back to the main server
+      assert(ok, res)
+      assert.same({}, res.errors)
+      assert.equal(20, #res.ends)
+      for _, e in ipairs(res.ends) do
+        if not e.lock then assert.matches("^fluxalock: ", e.err) end
+      end
+      assert.same({}, res.late)
+      assert.is_nil(res.down.lock)
+      assert.matches("^fluxalock: ", res.down.err)
+      assert.truthy(res.after.lock, res.after.err)
+      assert.is_true(res.after.released)
+    end)
+  end)
+end
+
+return H
