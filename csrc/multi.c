@@ -316,6 +316,9 @@ static void leg_start(fan *f, leg *l) {
     return;
   }
   if (op == FL_OP_AWAIT && f->limit > 0) c->limit = f->limit;
+  /* not stepped yet: the first step writes (or connects), so the wait
+     before it is for writability, never a stale POLLIN */
+  c->events = POLLOUT;
 }
 
 static int starts(const redisReply *r, const char *p) {

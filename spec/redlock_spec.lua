@@ -119,7 +119,8 @@ describe("a redlock pool", function()
     for _, wait in ipairs { 0, 0.3 } do
       lock, err = locker:obtain("r-down2", 5, wait)
       assert.is_nil(lock)
-      assert.matches("^fluxalock: obtain redlock%(5 nodes%): 3 of 5 nodes failed, 3 needed %(fluxalock: connect 127.0.0.1:%d+: Connection refused%)$", err)
+      assert.matches("^fluxalock: obtain redlock%(5 nodes%): 3 of 5 nodes failed, 3 needed "
+        .. "%(fluxalock: connect 127.0.0.1:%d+: Connection refused%)$", err)
     end
     assert.is_true(R.now() - t0 < 3, "did not hang")
     assert.equal(0, exists("r-down2"))

@@ -101,7 +101,8 @@ describe("a sentinel pool", function()
     local old, new = replica, master -- roles after the previous test
     settled(old, new)
     old:kill() -- SIGKILL, by PID
-    local t0, lock, err, slowest = R.now(), nil, nil, 0
+    local t0, slowest = R.now(), 0
+    local lock, err
     repeat
       local c0 = R.now()
       lock, err = locker:obtain("s-after", 5)

@@ -109,4 +109,62 @@ end
 
 -- ---- Cluster ----------------------------------------------------------------
 
+-- T.cluster(): 3 masters + 3 replicas made by redis-cli --cluster create.
+-- Returns { nodes = {...}, seeds = {"127.0.0.1:p", ...} }, nodes with .id;
+-- c:master_of(slot), c:replica_of(node), c:stop().
+local Cluster = {}
+Cluster.__index = Cluster
+
+function T.cluster()
+  local c = setmetatable({ nodes = {}, seeds = {} }, Cluster)
+  for i = 1, 6 do
+    c.nodes[i] = launch { "cluster-enabled yes", "cluster-config-file nodes.conf",
+                          "cluster-node-timeout 1000", "appendonly no", 'save ""' }
+    c.seeds[i] = c.nodes[i].addr
+  end
+  local args = {}
+  for i, s in ipairs(c.seeds) do args[i] = q(s) end
+  local out = R.sh("redis-cli --cluster create " .. table.concat(args, " ") ..
+    " --cluster-replicas 1 --cluster-yes 2>&1")
+  assert(out:find("All 16384 slots covered", 1, true), out)
+  R.until_true(function()
+    for _, n in ipairs(c.nodes) do
+      if not n:cli("CLUSTER", "INFO"):find("cluster_state:ok", 1, true) then return false end
+    end
+    return true
+  end, 20, "cluster state ok")
+  for _, n in ipairs(c.nodes) do n.id = n:cli("CLUSTER", "MYID") end
+  return c
+end
+
+function Cluster:node(id)
+  for _, n in ipairs(self.nodes) do if n.id == id then return n end end
+end
+
+-- the master serving 'slot', as every node sees it in CLUSTER SHARDS-less
+-- Redis 7.0: from CLUSTER SLOTS of the given node (default: the first alive)
+function Cluster:master_of(slot, via)
+  via = via or self.nodes[1]
+  local out = via:cli("--no-raw", "CLUSTER", "SLOTS")
+  local entry = '%d+%) 1%) %(integer%) (%d+)\n%s+2%) %(integer%) (%d+)\n'
+    .. '%s+3%) 1%) "[^"]*"\n%s+2%) %(integer%) (%d+)'
+  for from, to, port in out:gmatch(entry) do
+    if slot >= tonumber(from) and slot <= tonumber(to) then
+      for _, n in ipairs(self.nodes) do if n.port == tonumber(port) then return n end end
+    end
+  end
+end
+
+function Cluster:replica_of(master)
+  for _, n in ipairs(self.nodes) do
+    if n ~= master and n:cli("ROLE"):find("^slave\n127.0.0.1\n" .. master.port .. "\n") then return n end
+  end
+end
+
+function Cluster:slot(key) return tonumber(self.nodes[1]:cli("CLUSTER", "KEYSLOT", key)) end
+
+function Cluster:stop()
+  for _, n in ipairs(self.nodes) do if n.pid then n:stop() end end
+end
+
 return T
