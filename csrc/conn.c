@@ -150,6 +150,13 @@ static int append_pending(fl_conn *c) {
 /* start c->cmd; extra: seconds the command itself may block (BLPOP) */
 int fl_conn_begin(fl_conn *c, const char *op, double extra) {
   double now = fl_now();
+  const fl_opts *o = &c->pool->o;
+  /* a lock written (obtain, refresh) is confirmed by WAIT when asked to:
+     pipelined on the same connection, as WAIT counts this client's writes */
+  c->post = o->replicas > 0 &&
+            (c->cmd.script == FL_S_OBTAIN || c->cmd.script == FL_S_REFRESH);
+  c->acked = 0;
+  if (c->post) extra += o->replica_timeout;
   c->op = op;
   c->busy = 1;
   c->retried = 0;
@@ -175,7 +182,16 @@ int fl_conn_begin(fl_conn *c, const char *op, double extra) {
     c->pending++; /* its +OK is skipped like a deferred release's */
   }
   if (append_cmd(c, &c->cmd) != REDIS_OK) return fail(c, op, "out of memory");
-  c->expect = c->handshake + c->pending + 1;
+  if (c->post) {
+    const char *a[3] = {"WAIT", c->waitarg[0], c->waitarg[1]};
+    size_t al[3] = {4, 0, 0};
+    al[1] = (size_t)snprintf(c->waitarg[0], sizeof c->waitarg[0], "%d", o->replicas);
+    al[2] = (size_t)snprintf(c->waitarg[1], sizeof c->waitarg[1], "%lld",
+                             (long long)(o->replica_timeout * 1000.0 + 0.5));
+    if (redisAppendCommandArgv(c->ctx, 3, a, al) != REDIS_OK)
+      return fail(c, op, "out of memory");
+  }
+  c->expect = c->handshake + c->pending + 1 + c->post;
   return FL_WAIT;
 }
 
@@ -228,21 +244,32 @@ static int on_reply(fl_conn *c, redisReply *r) {
        body once; EVAL caches it again for the EVALSHAs that follow */
     freeReplyObject(r);
     c->retried = 1;
-    c->pending = 0;
+    c->pending = c->post; /* the WAIT after the failed EVALSHA: skipped */
     if (c->asking) { /* the EVAL needs its own ASKING */
       const char *a[1] = {"ASKING"};
       size_t al[1] = {6};
       if (redisAppendCommandArgv(c->ctx, 1, a, al) != REDIS_OK)
         return fail(c, c->op, "out of memory");
-      c->pending = 1;
+      c->pending++;
     }
     if (append_eval(c, &c->cmd) != REDIS_OK) return fail(c, c->op, "out of memory");
-    c->expect = 1 + c->pending;
+    if (c->post) {
+      const char *a[3] = {"WAIT", c->waitarg[0], c->waitarg[1]};
+      size_t al[3] = {4, strlen(c->waitarg[0]), strlen(c->waitarg[1])};
+      if (redisAppendCommandArgv(c->ctx, 3, a, al) != REDIS_OK)
+        return fail(c, c->op, "out of memory");
+    }
+    c->expect = c->pending + 1 + c->post;
     c->written = 0;
     return FL_WAIT;
   }
+  if (c->reply) { /* the main reply is in: this is WAIT's */
+    c->acked = r->type == REDIS_REPLY_INTEGER ? r->integer : -1;
+    freeReplyObject(r);
+    return FL_DONE;
+  }
   c->reply = r;
-  return FL_DONE;
+  return c->post ? FL_WAIT : FL_DONE;
 }
 
 int fl_conn_step(fl_conn *c) {

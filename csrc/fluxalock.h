@@ -72,6 +72,8 @@ typedef struct fl_opts {
   size_t prefixlen;
   int prefix_tagged; /* the prefix holds a hash tag of its own */
   int cluster;       /* companion keys must share the lock key's slot */
+  int replicas;      /* > 0: obtain/refresh wait for this many replicas */
+  double replica_timeout; /* seconds, for that WAIT */
   char where[256];   /* "host:port" or "unix:path", for messages */
 } fl_opts;
 
@@ -88,6 +90,9 @@ typedef struct fl_conn {
   int events;          /* when FL_WAIT: POLLIN/POLLOUT */
   unsigned gen;        /* the pool's target generation at connect */
   int asking;          /* send ASKING before the command (cluster ASK) */
+  int post;            /* a WAIT for replicas follows the main command */
+  long long acked;     /* replicas that acknowledged (WAIT's answer) */
+  char waitarg[2][24]; /* WAIT's arguments */
   double deadline;     /* monotonic seconds */
   double extra;        /* seconds the command may block server-side */
   double limit;        /* 0, or a hard deadline that ends the request

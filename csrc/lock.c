@@ -271,9 +271,17 @@ lua_Integer fl_checkms(lua_State *L, int arg, const char *what) {
 static int refresh_finish(lua_State *L, fl_conn *c, int st) {
   fl_lock *lk = lua_touserdata(L, 1);
   long long n = 0;
+  long long acked = c->acked;
+  int want = c->pool->o.replicas;
   int r = script_result(L, c, st, &n);
   if (r < 0) return -r;
   if (n != 1) lk->held = 0;
+  if (n == 1 && want > 0 && acked < want) { /* extended on the master only */
+    lua_pushnil(L);
+    lua_pushfstring(L, "fluxalock: refresh %s: %d of %d replicas acknowledged the refresh",
+                    lk->pool->o.where, (int)(acked < 0 ? 0 : acked), want);
+    return 2;
+  }
   lua_pushboolean(L, n == 1);
   return 1;
 }

@@ -51,6 +51,7 @@ typedef struct fan {
   fl_pool *g;
   int op, phase, nlegs, hidx;
   int undo_errs;     /* a failed Redlock obtain being undone: its errors */
+  int unacked;       /* a node set the lock but its replicas did not confirm */
   char undo_err[FL_ERRLEN];
   const char *key, *lkey, *token; /* anchored on the stack */
   size_t keylen, lkeylen;
@@ -407,6 +408,17 @@ static void leg_reply(fan *f, leg *l) {
     l->n = r->type == REDIS_REPLY_ARRAY;
   } else if (r->type == REDIS_REPLY_INTEGER) {
     l->n = r->integer;
+    if (l->n > 0 && (f->op == FL_OP_OBTAIN || f->op == FL_OP_REFRESH) &&
+        l->node->o.replicas > 0 && c->acked < l->node->o.replicas) {
+      /* written on this master only: a failover could lose it */
+      char msg[FL_ERRLEN];
+      snprintf(msg, sizeof msg, "fluxalock: %s %s: %d of %d replicas acknowledged the lock",
+               c->op, l->node->o.where, (int)(c->acked < 0 ? 0 : c->acked),
+               l->node->o.replicas);
+      f->unacked = 1;
+      leg_fail_msg(l, msg);
+      return;
+    }
   } else {
     char msg[FL_ERRLEN / 2];
     fl_conn_disconnect(c); /* not Redis? */
@@ -579,10 +591,10 @@ static int verdict(lua_State *L, fan *f) {
       lua_settop(L, LOCK);
       return 1;
     }
-    if (f->g->kind == FL_REDLOCK) {
+    if (f->g->kind == FL_REDLOCK || f->unacked) {
       /* undo it everywhere (a node that timed out may have set it too);
          the obtain's own verdict is kept in the lock's fence meanwhile */
-      f->undo_errs = errs > f->nlegs - q ? errs : 0;
+      f->undo_errs = errs > f->nlegs - q || f->nlegs == 1 ? errs : 0;
       memcpy(f->undo_err, first ? first : "", first ? sizeof f->undo_err : 1);
       restart(f, FL_OP_RELEASE);
       return -1;

@@ -159,6 +159,8 @@ static int pool_new(lua_State *L) {
   o->db = (int)optnum(L, 1, "db", 0);
   o->connect_timeout = optnum(L, 1, "connect_timeout", 1);
   o->timeout = optnum(L, 1, "timeout", 1);
+  o->replicas = (int)optnum(L, 1, "replicas", 0);
+  o->replica_timeout = optnum(L, 1, "replica_timeout", o->timeout);
   if (!o->prefix) o->prefix = calloc(1, 1);
   if (!o->host && !o->path) {
     o->host = malloc(10);
@@ -290,6 +292,23 @@ static int obtain_finish(lua_State *L, fl_conn *c, int st) {
   if (n == 0) {
     lua_pushboolean(L, 0);
     return 1;
+  }
+  if (c->pool->o.replicas > 0 && c->acked < c->pool->o.replicas) {
+    /* set on the master only: a failover now could lose it; undo it */
+    fl_pool *p = c->pool;
+    int acked = (int)(c->acked < 0 ? 0 : c->acked); /* c is reused below */
+    size_t wakelen;
+    char *wake = fl_companion_dup(&p->o, lk->key + lk->prefixlen,
+                                  lk->keylen - lk->prefixlen, "wake:", &wakelen);
+    if (wake) {
+      fl_pool_defer(p, lk->key, lk->keylen, wake, wakelen, lk->token);
+      free(wake);
+      if (!p->has_host) fl_pool_flush(p);
+    }
+    lua_pushnil(L);
+    lua_pushfstring(L, "fluxalock: obtain %s: %d of %d replicas acknowledged the lock",
+                    p->o.where, acked, p->o.replicas);
+    return 2;
   }
   lk->fence = n;
   lk->held = 1;

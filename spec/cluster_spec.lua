@@ -131,6 +131,51 @@ describe("a cluster pool", function()
     holder:wait(10)
   end)
 
+  it("runs under an event-loop host: coroutines contend, requests yield", function()
+    local cqueues = require "cqueues"
+    local cq_wait = require("fluxalock.host").resolve("cqueues")
+    local waits = 0
+    fluxalock.configure { host = { wait = function(...) waits = waits + 1 return cq_wait(...) end } }
+    local l = fluxalock.locker() -- the same locker: its pools now wait through the host
+    assert.equal(locker, l)
+    local cq = cqueues.new()
+    local inside, overlaps, got = 0, 0, 0
+    for _ = 1, 3 do
+      cq:wrap(function()
+        for _ = 1, 10 do
+          local lock <close>, err = l:obtain("c-host", 2, 1)
+          assert(lock, err)
+          inside = inside + 1
+          if inside > 1 then overlaps = overlaps + 1 end
+          cqueues.sleep(0.001)
+          inside = inside - 1
+          got = got + 1
+        end
+      end)
+    end
+    local ok, err = cq:loop()
+    fluxalock.configure { host = false }
+    assert.is_true(ok, tostring(err))
+    assert.equal(30, got)
+    assert.equal(0, overlaps)
+    assert.is_true(waits > 30, "the host waited " .. waits .. " times")
+  end)
+
+  it("waits for the slot's replica with replicas = 1", function()
+    fluxalock.configure { pools = { acked = { cluster = cluster.seeds, replicas = 1, replica_timeout = 0.5 } } }
+    local l, lock, err = fluxalock.locker("acked"), nil, nil
+    -- (the replicas may still be syncing right after the cluster was made)
+    R.until_true(function()
+      lock, err = l:obtain("{b}acked", 5)
+      return lock ~= nil
+    end, 10, "an acknowledged lock")
+    local master = cluster:master_of(cluster:slot("{b}acked"))
+    -- (KEYS: a replica redirects keyed commands to its master)
+    assert.equal("{b}acked", cluster:replica_of(master):cli("KEYS", "{b}acked"), err)
+    assert.is_true(lock:refresh(1))
+    assert.is_true(lock:release())
+  end)
+
   it("fails clearly when no seed answers, without connecting in locker()", function()
     local l = fluxalock.locker("nowhere")
     local lock, err = l:obtain("x", 1)

@@ -11,8 +11,10 @@ describe("a sentinel pool", function()
   local function role(s) return (s:cli("ROLE"):match("^(%a+)")) end
 
   lazy_setup(function()
-    master = R.start()
-    replica = R.start { args = { "--replicaof", "127.0.0.1", tostring(master.port) } }
+    -- (no 5 s diskless-sync delay: replicas sync at once)
+    master = R.start { args = { "--repl-diskless-sync-delay", "0" } }
+    replica = R.start { args = { "--replicaof", "127.0.0.1", tostring(master.port),
+                                 "--repl-diskless-sync-delay", "0" } }
     R.until_true(function()
       return replica:cli("INFO", "replication"):find("master_link_status:up", 1, true)
     end, 10, "replica in sync")

@@ -28,6 +28,8 @@ local OPTIONS = {
   sentinel_password = "string",
   redlock = "list",            -- {url, url, ...}: independent masters
   cluster = "list",            -- {"host:port", ...}: seed nodes of a cluster
+  replicas = "integer",        -- obtain/refresh WAIT for this many replicas
+  replica_timeout = "duration",
 }
 local KINDS = { "sentinels", "redlock", "cluster" }
 M.OPTIONS = OPTIONS
@@ -227,6 +229,10 @@ function M.kind(name, o, given)
     fail(name, kind, "replaces url/host/port/path: give the servers in the list")
   end
   if kind == "cluster" and o.db ~= 0 then fail(name, "db", "must be 0 on a cluster") end
+  if o.replicas and (o.replicas < 0 or o.replicas > 1000) then
+    fail(name, "replicas", "must be from 0 to 1000")
+  end
+  if o.replica_timeout and not o.replicas then fail(name, "replica_timeout", "needs 'replicas'") end
   if kind == "redlock" then
     -- each node: the pool's options, overridden by what its URL says
     local nodes = {}

@@ -119,7 +119,8 @@ function T.cluster()
   local c = setmetatable({ nodes = {}, seeds = {} }, Cluster)
   for i = 1, 6 do
     c.nodes[i] = launch { "cluster-enabled yes", "cluster-config-file nodes.conf",
-                          "cluster-node-timeout 1000", "appendonly no", 'save ""' }
+                          "cluster-node-timeout 1000", "appendonly no", 'save ""',
+                          "repl-diskless-sync-delay 0" }
     c.seeds[i] = c.nodes[i].addr
   end
   local args = {}

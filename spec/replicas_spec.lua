@@ -1,0 +1,69 @@
+-- WAIT for replicas: with replicas = n a lock (or a refresh) counts only
+-- once n replicas have acknowledged it; real master and replica servers.
+local R = require "support.redis"
+
+describe("a pool with replicas = 1", function()
+  local master, replica, fluxalock, locker
+
+  lazy_setup(function()
+    -- (no 5 s diskless-sync delay: the replica syncs at once)
+    master = R.start { args = { "--repl-diskless-sync-delay", "0" } }
+    replica = R.start { args = { "--replicaof", "127.0.0.1", tostring(master.port) } }
+    R.until_true(function()
+      return master:cli("INFO", "replication"):find("connected_slaves:1", 1, true)
+        and replica:cli("INFO", "replication"):find("master_link_status:up", 1, true)
+    end, 10, "replica in sync")
+    fluxalock = require "fluxalock"
+    fluxalock.configure { pools = {
+      default = { url = master.url, replicas = 1, replica_timeout = 0.2 },
+      two = { url = master.url, replicas = 2, replica_timeout = 0.05 },
+    } }
+    locker = fluxalock.locker()
+  end)
+
+  lazy_teardown(function()
+    if replica then replica:stop() end
+    if master then master:stop() end
+  end)
+
+  it("obtains and refreshes once the replica has the lock", function()
+    local lock = assert(locker:obtain("w-ok", 5))
+    -- acknowledged: the replica has it already, no polling needed
+    assert.equal("1", replica:cli("EXISTS", "w-ok"))
+    assert.is_true(lock:refresh(5))
+    assert.is_true(lock:release())
+  end)
+
+  it("refuses a lock the replicas did not acknowledge, and leaves nothing behind", function()
+    local lock, err = fluxalock.locker("two"):obtain("w-two", 5)
+    assert.is_nil(lock)
+    assert.equal("fluxalock: obtain 127.0.0.1:" .. master.port .. ": 1 of 2 replicas acknowledged the lock", err)
+    assert.equal("0", master:cli("EXISTS", "w-two"))
+  end)
+
+  it("reports a refresh the paused replica did not acknowledge", function()
+    local lock = assert(locker:obtain("w-pause", 5))
+    replica:pause() -- SIGSTOP: it acknowledges nothing
+    local t0 = R.now()
+    local ok, err = lock:refresh(5)
+    local lock2, err2 = locker:obtain("w-pause2", 5)
+    replica:resume()
+    assert.is_nil(ok)
+    assert.equal("fluxalock: refresh 127.0.0.1:" .. master.port .. ": 0 of 1 replicas acknowledged the refresh", err)
+    assert.is_nil(lock2)
+    assert.matches("^fluxalock: obtain .*: 0 of 1 replicas acknowledged the lock$", err2)
+    assert.is_true(R.now() - t0 < 2, "did not hang")
+    assert.equal("0", master:cli("EXISTS", "w-pause2"))
+    assert.is_true(lock:held()) -- still this holder's on the master
+    assert.is_true(lock:release())
+  end)
+
+  it("validates the options", function()
+    assert.has_error(function()
+      fluxalock.configure { pools = { x = { replicas = -1 } } }
+    end, "fluxalock.configure: pool 'x': option 'replicas' must be from 0 to 1000")
+    assert.has_error(function()
+      fluxalock.configure { pools = { x = { replica_timeout = 1 } } }
+    end, "fluxalock.configure: pool 'x': option 'replica_timeout' needs 'replicas'")
+  end)
+end)
