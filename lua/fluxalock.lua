@@ -28,19 +28,20 @@ local host_wait = nil       -- the event-loop host's wait function, or nil
 
 -- ---- argument checks: misuse raises, naming the argument --------------------
 
-local function argerror(n, fname, msg)
-  -- level 3: the caller of the API function that called us
-  error(("bad argument #%d to '%s' (%s)"):format(n, fname, msg), 3)
+local function argerror(n, fname, msg, level)
+  -- level 3: the caller of the API function that called us (4 from a
+  -- helper of that function), so the message points at the user's line
+  error(("bad argument #%d to '%s' (%s)"):format(n, fname, msg), level or 3)
 end
 
 -- seconds -> whole milliseconds (>= 1), or raise naming argument n
 local function duration(v, n, fname, what)
   if type(v) ~= "number" then
-    argerror(n, fname, ("%s must be a number of seconds, got %s"):format(what, type(v)))
+    argerror(n, fname, ("%s must be a number of seconds, got %s"):format(what, type(v)), 4)
   end
-  if v ~= v then argerror(n, fname, what .. " must not be NaN") end
-  if v < 0.001 then argerror(n, fname, what .. " must be at least 0.001 seconds") end
-  if v > 1e9 then argerror(n, fname, what .. " must not exceed 1e9 seconds") end
+  if v ~= v then argerror(n, fname, what .. " must not be NaN", 4) end
+  if v < 0.001 then argerror(n, fname, what .. " must be at least 0.001 seconds", 4) end
+  if v > 1e9 then argerror(n, fname, what .. " must not exceed 1e9 seconds", 4) end
   return (v * 1000 + 0.5) // 1
 end
 
