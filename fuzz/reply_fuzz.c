@@ -103,6 +103,8 @@ static const char driver[] =
   "end\n"
   "p:close()\n";
 
+static void cleanup(void) { unlink(sockpath); }
+
 static void init(void) {
   static int ls;
   struct sockaddr_un a;
@@ -118,6 +120,7 @@ static void init(void) {
     perror("fuzz server");
     abort();
   }
+  atexit(cleanup);
   if (pthread_create(&t, NULL, serve, &ls) != 0) abort();
   L = luaL_newstate();
   luaL_openlibs(L);
