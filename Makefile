@@ -60,6 +60,18 @@ bench/out/floor: bench/floor.c
 lint:
 	luacheck lua spec examples bench
 
+# reliability (README): the suite under sanitizers, in a private copy of the
+# tree; the libFuzzer targets for FUZZ_SECONDS each (default 60)
+.PHONY: check-asan check-valgrind fuzz
+check-asan: deps
+	@sh tools/checks/lib/sanitize.sh asan
+
+check-valgrind: deps
+	@sh tools/checks/lib/sanitize.sh valgrind
+
+fuzz: deps
+	@sh fuzz/run.sh
+
 # examples/embed: a C program embedding Lua that drives fluxalock from its
 # own poll(2) loop (README: hosts); spec/host_embed_spec.lua runs it
 LUA_LIBS ?= $(shell $(PKG_CONFIG) --libs $(LUA_PC) 2>/dev/null || echo -llua5.4)

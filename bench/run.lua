@@ -270,11 +270,16 @@ local LABEL = {
   W1 = "W1 uncontended", W2x4 = "W2 contended, 4 procs", W2x8 = "W2 contended, 8 procs",
   W3 = "W3 handoff", W4 = "W4 Redis load, 8 procs",
 }
-local NOTE = {
-  ["p50 us"] = "µs", ["p99 us"] = "µs", ["max us"] = "µs",
+local FIGURE = {
+  ["pairs/s"] = "pairs/s", ["acq/s"] = "acquisitions/s", ["busiest share"] = "busiest process's share",
+  ["violations"] = "violations (two holders)", ["median ms"] = "median ms", ["p90 ms"] = "p90 ms",
   ["commands/acq"] = "all commands / acquisition", ["requests/acq"] = "requests sent / acquisition",
-  ["p50 us W1"] = "µs per pair",
 }
+local function figure(w, metric)
+  local us = metric:match("^(%w+) us$")
+  if us then return ("%s µs %s"):format(us, w == "W1" and "per pair" or "to acquire") end
+  return FIGURE[metric] or metric
+end
 
 local cpu = (sh("grep -m1 'model name' /proc/cpuinfo"):match(":%s*(.-)%s*$") or "?")
 print(("fluxalock bench, %s UTC, %s, %s cores, redis %s; %d rounds × %g s, medians; "
@@ -290,9 +295,7 @@ for _, r in ipairs(rows) do
   local target, met = "", ""
   local t = targets[w .. " " .. metric]
   if t then target, met = t(x, f) end
-  local label = metric:gsub(" us$", " µs")
-  if NOTE[metric] and not metric:find(" us$") then label = NOTE[metric] end
-  print(("| %s | %s | %s | %s | %s | %s | %s | %s | %s |"):format(LABEL[w], label,
+  print(("| %s | %s | %s | %s | %s | %s | %s | %s | %s |"):format(LABEL[w], figure(w, metric),
     fmt(f), fmt(x), ratio(x, f), fmt(p), ratio(p, f), target, met))
 end
 local per_lock = mem.lua_bytes_per_lock
@@ -300,8 +303,8 @@ print(("| W5 memory | Lua heap bytes per held lock (key %d B incl.) | | %s | | |
   mem.key_bytes, fmt(per_lock), check(per_lock <= 256 + mem.key_bytes)))
 print(("| W5 memory | RSS bytes per held lock | | %s | | | | | |"):format(fmt(mem.rss_bytes_per_lock)))
 local growth = mem.rss_after - mem.rss_before
-print(("| W5 memory | RSS growth over %d obtain/release cycles (distinct keys) | | %s KiB (%s → %s KiB) | | | | < 1 MB | %s |"):format(
-  mem.cycles, fmt(growth / 1024), fmt(mem.rss_before / 1024), fmt(mem.rss_after / 1024),
-  check(growth < 1000000)))
+print(("| W5 memory | RSS growth over %d obtain/release cycles (distinct keys) "
+  .. "| | %s KiB (%s → %s KiB) | | | | < 1 MB | %s |"):format(mem.cycles,
+  fmt(growth / 1024), fmt(mem.rss_before / 1024), fmt(mem.rss_after / 1024), check(growth < 1000000)))
 io.stderr:write(("bench: done in %.0f s; handoff data in %s/handoff-*.dat\n"):format(
   core.now() - t_begin, OUT))

@@ -20,6 +20,7 @@ local M = {
 }
 local NOT_OBTAINED = M.NOT_OBTAINED
 
+local specs = {}            -- name -> the pool as given to configure (a copy)
 local pools = {}            -- name -> normalized options (configured)
 local defaults = nil        -- configure{defaults = ...}
 local lockers = {}          -- name -> Locker of a configured pool
@@ -28,19 +29,20 @@ local host_wait = nil       -- the event-loop host's wait function, or nil
 
 -- ---- argument checks: misuse raises, naming the argument --------------------
 
-local function argerror(n, fname, msg)
-  -- level 3: the caller of the API function that called us
-  error(("bad argument #%d to '%s' (%s)"):format(n, fname, msg), 3)
+local function argerror(n, fname, msg, level)
+  -- level 3: the caller of the API function that called us (4 from a
+  -- helper of that function), so the message points at the user's line
+  error(("bad argument #%d to '%s' (%s)"):format(n, fname, msg), level or 3)
 end
 
 -- seconds -> whole milliseconds (>= 1), or raise naming argument n
 local function duration(v, n, fname, what)
   if type(v) ~= "number" then
-    argerror(n, fname, ("%s must be a number of seconds, got %s"):format(what, type(v)))
+    argerror(n, fname, ("%s must be a number of seconds, got %s"):format(what, type(v)), 4)
   end
-  if v ~= v then argerror(n, fname, what .. " must not be NaN") end
-  if v < 0.001 then argerror(n, fname, what .. " must be at least 0.001 seconds") end
-  if v > 1e9 then argerror(n, fname, what .. " must not exceed 1e9 seconds") end
+  if v ~= v then argerror(n, fname, what .. " must not be NaN", 4) end
+  if v < 0.001 then argerror(n, fname, what .. " must be at least 0.001 seconds", 4) end
+  if v > 1e9 then argerror(n, fname, what .. " must not exceed 1e9 seconds", 4) end
   return (v * 1000 + 0.5) // 1
 end
 
@@ -140,29 +142,43 @@ local function default_options()
 end
 
 --- fluxalock.configure(config) -> true
+-- Pools named in config.pools are (re)defined (false removes one); others
+-- stay.  config.defaults apply to every pool that does not set an option
+-- itself, whenever it was defined.  All of it is checked before any of it
+-- is applied: an invalid config changes nothing.
 function M.configure(cfg)
-  local ok, newpools, newdefaults = pcall(config.check, cfg)
-  if not ok then error("fluxalock.configure: " .. newpools, 2) end
+  local ok, given, newdefaults = pcall(config.check, cfg, defaults)
+  if not ok then error("fluxalock.configure: " .. given, 2) end
+  if cfg.defaults == nil then newdefaults = defaults end
   local wait = host_wait
   if cfg.host ~= nil then
     local hok, w = pcall(function() return require("fluxalock.host").resolve(cfg.host) end)
     if not hok then error("fluxalock.configure: " .. tostring(w), 2) end
     wait = w
   end
+  local newspecs, newpools = {}, {}
+  for name, spec in pairs(specs) do newspecs[name] = spec end
+  for name, spec in pairs(given) do newspecs[name] = spec or nil end
+  for name, spec in pairs(newspecs) do
+    local pok, o = pcall(config.pool, name, spec, newdefaults)
+    if not pok then error("fluxalock.configure: " .. o, 2) end
+    newpools[name] = o
+  end
+  local old_default = not pools[M.DEFAULT_POOL] and lockers[M.DEFAULT_POOL] and default_options()
   -- everything is valid: apply it
-  if cfg.defaults ~= nil then defaults = newdefaults end
-  for name, o in pairs(newpools) do
-    local old = pools[name]
-    if o == false then
-      pools[name], lockers[name] = nil, nil
-    else
-      if not old or config.signature(old) ~= config.signature(o) then lockers[name] = nil end
-      pools[name] = o
+  specs, defaults = newspecs, newdefaults
+  for name, l in pairs(lockers) do
+    local o = newpools[name] or (name == M.DEFAULT_POOL and default_options())
+    local before = pools[name] or (name == M.DEFAULT_POOL and old_default)
+    if not o or not before or config.signature(before) ~= config.signature(o) then
+      lockers[name] = nil
+    elseif wait ~= host_wait then
+      l._pool:sethost(wait)
     end
   end
+  pools = newpools
   if wait ~= host_wait then
     host_wait = wait
-    for _, l in pairs(lockers) do l._pool:sethost(wait) end
     for _, l in pairs(by_url) do l._pool:sethost(wait) end
   end
   return true

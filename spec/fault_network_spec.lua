@@ -210,7 +210,7 @@ describe("through a TCP proxy", function()
     px:mode("deaf")
     local n = px:count()
     local child = R.spawn(code, { URL = px.url })
-    R.until_true(function() return px:count() > n end, 10, "the child's connection")
+    R.until_true(function() return px:count() > n end, 30, "the child's connection")
     -- the real signal: the child's socket to the proxy has bytes queued that
     -- the peer does not take (/proc/net/tcp: tx_queue of the connection)
     local function stuck()
@@ -222,7 +222,7 @@ describe("through a TCP proxy", function()
       end
       return false
     end
-    R.until_true(stuck, 10, "the child's write to get stuck")
+    R.until_true(stuck, 30, "the child's write to get stuck")
     px:cut()
     local out = child:wait(30)
     assert.matches("alive", out)

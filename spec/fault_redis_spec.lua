@@ -135,15 +135,15 @@ describe("Redis frozen (SIGSTOP)", function()
   it("makes every call return 'timed out' within its timeout, then works again once thawed", function()
     local locker = fl.locker()
     local kept = assert(locker:obtain("kept", 30))
-    local gone = assert(locker:obtain("gone", 30))
+    local dropped = assert(locker:obtain("gone", 30))
     server:pause()
     finally(function() server:resume() end)
     times_out("obtain", function() return locker:obtain("new", 1) end)
     times_out("obtain with wait", function() return locker:obtain("new2", 2, 1) end)
     times_out("ttl", function() return kept:ttl() end)
     times_out("refresh", function() return kept:refresh(1) end)
-    times_out("release", function() return gone:release() end)
-    assert.is_true(gone:held(), "a release that timed out leaves the lock held")
+    times_out("release", function() return dropped:release() end)
+    assert.is_true(dropped:held(), "a release that timed out leaves the lock held")
     -- a locker that has no connection yet: TCP connects (the kernel accepts),
     -- Redis never answers
     times_out("obtain on a new connection", function()
@@ -155,7 +155,7 @@ describe("Redis frozen (SIGSTOP)", function()
     assert.is_true(kept:release())
     -- the frozen server ran the requests it had received once it was thawed:
     -- the release may have happened late; either way the key is gone
-    local r = gone:release()
+    local r = dropped:release()
     assert.is_boolean(r)
     assert.equal("0", server:cli("EXISTS", "gone"))
     -- an obtain that timed out may have taken the key late: it expires by

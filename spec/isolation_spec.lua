@@ -71,6 +71,17 @@ describe("isolation", function()
     lock:release()
   end)
 
+  it("by a default prefix, which an invalid configure leaves unchanged", function()
+    fluxalock.configure { defaults = { prefix = "dflt:" } }
+    finally(function() fluxalock.configure { defaults = {} } end)
+    local ok = pcall(fluxalock.configure, { defaults = { prefix = "other:" }, pools = { bad = { port = "x" } } })
+    assert.is_false(ok)
+    local lock = assert(fluxalock.locker { url = server.url }:obtain("dk", 30))
+    assert.equal(lock:token(), server:cli("GET", "dflt:dk"))
+    assert.equal("0", server:cli("EXISTS", "other:dk"))
+    lock:release()
+  end)
+
   it("over the Unix socket: the same server, the same locks", function()
     local unix = fluxalock.locker(server.unix_url)
     local tcp = fluxalock.locker(server.url)

@@ -110,8 +110,8 @@ describe("security", function()
     server:cli("SCRIPT", "FLUSH") -- the next scripts go as EVAL with their body
     assert(a:ttl())
     assert.is_true(a:release())
-    local b = assert(l:obtain(KEY, 5))
-    b = nil -- luacheck: ignore
+    local function drop() assert(l:obtain(KEY, 5)) end
+    drop() -- the lock is garbage once drop returns
     collectgarbage() -- __gc: a deferred release, sent as EVAL
     R.until_true(function() return server:cli("EXISTS", "pfx-MARK:" .. KEY) == "0" end, 5, "gc release")
     server:cli("PING") -- the last line MONITOR must show
@@ -127,7 +127,7 @@ describe("security", function()
     local bodies, shas, evals = {}, {}, 0
     for line in text:gmatch("[^\n]+") do
       local args = {}
-      for a in line:gmatch('"(.-[^\\])"') do args[#args + 1] = a end
+      for w in line:gmatch('"(.-[^\\])"') do args[#args + 1] = w end
       local cmd = args[1] and args[1]:upper()
       if cmd == "EVAL" or cmd == "EVALSHA" then
         evals = evals + 1

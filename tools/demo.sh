@@ -1,4 +1,5 @@
 #!/bin/sh
+# shellcheck disable=SC2317 # alive and stop_server run from the EXIT trap
 # make demo: run the examples against $FLUXALOCK_URL or, when it is unset, a
 # private redis-server on a free loopback port, started here and stopped by
 # its own PID on the way out.  (make demo installs the Debian packages and
@@ -24,7 +25,7 @@ stop_server() {
   if [ -n "$pid" ] && alive "$pid"; then
     kill "$pid" 2>/dev/null || true
     n=0 # it saves nothing (--save ''), so it is gone in a moment
-    while alive "$pid" && [ $n -lt 100 ]; do sleep 0.05; n=$((n + 1)); done
+    while alive "$pid" && [ "$n" -lt 100 ]; do sleep 0.05; n=$((n + 1)); done
     if alive "$pid"; then kill -KILL "$pid" 2>/dev/null || true; fi
   fi
   pid=""

@@ -13,10 +13,10 @@ if [ -z "${HIREDIS1_DIR:-}" ]; then
   exit 0
 fi
 src=$(cd "$HIREDIS1_DIR" && pwd)
-[ -f "$src/hiredis.h" ] && [ -f "$src/libhiredis.so" ] || {
+if [ ! -f "$src/hiredis.h" ] || [ ! -f "$src/libhiredis.so" ]; then
   echo "check-hiredis1: $src has no hiredis.h and libhiredis.so (run make there)" >&2
   exit 1
-}
+fi
 major=$(sed -n 's/^#define HIREDIS_MAJOR \([0-9]*\).*/\1/p' "$src/hiredis.h")
 [ "${major:-0}" -ge 1 ] || { echo "check-hiredis1: $src is hiredis $major.x, not 1.x" >&2; exit 1; }
 

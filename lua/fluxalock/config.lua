@@ -279,8 +279,10 @@ function M.signature(o)
 end
 
 -- Validate a whole configure{} argument without changing anything.
--- Returns pools (name -> normalized | false) and the host setting.
-function M.check(config)
+-- 'inherited' are the defaults in force, for pools checked when the config
+-- sets no defaults of its own.  Returns the pools as given (name -> a copy of
+-- the spec | false) and the new defaults (or nil).
+function M.check(config, inherited)
   if type(config) ~= "table" then
     error("configuration must be a table, got " .. type(config), 0)
   end
@@ -299,6 +301,9 @@ function M.check(config)
       end
       check_value("defaults", k, v)
     end
+    local copy = {}
+    for k, v in pairs(defaults) do copy[k] = v end
+    defaults = copy
   end
   local pools = {}
   if config.pools ~= nil then
@@ -310,7 +315,13 @@ function M.check(config)
       if spec == false then
         pools[name] = false
       else
-        pools[name] = M.pool(name, spec, defaults)
+        M.pool(name, spec, defaults or inherited) -- raises on a bad pool
+        if type(spec) == "table" then
+          local copy = {}
+          for k, v in pairs(spec) do copy[k] = v end
+          spec = copy
+        end
+        pools[name] = spec
       end
     end
   end

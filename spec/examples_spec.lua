@@ -1,0 +1,70 @@
+-- The examples as a user runs them (lua5.4 examples/x.lua, the default pool
+-- from FLUXALOCK_URL): each prints exactly the reference's lines, exits 0,
+-- and leaves no key but the fence counter behind; with Redis down each one
+-- exits non-zero at once with the "fluxalock: ..." message.
+local R = require "support.redis"
+
+local root = R.sh("pwd"):gsub("%s+$", "")
+
+-- run an example in its own process -> stdout, stderr, exit code
+local function run(name, url)
+  local err = os.tmpname()
+  local cmd = ("cd %s && FLUXALOCK_URL=%s LUA_PATH=%s LUA_CPATH=%s lua5.4 examples/%s.lua 2>%s; echo \"exit=$?\"")
+    :format(R.quote(root), R.quote(url), R.quote(root .. "/lua/?.lua;;"), R.quote(root .. "/?.so;;"),
+      name, R.quote(err))
+  local out = R.sh(cmd)
+  local f = io.open(err)
+  local stderr = f and f:read("a") or ""
+  if f then f:close() end
+  os.remove(err)
+  local code = tonumber(out:match("exit=(%d+)\n$"))
+  return out:gsub("exit=%d+\n$", ""), stderr, code
+end
+
+local function lines(t) return table.concat(t, "\n") .. "\n" end
+
+describe("examples", function()
+  local server
+
+  lazy_setup(function() server = R.start() end)
+  lazy_teardown(function() if server then server:stop() end end)
+
+  local expected = {
+    non_blocking = { "GETTING LOCK A", "GETTING LOCK B", "GOT LOCK A",
+      "UNABLE TO GET LOCK B", "RELEASING LOCK A" },
+    waiting = { "GETTING LOCK A", "GETTING LOCK B", "GOT LOCK A",
+      "RELEASING LOCK A", "GOT LOCK B", "RELEASING LOCK B" },
+    ttl_refresh = { "GOT LOCK FOR 5 SECONDS", "WILL EXPIRE IN 4 SECONDS",
+      "WILL EXPIRE IN 3 SECONDS", "WILL EXPIRE IN 5 SECONDS" },
+    scoped = { "GOT LOCK scoped_job", "JOB FAILED: the job went wrong",
+      "fluxalock.Lock: scoped_job (released)", "LOCK IS FREE AGAIN" },
+  }
+
+  local KEY = { non_blocking = "test_lock", waiting = "test_lock", ttl_refresh = "test",
+    scoped = "scoped_job" }
+
+  for _, name in ipairs { "non_blocking", "waiting", "ttl_refresh", "scoped" } do
+    it(name .. ".lua prints the reference's lines and releases its lock", function()
+      local out, stderr, code = run(name, server.url)
+      assert.are.equal(lines(expected[name]), out)
+      assert.are.equal("", stderr)
+      assert.are.equal(0, code)
+      -- released, not left to expire (only fluxalock's own keys remain:
+      -- the fence counter, and a wake-up list living 1 s)
+      assert.are.equal("0", server:cli("EXISTS", KEY[name]))
+    end)
+  end
+
+  it("with Redis down each example fails at once with the fluxalock message", function()
+    local down = R.start()
+    local url = down.url
+    down:stop()
+    for _, name in ipairs { "non_blocking", "waiting", "ttl_refresh", "scoped" } do
+      local t0 = R.now()
+      local _, stderr, code = run(name, url)
+      assert.are.equal(1, code, name)
+      assert.matches("fluxalock: connect 127%.0%.0%.1:%d+: Connection refused", stderr)
+      assert.is_true(R.now() - t0 < 10, name .. " did not hang")
+    end
+  end)
+end)

@@ -1,0 +1,9 @@
+#!/bin/sh
+# CI: a representative subset of the suite under valgrind memcheck (every
+# lua5.4 process: zero errors, definitely lost 0).  The subset covers every
+# Lock method and metamethod (__gc, __close, lua_close), every error path of
+# bad input and AUTH, the fence and the ACL user; the specs that bound time
+# (faults, soak, scenarios) are left to make check-valgrind, which runs all.
+cd "$(dirname "$0")/../.." && sh tools/checks/lib/sanitize.sh valgrind \
+  spec/lock_spec.lua spec/lifecycle_spec.lua spec/badinput_spec.lua \
+  spec/fence_spec.lua spec/security_spec.lua
