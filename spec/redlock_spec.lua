@@ -127,6 +127,35 @@ describe("a redlock pool", function()
     for i = 1, 3 do servers[i]:restart() end
   end)
 
+  it("runs under an event-loop host: coroutines contend, each fan-out yields", function()
+    local cqueues = require "cqueues"
+    local cq_wait = require("fluxalock.host").resolve("cqueues")
+    local waits = 0
+    fluxalock.configure { host = { wait = function(...) waits = waits + 1 return cq_wait(...) end } }
+    local cq = cqueues.new()
+    local inside, overlaps, got = 0, 0, 0
+    for _ = 1, 3 do
+      cq:wrap(function()
+        for _ = 1, 10 do
+          local lock <close>, err = locker:obtain("r-host", 2, 1)
+          assert(lock, err)
+          inside = inside + 1
+          if inside > 1 then overlaps = overlaps + 1 end
+          cqueues.sleep(0.001) -- the others run meanwhile
+          inside = inside - 1
+          got = got + 1
+        end
+      end)
+    end
+    local ok, err = cq:loop()
+    fluxalock.configure { host = false }
+    assert.is_true(ok, tostring(err))
+    assert.equal(30, got)
+    assert.equal(0, overlaps)
+    assert.is_true(waits > 30, "the host waited " .. waits .. " times")
+    assert.equal(0, exists("r-host"))
+  end)
+
   it("keeps one holder at a time while a node is stopped and restarted mid-run", function()
     local witness = R.start()
     local env = { URLS = table.concat(urls(), " "), WITNESS = witness.port, SECONDS = "3" }
