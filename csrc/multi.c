@@ -332,6 +332,7 @@ static int parse_redirect(const char *s, unsigned *slot, char *host, size_t host
   const char *sp = strchr(s, ' '), *addr, *colon;
   char *end;
   unsigned long sl;
+  long sl2;
   size_t hl;
   if (!sp) return 0;
   sl = strtoul(sp + 1, &end, 10);
@@ -344,9 +345,11 @@ static int parse_redirect(const char *s, unsigned *slot, char *host, size_t host
   memcpy(host, addr, hl);
   host[hl] = '\0';
   if (!hl) snprintf(host, hostcap, "127.0.0.1"); /* ":port": the same host */
-  *port = atoi(colon + 1);
+  sl2 = strtol(colon + 1, &end, 10);
+  if (*end != '\0' || sl2 < 1 || sl2 > 65535) return 0;
+  *port = (int)sl2;
   *slot = (unsigned)sl;
-  return *port > 0 && *port < 65536;
+  return 1;
 }
 
 /* l's reply has arrived: take the answer, or follow a redirect */
