@@ -58,6 +58,34 @@ describe("a pool with replicas = 1", function()
     assert.is_true(lock:release())
   end)
 
+  it("validates the options of the pool kinds", function()
+    local function msg(pool)
+      local ok, err = pcall(fluxalock.configure, { pools = { x = pool } })
+      assert.is_false(ok)
+      return err
+    end
+    assert.equal("fluxalock.configure: pool 'x': option 'sentinels' needs 'master' (the name the sentinels monitor)",
+      msg { sentinels = { "127.0.0.1:26379" } })
+    assert.equal("fluxalock.configure: pool 'x': option 'master' needs 'sentinels'", msg { master = "m" })
+    assert.equal("fluxalock.configure: pool 'x': option 'sentinels' entry 1 must be 'host:port', got 'nohost'",
+      msg { sentinels = { "nohost" }, master = "m" })
+    assert.equal("fluxalock.configure: pool 'x': option 'cluster' must not be empty", msg { cluster = {} })
+    assert.equal("fluxalock.configure: pool 'x': option 'cluster' must be a list of strings, got string",
+      msg { cluster = "127.0.0.1:7000" })
+    assert.matches("option '%a+' cannot be combined with '%a+'",
+      msg { cluster = { "127.0.0.1:7000" }, redlock = { "redis://127.0.0.1" } })
+    assert.equal("fluxalock.configure: pool 'x': option 'cluster' replaces url/host/port/path: give the servers in the list",
+      msg { cluster = { "127.0.0.1:7000" }, port = 7000 })
+    assert.equal("fluxalock.configure: pool 'x': option 'db' must be 0 on a cluster",
+      msg { cluster = { "127.0.0.1:7000" }, db = 1 })
+    assert.matches("^fluxalock.configure: pool 'x' node '2': option 'url' ",
+      msg { redlock = { "redis://127.0.0.1:1", "http://x" } })
+    -- a password in a Redlock URL never shows in tostring
+    local l = fluxalock.locker { redlock = { "redis://:s3cret@127.0.0.1:1", "redis://127.0.0.1:2" } }
+    assert.equal("fluxalock.Locker: redlock:2 nodes (redlock:2 nodes)", tostring(l))
+    assert.is_nil(select(2, l:obtain("k", 1)):find("s3cret", 1, true))
+  end)
+
   it("validates the options", function()
     assert.has_error(function()
       fluxalock.configure { pools = { x = { replicas = -1 } } }
