@@ -24,6 +24,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
 #include <poll.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -58,7 +59,7 @@ typedef struct fan {
   long long ms;
   int mode, replace;
   double secs, limit, start;
-  leg legs[FL_MAXNODES];
+  leg legs[]; /* nlegs of them: the userdata is sized to fit */
 } fan;
 
 static const char *opname(int op) {
@@ -477,6 +478,28 @@ static void fail_running(fan *f, const char *why) {
   }
 }
 
+/* Redlock: once a majority has obtained, released or refreshed, the legs
+   still running cannot change the answer: they are abandoned (their
+   connections dropped), so one slow node does not eat into the validity */
+static void settle_early(fan *f) {
+  int i, ok = 0, running = 0;
+  if (f->g->kind != FL_REDLOCK || f->op == FL_OP_TTL || f->op == FL_OP_AWAIT) return;
+  for (i = 0; i < f->nlegs; i++) {
+    if (f->legs[i].st == LEG_DONE && f->legs[i].n > 0) ok++;
+    if (f->legs[i].st == LEG_RUN || f->legs[i].st == LEG_PAUSE) running++;
+  }
+  if (!running || ok < f->nlegs / 2 + 1) return;
+  for (i = 0; i < f->nlegs; i++) {
+    leg *l = &f->legs[i];
+    char msg[FL_ERRLEN];
+    if (l->st != LEG_RUN && l->st != LEG_PAUSE) continue;
+    if (l->c) fl_conn_disconnect(l->c); /* a late reply must not be read later */
+    snprintf(msg, sizeof msg, "fluxalock: %s %s: not awaited (a majority answered)",
+             opname(f->op), l->node->o.where);
+    leg_fail_msg(l, msg);
+  }
+}
+
 /* run every leg to its end; 0 when done (may yield through the host) */
 static int fan_drive(lua_State *L, fan *f, lua_KFunction k) {
   for (;;) {
@@ -486,6 +509,7 @@ static int fan_drive(lua_State *L, fan *f, lua_KFunction k) {
     fl_conn *wc = NULL;
     const char *wmode = "r";
     for (i = 0; i < f->nlegs; i++) leg_step(f, &f->legs[i], now);
+    settle_early(f);
     now = fl_now();
     for (i = 0; i < f->nlegs; i++) {
       leg *l = &f->legs[i];
@@ -700,24 +724,22 @@ static int fan_k(lua_State *L, int status, lua_KContext ctx) {
    the host's wait function, from the Pool userdata at pooludx) */
 static fan *fan_new(lua_State *L, fl_pool *g, int op, int pooludx) {
   fan *f;
-  int i;
+  int i, n = g->kind == FL_REDLOCK && op != FL_OP_AWAIT ? g->nnodes : 1;
+  size_t size = offsetof(fan, legs) + (size_t)n * sizeof(leg);
   lua_settop(L, LOCK);
   if (g->has_host) {
     lua_getiuservalue(L, pooludx, 1);
     lua_replace(L, HOST);
   }
-  f = lua_newuserdatauv(L, sizeof *f, 0); /* FAN */
-  memset(f, 0, sizeof *f);
+  f = lua_newuserdatauv(L, size, 0); /* FAN */
+  memset(f, 0, size);
   f->g = g;
   f->op = op;
   f->hidx = g->has_host ? HOST : 0;
   f->start = fl_now();
-  if (g->kind == FL_REDLOCK && op != FL_OP_AWAIT) {
-    f->nlegs = g->nnodes;
-    for (i = 0; i < g->nnodes; i++) f->legs[i].node = g->nodes[i];
-  } else {
-    f->nlegs = 1;
-  }
+  f->nlegs = n;
+  if (g->kind == FL_REDLOCK && op != FL_OP_AWAIT) /* else: set by the caller */
+    for (i = 0; i < n; i++) f->legs[i].node = g->nodes[i];
   return f;
 }
 

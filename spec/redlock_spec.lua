@@ -127,6 +127,33 @@ describe("a redlock pool", function()
     for i = 1, 3 do servers[i]:restart() end
   end)
 
+  it("works with a single node (a quorum of 1)", function()
+    local l = fluxalock.locker { redlock = { servers[1].url } }
+    local lock = assert(l:obtain("r-one", 2))
+    assert.is_true(lock:ttl() > 1)
+    assert.is_true(lock:refresh(1))
+    assert.is_true(lock:release())
+    assert.is_truthy(l:obtain("r-one", 2, 0.1))
+  end)
+
+  it("does not wait for a frozen node once a majority answered", function()
+    -- a timeout longer than the ttl: waiting for the frozen node would use up
+    -- the whole validity, and the obtain would fail
+    fluxalock.configure { pools = { slow = { redlock = urls(), timeout = 3, connect_timeout = 3 } } }
+    local l = fluxalock.locker("slow")
+    assert(l:obtain("r-warm", 1)):release() -- connections open before the freeze
+    servers[5]:pause() -- SIGSTOP
+    local t0 = R.now()
+    local lock, err = l:obtain("r-frozen", 1)
+    local ok, rerr
+    if lock then ok, rerr = lock:release() end
+    local took = R.now() - t0
+    servers[5]:resume()
+    assert.is_truthy(lock, err)
+    assert.is_true(ok, rerr)
+    assert.is_true(took < 2.5, "took " .. took .. " s")
+  end)
+
   it("runs under an event-loop host: coroutines contend, each fan-out yields", function()
     local cqueues = require "cqueues"
     local cq_wait = require("fluxalock.host").resolve("cqueues")
