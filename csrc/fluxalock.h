@@ -165,6 +165,7 @@ void fl_multi_free(fl_pool *p);
 int fl_multi_group(lua_State *L);
 int fl_multi_setslots(lua_State *L);
 int fl_multi_info(lua_State *L);
+int fl_multi_redirects(lua_State *L);
 void fl_multi_close(fl_pool *p);
 int fl_multi_obtain(lua_State *L);
 int fl_multi_await(lua_State *L);

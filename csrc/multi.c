@@ -235,6 +235,14 @@ int fl_multi_info(lua_State *L) {
   return 1;
 }
 
+/* pool:redirects() -> moved, asked (cheap: for the cluster layer's checks) */
+int fl_multi_redirects(lua_State *L) {
+  fl_pool *g = fl_checkpool(L, 1);
+  lua_pushinteger(L, (lua_Integer)g->moved);
+  lua_pushinteger(L, (lua_Integer)g->asked);
+  return 2;
+}
+
 /* ---- legs ------------------------------------------------------------------ */
 
 static fl_pool *slot_node(fl_pool *g, const char *lkey, size_t len) {

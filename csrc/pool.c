@@ -529,7 +529,7 @@ int fl_pool_open(lua_State *L) {
     {"connections", pool_connections}, {"where", pool_where},
     {"call", pool_call}, {"retarget", pool_retarget},
     {"group", fl_multi_group}, {"setslots", fl_multi_setslots},
-    {"info", fl_multi_info}, {NULL, NULL}};
+    {"info", fl_multi_info}, {"redirects", fl_multi_redirects}, {NULL, NULL}};
   static const luaL_Reg mt[] = {{"__gc", pool_gc}, {NULL, NULL}};
   luaL_newmetatable(L, FL_POOL_MT);
   luaL_setfuncs(L, mt, 0);

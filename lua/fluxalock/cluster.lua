@@ -38,7 +38,7 @@ function Pool:refresh()
     if type(slots) == "table" and #slots > 0 then
       self.group:setslots(slots)
       self.stale = false
-      self.moved = self.group:info().moved
+      self.moved = self.group:redirects()
       return true
     end
     errs[#errs + 1] = err or (addr .. ": no slots")
@@ -47,7 +47,7 @@ function Pool:refresh()
 end
 
 local function fresh(self)
-  if not self.stale and self.group:info().moved ~= self.moved then self.stale = true end
+  if not self.stale and self.group:redirects() ~= self.moved then self.stale = true end
   if self.stale then return self:refresh() end
   return true
 end
