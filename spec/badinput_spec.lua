@@ -61,7 +61,8 @@ describe("bad input", function()
     end
 
     it("raises for a call without self (locker.obtain)", function()
-      assert.matches("^bad argument #0 to 'obtain'", raised(function() return locker.obtain("k", 5) end))
+      assert.equal("calling 'obtain' on bad self (fluxalock.Locker expected, got string)",
+        raised(function() return locker.obtain("k", 5) end))
     end)
 
     it("accepts the edges: 1 ms ttl, 1e9 s ttl, wait 0 and wait == ttl", function()
