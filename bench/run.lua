@@ -24,7 +24,7 @@ local ROOT = sh("pwd"):gsub("%s+$", "")
 local LUAENV = ("LUA_PATH=%s LUA_CPATH=%s"):format(
   q(ROOT .. "/lua/?.lua;" .. ROOT .. "/lua/?/init.lua;;"), q(ROOT .. "/?.so;;"))
 local IMPLS = {
-  { name = "floor", cmd = q(OUT .. "/floor") },
+  { name = "floor", cmd = q(ROOT .. "/bench/out/floor") }, -- built there by make bench
   { name = "fluxalock", cmd = LUAENV .. " lua5.4 bench/fl.lua" },
   { name = "redis-py", cmd = "/usr/bin/python3 bench/rpy.py" },
 }
@@ -199,19 +199,23 @@ local t_begin = core.now()
 local load_before = loadavg()
 io.stderr:write(("bench: redis-server %s on 127.0.0.1:%d, %d rounds of %g s runs\n"):format(
   server:cli("INFO", "server"):match("redis_version:(%S+)") or "?", PORT, ROUNDS, SECONDS))
-for round = 1, ROUNDS do
-  local order = {}
-  for i = 1, #IMPLS do order[i] = IMPLS[(i + round - 2) % #IMPLS + 1] end
-  for _, impl in ipairs(order) do w1(impl, round) end
-  for _, impl in ipairs(order) do w2(impl, 4) end
-  for _, impl in ipairs(order) do w2(impl, 8) end
-  for _, impl in ipairs(order) do w3(impl, round) end
-  io.stderr:write(("bench: round %d/%d done (%.0f s)\n"):format(round, ROUNDS, core.now() - t_begin))
-end
-local mem = w5()
+local ran, mem = pcall(function()
+  for round = 1, ROUNDS do
+    local order = {}
+    for i = 1, #IMPLS do order[i] = IMPLS[(i + round - 2) % #IMPLS + 1] end
+    for _, impl in ipairs(order) do w1(impl, round) end
+    for _, impl in ipairs(order) do w2(impl, 4) end
+    for _, impl in ipairs(order) do w2(impl, 8) end
+    for _, impl in ipairs(order) do w3(impl, round) end
+    io.stderr:write(("bench: round %d/%d done (%.0f s)\n"):format(round, ROUNDS, core.now() - t_begin))
+  end
+  return w5()
+end)
 local load_after = loadavg()
+-- the server goes, whatever happened (a failed driver raises above)
 server:stop()
 os.execute("rm -rf " .. q(server.dir))
+if not ran then error(mem, 0) end
 
 -- the W3 latencies, sorted, one file per implementation (for the plot)
 for name, h in pairs(handoffs) do

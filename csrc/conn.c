@@ -12,6 +12,11 @@
  * new, the releases that __gc deferred, then the main command.  Any I/O
  * failure or timeout drops the connection (a late reply must never be read as
  * the answer to a later command); the next request reconnects.
+ *
+ * Requests are encoded and sent here with send(MSG_NOSIGNAL); hiredis only
+ * connects and parses replies.  Its own writer uses write(2), and a write to
+ * a socket the server reset raises SIGPIPE, which would kill the host
+ * process.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
@@ -53,6 +58,7 @@ void fl_conn_free(fl_conn *c) {
   if (!c) return;
   fl_conn_disconnect(c);
   free(c->scratch);
+  free(c->out);
   free(c);
 }
 
@@ -80,8 +86,35 @@ static int stale(fl_conn *c) {
   return poll(&pfd, 1, 0) != 0;
 }
 
+/* RESP: *<argc>\r\n then $<len>\r\n<bytes>\r\n per argument */
+static int out_argv(fl_conn *c, int argc, const char *const *argv,
+                    const size_t *len) {
+  size_t need = 16, n;
+  int i;
+  for (i = 0; i < argc; i++) need += len[i] + 32;
+  if (c->outlen + need > c->outcap) {
+    size_t cap = c->outcap ? c->outcap : 256;
+    char *o;
+    while (cap < c->outlen + need) cap *= 2;
+    if (!(o = realloc(c->out, cap))) return REDIS_ERR;
+    c->out = o;
+    c->outcap = cap;
+  }
+  n = c->outlen;
+  n += (size_t)sprintf(c->out + n, "*%d\r\n", argc);
+  for (i = 0; i < argc; i++) {
+    n += (size_t)sprintf(c->out + n, "$%lu\r\n", (unsigned long)len[i]);
+    memcpy(c->out + n, argv[i], len[i]);
+    n += len[i];
+    c->out[n++] = '\r';
+    c->out[n++] = '\n';
+  }
+  c->outlen = n;
+  return REDIS_OK;
+}
+
 static int append_cmd(fl_conn *c, fl_cmd *cmd) {
-  return redisAppendCommandArgv(c->ctx, cmd->argc, cmd->argv, cmd->argvlen);
+  return out_argv(c, cmd->argc, cmd->argv, cmd->argvlen);
 }
 
 /* the EVAL form of an EVALSHA command, for NOSCRIPT and deferred releases */
@@ -115,7 +148,7 @@ static int connect_ctx(fl_conn *c) {
       argv[1] = o->password;
       len[1] = len[2];
     }
-    if (redisAppendCommandArgv(c->ctx, n, argv, len) != REDIS_OK)
+    if (out_argv(c, n, argv, len) != REDIS_OK)
       return fail(c, "connect", "out of memory");
     c->handshake++;
   }
@@ -124,7 +157,7 @@ static int connect_ctx(fl_conn *c) {
     const char *argv[2] = {"SELECT", db};
     size_t len[2] = {6, 0};
     len[1] = (size_t)snprintf(db, sizeof db, "%d", o->db);
-    if (redisAppendCommandArgv(c->ctx, 2, argv, len) != REDIS_OK)
+    if (out_argv(c, 2, argv, len) != REDIS_OK)
       return fail(c, "connect", "out of memory");
     c->handshake++;
   }
@@ -162,6 +195,7 @@ int fl_conn_begin(fl_conn *c, const char *op, double extra) {
   c->retried = 0;
   c->written = 0;
   c->limit = 0;
+  c->outlen = c->outpos = 0;
   drop_reply(c);
   /* a connection to where the pool pointed before a retarget is not reused */
   if (c->ctx && (c->gen != c->pool->gen || stale(c))) fl_conn_disconnect(c);
@@ -177,7 +211,7 @@ int fl_conn_begin(fl_conn *c, const char *op, double extra) {
   if (c->asking) { /* cluster ASK: the next command is for an importing slot */
     const char *a[1] = {"ASKING"};
     size_t al[1] = {6};
-    if (redisAppendCommandArgv(c->ctx, 1, a, al) != REDIS_OK)
+    if (out_argv(c, 1, a, al) != REDIS_OK)
       return fail(c, op, "out of memory");
     c->pending++; /* its +OK is skipped like a deferred release's */
   }
@@ -188,7 +222,7 @@ int fl_conn_begin(fl_conn *c, const char *op, double extra) {
     al[1] = (size_t)snprintf(c->waitarg[0], sizeof c->waitarg[0], "%d", o->replicas);
     al[2] = (size_t)snprintf(c->waitarg[1], sizeof c->waitarg[1], "%lld",
                              (long long)(o->replica_timeout * 1000.0 + 0.5));
-    if (redisAppendCommandArgv(c->ctx, 3, a, al) != REDIS_OK)
+    if (out_argv(c, 3, a, al) != REDIS_OK)
       return fail(c, op, "out of memory");
   }
   c->expect = c->handshake + c->pending + 1 + c->post;
@@ -244,19 +278,19 @@ static int on_reply(fl_conn *c, redisReply *r) {
        body once; EVAL caches it again for the EVALSHAs that follow */
     freeReplyObject(r);
     c->retried = 1;
+    c->outlen = c->outpos = 0; /* all before was sent */
     c->pending = c->post; /* the WAIT after the failed EVALSHA: skipped */
     if (c->asking) { /* the EVAL needs its own ASKING */
       const char *a[1] = {"ASKING"};
       size_t al[1] = {6};
-      if (redisAppendCommandArgv(c->ctx, 1, a, al) != REDIS_OK)
-        return fail(c, c->op, "out of memory");
+      if (out_argv(c, 1, a, al) != REDIS_OK) return fail(c, c->op, "out of memory");
       c->pending++;
     }
     if (append_eval(c, &c->cmd) != REDIS_OK) return fail(c, c->op, "out of memory");
     if (c->post) {
       const char *a[3] = {"WAIT", c->waitarg[0], c->waitarg[1]};
       size_t al[3] = {4, strlen(c->waitarg[0]), strlen(c->waitarg[1])};
-      if (redisAppendCommandArgv(c->ctx, 3, a, al) != REDIS_OK)
+      if (out_argv(c, 3, a, al) != REDIS_OK)
         return fail(c, c->op, "out of memory");
     }
     c->expect = c->pending + 1 + c->post;
@@ -281,12 +315,18 @@ int fl_conn_step(fl_conn *c) {
     c->deadline = fl_now() + c->pool->o.timeout + c->extra;
   }
   while (!c->written) {
-    int done = 0;
-    if (redisBufferWrite(c->ctx, &done) != REDIS_OK)
-      return fail(c, c->op, "%s", c->ctx->errstr);
-    if (!done) {
-      c->events = POLLOUT;
-      return FL_WAIT;
+    while (c->outpos < c->outlen) {
+      ssize_t n = send(c->ctx->fd, c->out + c->outpos, c->outlen - c->outpos,
+                       MSG_NOSIGNAL);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+          c->events = POLLOUT;
+          return FL_WAIT;
+        }
+        return fail(c, c->op, "%s", strerror(errno));
+      }
+      c->outpos += (size_t)n;
     }
     c->written = 1;
     /* the answer cannot be there yet: wait before trying to read */
@@ -318,6 +358,11 @@ void fl_conn_end(fl_conn *c) {
   drop_reply(c);
   c->busy = 0;
   c->asking = 0;
+  if (c->outcap > 65536) { /* a huge key passed: do not keep its buffer */
+    free(c->out);
+    c->out = NULL;
+    c->outcap = c->outlen = c->outpos = 0;
+  }
 }
 
 /* the request ran out of time (for drivers other than fl_run) */

@@ -101,6 +101,9 @@ typedef struct fl_conn {
   const char *op;      /* "obtain", "release", ... for messages */
   fl_cmd cmd;
   redisReply *reply;   /* main reply once FL_DONE, owned by the conn */
+  char *out;           /* the request, RESP-encoded, sent by us (not by
+                          hiredis, whose write(2) can raise SIGPIPE) */
+  size_t outlen, outpos, outcap;
   char num[2][32];     /* numeric arguments of the request in flight */
   char *scratch;       /* companion key of the request in flight */
   size_t scratchcap;

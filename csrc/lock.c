@@ -18,7 +18,8 @@
 
 #include "fluxalock.h"
 
-#define MAX_SECONDS 1e9 /* ~31 years: far inside what PX and PEXPIRE accept */
+#define MAX_SECONDS 1e9 /* ~31 years: far inside what PX and PEXPIRE accept;
+                          the messages below say "1e9", as the Lua layer does */
 
 fl_lock *fl_lock_new(lua_State *L, int poolidx, fl_pool *p, const char *key,
                      size_t keylen) {
@@ -262,7 +263,7 @@ lua_Integer fl_checkms(lua_State *L, int arg, const char *what) {
     luaL_argerror(L, arg, msg);
   }
   if (s > MAX_SECONDS) {
-    snprintf(msg, sizeof msg, "%s must not exceed %.0f seconds", what, MAX_SECONDS);
+    snprintf(msg, sizeof msg, "%s must not exceed 1e9 seconds", what);
     luaL_argerror(L, arg, msg);
   }
   return (lua_Integer)floor(s * 1000.0 + 0.5);

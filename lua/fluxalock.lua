@@ -79,7 +79,7 @@ end
 --- locker:obtain(key, ttl [, wait]) -> lock | nil, "not obtained" | nil, message
 function Locker.obtain(self, key, ttl, wait)
   if getmetatable(self) ~= Locker then
-    error("bad argument #0 to 'obtain' (calling 'obtain' on bad self: use locker:obtain)", 2)
+    error(("calling 'obtain' on bad self (fluxalock.Locker expected, got %s)"):format(type(self)), 2)
   end
   if type(key) ~= "string" then
     argerror(1, "obtain", "key must be a string, got " .. type(key))
@@ -130,7 +130,7 @@ end
 --- reconnects).  Locks stay valid.
 function Locker.close(self)
   if getmetatable(self) ~= Locker then
-    error("bad argument #0 to 'close' (calling 'close' on bad self: use locker:close)", 2)
+    error(("calling 'close' on bad self (fluxalock.Locker expected, got %s)"):format(type(self)), 2)
   end
   self._pool:close()
 end
@@ -138,7 +138,9 @@ end
 -- ---- module functions ---------------------------------------------------------
 
 local function default_options()
-  return config.pool(M.DEFAULT_POOL, os.getenv("FLUXALOCK_URL") or config.DEFAULT_URL, defaults)
+  local url = os.getenv("FLUXALOCK_URL")
+  if url == "" then url = nil end -- an empty variable counts as unset
+  return config.pool(M.DEFAULT_POOL, url or config.DEFAULT_URL, defaults)
 end
 
 --- fluxalock.configure(config) -> true

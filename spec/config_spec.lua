@@ -299,6 +299,10 @@ describe("the default pool without configure", function()
     assert.equal("fluxalock.Locker: default (127.0.0.1:6379)", (p:wait(20):gsub("%s+$", "")))
   end)
 
+  it("counts an empty FLUXALOCK_URL as unset", function()
+    assert.equal("fluxalock.Locker: default (127.0.0.1:6379)", where_in_child { FLUXALOCK_URL = "" })
+  end)
+
   it("is FLUXALOCK_URL when set, and the locker really uses it", function()
     local server = R.start()
     local ok, err = pcall(function()

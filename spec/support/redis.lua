@@ -167,6 +167,18 @@ function Server:stop(sig)
   self:signal(sig or "TERM")
   self:signal("CONT") -- a stopped process cannot act on TERM
   until_true(function() return not alive(pid) end, 10, "redis-server exit")
+  -- a killed process can be gone a moment before its listening socket is:
+  -- wait for the port too, so restart() can bind it again at once
+  if self.port then
+    local pat = (":%04X 00000000:0000 0A"):format(self.port)
+    until_true(function()
+      local f = io.open("/proc/net/tcp")
+      if not f then return true end
+      local text = f:read("a")
+      f:close()
+      return not text:find(pat, 1, true)
+    end, 10, "redis-server's port to close")
+  end
   self.pid = nil
 end
 
