@@ -193,6 +193,7 @@ int fl_conn_begin(fl_conn *c, const char *op, double extra) {
   c->op = op;
   c->busy = 1;
   c->retried = 0;
+  c->rewait = 0;
   c->written = 0;
   c->limit = 0;
   c->outlen = c->outpos = 0;
@@ -270,6 +271,10 @@ static int on_reply(fl_conn *c, redisReply *r) {
   }
   if (c->pending > 0) { /* deferred release: best effort, answer ignored */
     c->pending--;
+    if (c->rewait) { /* the WAIT of a NOSCRIPT round: the retry starts now */
+      c->rewait = 0;
+      c->deadline = fl_now() + c->pool->o.timeout + c->extra;
+    }
     freeReplyObject(r);
     return FL_WAIT;
   }
@@ -278,6 +283,11 @@ static int on_reply(fl_conn *c, redisReply *r) {
        body once; EVAL caches it again for the EVALSHAs that follow */
     freeReplyObject(r);
     c->retried = 1;
+    /* a round trip of its own: the retry gets the command's timeout, from
+       now or, when a WAIT follows the failed EVALSHA, from that WAIT's end
+       (it waits for nothing, and may take all of replica_timeout) */
+    c->deadline = fl_now() + c->pool->o.timeout + c->extra;
+    c->rewait = c->post;
     c->outlen = c->outpos = 0; /* all before was sent */
     c->pending = c->post; /* the WAIT after the failed EVALSHA: skipped */
     if (c->asking) { /* the EVAL needs its own ASKING */

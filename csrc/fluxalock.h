@@ -91,6 +91,7 @@ typedef struct fl_conn {
   unsigned gen;        /* the pool's target generation at connect */
   int asking;          /* send ASKING before the command (cluster ASK) */
   int post;            /* a WAIT for replicas follows the main command */
+  int rewait;          /* NOSCRIPT: the next skipped reply is the old WAIT */
   long long acked;     /* replicas that acknowledged (WAIT's answer) */
   char waitarg[2][24]; /* WAIT's arguments */
   double deadline;     /* monotonic seconds */

@@ -41,7 +41,7 @@ enum { LEG_IDLE, LEG_RUN, LEG_PAUSE, LEG_DONE, LEG_ERR, LEG_LATE };
 typedef struct leg {
   fl_pool *node; /* borrowed: the group holds the reference */
   fl_conn *c;
-  int st, hops, asking, tries;
+  int st, hops, asking, tries, fallbacks;
   double resume;  /* LEG_PAUSE: when to try again */
   double until;   /* TRYAGAIN is retried until then */
   long long n;    /* the integer reply */
@@ -397,8 +397,9 @@ static void leg_reply(fan *f, leg *l) {
     leg_start(f, l);
     return;
   }
-  if (g->kind == FL_CLUSTER && starts(r, "TRYAGAIN")) {
-    /* a slot in migration with some keys moved: a moment later it is done */
+  if (g->kind == FL_CLUSTER && (starts(r, "TRYAGAIN") || starts(r, "CLUSTERDOWN"))) {
+    /* a slot in migration with some keys moved, or a cluster that is
+       failing over: a moment later it is done */
     double now = fl_now(), pause = 0.002 * (1 << (l->tries < 5 ? l->tries : 5));
     if (l->until == 0) l->until = now + l->node->o.timeout;
     if (now + pause < l->until) {
@@ -424,9 +425,9 @@ static void leg_reply(fan *f, leg *l) {
         l->node->o.replicas > 0 && c->acked < l->node->o.replicas) {
       /* written on this master only: a failover could lose it */
       char msg[FL_ERRLEN];
-      snprintf(msg, sizeof msg, "fluxalock: %s %s: %d of %d replicas acknowledged the lock",
+      snprintf(msg, sizeof msg, "fluxalock: %s %s: %d of %d replicas acknowledged the %s",
                c->op, l->node->o.where, (int)(c->acked < 0 ? 0 : c->acked),
-               l->node->o.replicas);
+               l->node->o.replicas, f->op == FL_OP_OBTAIN ? "lock" : "refresh");
       f->unacked = 1;
       leg_fail_msg(l, msg);
       return;
@@ -445,8 +446,27 @@ static void leg_reply(fan *f, leg *l) {
 
 /* ---- the driver -------------------------------------------------------------- */
 
+/* a cluster node refused or dropped the connection: ask another node,
+   which answers MOVED to whoever serves the slot now (a promoted replica);
+   twice at most, and never after a timeout (a frozen node would make each
+   try cost the whole timeout) */
+static int leg_fallback(fan *f, leg *l) {
+  fl_pool *g = f->g;
+  int i, cur = 0;
+  if (g->kind != FL_CLUSTER || g->nnodes < 2 || l->fallbacks >= 2) return 0;
+  for (i = 0; i < g->nnodes; i++)
+    if (g->nodes[i] == l->node) cur = i;
+  fl_conn_end(l->c);
+  l->c = NULL;
+  l->fallbacks++;
+  l->asking = 0;
+  l->node = g->nodes[(cur + 1) % g->nnodes];
+  leg_start(f, l);
+  return 1;
+}
+
 static void leg_step(fan *f, leg *l, double now) {
-  int st;
+  int st, timedout = 0;
   if (l->st == LEG_PAUSE && now >= l->resume) {
     l->c = NULL;
     leg_start(f, l);
@@ -462,13 +482,17 @@ static void leg_step(fan *f, leg *l, double now) {
       l->st = LEG_LATE;
       return;
     }
-    if (now >= l->c->deadline) st = fl_conn_timeout(l->c);
+    if (now >= l->c->deadline) {
+      st = fl_conn_timeout(l->c);
+      timedout = 1;
+    }
   }
   if (st == FL_DONE) {
     leg_reply(f, l);
   } else if (st == FL_ERR) {
     char msg[FL_ERRLEN];
     memcpy(msg, l->c->err, sizeof msg);
+    if (!timedout && leg_fallback(f, l)) return;
     leg_fail_msg(l, msg);
   }
 }
@@ -602,7 +626,7 @@ static void restart(fan *f, int op) {
   for (i = 0; i < f->nlegs; i++) {
     leg *l = &f->legs[i];
     if (f->g->kind == FL_REDLOCK) l->node = f->g->nodes[i];
-    l->hops = l->asking = l->tries = 0;
+    l->hops = l->asking = l->tries = l->fallbacks = 0;
     l->until = 0;
     l->st = LEG_IDLE;
     l->c = NULL;

@@ -265,4 +265,36 @@ describe("a cluster pool", function()
     assert.is_true(lock:release())
     witness:stop()
   end)
+  it("lets a lock find its slot's promoted replica by itself after the master is killed", function()
+    fluxalock.configure { pools = { acked = { cluster = cluster.seeds, replicas = 1, replica_timeout = 0.5,
+                                              timeout = 0.5, connect_timeout = 0.5 } } }
+    local l, lock = fluxalock.locker("acked"), nil
+    -- replicas = 1: the lock is on the replica before obtain returns
+    R.until_true(function()
+      lock = l:obtain("{c}crash", 30)
+      return lock ~= nil
+    end, 10, "an acknowledged lock")
+    local master = cluster:master_of(cluster:slot("{c}crash"))
+    local replica = assert(cluster:replica_of(master))
+    master:stop("KILL") -- by PID
+    R.until_true(function() return replica:cli("ROLE"):find("^master") ~= nil end, 20, "promotion")
+    -- no locker call in between: the lock's own requests ask another node
+    -- when theirs is gone, and follow its MOVED
+    local left, errs = nil, {}
+    R.until_true(function()
+      local err
+      left, err = lock:ttl()
+      if not left then errs[#errs + 1] = err end
+      return left ~= nil
+    end, 10, "the lock's ttl from the new master")
+    for _, e in ipairs(errs) do assert.matches("^fluxalock: ", e) end
+    assert.is_true(left > 0)
+    -- the promoted replica has no replica of its own: a refresh is done on
+    -- it but cannot be acknowledged, and says so
+    local ok, err = lock:refresh(1)
+    assert.is_nil(ok)
+    assert.equal("fluxalock: refresh 127.0.0.1:" .. replica.port .. ": 0 of 1 replicas acknowledged the refresh", err)
+    assert.is_true(lock:release())
+    assert.equal("0", replica:cli("EXISTS", "{c}crash"))
+  end)
 end)

@@ -41,6 +41,19 @@ describe("a pool with replicas = 1", function()
     assert.equal("0", master:cli("EXISTS", "w-two"))
   end)
 
+  it("gives a NOSCRIPT retry its own time, after the WAIT of the failed try", function()
+    -- the first try's WAIT waits for nothing (its script was missing) and
+    -- may use all of replica_timeout: the retry must not inherit that
+    fluxalock.configure { pools = { tight = { url = master.url, replicas = 2, replica_timeout = 0.25,
+                                              timeout = 0.3 } } }
+    local l = fluxalock.locker("tight")
+    assert.is_nil(l:obtain("w-warm", 5)) -- connected, scripts cached
+    assert.equal("OK", master:cli("SCRIPT", "FLUSH"))
+    local lock, err = l:obtain("w-flushed", 5)
+    assert.is_nil(lock)
+    assert.equal("fluxalock: obtain 127.0.0.1:" .. master.port .. ": 1 of 2 replicas acknowledged the lock", err)
+  end)
+
   it("reports a refresh the paused replica did not acknowledge", function()
     local lock = assert(locker:obtain("w-pause", 5))
     replica:pause() -- SIGSTOP: it acknowledges nothing
