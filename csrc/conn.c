@@ -52,6 +52,7 @@ void fl_conn_disconnect(fl_conn *c) {
   if (c->ctx) redisFree(c->ctx);
   c->ctx = NULL;
   c->connecting = 0;
+  c->doomed = 0;
 }
 
 void fl_conn_free(fl_conn *c) {
@@ -259,6 +260,10 @@ static int on_reply(fl_conn *c, redisReply *r) {
     c->written = 0;
     return FL_WAIT;
   }
+  /* Redis answers a malformed request (a key above proto-max-bulk-len, say)
+     with this error and then closes the connection: a next request sent on
+     it would race that close */
+  if (is_error(r, "ERR Protocol error")) c->doomed = 1;
   c->reply = r;
   return FL_DONE;
 }
@@ -314,6 +319,7 @@ int fl_conn_step(fl_conn *c) {
 void fl_conn_end(fl_conn *c) {
   drop_reply(c);
   c->busy = 0;
+  if (c->doomed) fl_conn_disconnect(c);
   if (c->outcap > 65536) { /* a huge key passed: do not keep its buffer */
     free(c->out);
     c->out = NULL;

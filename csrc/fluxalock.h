@@ -85,6 +85,7 @@ typedef struct fl_conn {
   int handshake;       /* of them, AUTH/SELECT replies first */
   int pending;         /* then deferred releases */
   int retried;         /* NOSCRIPT fallback done */
+  int doomed;          /* the server will close it: drop it at the end */
   int events;          /* when FL_WAIT: POLLIN/POLLOUT */
   double deadline;     /* monotonic seconds */
   double extra;        /* seconds the command may block server-side */
