@@ -52,6 +52,7 @@ void fl_conn_disconnect(fl_conn *c) {
   if (c->ctx) redisFree(c->ctx);
   c->ctx = NULL;
   c->connecting = 0;
+  c->doomed = 0;
 }
 
 void fl_conn_free(fl_conn *c) {
@@ -312,8 +313,13 @@ static int on_reply(fl_conn *c, redisReply *r) {
     freeReplyObject(r);
     return FL_DONE;
   }
+  /* Redis answers a malformed request (a key above proto-max-bulk-len, say)
+     with this error and then closes the connection: a next request sent on
+     it would race that close */
+  if (is_error(r, "ERR Protocol error")) c->doomed = 1;
   c->reply = r;
-  return c->post ? FL_WAIT : FL_DONE;
+  /* a WAIT follows, unless the server is about to close the connection */
+  return c->post && !c->doomed ? FL_WAIT : FL_DONE;
 }
 
 int fl_conn_step(fl_conn *c) {
@@ -368,6 +374,7 @@ void fl_conn_end(fl_conn *c) {
   drop_reply(c);
   c->busy = 0;
   c->asking = 0;
+  if (c->doomed) fl_conn_disconnect(c);
   if (c->outcap > 65536) { /* a huge key passed: do not keep its buffer */
     free(c->out);
     c->out = NULL;

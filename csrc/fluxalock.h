@@ -87,6 +87,7 @@ typedef struct fl_conn {
   int handshake;       /* of them, AUTH/SELECT replies first */
   int pending;         /* then deferred releases */
   int retried;         /* NOSCRIPT fallback done */
+  int doomed;          /* the server will close it: drop it at the end */
   int events;          /* when FL_WAIT: POLLIN/POLLOUT */
   unsigned gen;        /* the pool's target generation at connect */
   int asking;          /* send ASKING before the command (cluster ASK) */
