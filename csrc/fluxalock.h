@@ -121,14 +121,14 @@ typedef struct fl_pool {
   int nconns, cap;
   fl_pending *pending;
   /* a group (multi.c): the lock lives on nodes, not on this pool's server */
-  int kind;                /* FL_SINGLE, FL_REDLOCK, FL_CLUSTER */
+  int kind;                /* FL_SINGLE, FL_REDLOCK, FL_CLUSTER, FL_SENTINEL */
   struct fl_pool **nodes;  /* one reference each */
   int nnodes, nodecap;
   unsigned short *slots;   /* cluster: node index + 1 per hash slot */
   unsigned long moved, asked, rotate;
 } fl_pool;
 
-enum { FL_SINGLE = 0, FL_REDLOCK = 1, FL_CLUSTER = 2 };
+enum { FL_SINGLE = 0, FL_REDLOCK = 1, FL_CLUSTER = 2, FL_SENTINEL = 3 };
 #define FL_MAXNODES 16 /* of a Redlock group */
 
 typedef struct fl_lock {
@@ -171,6 +171,7 @@ int fl_multi_group(lua_State *L);
 int fl_multi_setslots(lua_State *L);
 int fl_multi_info(lua_State *L);
 int fl_multi_redirects(lua_State *L);
+int fl_multi_setrecover(lua_State *L);
 void fl_multi_close(fl_pool *p);
 int fl_multi_obtain(lua_State *L);
 int fl_multi_await(lua_State *L);

@@ -14,6 +14,11 @@
  *               same connection; TRYAGAIN (a slot migrating) waits a little
  *               and tries again, within the command's timeout.  At most
  *               MAX_HOPS redirects per request: no retry storm.
+ *   FL_SENTINEL One node, the master that Sentinel named (the Lua layer
+ *               finds it and retargets the node).  A lock's release, ttl or
+ *               refresh that fails there calls the pool's recover function
+ *               (pool:setrecover: it asks the sentinels again) once, then
+ *               tries again: a lock follows a failover by itself.
  *
  * One request is a fan of legs (one per node asked), all in flight at once.
  * fan_drive() steps every leg without blocking and then waits on one
@@ -51,6 +56,8 @@ typedef struct leg {
 typedef struct fan {
   fl_pool *g;
   int op, phase, nlegs, hidx;
+  int poolidx;       /* the Pool userdata's stack index (recover fn) */
+  int recovered;     /* the recover function was called */
   int undo_errs;     /* a failed Redlock obtain being undone: its errors */
   int unacked;       /* a node set the lock but its replicas did not confirm */
   char undo_err[FL_ERRLEN];
@@ -157,6 +164,15 @@ int fl_multi_group(lua_State *L) {
       lua_pop(L, 1);
     }
     g->kind = FL_REDLOCK;
+  } else if (strcmp(kind, "sentinel") == 0) {
+    luaL_argcheck(L, n == 1, 3, "one node");
+    lua_rawgeti(L, 3, 1);
+    if (add_node(g, fl_pool_ref(fl_checkpool(L, -1))) < 0) {
+      fl_pool_unref(fl_checkpool(L, -1));
+      return luaL_error(L, "fluxalock: out of memory");
+    }
+    lua_pop(L, 1);
+    g->kind = FL_SENTINEL;
   } else if (strcmp(kind, "cluster") == 0) {
     if (!(g->slots = calloc(16384, sizeof *g->slots)))
       return luaL_error(L, "fluxalock: out of memory");
@@ -174,7 +190,7 @@ int fl_multi_group(lua_State *L) {
       lua_pop(L, 3);
     }
   } else {
-    return luaL_argerror(L, 2, "'redlock' or 'cluster' expected");
+    return luaL_argerror(L, 2, "'redlock', 'cluster' or 'sentinel' expected");
   }
   return 0;
 }
@@ -218,7 +234,7 @@ int fl_multi_setslots(lua_State *L) {
 int fl_multi_info(lua_State *L) {
   fl_pool *g = fl_checkpool(L, 1);
   int i;
-  static const char *kinds[] = {"single", "redlock", "cluster"};
+  static const char *kinds[] = {"single", "redlock", "cluster", "sentinel"};
   lua_createtable(L, 0, 4);
   lua_pushstring(L, kinds[g->kind]);
   lua_setfield(L, -2, "kind");
@@ -233,6 +249,17 @@ int fl_multi_info(lua_State *L) {
   lua_pushinteger(L, (lua_Integer)g->asked);
   lua_setfield(L, -2, "asked");
   return 1;
+}
+
+/* pool:setrecover(fn): fn() -> true when the pool points at a (new)
+   master; called when a lock's request failed (Sentinel) */
+int fl_multi_setrecover(lua_State *L) {
+  fl_pool *g = fl_checkpool(L, 1);
+  luaL_argcheck(L, g->kind == FL_SENTINEL, 1, "not a sentinel pool");
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  lua_settop(L, 2);
+  lua_setiuservalue(L, 1, 2);
+  return 0;
 }
 
 /* pool:redirects() -> moved, asked (cheap: for the cluster layer's checks) */
@@ -646,7 +673,7 @@ static int verdict(lua_State *L, fan *f) {
   case FL_OP_OBTAIN:
     if (ok >= q && (f->g->kind != FL_REDLOCK || (double)f->ms - elapsed_ms - drift > 0)) {
       lk->held = 1;
-      lk->fence = f->g->kind == FL_CLUSTER ? f->legs[0].n : 0;
+      lk->fence = f->g->kind != FL_REDLOCK ? f->legs[0].n : 0;
       lua_settop(L, LOCK);
       return 1;
     }
@@ -734,12 +761,54 @@ static int verdict(lua_State *L, fan *f) {
 
 static int fan_k(lua_State *L, int status, lua_KContext ctx);
 
+/* Sentinel: a lock's request failed (master gone, or now a replica that
+   refused the write): has the pool a recover function to call, once? */
+static int wants_recover(lua_State *L, fan *f) {
+  int has;
+  if (f->g->kind != FL_SENTINEL || f->recovered || f->legs[0].st != LEG_ERR) return 0;
+  if (f->op != FL_OP_RELEASE && f->op != FL_OP_CLOSE && f->op != FL_OP_TTL &&
+      f->op != FL_OP_REFRESH)
+    return 0; /* obtain and wait: the Lua layer looks itself */
+  f->recovered = 1;
+  has = lua_getiuservalue(L, f->poolidx, 2) == LUA_TFUNCTION;
+  if (!has) lua_pop(L, 1);
+  return has;
+}
+
+/* after recover() returned (or raised): 1 when the request was started
+   again on the pool's new target */
+static int recovered(lua_State *L, fan *f, int status) {
+  int ok = (status == LUA_OK || status == LUA_YIELD) && lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  if (!ok) return 0;
+  if (f->op == FL_OP_CLOSE || f->op == FL_OP_RELEASE) {
+    fl_lock *lk = lua_touserdata(L, LOCK);
+    lk->held = 0; /* as before the first try */
+  }
+  restart(f, f->op);
+  f->phase = 0;
+  return 1;
+}
+
+static int recover_k(lua_State *L, int status, lua_KContext ctx);
+
 static int fan_loop(lua_State *L, fan *f) {
   for (;;) {
     int r;
     fan_drive(L, f, fan_k);
+    if (wants_recover(L, f) &&
+        recovered(L, f, lua_pcallk(L, 0, 1, 0, (lua_KContext)f, recover_k)))
+      continue;
     if ((r = verdict(L, f)) >= 0) return f->op == FL_OP_CLOSE ? 0 : r;
   }
+}
+
+static int recover_k(lua_State *L, int status, lua_KContext ctx) {
+  fan *f = (fan *)ctx;
+  int r;
+  if (!recovered(L, f, status) && (r = verdict(L, f)) >= 0)
+    return f->op == FL_OP_CLOSE ? 0 : r;
+  return fan_loop(L, f);
 }
 
 static int fan_k(lua_State *L, int status, lua_KContext ctx) {
@@ -770,6 +839,8 @@ static fan *fan_new(lua_State *L, fl_pool *g, int op, int pooludx) {
   f->hidx = g->has_host ? HOST : 0;
   f->start = fl_now();
   f->nlegs = n;
+  f->poolidx = pooludx;
+  if (g->kind == FL_SENTINEL) f->legs[0].node = g->nodes[0];
   if (g->kind == FL_REDLOCK && op != FL_OP_AWAIT) /* else: set by the caller */
     for (i = 0; i < n; i++) f->legs[i].node = g->nodes[i];
   return f;

@@ -143,7 +143,7 @@ static int pool_new(lua_State *L) {
   pool_ud *u;
   fl_opts *o;
   luaL_checktype(L, 1, LUA_TTABLE);
-  u = lua_newuserdatauv(L, sizeof *u, 1);
+  u = lua_newuserdatauv(L, sizeof *u, 2); /* host wait fn; recover fn (multi.c) */
   u->p = NULL;
   luaL_setmetatable(L, FL_POOL_MT);
   if (!(p = calloc(1, sizeof *p))) return luaL_error(L, "fluxalock: out of memory");
@@ -529,7 +529,8 @@ int fl_pool_open(lua_State *L) {
     {"connections", pool_connections}, {"where", pool_where},
     {"call", pool_call}, {"retarget", pool_retarget},
     {"group", fl_multi_group}, {"setslots", fl_multi_setslots},
-    {"info", fl_multi_info}, {"redirects", fl_multi_redirects}, {NULL, NULL}};
+    {"info", fl_multi_info}, {"redirects", fl_multi_redirects},
+    {"setrecover", fl_multi_setrecover}, {NULL, NULL}};
   static const luaL_Reg mt[] = {{"__gc", pool_gc}, {NULL, NULL}};
   luaL_newmetatable(L, FL_POOL_MT);
   luaL_setfuncs(L, mt, 0);

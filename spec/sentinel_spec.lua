@@ -25,6 +25,7 @@ describe("a sentinel pool", function()
     fluxalock.configure { pools = {
       default = { sentinels = addrs, master = NAME, timeout = 0.5, connect_timeout = 0.5 },
       nowhere = { sentinels = { "127.0.0.1:1", "127.0.0.1:2" }, master = NAME, connect_timeout = 0.2 },
+      second = { sentinels = addrs, master = NAME, timeout = 0.5, connect_timeout = 0.5 },
     } }
     locker = fluxalock.locker()
   end)
@@ -102,12 +103,17 @@ describe("a sentinel pool", function()
   it("follows a failover after its master is killed, no call hanging meanwhile", function()
     local old, new = replica, master -- roles after the previous test
     settled(old, new)
+    local kept = assert(locker:obtain("s-kept", 30))
+    R.until_true(function() return new:cli("EXISTS", "s-kept") == "1" end, 5, "replication")
     old:kill() -- SIGKILL, by PID
+    -- (another locker of the same sentinels goes through the failover: the
+    -- first one is left alone, for its lock to find the new master itself)
+    local second = fluxalock.locker("second")
     local t0, slowest = R.now(), 0
     local lock, err
     repeat
       local c0 = R.now()
-      lock, err = locker:obtain("s-after", 5)
+      lock, err = second:obtain("s-after", 5)
       slowest = math.max(slowest, R.now() - c0)
       if not lock then
         -- until the promotion the old address refuses: a clear runtime error
@@ -121,5 +127,13 @@ describe("a sentinel pool", function()
     assert.equal("master", role(new))
     assert.equal("1", new:cli("EXISTS", "s-after"))
     assert.is_true(lock:release())
+    -- the lock obtained before: its own call finds the new master (through
+    -- the sentinels, ROLE checked) without any call on its locker
+    local left, terr = kept:ttl()
+    assert.is_truthy(left, terr)
+    assert.is_true(left > 0)
+    assert.is_true(kept:refresh(1))
+    assert.is_true(kept:release())
+    assert.equal("0", new:cli("EXISTS", "s-kept"))
   end)
 end)

@@ -1,8 +1,11 @@
 -- fluxalock.sentinel: a pool whose master is found through Redis Sentinel.
 --
 -- It has the methods of a core Pool that the Locker uses (obtain, await,
--- call, close, sethost, where).  Locks are those of the inner core pool, so
--- they follow it when a failover points it elsewhere (pool:retarget).
+-- call, close, sethost, where).  The core pool 'data' speaks to the master
+-- and is pointed elsewhere after a failover (pool:retarget); locks belong to
+-- the 'group' around it (csrc/multi.c), so they follow it, and a lock whose
+-- release/ttl/refresh fails asks this layer to look again (setrecover)
+-- before trying once more.
 --
 -- Nothing connects before the first call.  The master is looked up on the
 -- first call, and again after any call that failed (the master died, or it
@@ -20,6 +23,7 @@ Pool.__index = Pool
 function M.pool(o)
   local self = setmetatable({
     core = core.pool(o),  -- points nowhere useful until discovered
+    group = core.pool(o),
     master = o.master,
     sentinels = {},
     last = 1,             -- the sentinel that answered last
@@ -31,6 +35,11 @@ function M.pool(o)
     self.sentinels[i] = { host = host, port = port, password = o.sentinel_password,
                           connect_timeout = o.connect_timeout, timeout = o.timeout }
   end
+  self.group:group("sentinel", { self.core }, "sentinel:" .. o.master)
+  self.group:setrecover(function()
+    self.resolved = false
+    return self:discover() == true
+  end)
   return self
 end
 
@@ -66,12 +75,12 @@ function Pool:obtain(key, ms, mode)
     local ok, err = self:discover()
     if not ok then return nil, err end
   end
-  local lock, err = self.core:obtain(key, ms, mode)
+  local lock, err = self.group:obtain(key, ms, mode)
   if lock == nil then
     -- the master may have moved: look again, and try once more there
     self.resolved = false
     if not self:discover() then return nil, err end
-    lock, err = self.core:obtain(key, ms, mode)
+    lock, err = self.group:obtain(key, ms, mode)
     if lock == nil then self.resolved = false end
   end
   return lock, err
@@ -79,7 +88,7 @@ end
 
 -- a failed wait is no verdict on the lock: the next obtain finds the master
 function Pool:await(key, secs, limit)
-  local ok, err = self.core:await(key, secs, limit)
+  local ok, err = self.group:await(key, secs, limit)
   if ok == nil then
     self.resolved = false
     return false, err
@@ -97,13 +106,14 @@ function Pool:call(cmd)
   return r, err
 end
 
-function Pool:close() self.core:close() end
+function Pool:close() self.group:close() end
 function Pool:where() return self.core:where() end
 function Pool:connections() return self.core:connections() end
 
 function Pool:sethost(fn)
   self.host = fn
   self.core:sethost(fn)
+  self.group:sethost(fn)
 end
 
 return M
