@@ -81,6 +81,16 @@ end
 -- over.  They are told about each other and the replicas in their config,
 -- so they need not wait for the 2 s hello messages to find each other.
 function T.sentinels(master, replicas, n, name)
+  -- the ports are chosen first (each config names the others): one taken
+  -- meanwhile by another process makes a new set of ports
+  for _ = 1, 5 do
+    local ok, list = pcall(T._sentinels, master, replicas, n, name)
+    if ok then return list end
+  end
+  error("could not start " .. n .. " sentinels")
+end
+
+function T._sentinels(master, replicas, n, name)
   local ports, ids, list = {}, {}, {}
   for i = 1, n do
     ports[i] = free_port()
@@ -102,7 +112,12 @@ function T.sentinels(master, replicas, n, name)
     for _, r in ipairs(replicas) do
       lines[#lines + 1] = ("sentinel known-replica %s 127.0.0.1 %d"):format(name, r.port)
     end
-    list[i] = launch(lines, "--sentinel", ports[i])
+    local ok, node = pcall(launch, lines, "--sentinel", ports[i])
+    if not ok then
+      for _, started in ipairs(list) do started:stop() end
+      error(node, 0)
+    end
+    list[i] = node
   end
   return list
 end
