@@ -18,7 +18,8 @@ CFLAGS  += $(OPT) $(WARN) -fPIC -I$(LUA_INCDIR) -I$(HIREDIS_INCDIR)
 LDFLAGS += -shared -L$(HIREDIS_LIBDIR)
 LIBS    = -lhiredis
 
-SRC = csrc/core.c csrc/conn.c csrc/pool.c csrc/lock.c csrc/token.c csrc/keys.c
+SRC = csrc/core.c csrc/conn.c csrc/pool.c csrc/lock.c csrc/token.c csrc/keys.c \
+      csrc/multi.c
 OBJ = $(SRC:.c=.o)
 LIB = fluxalock/core.so
 

@@ -136,6 +136,7 @@ static int connect_ctx(fl_conn *c) {
   if (c->ctx->err) return fail(c, "connect", "%s", c->ctx->errstr);
   c->connecting = 1;
   c->handshake = 0;
+  c->gen = c->pool->gen;
   if (o->password) {
     const char *argv[3] = {"AUTH", o->username, o->password};
     size_t len[3] = {4, 0, strlen(o->password)};
@@ -183,14 +184,23 @@ static int append_pending(fl_conn *c) {
 /* start c->cmd; extra: seconds the command itself may block (BLPOP) */
 int fl_conn_begin(fl_conn *c, const char *op, double extra) {
   double now = fl_now();
+  const fl_opts *o = &c->pool->o;
+  /* a lock written (obtain, refresh) is confirmed by WAIT when asked to:
+     pipelined on the same connection, as WAIT counts this client's writes */
+  c->post = o->replicas > 0 &&
+            (c->cmd.script == FL_S_OBTAIN || c->cmd.script == FL_S_REFRESH);
+  c->acked = 0;
+  if (c->post) extra += o->replica_timeout;
   c->op = op;
   c->busy = 1;
   c->retried = 0;
+  c->rewait = 0;
   c->written = 0;
   c->limit = 0;
   c->outlen = c->outpos = 0;
   drop_reply(c);
-  if (c->ctx && stale(c)) fl_conn_disconnect(c);
+  /* a connection to where the pool pointed before a retarget is not reused */
+  if (c->ctx && (c->gen != c->pool->gen || stale(c))) fl_conn_disconnect(c);
   if (!c->ctx) {
     if (connect_ctx(c) == FL_ERR) return FL_ERR;
     c->deadline = now + c->pool->o.connect_timeout;
@@ -199,9 +209,25 @@ int fl_conn_begin(fl_conn *c, const char *op, double extra) {
     c->deadline = now + c->pool->o.timeout + extra;
   }
   c->extra = extra;
-  if (append_pending(c) != 0 || append_cmd(c, &c->cmd) != REDIS_OK)
-    return fail(c, op, "out of memory");
-  c->expect = c->handshake + c->pending + 1;
+  if (append_pending(c) != 0) return fail(c, op, "out of memory");
+  if (c->asking) { /* cluster ASK: the next command is for an importing slot */
+    const char *a[1] = {"ASKING"};
+    size_t al[1] = {6};
+    if (out_argv(c, 1, a, al) != REDIS_OK)
+      return fail(c, op, "out of memory");
+    c->pending++; /* its +OK is skipped like a deferred release's */
+  }
+  if (append_cmd(c, &c->cmd) != REDIS_OK) return fail(c, op, "out of memory");
+  if (c->post) {
+    const char *a[3] = {"WAIT", c->waitarg[0], c->waitarg[1]};
+    size_t al[3] = {4, 0, 0};
+    al[1] = (size_t)snprintf(c->waitarg[0], sizeof c->waitarg[0], "%d", o->replicas);
+    al[2] = (size_t)snprintf(c->waitarg[1], sizeof c->waitarg[1], "%lld",
+                             (long long)(o->replica_timeout * 1000.0 + 0.5));
+    if (out_argv(c, 3, a, al) != REDIS_OK)
+      return fail(c, op, "out of memory");
+  }
+  c->expect = c->handshake + c->pending + 1 + c->post;
   return FL_WAIT;
 }
 
@@ -246,6 +272,10 @@ static int on_reply(fl_conn *c, redisReply *r) {
   }
   if (c->pending > 0) { /* deferred release: best effort, answer ignored */
     c->pending--;
+    if (c->rewait) { /* the WAIT of a NOSCRIPT round: the retry starts now */
+      c->rewait = 0;
+      c->deadline = fl_now() + c->pool->o.timeout + c->extra;
+    }
     freeReplyObject(r);
     return FL_WAIT;
   }
@@ -254,18 +284,42 @@ static int on_reply(fl_conn *c, redisReply *r) {
        body once; EVAL caches it again for the EVALSHAs that follow */
     freeReplyObject(r);
     c->retried = 1;
+    /* a round trip of its own: the retry gets the command's timeout, from
+       now or, when a WAIT follows the failed EVALSHA, from that WAIT's end
+       (it waits for nothing, and may take all of replica_timeout) */
+    c->deadline = fl_now() + c->pool->o.timeout + c->extra;
+    c->rewait = c->post;
     c->outlen = c->outpos = 0; /* all before was sent */
+    c->pending = c->post; /* the WAIT after the failed EVALSHA: skipped */
+    if (c->asking) { /* the EVAL needs its own ASKING */
+      const char *a[1] = {"ASKING"};
+      size_t al[1] = {6};
+      if (out_argv(c, 1, a, al) != REDIS_OK) return fail(c, c->op, "out of memory");
+      c->pending++;
+    }
     if (append_eval(c, &c->cmd) != REDIS_OK) return fail(c, c->op, "out of memory");
-    c->expect = 1;
+    if (c->post) {
+      const char *a[3] = {"WAIT", c->waitarg[0], c->waitarg[1]};
+      size_t al[3] = {4, strlen(c->waitarg[0]), strlen(c->waitarg[1])};
+      if (out_argv(c, 3, a, al) != REDIS_OK)
+        return fail(c, c->op, "out of memory");
+    }
+    c->expect = c->pending + 1 + c->post;
     c->written = 0;
     return FL_WAIT;
+  }
+  if (c->reply) { /* the main reply is in: this is WAIT's */
+    c->acked = r->type == REDIS_REPLY_INTEGER ? r->integer : -1;
+    freeReplyObject(r);
+    return FL_DONE;
   }
   /* Redis answers a malformed request (a key above proto-max-bulk-len, say)
      with this error and then closes the connection: a next request sent on
      it would race that close */
   if (is_error(r, "ERR Protocol error")) c->doomed = 1;
   c->reply = r;
-  return FL_DONE;
+  /* a WAIT follows, unless the server is about to close the connection */
+  return c->post && !c->doomed ? FL_WAIT : FL_DONE;
 }
 
 int fl_conn_step(fl_conn *c) {
@@ -319,12 +373,18 @@ int fl_conn_step(fl_conn *c) {
 void fl_conn_end(fl_conn *c) {
   drop_reply(c);
   c->busy = 0;
+  c->asking = 0;
   if (c->doomed) fl_conn_disconnect(c);
   if (c->outcap > 65536) { /* a huge key passed: do not keep its buffer */
     free(c->out);
     c->out = NULL;
     c->outcap = c->outlen = c->outpos = 0;
   }
+}
+
+/* the request ran out of time (for drivers other than fl_run) */
+int fl_conn_timeout(fl_conn *c) {
+  return fail(c, c->connecting ? "connect" : c->op, "timed out");
 }
 
 static int wait_poll(fl_conn *c, double left) {

@@ -72,6 +72,8 @@ typedef struct fl_opts {
   size_t prefixlen;
   int prefix_tagged; /* the prefix holds a hash tag of its own */
   int cluster;       /* companion keys must share the lock key's slot */
+  int replicas;      /* > 0: obtain/refresh wait for this many replicas */
+  double replica_timeout; /* seconds, for that WAIT */
   char where[256];   /* "host:port" or "unix:path", for messages */
 } fl_opts;
 
@@ -87,6 +89,12 @@ typedef struct fl_conn {
   int retried;         /* NOSCRIPT fallback done */
   int doomed;          /* the server will close it: drop it at the end */
   int events;          /* when FL_WAIT: POLLIN/POLLOUT */
+  unsigned gen;        /* the pool's target generation at connect */
+  int asking;          /* send ASKING before the command (cluster ASK) */
+  int post;            /* a WAIT for replicas follows the main command */
+  int rewait;          /* NOSCRIPT: the next skipped reply is the old WAIT */
+  long long acked;     /* replicas that acknowledged (WAIT's answer) */
+  char waitarg[2][24]; /* WAIT's arguments */
   double deadline;     /* monotonic seconds */
   double extra;        /* seconds the command may block server-side */
   double limit;        /* 0, or a hard deadline that ends the request
@@ -107,11 +115,21 @@ typedef struct fl_conn {
 typedef struct fl_pool {
   int refs;
   int has_host;  /* waits go through a Lua host function */
+  unsigned gen;  /* bumped by retarget: older connections are dropped */
   fl_opts o;
   fl_conn **conns;
   int nconns, cap;
   fl_pending *pending;
+  /* a group (multi.c): the lock lives on nodes, not on this pool's server */
+  int kind;                /* FL_SINGLE, FL_REDLOCK, FL_CLUSTER, FL_SENTINEL */
+  struct fl_pool **nodes;  /* one reference each */
+  int nnodes, nodecap;
+  unsigned short *slots;   /* cluster: node index + 1 per hash slot */
+  unsigned long moved, asked, rotate;
 } fl_pool;
+
+enum { FL_SINGLE = 0, FL_REDLOCK = 1, FL_CLUSTER = 2, FL_SENTINEL = 3 };
+#define FL_MAXNODES 16 /* of a Redlock group */
 
 typedef struct fl_lock {
   fl_pool *pool;    /* one reference, dropped by __gc */
@@ -135,6 +153,7 @@ int fl_run(lua_State *L, fl_conn *c, int hostidx, lua_KFunction k,
            lua_KContext ctx);
 int fl_resume(lua_State *L, fl_conn *c, int status);
 int fl_push_error(lua_State *L, fl_conn *c);
+int fl_conn_timeout(fl_conn *c);
 
 /* pool.c */
 fl_pool *fl_pool_ref(fl_pool *p);
@@ -144,6 +163,21 @@ void fl_pool_defer(fl_pool *p, const char *key, size_t keylen,
                    const char *wake, size_t wakelen, const char *token);
 void fl_pool_flush(fl_pool *p);
 int fl_pool_open(lua_State *L);
+fl_pool *fl_checkpool(lua_State *L, int idx);
+
+/* multi.c: Redlock groups and clusters */
+void fl_multi_free(fl_pool *p);
+int fl_multi_group(lua_State *L);
+int fl_multi_setslots(lua_State *L);
+int fl_multi_info(lua_State *L);
+int fl_multi_redirects(lua_State *L);
+int fl_multi_setrecover(lua_State *L);
+void fl_multi_close(fl_pool *p);
+int fl_multi_obtain(lua_State *L);
+int fl_multi_await(lua_State *L);
+int fl_multi_lock(lua_State *L, int op);
+void fl_multi_gc(fl_lock *lk);
+enum { FL_OP_OBTAIN, FL_OP_AWAIT, FL_OP_RELEASE, FL_OP_CLOSE, FL_OP_TTL, FL_OP_REFRESH };
 
 /* lock.c */
 fl_lock *fl_lock_new(lua_State *L, int poolidx, fl_pool *p, const char *key,

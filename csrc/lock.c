@@ -146,6 +146,7 @@ static int lock_release(lua_State *L) {
     lua_pushboolean(L, 0);
     return 1;
   }
+  if (lk->pool->kind) return fl_multi_lock(L, FL_OP_RELEASE);
   release_start(L, lk, release_k, &st, &c);
   return release_finish(L, c, st);
 }
@@ -177,9 +178,11 @@ static int lock_close(lua_State *L) {
   int st;
   if (!lk->held) return 0;
   if (lk->pool->has_host && !lua_isyieldable(L)) {
-    defer_release(lk);
+    if (lk->pool->kind) fl_multi_gc(lk); /* a group: on its nodes */
+    else defer_release(lk);
     return 0;
   }
+  if (lk->pool->kind) return fl_multi_lock(L, FL_OP_CLOSE);
   release_start(L, lk, close_k, &st, &c);
   release_finish(L, c, st);
   return 0;
@@ -191,6 +194,7 @@ static int lock_gc(lua_State *L) {
   fl_lock *lk = lua_touserdata(L, 1);
   fl_pool *p = lk->pool;
   if (!p) return 0;
+  if (lk->held && p->kind) fl_multi_gc(lk); /* clears held */
   if (lk->held) {
     defer_release(lk);
     if (!p->has_host) fl_pool_flush(p);
@@ -231,6 +235,7 @@ static int lock_ttl(lua_State *L) {
     lua_pushnumber(L, 0);
     return 1;
   }
+  if (lk->pool->kind) return fl_multi_lock(L, FL_OP_TTL);
   c = prepare(L, lk, 2, &hidx);
   fl_cmd_script(&c->cmd, FL_S_TTL, 1);
   fl_cmd_arg(&c->cmd, lk->key, lk->keylen);
@@ -267,9 +272,17 @@ lua_Integer fl_checkms(lua_State *L, int arg, const char *what) {
 static int refresh_finish(lua_State *L, fl_conn *c, int st) {
   fl_lock *lk = lua_touserdata(L, 1);
   long long n = 0;
+  long long acked = c->acked;
+  int want = c->pool->o.replicas;
   int r = script_result(L, c, st, &n);
   if (r < 0) return -r;
   if (n != 1) lk->held = 0;
+  if (n == 1 && want > 0 && acked < want) { /* extended on the master only */
+    lua_pushnil(L);
+    lua_pushfstring(L, "fluxalock: refresh %s: %d of %d replicas acknowledged the refresh",
+                    lk->pool->o.where, (int)(acked < 0 ? 0 : acked), want);
+    return 2;
+  }
   lua_pushboolean(L, n == 1);
   return 1;
 }
@@ -305,6 +318,12 @@ static int lock_refresh(lua_State *L) {
     lua_pushboolean(L, 0);
     return 1;
   }
+  if (lk->pool->kind) { /* ms and replace travel on the stack */
+    lua_settop(L, 1);
+    lua_pushinteger(L, ms);
+    lua_pushboolean(L, replace);
+    return fl_multi_lock(L, FL_OP_REFRESH);
+  }
   c = prepare(L, lk, 4, &hidx);
   snprintf(c->num[0], sizeof c->num[0], "%lld", (long long)ms);
   fl_cmd_script(&c->cmd, FL_S_REFRESH, 1);
@@ -335,7 +354,11 @@ static int lock_held(lua_State *L) {
 }
 
 static int lock_fence(lua_State *L) {
-  lua_pushinteger(L, (lua_Integer)checklock(L)->fence);
+  fl_lock *lk = checklock(L);
+  if (lk->pool && lk->pool->kind == FL_REDLOCK)
+    return luaL_error(L, "fluxalock: fence is not available on a Redlock pool "
+                         "(independent counters on each node give no order)");
+  lua_pushinteger(L, (lua_Integer)lk->fence);
   return 1;
 }
 

@@ -46,6 +46,7 @@ void fl_pool_unref(fl_pool *p) {
   }
   for (i = 0; i < p->nconns; i++) fl_conn_free(p->conns[i]);
   free(p->conns);
+  fl_multi_free(p);
   opts_free(&p->o);
   free(p);
 }
@@ -101,6 +102,12 @@ static fl_pool *checkpool(lua_State *L) {
   return u->p;
 }
 
+fl_pool *fl_checkpool(lua_State *L, int idx) {
+  pool_ud *u = luaL_checkudata(L, idx, FL_POOL_MT);
+  if (!u->p) luaL_argerror(L, idx, "pool is closed");
+  return u->p;
+}
+
 /* the host's wait function at index 'at', or 0 for poll(2) */
 static int host_index(lua_State *L, fl_pool *p, int poolidx, int at) {
   lua_settop(L, at - 1);
@@ -136,7 +143,7 @@ static int pool_new(lua_State *L) {
   pool_ud *u;
   fl_opts *o;
   luaL_checktype(L, 1, LUA_TTABLE);
-  u = lua_newuserdatauv(L, sizeof *u, 1);
+  u = lua_newuserdatauv(L, sizeof *u, 2); /* host wait fn; recover fn (multi.c) */
   u->p = NULL;
   luaL_setmetatable(L, FL_POOL_MT);
   if (!(p = calloc(1, sizeof *p))) return luaL_error(L, "fluxalock: out of memory");
@@ -152,6 +159,8 @@ static int pool_new(lua_State *L) {
   o->db = (int)optnum(L, 1, "db", 0);
   o->connect_timeout = optnum(L, 1, "connect_timeout", 1);
   o->timeout = optnum(L, 1, "timeout", 1);
+  o->replicas = (int)optnum(L, 1, "replicas", 0);
+  o->replica_timeout = optnum(L, 1, "replica_timeout", o->timeout);
   if (!o->prefix) o->prefix = calloc(1, 1);
   if (!o->host && !o->path) {
     o->host = malloc(10);
@@ -198,21 +207,58 @@ static int pool_close(lua_State *L) {
   fl_pool_flush(p);
   for (i = 0; i < p->nconns; i++)
     if (!p->conns[i]->busy) fl_conn_disconnect(p->conns[i]);
+  fl_multi_close(p);
   return 0;
 }
 
 /* pool:connections() -> open, total */
 static int pool_connections(lua_State *L) {
   fl_pool *p = checkpool(L);
-  int i, open = 0;
+  int i, j, open = 0, total = p->nconns;
   for (i = 0; i < p->nconns; i++) open += p->conns[i]->ctx != NULL;
+  for (j = 0; j < p->nnodes; j++) { /* a group: its nodes' connections */
+    total += p->nodes[j]->nconns;
+    for (i = 0; i < p->nodes[j]->nconns; i++) open += p->nodes[j]->conns[i]->ctx != NULL;
+  }
   lua_pushinteger(L, open);
-  lua_pushinteger(L, p->nconns);
+  lua_pushinteger(L, total);
   return 2;
 }
 
 static int pool_where(lua_State *L) {
   lua_pushstring(L, checkpool(L)->o.where);
+  return 1;
+}
+
+/* pool:retarget(host, port): point the pool at another server (Sentinel
+   found a new master).  Idle connections are dropped now, busy ones when
+   their request ends (fl_pool.gen); locks follow, as they hold the pool. */
+static int pool_retarget(lua_State *L) {
+  fl_pool *p = checkpool(L);
+  size_t n;
+  const char *host = luaL_checklstring(L, 2, &n);
+  lua_Integer port = luaL_checkinteger(L, 3);
+  char *h;
+  int i;
+  luaL_argcheck(L, n > 0 && n < 200 && strlen(host) == n, 2, "host name expected");
+  luaL_argcheck(L, port >= 1 && port <= 65535, 3, "port must be from 1 to 65535");
+  if (!p->o.path && strcmp(p->o.host, host) == 0 && p->o.port == (int)port) {
+    lua_pushboolean(L, 0); /* already there: keep the connections */
+    return 1;
+  }
+  if (!(h = malloc(n + 1))) return luaL_error(L, "fluxalock: out of memory");
+  memcpy(h, host, n + 1);
+  free(p->o.host);
+  free(p->o.path);
+  p->o.path = NULL;
+  p->o.host = h;
+  p->o.port = (int)port;
+  snprintf(p->o.where, sizeof p->o.where, strchr(h, ':') ? "[%s]:%d" : "%s:%d",
+           h, p->o.port);
+  p->gen++;
+  for (i = 0; i < p->nconns; i++)
+    if (!p->conns[i]->busy) fl_conn_disconnect(p->conns[i]);
+  lua_pushboolean(L, 1);
   return 1;
 }
 
@@ -247,6 +293,23 @@ static int obtain_finish(lua_State *L, fl_conn *c, int st) {
     lua_pushboolean(L, 0);
     return 1;
   }
+  if (c->pool->o.replicas > 0 && c->acked < c->pool->o.replicas) {
+    /* set on the master only: a failover now could lose it; undo it */
+    fl_pool *p = c->pool;
+    int acked = (int)(c->acked < 0 ? 0 : c->acked); /* c is reused below */
+    size_t wakelen;
+    char *wake = fl_companion_dup(&p->o, lk->key + lk->prefixlen,
+                                  lk->keylen - lk->prefixlen, "wake:", &wakelen);
+    if (wake) {
+      fl_pool_defer(p, lk->key, lk->keylen, wake, wakelen, lk->token);
+      free(wake);
+      if (!p->has_host) fl_pool_flush(p);
+    }
+    lua_pushnil(L);
+    lua_pushfstring(L, "fluxalock: obtain %s: %d of %d replicas acknowledged the lock",
+                    p->o.where, acked, p->o.replicas);
+    return 2;
+  }
   lk->fence = n;
   lk->held = 1;
   lua_settop(L, OBTAIN_LOCK);
@@ -264,8 +327,11 @@ static int obtain_k(lua_State *L, int status, lua_KContext ctx) {
 static int pool_obtain(lua_State *L) {
   fl_pool *p = checkpool(L);
   size_t keylen, fencelen;
-  const char *key = luaL_checklstring(L, 2, &keylen);
-  lua_Integer ms = luaL_checkinteger(L, 3);
+  const char *key;
+  lua_Integer ms;
+  if (p->kind) return fl_multi_obtain(L);
+  key = luaL_checklstring(L, 2, &keylen);
+  ms = luaL_checkinteger(L, 3);
   lua_Integer mode = luaL_checkinteger(L, 4);
   int hidx;
   fl_conn *c;
@@ -336,12 +402,17 @@ static int await_k(lua_State *L, int status, lua_KContext ctx) {
 static int pool_await(lua_State *L) {
   fl_pool *p = checkpool(L);
   size_t keylen, wakelen;
-  const char *key = luaL_checklstring(L, 2, &keylen);
-  lua_Number secs = luaL_checknumber(L, 3);
-  lua_Number limit = luaL_optnumber(L, 4, 0);
-  int hidx = host_index(L, p, 1, 5);
-  fl_conn *c = fl_pool_conn(p);
+  const char *key;
+  lua_Number secs, limit;
+  int hidx;
+  fl_conn *c;
   const char *wake;
+  if (p->kind) return fl_multi_await(L);
+  key = luaL_checklstring(L, 2, &keylen);
+  secs = luaL_checknumber(L, 3);
+  limit = luaL_optnumber(L, 4, 0);
+  hidx = host_index(L, p, 1, 5);
+  c = fl_pool_conn(p);
   if (!c || !(wake = fl_companion(c, key, keylen, "wake:", 1, &wakelen)))
     return luaL_error(L, "fluxalock: out of memory");
   if (secs < 0.001) secs = 0.001; /* BLPOP 0 would block for ever */
@@ -425,6 +496,7 @@ static int pool_call(lua_State *L) {
   fl_pool *p = checkpool(L);
   int n, i, hidx;
   fl_conn *c;
+  if (p->kind) return luaL_error(L, "fluxalock: call is for single-server pools");
   luaL_checktype(L, 2, LUA_TTABLE);
   n = (int)luaL_len(L, 2);
   luaL_argcheck(L, n >= 1 && n <= FL_MAXARGS + 3, 2, "1 to 9 command words");
@@ -455,7 +527,10 @@ int fl_pool_open(lua_State *L) {
     {"obtain", pool_obtain},   {"await", pool_await},
     {"sethost", pool_sethost}, {"close", pool_close},
     {"connections", pool_connections}, {"where", pool_where},
-    {"call", pool_call}, {NULL, NULL}};
+    {"call", pool_call}, {"retarget", pool_retarget},
+    {"group", fl_multi_group}, {"setslots", fl_multi_setslots},
+    {"info", fl_multi_info}, {"redirects", fl_multi_redirects},
+    {"setrecover", fl_multi_setrecover}, {NULL, NULL}};
   static const luaL_Reg mt[] = {{"__gc", pool_gc}, {NULL, NULL}};
   luaL_newmetatable(L, FL_POOL_MT);
   luaL_setfuncs(L, mt, 0);

@@ -51,8 +51,17 @@ end
 local Locker = { __name = "fluxalock.Locker" }
 Locker.__index = Locker
 
+-- the engine of a pool: a core Pool (one server, a Redlock group, a
+-- cluster) or, for Sentinel, a Lua object with the same methods
+local function new_pool(o)
+  if o.kind == "sentinels" then return require("fluxalock.sentinel").pool(o) end
+  if o.kind == "redlock" then return require("fluxalock.redlock").pool(o) end
+  if o.kind == "cluster" then return require("fluxalock.cluster").pool(o) end
+  return core.pool(o)
+end
+
 local function new_locker(name, o)
-  local pool = core.pool(o)
+  local pool = new_pool(o)
   if host_wait then pool:sethost(host_wait) end
   return setmetatable({
     name = name,

@@ -22,7 +22,16 @@ local OPTIONS = {
   prefix = "string",
   retry_step = "duration",
   retry_max = "duration",
+  -- pool kinds beside the single server (README: pool kinds)
+  sentinels = "list",          -- {"host:port", ...} of Redis Sentinels
+  master = "string",           -- the master's name the sentinels monitor
+  sentinel_password = "string",
+  redlock = "list",            -- {url, url, ...}: independent masters
+  cluster = "list",            -- {"host:port", ...}: seed nodes of a cluster
+  replicas = "integer",        -- obtain/refresh WAIT for this many replicas
+  replica_timeout = "duration",
 }
+local KINDS = { "sentinels", "redlock", "cluster" }
 M.OPTIONS = OPTIONS
 
 M.DEFAULTS = {
@@ -107,6 +116,15 @@ function M.parse_url(url, pool)
   return o
 end
 
+-- "host:port" or "[v6]:port" -> host, port (nil when malformed)
+function M.hostport(s)
+  local host, port = s:match("^%[([^%]]+)%]:(%d+)$")
+  if not host then host, port = s:match("^([^:]+):(%d+)$") end
+  port = tointeger(tonumber(port))
+  if not host or not port or port < 1 or port > 65535 then return nil end
+  return host, port
+end
+
 local function check_duration(pool, key, v)
   if type(v) ~= "number" then fail(pool, key, "must be a number of seconds, got " .. type(v)) end
   if v ~= v then fail(pool, key, "must not be NaN") end
@@ -117,7 +135,19 @@ end
 local function check_value(pool, key, v)
   local kind = OPTIONS[key]
   if not kind then fail(pool, key, "is not a known option") end
-  if kind == "string" then
+  if kind == "list" then
+    if type(v) ~= "table" then fail(pool, key, "must be a list of strings, got " .. type(v)) end
+    if #v == 0 then fail(pool, key, "must not be empty") end
+    for k in pairs(v) do
+      if math.type(k) ~= "integer" or k < 1 or k > #v then fail(pool, key, "must be a list (no other keys)") end
+    end
+    for i, e in ipairs(v) do
+      if type(e) ~= "string" or e == "" then fail(pool, key, ("entry %d must be a non-empty string"):format(i)) end
+      if key ~= "redlock" and not M.hostport(e) then
+        fail(pool, key, ("entry %d must be 'host:port', got '%s'"):format(i, e))
+      end
+    end
+  elseif kind == "string" then
     if type(v) ~= "string" then fail(pool, key, "must be a string, got " .. type(v)) end
     if key ~= "prefix" and key ~= "password" and v == "" then fail(pool, key, "must not be empty") end
     if key ~= "prefix" and v:find("\0", 1, true) then fail(pool, key, "must not contain a NUL byte") end
@@ -176,11 +206,58 @@ function M.pool(name, spec, defaults)
   if open and not close then
     fail(name, "prefix", "has a '{' that does not open a hash tag like '{name}'")
   end
+  return M.kind(name, o, given)
+end
+
+-- the pool kinds: one of sentinels / redlock / cluster, or a single server
+function M.kind(name, o, given)
+  local kind
+  for _, k in ipairs(KINDS) do
+    if o[k] then
+      if kind then fail(name, k, ("cannot be combined with '%s'"):format(kind)) end
+      kind = k
+    end
+  end
+  if (o.master ~= nil) ~= (kind == "sentinels") then
+    if o.master then fail(name, "master", "needs 'sentinels'") end
+    fail(name, "sentinels", "needs 'master' (the name the sentinels monitor)")
+  end
+  if o.sentinel_password and kind ~= "sentinels" then
+    fail(name, "sentinel_password", "needs 'sentinels'")
+  end
+  if kind and (given.url or given.host or given.port or given.path) then
+    fail(name, kind, "replaces url/host/port/path: give the servers in the list")
+  end
+  if kind == "cluster" and o.db ~= 0 then fail(name, "db", "must be 0 on a cluster") end
+  if o.replicas and (o.replicas < 0 or o.replicas > 1000) then
+    fail(name, "replicas", "must be from 0 to 1000")
+  end
+  if o.replica_timeout and not o.replicas then fail(name, "replica_timeout", "needs 'replicas'") end
+  if kind == "redlock" then
+    -- each node: the pool's options, overridden by what its URL says
+    local nodes = {}
+    for i, url in ipairs(o.redlock) do
+      local n = {}
+      for k, v in pairs(o) do
+        if k ~= "redlock" and k ~= "host" and k ~= "port" and k ~= "path" then n[k] = v end
+      end
+      for k, v in pairs(M.parse_url(url, ("%s' node '%d"):format(name, i))) do n[k] = v end
+      if n.path then n.host, n.port = nil, nil else
+        n.host, n.port = n.host or M.DEFAULTS.host, n.port or M.DEFAULTS.port
+      end
+      nodes[i] = n
+    end
+    o.nodes = nodes
+  end
+  o.kind = kind or "single"
   return o
 end
 
 -- "host:port" or "unix:/path": where a pool connects, never its secrets
 function M.where(o)
+  if o.kind == "sentinels" then return "sentinel:" .. o.master end
+  if o.kind == "cluster" then return "cluster:" .. o.cluster[1] end
+  if o.kind == "redlock" then return ("redlock:%d nodes"):format(#o.redlock) end
   if o.path then return "unix:" .. o.path end
   if o.host:find(":", 1, true) then return ("[%s]:%d"):format(o.host, o.port) end
   return ("%s:%d"):format(o.host, o.port)
@@ -192,7 +269,12 @@ function M.signature(o)
   for k in pairs(o) do keys[#keys + 1] = k end
   table.sort(keys)
   local parts = {}
-  for i, k in ipairs(keys) do parts[i] = k .. "=" .. tostring(o[k]) end
+  for i, k in ipairs(keys) do
+    local v = o[k]
+    if k == "nodes" then v = "" -- derived from 'redlock'
+    elseif type(v) == "table" then v = table.concat(v, "\1") end
+    parts[i] = k .. "=" .. tostring(v)
+  end
   return table.concat(parts, "\0")
 end
 
@@ -213,7 +295,8 @@ function M.check(config, inherited)
   if defaults ~= nil then
     if type(defaults) ~= "table" then error("'defaults' must be a table, got " .. type(defaults), 0) end
     for k, v in pairs(defaults) do
-      if k == "url" or k == "host" or k == "port" or k == "path" then
+      if k == "url" or k == "host" or k == "port" or k == "path" or k == "master"
+        or OPTIONS[k] == "list" then
         fail("defaults", tostring(k), "belongs to a pool, not to the defaults")
       end
       check_value("defaults", k, v)

@@ -1,0 +1,85 @@
+-- fluxalock.cluster: a pool over a Redis Cluster.
+--
+-- The C core routes every request by the lock key's hash slot and follows
+-- MOVED and ASK itself (csrc/multi.c).  This layer keeps its slot map whole:
+-- it loads CLUSTER SLOTS from any reachable node on the first call, after a
+-- call failed (a node died: a replica takes over its slots), and after the
+-- core followed a MOVED (slots were resharded or failed over).  It has the
+-- methods of a core Pool that the Locker uses.
+local core = require "fluxalock.core"
+local config = require "fluxalock.config"
+
+local M = {}
+
+local Pool = {}
+Pool.__index = Pool
+
+function M.pool(o)
+  local seeds = {}
+  for i, s in ipairs(o.cluster) do
+    local host, port = config.hostport(s)
+    seeds[i] = { host, port }
+  end
+  local group = core.pool(o)
+  group:group("cluster", seeds, "cluster(" .. o.cluster[1] .. ")")
+  return setmetatable({ group = group, o = o, stale = true, moved = 0 }, Pool)
+end
+
+-- load the slot map from the first node that answers; true | nil, message
+function Pool:refresh()
+  local o, errs = self.o, {}
+  for _, addr in ipairs(self.group:info().nodes) do
+    local host, port = config.hostport(addr)
+    local p = core.pool { host = host, port = port, username = o.username, password = o.password,
+                          connect_timeout = o.connect_timeout, timeout = o.timeout }
+    if self.host then p:sethost(self.host) end
+    local slots, err = p:call { "CLUSTER", "SLOTS" }
+    p:close()
+    if type(slots) == "table" and #slots > 0 then
+      self.group:setslots(slots)
+      self.stale = false
+      self.moved = self.group:redirects()
+      return true
+    end
+    errs[#errs + 1] = err or (addr .. ": no slots")
+  end
+  return nil, "fluxalock: cluster slots: no node answered (" .. table.concat(errs, "; ") .. ")"
+end
+
+local function fresh(self)
+  if not self.stale and self.group:redirects() ~= self.moved then self.stale = true end
+  if self.stale then return self:refresh() end
+  return true
+end
+
+function Pool:obtain(key, ms, mode)
+  local ok, err = fresh(self)
+  if not ok then return nil, err end
+  local lock
+  lock, err = self.group:obtain(key, ms, mode)
+  if lock == nil and self:refresh() then -- a node gone: ask the cluster again
+    lock, err = self.group:obtain(key, ms, mode)
+  end
+  return lock, err
+end
+
+function Pool:await(key, secs, limit)
+  local ok, err = self.group:await(key, secs, limit)
+  if ok == nil then
+    self.stale = true
+    return false, err -- the next obtain decides
+  end
+  return ok
+end
+
+function Pool:close() self.group:close() end
+function Pool:where() return self.group:where() end
+function Pool:connections() return self.group:connections() end
+function Pool:info() return self.group:info() end
+
+function Pool:sethost(fn)
+  self.host = fn
+  self.group:sethost(fn)
+end
+
+return M

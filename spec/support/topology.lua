@@ -1,0 +1,186 @@
+-- Test support for the pool kinds: Redis Sentinel and Redis Cluster, made of
+-- real redis-server processes on loopback ports, started here and stopped by
+-- their own PID (support.redis does the single servers).
+local R = require "support.redis"
+
+local T = {}
+local q = R.quote
+
+local function track(pid)
+  local f = os.getenv("FLUXALOCK_TEST_PIDS")
+  if f and pid then
+    local h = io.open(f, "a")
+    if h then h:write(pid, "\n") h:close() end
+  end
+end
+
+local Node = {}
+Node.__index = Node
+
+-- redis-cli over TCP (sentinels have no Unix socket here)
+function Node:cli(...)
+  local args = { "redis-cli", "-h", "127.0.0.1", "-p", self.port }
+  for _, a in ipairs { ... } do args[#args + 1] = a end
+  for i, a in ipairs(args) do args[i] = q(a) end
+  return (R.sh(table.concat(args, " ") .. " 2>&1"):gsub("\n$", ""))
+end
+
+function Node:stop(sig)
+  if not self.pid then return end
+  local pid = self.pid
+  os.execute(("kill -%s %d 2>/dev/null; kill -CONT %d 2>/dev/null"):format(sig or "TERM", pid, pid))
+  R.until_true(function() return not R.alive(pid) end, 10, "server exit")
+  self.pid = nil
+end
+
+-- a redis-server from a config file ('lines'), with extra CLI words; lines
+-- may be a function of the port (tried until a free one is found)
+local function launch(lines, extra, port)
+  local dir = R.sh("mktemp -d /tmp/fluxalock-topo.XXXXXX"):gsub("%s+$", "")
+  for _ = 1, 20 do
+    local p = port or math.random(20000, 59999)
+    local conf = dir .. "/node.conf"
+    local f = assert(io.open(conf, "w"))
+    f:write(("port %d\nbind 127.0.0.1\nprotected-mode no\ndaemonize yes\n"):format(p))
+    f:write(("dir %s\npidfile %s/node.pid\nlogfile %s/node.log\n"):format(dir, dir, dir))
+    for _, l in ipairs(lines) do f:write(l, "\n") end
+    f:close()
+    os.remove(dir .. "/node.pid")
+    R.sh(("redis-server %s %s >/dev/null 2>&1"):format(q(conf), extra or ""))
+    local n = setmetatable({ port = p, dir = dir, addr = "127.0.0.1:" .. p }, Node)
+    local ok = pcall(R.until_true, function()
+      local h = io.open(dir .. "/node.pid")
+      if not h then return false end
+      n.pid = tonumber(h:read("l"))
+      h:close()
+      return n.pid and n:cli("PING") == "PONG"
+    end, 5, "redis-server")
+    if ok then
+      track(n.pid)
+      return n
+    end
+    if n.pid and R.alive(n.pid) then n:stop("KILL") end
+    if port then break end
+  end
+  error("could not start a redis-server in " .. dir)
+end
+T.launch = launch
+
+local function free_port()
+  for _ = 1, 50 do
+    local p = math.random(20000, 59999)
+    if not R.sh("ss -Htln 'sport = :" .. p .. "' 2>/dev/null"):find("LISTEN", 1, true) then return p end
+  end
+  error("no free port")
+end
+
+-- ---- Sentinel -------------------------------------------------------------
+
+-- T.sentinels(master, replicas, n, name): n sentinels watching 'master' (a
+-- support.redis server) as 'name', quick to declare it down and to fail
+-- over.  They are told about each other and the replicas in their config,
+-- so they need not wait for the 2 s hello messages to find each other.
+function T.sentinels(master, replicas, n, name)
+  -- the ports are chosen first (each config names the others): one taken
+  -- meanwhile by another process makes a new set of ports
+  for _ = 1, 5 do
+    local ok, list = pcall(T._sentinels, master, replicas, n, name)
+    if ok then return list end
+  end
+  error("could not start " .. n .. " sentinels")
+end
+
+function T._sentinels(master, replicas, n, name)
+  local ports, ids, list = {}, {}, {}
+  for i = 1, n do
+    ports[i] = free_port()
+    ids[i] = R.sh("head -c 20 /dev/urandom | od -An -tx1 | tr -d ' \\n'"):sub(1, 40)
+  end
+  for i = 1, n do
+    local lines = {
+      ("sentinel myid %s"):format(ids[i]),
+      ("sentinel monitor %s 127.0.0.1 %d 2"):format(name, master.port),
+      ("sentinel down-after-milliseconds %s 300"):format(name),
+      ("sentinel failover-timeout %s 3000"):format(name),
+      ("sentinel parallel-syncs %s 1"):format(name),
+    }
+    for j = 1, n do
+      if j ~= i then
+        lines[#lines + 1] = ("sentinel known-sentinel %s 127.0.0.1 %d %s"):format(name, ports[j], ids[j])
+      end
+    end
+    for _, r in ipairs(replicas) do
+      lines[#lines + 1] = ("sentinel known-replica %s 127.0.0.1 %d"):format(name, r.port)
+    end
+    local ok, node = pcall(launch, lines, "--sentinel", ports[i])
+    if not ok then
+      for _, started in ipairs(list) do started:stop() end
+      error(node, 0)
+    end
+    list[i] = node
+  end
+  return list
+end
+
+-- ---- Cluster ----------------------------------------------------------------
+
+-- T.cluster(): 3 masters + 3 replicas made by redis-cli --cluster create.
+-- Returns { nodes = {...}, seeds = {"127.0.0.1:p", ...} }, nodes with .id;
+-- c:master_of(slot), c:replica_of(node), c:stop().
+local Cluster = {}
+Cluster.__index = Cluster
+
+function T.cluster()
+  local c = setmetatable({ nodes = {}, seeds = {} }, Cluster)
+  for i = 1, 6 do
+    c.nodes[i] = launch { "cluster-enabled yes", "cluster-config-file nodes.conf",
+                          "cluster-node-timeout 1000", "appendonly no", 'save ""',
+                          "repl-diskless-sync-delay 0" }
+    c.seeds[i] = c.nodes[i].addr
+  end
+  local args = {}
+  for i, s in ipairs(c.seeds) do args[i] = q(s) end
+  local out = R.sh("redis-cli --cluster create " .. table.concat(args, " ") ..
+    " --cluster-replicas 1 --cluster-yes 2>&1")
+  assert(out:find("All 16384 slots covered", 1, true), out)
+  R.until_true(function()
+    for _, n in ipairs(c.nodes) do
+      if not n:cli("CLUSTER", "INFO"):find("cluster_state:ok", 1, true) then return false end
+    end
+    return true
+  end, 20, "cluster state ok")
+  for _, n in ipairs(c.nodes) do n.id = n:cli("CLUSTER", "MYID") end
+  return c
+end
+
+function Cluster:node(id)
+  for _, n in ipairs(self.nodes) do if n.id == id then return n end end
+end
+
+-- the master serving 'slot', as every node sees it in CLUSTER SHARDS-less
+-- Redis 7.0: from CLUSTER SLOTS of the given node (default: the first alive)
+function Cluster:master_of(slot, via)
+  via = via or self.nodes[1]
+  local out = via:cli("--no-raw", "CLUSTER", "SLOTS")
+  local entry = '%d+%) 1%) %(integer%) (%d+)\n%s+2%) %(integer%) (%d+)\n'
+    .. '%s+3%) 1%) "[^"]*"\n%s+2%) %(integer%) (%d+)'
+  for from, to, port in out:gmatch(entry) do
+    if slot >= tonumber(from) and slot <= tonumber(to) then
+      for _, n in ipairs(self.nodes) do if n.port == tonumber(port) then return n end end
+    end
+  end
+end
+
+function Cluster:replica_of(master)
+  for _, n in ipairs(self.nodes) do
+    if n ~= master and n:cli("ROLE"):find("^slave\n127.0.0.1\n" .. master.port .. "\n") then return n end
+  end
+end
+
+function Cluster:slot(key) return tonumber(self.nodes[1]:cli("CLUSTER", "KEYSLOT", key)) end
+
+function Cluster:stop()
+  for _, n in ipairs(self.nodes) do if n.pid then n:stop() end end
+end
+
+return T
