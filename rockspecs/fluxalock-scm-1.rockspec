@@ -20,7 +20,8 @@ source = {
 description = {
   summary = "A distributed lock for Lua 5.4, backed by Redis",
   detailed = [[
-    Locks across processes and machines through one Redis server: obtain
+    Locks across processes and machines through Redis (one server,
+    Sentinel, Cluster, or a Redlock quorum of masters): obtain
     with a ttl and an optional wait (woken by the release, with a linear
     backoff as a safety net), release, refresh and ttl checked against a
     random per-acquisition token, fencing counters, and a lock userdata that
@@ -47,10 +48,13 @@ build = {
     ["fluxalock"] = "lua/fluxalock.lua",
     ["fluxalock.config"] = "lua/fluxalock/config.lua",
     ["fluxalock.host"] = "lua/fluxalock/host.lua",
+    ["fluxalock.sentinel"] = "lua/fluxalock/sentinel.lua",
+    ["fluxalock.cluster"] = "lua/fluxalock/cluster.lua",
+    ["fluxalock.redlock"] = "lua/fluxalock/redlock.lua",
     ["fluxalock.core"] = {
       sources = {
         "csrc/core.c", "csrc/conn.c", "csrc/pool.c", "csrc/lock.c",
-        "csrc/token.c", "csrc/keys.c",
+        "csrc/token.c", "csrc/keys.c", "csrc/multi.c",
       },
       libraries = { "hiredis" },
       incdirs = { "$(HIREDIS_INCDIR)" },
