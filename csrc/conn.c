@@ -457,3 +457,14 @@ int fl_push_error(lua_State *L, fl_conn *c) {
   lua_pushstring(L, msg);
   return 2;
 }
+
+/* a reply that is an error: nil, "fluxalock: <op> <where>: <msg>" */
+int fl_push_reply_error(lua_State *L, fl_conn *c) {
+  char msg[FL_ERRLEN];
+  snprintf(msg, sizeof msg, "fluxalock: %s %s: %s", c->op, c->pool->o.where,
+           c->reply->str ? c->reply->str : "error");
+  fl_conn_end(c);
+  lua_pushnil(L);
+  lua_pushstring(L, msg);
+  return 2;
+}

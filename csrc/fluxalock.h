@@ -153,6 +153,7 @@ int fl_run(lua_State *L, fl_conn *c, int hostidx, lua_KFunction k,
            lua_KContext ctx);
 int fl_resume(lua_State *L, fl_conn *c, int status);
 int fl_push_error(lua_State *L, fl_conn *c);
+int fl_push_reply_error(lua_State *L, fl_conn *c);
 int fl_conn_timeout(fl_conn *c);
 
 /* pool.c */

@@ -70,23 +70,12 @@ static fl_conn *prepare(lua_State *L, fl_lock *lk, int at, int *hidx) {
   return c;
 }
 
-/* a reply that is an error: nil, "fluxalock: <op> <where>: <msg>" */
-static int reply_error(lua_State *L, fl_conn *c) {
-  char msg[FL_ERRLEN];
-  snprintf(msg, sizeof msg, "fluxalock: %s %s: %s", c->op, c->pool->o.where,
-           c->reply->str ? c->reply->str : "error");
-  fl_conn_end(c);
-  lua_pushnil(L);
-  lua_pushstring(L, msg);
-  return 2;
-}
-
 /* the integer answer of a script, or a pushed failure (returns < 0) */
 static int script_result(lua_State *L, fl_conn *c, int st, long long *n) {
   redisReply *r;
   if (st == FL_ERR) return -fl_push_error(L, c);
   r = c->reply;
-  if (r->type == REDIS_REPLY_ERROR) return -reply_error(L, c);
+  if (r->type == REDIS_REPLY_ERROR) return -fl_push_reply_error(L, c);
   if (r->type != REDIS_REPLY_INTEGER) {
     fl_conn_end(c);
     fl_conn_disconnect(c);

@@ -273,14 +273,7 @@ static int obtain_finish(lua_State *L, fl_conn *c, int st) {
   long long n;
   if (st == FL_ERR) return fl_push_error(L, c);
   r = c->reply;
-  if (r->type == REDIS_REPLY_ERROR) {
-    char msg[FL_ERRLEN];
-    snprintf(msg, sizeof msg, "fluxalock: obtain %s: %s", c->pool->o.where, r->str);
-    fl_conn_end(c);
-    lua_pushnil(L);
-    lua_pushstring(L, msg);
-    return 2;
-  }
+  if (r->type == REDIS_REPLY_ERROR) return fl_push_reply_error(L, c);
   n = r->type == REDIS_REPLY_INTEGER ? r->integer : -1;
   fl_conn_end(c);
   if (n < 0) {
@@ -371,14 +364,7 @@ static int await_finish(lua_State *L, fl_conn *c, int st) {
     lua_pushboolean(L, 0);
     return 1;
   }
-  if (c->reply->type == REDIS_REPLY_ERROR) {
-    char msg[FL_ERRLEN];
-    snprintf(msg, sizeof msg, "fluxalock: wait %s: %s", c->pool->o.where, c->reply->str);
-    fl_conn_end(c);
-    lua_pushnil(L);
-    lua_pushstring(L, msg);
-    return 2;
-  }
+  if (c->reply->type == REDIS_REPLY_ERROR) return fl_push_reply_error(L, c);
   woke = c->reply->type == REDIS_REPLY_ARRAY;
   fl_conn_end(c);
   lua_pushboolean(L, woke);
@@ -458,14 +444,7 @@ static void push_reply(lua_State *L, const redisReply *r) {
 static int call_finish(lua_State *L, fl_conn *c, int st) {
   redisReply **box;
   if (st == FL_ERR) return fl_push_error(L, c);
-  if (c->reply->type == REDIS_REPLY_ERROR) {
-    char msg[FL_ERRLEN];
-    snprintf(msg, sizeof msg, "fluxalock: call %s: %s", c->pool->o.where, c->reply->str);
-    fl_conn_end(c);
-    lua_pushnil(L);
-    lua_pushstring(L, msg);
-    return 2;
-  }
+  if (c->reply->type == REDIS_REPLY_ERROR) return fl_push_reply_error(L, c);
   /* box the reply before building Lua values: a memory error while
      converting then leaves it to the box's __gc, not leaked */
   box = lua_newuserdatauv(L, sizeof *box, 0);
