@@ -73,8 +73,8 @@ end
 
 local fl = require "fluxalock"
 local sidep = core.pool { host = "127.0.0.1", port = side.port }
-print(("%-9s %12s %10s %10s %12s %10s"):format("pool", "W1 pairs/s", "W1 p50 us", "W1 p99 us",
-  "W3 median ms", "W3 p90 ms"))
+print("| pool | W1 pairs/s | W1 p50 µs | W1 p99 µs | W3 median ms | W3 p90 ms |")
+print("|---|---:|---:|---:|---:|---:|")
 for _, k in ipairs(kinds) do
   local locker = fl.locker(k[2])
   assert(locker:obtain("warm", 1)):release()
@@ -103,7 +103,7 @@ for _, k in ipairs(kinds) do
   end
   sidep:call { "RPUSH", "go", "stop" }
   waiter:wait(20)
-  print(("%-9s %12.0f %10.0f %10.0f %12.3f %10.3f"):format(k[1], rate, pct(samples, 0.5),
+  print(("| %s | %.0f | %.0f | %.0f | %.3f | %.3f |"):format(k[1], rate, pct(samples, 0.5),
     pct(samples, 0.99), pct(lat, 0.5), pct(lat, 0.9)))
 end
 

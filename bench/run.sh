@@ -1,7 +1,8 @@
 #!/bin/sh
 # make bench: run the workloads (bench/run.lua prints one markdown table,
 # also kept in $BENCH_OUT/table.md), then plot the W3 handoff latencies
-# (bench/plot.gp -> $BENCH_OUT/handoff.png; docs/handoff.png is a copy).
+# (bench/plot.gp -> $BENCH_OUT/handoff.png; docs/handoff.png is a copy),
+# then W1/W3 for the pool kinds (bench/poolkinds.lua -> poolkinds.md).
 set -eu
 cd "$(dirname "$0")/.."
 export LUA_PATH="lua/?.lua;lua/?/init.lua;spec/?.lua;;" LUA_CPATH="./?.so;;"
@@ -11,3 +12,7 @@ lua5.4 bench/run.lua > "$out/table.md"
 cat "$out/table.md"
 gnuplot -e "dir='$out'" bench/plot.gp
 echo "bench: plot in $out/handoff.png" >&2
+echo "bench: W1/W3 by pool kind (one server, Cluster 3+3, Redlock over 3 and 5)" >&2
+lua5.4 bench/poolkinds.lua > "$out/poolkinds.md"
+echo
+cat "$out/poolkinds.md"
