@@ -17,7 +17,14 @@ local locker = fl.locker()
 local witness = core.pool { host = "127.0.0.1", port = tonumber(os.getenv("WITNESS")) }
 local key = os.getenv("KEY")
 local moved, asked, errors = 0, 0, {}
-while witness:call { "GET", "stop" } ~= "1" do
+-- ends when the witness says stop, when the witness is gone (a failed
+-- spec run must not leave a worker spinning), or after 120 s at most
+local started = core.now()
+local function going()
+  local v, werr = witness:call { "GET", "stop" }
+  return v ~= "1" and werr == nil and core.now() < started + 120
+end
+while going() do
   local lock, err = locker:obtain(key, 2, 1)
   if lock then
     if witness:call { "INCR", "inside" } ~= 1 then witness:call { "INCR", "overlaps" } end
