@@ -128,12 +128,42 @@ static int append_eval(fl_conn *c, fl_cmd *cmd) {
   return append_cmd(c, &e);
 }
 
+/*
+ * Replies never need big arrays (the largest is a CLUSTER SLOTS map), but
+ * hiredis allocates an array's element table as soon as it reads the header:
+ * a server answering "*322222222" (garbage, or not Redis at all) would make
+ * us reserve gigabytes before a single element arrived.  hiredis 1.x has a
+ * limit for that; 0.14 has none, so its array constructor is wrapped.
+ */
+#define MAX_ELEMENTS (1 << 20)
+
+#if HIREDIS_MAJOR >= 1
+static void cap_arrays(redisReader *r) { r->maxelements = MAX_ELEMENTS; }
+#else
+static redisReplyObjectFunctions capped;
+static void *(*plain_array)(const redisReadTask *, int);
+
+static void *capped_array(const redisReadTask *t, int n) {
+  return n > MAX_ELEMENTS ? NULL : plain_array(t, n); /* NULL: a reader error */
+}
+
+static void cap_arrays(redisReader *r) {
+  if (!plain_array) { /* the same default functions for every reader */
+    capped = *r->fn;
+    plain_array = capped.createArray;
+    capped.createArray = capped_array;
+  }
+  r->fn = &capped;
+}
+#endif
+
 static int connect_ctx(fl_conn *c) {
   const fl_opts *o = &c->pool->o;
   c->ctx = o->path ? redisConnectUnixNonBlock(o->path)
                    : redisConnectNonBlock(o->host, o->port);
   if (!c->ctx) return fail(c, "connect", "out of memory");
   if (c->ctx->err) return fail(c, "connect", "%s", c->ctx->errstr);
+  cap_arrays(c->ctx->reader);
   c->connecting = 1;
   c->handshake = 0;
   c->gen = c->pool->gen;
@@ -353,7 +383,11 @@ int fl_conn_step(fl_conn *c) {
     void *r = NULL;
     int got;
     if (redisReaderGetReply(c->ctx->reader, &r) != REDIS_OK)
-      return fail(c, c->op, "protocol error: %s", c->ctx->reader->errstr);
+      /* 0.14 reports a refused array (cap_arrays) as "Out of memory" */
+      return fail(c, c->op, "protocol error: %s",
+                  strcmp(c->ctx->reader->errstr, "Out of memory") == 0
+                      ? "reply too large (or out of memory)"
+                      : c->ctx->reader->errstr);
     if (r) {
       int st = on_reply(c, r);
       if (st != FL_WAIT) return st;

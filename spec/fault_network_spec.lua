@@ -172,6 +172,18 @@ describe("through a TCP proxy", function()
       end)
     end
 
+    it("refuses at once an array header claiming 100 million elements", function()
+      -- hiredis would allocate the element table (800 MB) on the header
+      -- alone and then wait for elements that never come: found by the
+      -- reply fuzzer.  The reader caps arrays and fails the call instead.
+      px:mode("garbage", ("*100000000\r\n"):gsub(".", function(ch) return ("%02x"):format(ch:byte()) end))
+      local lock, err = locker():obtain("huge-array", 5)
+      assert.is_nil(lock)
+      assert.matches(ERR .. "protocol error: ", err)
+      -- hiredis 0.14 through our cap / hiredis 1.x through its own limit
+      assert.truthy(err:find("reply too large", 1, true) or err:find("out of range", 1, true), err)
+    end)
+
     it("fails the handshake clearly when AUTH gets garbage", function()
       px:mode("garbage", "2a330d0a") -- "*3\r\n" and nothing more
       local l = locker { password = "secret-garbage" }
