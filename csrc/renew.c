@@ -41,8 +41,12 @@
  *
  * GC and lua_close.  __gc stops the entry and drops the Lock's reference;
  * the thread drops the registry's at its next turn, closes the connections
- * no entry needs, and exits when it has no entry left, so after lua_close
- * nothing of ours runs for longer than one request's timeout.  lua_close
+ * no entry needs, and exits when it has no entry left (the next thread to
+ * start joins it).  At process exit a destructor tells the thread to quit
+ * at once and joins it: valgrind sees no thread and no block of ours left
+ * (a lock still held then expires by its ttl, as if the process had been
+ * killed; lua_close, which a normal end of lua5.4 runs, releases them
+ * first).  lua_close
  * dlcloses C modules: at its first start the thread pins this module in
  * memory (dlopen RTLD_NODELETE), so a thread still finishing a request
  * never runs unmapped code.  Counters live in a small block shared by the
@@ -89,6 +93,9 @@ static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static fl_renewal **incoming; /* handed over, not yet taken (under mu) */
 static int nincoming, capincoming;
 static int running;           /* a thread runs (under mu) */
+static pthread_t last;        /* the latest thread, joined by the next one */
+static int joinable;          /* and at exit (under mu) */
+static int quit;              /* atomic: exit now (the process is exiting) */
 static thr *cur;              /* its state, for a fork child (under mu) */
 static int wk[2] = {-1, -1};  /* wakes the thread */
 static int note[2] = {-1, -1}; /* renewal_fd: a byte per lost lock */
@@ -245,8 +252,10 @@ static void wait_io(thr *t, long long next) {
 
 static void *run(void *arg) {
   thr *t = arg;
-  while (!take(t)) wait_io(t, tick(t, rn_mono()));
-  rn_io_free(&t->io);
+  int i;
+  while (!take(t) && !RN_LOAD(&quit)) wait_io(t, tick(t, rn_mono()));
+  rn_io_free(&t->io); /* legs in flight fail: their entries are idle */
+  for (i = 0; i < t->nlive; i++) unref(t->live[i]); /* only when quitting */
   free(t->live);
   free(t->pf);
   free(t);
@@ -266,8 +275,9 @@ static int start_thread(void) {
   }
   t->npf = 8;
   sigfillset(&all);
+  if (joinable) pthread_join(last, NULL); /* it has left take(): ends soon */
+  joinable = 0;
   pthread_attr_init(&at);
-  pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
   pthread_sigmask(SIG_SETMASK, &all, &old); /* the thread inherits it */
   r = pthread_create(&id, &at, run, t);
   pthread_sigmask(SIG_SETMASK, &old, NULL);
@@ -277,9 +287,31 @@ static int start_thread(void) {
     free(t);
     return -1;
   }
-  running = 1;
+  running = joinable = 1;
+  last = id;
   cur = t;
   return 0;
+}
+
+/* at process exit: stop the thread (its requests in flight are dropped:
+   the process is going anyway, and its locks expire by their ttl) and join
+   it, so nothing of ours outlives the program, not even its stack */
+__attribute__((destructor)) static void at_exit(void) {
+  int j;
+  if (!set_up) return;
+  pthread_mutex_lock(&mu);
+  RN_STORE(&quit, 1);
+  j = joinable;
+  joinable = 0;
+  pthread_mutex_unlock(&mu);
+  wake(wk[1]);
+  if (j) pthread_join(last, NULL);
+  pthread_mutex_lock(&mu);
+  while (nincoming > 0) unref(incoming[--nincoming]); /* never taken */
+  free(incoming);
+  incoming = NULL;
+  capincoming = 0;
+  pthread_mutex_unlock(&mu);
 }
 
 /* ---- fork ------------------------------------------------------------------ */
@@ -307,7 +339,7 @@ static void fork_child(void) {
   incoming = NULL;
   nincoming = capincoming = 0;
   cur = NULL;
-  running = 0;
+  running = joinable = 0; /* that thread is the parent's */
   repipe(wk);
   repipe(note);
   pthread_mutex_unlock(&mu);
