@@ -221,16 +221,42 @@ describe("a renewed Redlock lock", function()
     local fl = require "fluxalock"
     local urls = {}
     for i, s in ipairs(servers) do urls[i] = s.url end
-    fl.configure { pools = { rl = { redlock = urls, timeout = 0.2, connect_timeout = 0.2 } } }
-    local lock = assert(fl.locker("rl"):obtain("quorum", 1, 0, { renew = 0.2 }))
+    fl.configure { pools = { rl = { redlock = urls, timeout = 0.5, connect_timeout = 0.5 } } }
+    local lock = assert(fl.locker("rl"):obtain("quorum", 2, 0, { renew = 0.3 }))
     servers[3]:stop()
-    R.sleep(1.5)
+    R.sleep(3) -- 1.5 ttls: renewed by the two nodes left
     assert.is_true(lock:held())
     for i = 1, 2 do assert.is_true(pttl(servers[i], "quorum") > 0) end
     servers[1]:cli("DEL", "quorum") -- one of the two left: no quorum any more
     R.until_true(function() return not lock:held() end, 2, "the loss of the quorum")
     assert.equal("1", servers[2]:cli("EXISTS", "quorum")) -- not kept alive, not deleted
     lock:release()
+  end)
+end)
+
+describe("a renewed Cluster lock", function()
+  local T = require "support.topology"
+  local cluster
+  lazy_setup(function() cluster = T.cluster() end)
+  lazy_teardown(function() if cluster then cluster:stop() end end)
+
+  it("is renewed on its slot's master, and follows MOVED after a CLUSTER FAILOVER", function()
+    local fl = require "fluxalock"
+    fl.configure { pools = { cl = { cluster = cluster.seeds, timeout = 0.5, connect_timeout = 0.5 } } }
+    local key = "c-renew"
+    local master = cluster:master_of(cluster:slot(key))
+    local replica = assert(cluster:replica_of(master))
+    local lock = assert(fl.locker("cl"):obtain(key, 1, 0, { renew = 0.2 }))
+    R.sleep(1.5)
+    assert.is_true(lock:held())
+    assert.is_true(tonumber(master:cli("PTTL", key)) > 0)
+    assert.equal("OK", replica:cli("CLUSTER", "FAILOVER"))
+    R.until_true(function() return replica:cli("ROLE"):find("^master") ~= nil end, 10, "promotion")
+    R.sleep(2) -- two ttls: only renewals on the new master keep it
+    assert.is_true(lock:held())
+    assert.is_true(tonumber(replica:cli("PTTL", key)) > 0)
+    assert.is_true(lock:release())
+    assert.equal("0", replica:cli("EXISTS", key))
   end)
 end)
 
