@@ -260,6 +260,43 @@ describe("a renewed Cluster lock", function()
   end)
 end)
 
+describe("a renewed Sentinel lock", function()
+  local T = require "support.topology"
+  local master, replica, sentinels
+  local NAME = "rnmaster"
+  lazy_setup(function()
+    master = R.start { args = { "--repl-diskless-sync-delay", "0" } }
+    replica = R.start { args = { "--replicaof", "127.0.0.1", tostring(master.port),
+                                 "--repl-diskless-sync-delay", "0" } }
+    R.until_true(function()
+      return replica:cli("INFO", "replication"):find("master_link_status:up", 1, true)
+    end, 10, "replica in sync")
+    sentinels = T.sentinels(master, { replica }, 3, NAME)
+  end)
+  lazy_teardown(function()
+    for _, s in ipairs(sentinels or {}) do s:stop() end
+    if master and master.pid then master:stop() end
+    if replica and replica.pid then replica:stop() end
+  end)
+
+  it("follows a failover: the renewal thread asks the sentinels for the new master", function()
+    local fl = require "fluxalock"
+    local addrs = {}
+    for i, s in ipairs(sentinels) do addrs[i] = s.addr end
+    fl.configure { pools = { sn = { sentinels = addrs, master = NAME, timeout = 0.5, connect_timeout = 0.5 } } }
+    local lock = assert(fl.locker("sn"):obtain("s-renew", 2, 0, { renew = 0.3 }))
+    R.until_true(function() return replica:cli("EXISTS", "s-renew") == "1" end, 5, "replication")
+    assert.equal("OK", sentinels[1]:cli("SENTINEL", "failover", NAME))
+    R.until_true(function() return replica:cli("ROLE"):match("^master") ~= nil end, 15, "failover")
+    master:cli("REPLICAOF", "127.0.0.1", tostring(replica.port)) -- as the sentinels will
+    R.sleep(3) -- 1.5 ttls: only renewals on the new master keep it
+    assert.is_true(lock:held())
+    assert.is_true(tonumber(replica:cli("PTTL", "s-renew")) > 0)
+    assert.is_true(lock:release())
+    assert.equal("0", replica:cli("EXISTS", "s-renew"))
+  end)
+end)
+
 describe("obtain's renew option, misused", function()
   local fluxalock = require "fluxalock"
   local locker = fluxalock.locker("redis://127.0.0.1:1/0") -- never reached
