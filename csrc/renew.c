@@ -241,7 +241,10 @@ static long long tick(thr *t, long long now) {
     if (now >= RN_LOAD(&e->deadline)) lose(e); /* at the deadline, not later */
     if (e->started && e->inflight == 0) verdict(e, now);
     st = RN_LOAD(&e->state);
-    if (st == RN_RUN && !e->started && now >= e->due) attempt(t, e, now);
+    if (st == RN_RUN && !e->started && now >= e->due) {
+      attempt(t, e, now);
+      if (e->inflight == 0) verdict(e, now); /* every leg failed at once */
+    }
     if (st == RN_RUN) {
       long long dl = RN_LOAD(&e->deadline);
       if (dl < next) next = dl;

@@ -153,18 +153,19 @@ print(lock and "obtained" or err)
     lock:release()
   end)
 
-  it("survives a Redis restart that keeps its data, and renewal resumes", function()
-    local s = R.start { persist = true }
-    local l = R.fluxalock(s).locker()
-    local lock = assert(l:obtain("restart", 2, 0, { renew = 0.2 }))
-    s:restart()
-    R.sleep(2.5) -- longer than the ttl: only renewals keep it
-    assert.is_true(lock:held())
-    assert.is_true(pttl(s, "restart") > 0)
-    assert.is_true(lock:release())
-    s:stop()
-    fluxalock = R.fluxalock(server)
-  end)
+  for _, via in ipairs { "url", "unix_url" } do
+    it("survives a Redis restart that keeps its data, and renewal resumes (" .. via .. ")", function()
+      local s = R.start { persist = true }
+      local l = fluxalock.locker(s[via])
+      local lock = assert(l:obtain("restart", 2, 0, { renew = 0.2 }))
+      s:restart()
+      R.sleep(2.5) -- longer than the ttl: only renewals keep it
+      assert.is_true(lock:held())
+      assert.is_true(pttl(s, "restart") > 0)
+      assert.is_true(lock:release())
+      s:stop()
+    end)
+  end
 
   it("restarted Redis lost it: held() turns false, never two silent holders", function()
     local s = R.start()
