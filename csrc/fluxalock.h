@@ -128,7 +128,7 @@ typedef struct fl_pool {
   int nnodes, nodecap;
   unsigned short *slots;   /* cluster: node index + 1 per hash slot */
   unsigned long moved, asked, rotate;
-  struct fl_counts *counts; /* renewal counters, shared with the renewal
+  struct fl_rcounts *rcounts; /* renewal counters, shared with the renewal
                                thread's entries (renew.c); NULL until the
                                first renewed lock */
 } fl_pool;

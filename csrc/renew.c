@@ -114,7 +114,7 @@ static void *orphan[2];       /* a fork child keeps the parent's state
 
 /* ---- entries and counters -------------------------------------------------- */
 
-static void counts_unref(fl_counts *c) {
+static void counts_unref(fl_rcounts *c) {
   if (c && RN_ADD(&c->refs, -1) == 0) free(c);
 }
 
@@ -457,8 +457,8 @@ static fl_renewal *entry_new(const fl_lock *lk, fl_pool *p, lua_Integer ttl,
   if (!e) return NULL;
   e->refs = 1; /* the Lock's */
   e->pid = (long)getpid();
-  e->counts = p->counts;
-  RN_ADD(&p->counts->refs, 1);
+  e->counts = p->rcounts;
+  RN_ADD(&p->rcounts->refs, 1);
   if (!(e->key = malloc(lk->keylen + 1)) || targets(e, p) != 0) {
     entry_free(e);
     return NULL;
@@ -542,8 +542,8 @@ int fl_renew_start(lua_State *L) {
     lua_pushstring(L, "fluxalock: renew: no pipe for the renewal thread");
     return 2;
   }
-  if (!p->counts && (p->counts = calloc(1, sizeof *p->counts))) p->counts->refs = 1;
-  if (!p->counts || !(e = entry_new(lk, p, ttl, every, sent)) ||
+  if (!p->rcounts && (p->rcounts = calloc(1, sizeof *p->rcounts))) p->rcounts->refs = 1;
+  if (!p->rcounts || !(e = entry_new(lk, p, ttl, every, sent)) ||
       (has_sentinels && sentinels(L, 5, e) != 0)) {
     if (e) entry_free(e);
     lua_pushstring(L, "fluxalock: renew: out of memory");
@@ -594,12 +594,12 @@ int fl_renew_held(const fl_lock *lk) {
 }
 
 void fl_renew_counts(fl_pool *p, long long *renewed, long long *lost) {
-  fl_counts *c = p ? p->counts : NULL;
+  fl_rcounts *c = p ? p->rcounts : NULL;
   *renewed = c ? RN_LOAD(&c->renewed) : 0;
   *lost = c ? RN_LOAD(&c->lost) : 0;
 }
 
 void fl_renew_pool_free(fl_pool *p) {
-  counts_unref(p->counts);
-  p->counts = NULL;
+  counts_unref(p->rcounts);
+  p->rcounts = NULL;
 }

@@ -34,10 +34,10 @@ typedef struct rn_leg {
   struct rn_leg *qnext;
 } rn_leg;
 
-typedef struct fl_counts {
+typedef struct fl_rcounts {
   int refs;                 /* atomic: the pool's and one per entry */
   long long renewed, lost;  /* atomic */
-} fl_counts;
+} fl_rcounts;
 
 typedef struct fl_renewal {
   /* shared with the Lua thread: atomics only */
@@ -45,7 +45,7 @@ typedef struct fl_renewal {
   int state;           /* RN_* */
   long long deadline;  /* monotonic ns: held() is false from then on */
   /* set before the entry is handed over, then read-only */
-  fl_counts *counts;
+  fl_rcounts *counts;
   long pid;            /* the process that obtained and renews it */
   char *key;           /* prefix + key */
   size_t keylen;
