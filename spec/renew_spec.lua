@@ -365,27 +365,13 @@ end)
 
 describe("a renewed Sentinel lock", function()
   local T = require "support.topology"
-  local master, replica, sentinels
+  local master, replica, sentinels, addrs, stop
   local NAME = "rnmaster"
-  lazy_setup(function()
-    master = R.start { args = { "--repl-diskless-sync-delay", "0" } }
-    replica = R.start { args = { "--replicaof", "127.0.0.1", tostring(master.port),
-                                 "--repl-diskless-sync-delay", "0" } }
-    R.until_true(function()
-      return replica:cli("INFO", "replication"):find("master_link_status:up", 1, true)
-    end, 10, "replica in sync")
-    sentinels = T.sentinels(master, { replica }, 3, NAME)
-  end)
-  lazy_teardown(function()
-    for _, s in ipairs(sentinels or {}) do s:stop() end
-    if master and master.pid then master:stop() end
-    if replica and replica.pid then replica:stop() end
-  end)
+  lazy_setup(function() master, replica, sentinels, addrs, stop = T.replicated(NAME) end)
+  lazy_teardown(function() if stop then stop() end end)
 
   it("follows a failover: the renewal thread asks the sentinels for the new master", function()
     local fl = require "fluxalock"
-    local addrs = {}
-    for i, s in ipairs(sentinels) do addrs[i] = s.addr end
     fl.configure { pools = { sn = { sentinels = addrs, master = NAME, timeout = 0.5, connect_timeout = 0.5 } } }
     local lock = assert(fl.locker("sn"):obtain("s-renew", 2, 0, { renew = 0.3 }))
     R.until_true(function() return replica:cli("EXISTS", "s-renew") == "1" end, 5, "replication")
