@@ -22,14 +22,25 @@ SRC = csrc/core.c csrc/conn.c csrc/pool.c csrc/lock.c csrc/token.c csrc/keys.c \
       csrc/multi.c
 OBJ = $(SRC:.c=.o)
 LIB = fluxalock/core.so
+# the process handling of the fluxalock command (bin/fluxalock): its own
+# module, without hiredis
+PROC = fluxalock/proc.so
 
 .PHONY: all clean test demo bench lint deps
 
-all: $(LIB)
+all: $(LIB) $(PROC) bin/fluxalock
 
 $(LIB): $(SRC) csrc/fluxalock.h
 	@mkdir -p fluxalock
 	$(CC) $(CFLAGS) -o $@ $(SRC) $(LDFLAGS) $(LIBS)
+
+$(PROC): csrc/proc.c
+	@mkdir -p fluxalock
+	$(CC) $(CFLAGS) -o $@ csrc/proc.c -shared
+
+# the command is a Lua script kept in the tree; make only sees that it runs
+bin/fluxalock: $(LIB) $(PROC)
+	@chmod +x $@
 
 clean:
 	rm -rf fluxalock csrc/*.o
