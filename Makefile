@@ -19,7 +19,7 @@ LDFLAGS += -shared -L$(HIREDIS_LIBDIR)
 LIBS    = -lhiredis
 
 SRC = csrc/core.c csrc/conn.c csrc/pool.c csrc/lock.c csrc/token.c csrc/keys.c \
-      csrc/multi.c
+      csrc/multi.c csrc/renew.c csrc/renew_io.c csrc/net_tcp.c
 OBJ = $(SRC:.c=.o)
 LIB = fluxalock/core.so
 # the process handling of the fluxalock command (bin/fluxalock): its own
@@ -30,7 +30,7 @@ PROC = fluxalock/proc.so
 
 all: $(LIB) $(PROC) bin/fluxalock
 
-$(LIB): $(SRC) csrc/fluxalock.h
+$(LIB): $(SRC) csrc/fluxalock.h csrc/renew.h csrc/net.h
 	@mkdir -p fluxalock
 	$(CC) $(CFLAGS) -o $@ $(SRC) $(LDFLAGS) $(LIBS)
 

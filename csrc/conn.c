@@ -138,7 +138,7 @@ static int append_eval(fl_conn *c, fl_cmd *cmd) {
 #define MAX_ELEMENTS (1 << 20)
 
 #if HIREDIS_MAJOR >= 1
-static void cap_arrays(redisReader *r) { r->maxelements = MAX_ELEMENTS; }
+void fl_reader_cap(redisReader *r) { r->maxelements = MAX_ELEMENTS; }
 #else
 static redisReplyObjectFunctions capped;
 static void *(*plain_array)(const redisReadTask *, int);
@@ -147,7 +147,9 @@ static void *capped_array(const redisReadTask *t, int n) {
   return n > MAX_ELEMENTS ? NULL : plain_array(t, n); /* NULL: a reader error */
 }
 
-static void cap_arrays(redisReader *r) {
+/* the first call (from the Lua thread: renew.c makes one before it starts
+   its thread) sets up the shared table */
+void fl_reader_cap(redisReader *r) {
   if (!plain_array) { /* the same default functions for every reader */
     capped = *r->fn;
     plain_array = capped.createArray;
@@ -163,7 +165,7 @@ static int connect_ctx(fl_conn *c) {
                    : redisConnectNonBlock(o->host, o->port);
   if (!c->ctx) return fail(c, "connect", "out of memory");
   if (c->ctx->err) return fail(c, "connect", "%s", c->ctx->errstr);
-  cap_arrays(c->ctx->reader);
+  fl_reader_cap(c->ctx->reader);
   c->connecting = 1;
   c->handshake = 0;
   c->gen = c->pool->gen;
@@ -383,7 +385,7 @@ int fl_conn_step(fl_conn *c) {
     void *r = NULL;
     int got;
     if (redisReaderGetReply(c->ctx->reader, &r) != REDIS_OK)
-      /* 0.14 reports a refused array (cap_arrays) as "Out of memory" */
+      /* 0.14 reports a refused array (fl_reader_cap) as "Out of memory" */
       return fail(c, c->op, "protocol error: %s",
                   strcmp(c->ctx->reader->errstr, "Out of memory") == 0
                       ? "reply too large (or out of memory)"

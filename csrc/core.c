@@ -33,6 +33,10 @@ int luaopen_fluxalock_core(lua_State *L) {
   fl_lock_open(L);
   lua_pushcfunction(L, core_sleep);
   lua_setfield(L, -2, "sleep");
+  lua_pushcfunction(L, fl_renew_start);
+  lua_setfield(L, -2, "renew");
+  lua_pushcfunction(L, fl_renew_fd); /* internal: for the fluxalock command */
+  lua_setfield(L, -2, "renewal_fd");
   lua_pushstring(L, FLUXALOCK_VERSION);
   lua_setfield(L, -2, "version");
   lua_pushinteger(L, HIREDIS_MAJOR);

@@ -6,6 +6,8 @@
  *   pool.c   fl_pool: options + connections of one Redis, the Pool userdata
  *   lock.c   the fluxalock.Lock userdata
  *   token.c  random tokens from the kernel CSPRNG
+ *   renew.c  the renewal thread that keeps renewed locks alive (renew_io.c:
+ *            its connections)
  *   keys.c   key naming (hash slots, companion keys) and the Lua scripts
  *   core.c   luaopen_fluxalock_core
  *
@@ -126,6 +128,9 @@ typedef struct fl_pool {
   int nnodes, nodecap;
   unsigned short *slots;   /* cluster: node index + 1 per hash slot */
   unsigned long moved, asked, rotate;
+  struct fl_counts *counts; /* renewal counters, shared with the renewal
+                               thread's entries (renew.c); NULL until the
+                               first renewed lock */
 } fl_pool;
 
 enum { FL_SINGLE = 0, FL_REDLOCK = 1, FL_CLUSTER = 2, FL_SENTINEL = 3 };
@@ -137,6 +142,7 @@ typedef struct fl_lock {
   size_t keylen;    /* of key[]: prefix + user key */
   size_t prefixlen;
   int held;         /* cleared before the release is sent (liolib habit) */
+  struct fl_renewal *renew; /* NULL, or its renewal entry (one reference) */
   char token[FL_TOKEN_LEN];
   char key[1];      /* prefix + key + NUL; the userdata is sized to fit */
 } fl_lock;
@@ -149,6 +155,7 @@ void fl_conn_disconnect(fl_conn *c);
 int fl_conn_begin(fl_conn *c, const char *op, double extra);
 int fl_conn_step(fl_conn *c);
 void fl_conn_end(fl_conn *c);
+void fl_reader_cap(redisReader *r);
 int fl_run(lua_State *L, fl_conn *c, int hostidx, lua_KFunction k,
            lua_KContext ctx);
 int fl_resume(lua_State *L, fl_conn *c, int status);
@@ -165,6 +172,8 @@ void fl_pool_defer(fl_pool *p, const char *key, size_t keylen,
 void fl_pool_flush(fl_pool *p);
 int fl_pool_open(lua_State *L);
 fl_pool *fl_checkpool(lua_State *L, int idx);
+void fl_opts_free(fl_opts *o);
+int fl_opts_copy(fl_opts *dst, const fl_opts *src);
 
 /* multi.c: Redlock groups and clusters */
 void fl_multi_free(fl_pool *p);
@@ -187,6 +196,16 @@ lua_Integer fl_checkms(lua_State *L, int arg, const char *what);
 void fl_cmd_release(fl_cmd *cmd, const char *key, size_t keylen,
                     const char *wake, size_t wakelen, const char *token);
 int fl_lock_open(lua_State *L);
+
+/* renew.c: the renewal thread (its own connections, never the Lua state) */
+int fl_renew_start(lua_State *L);  /* core.renew(lock, ttl_ms, every_ms, sent_at) */
+int fl_renew_fd(lua_State *L);     /* core.renewal_fd() */
+void fl_renew_stop(fl_lock *lk);   /* before a release is sent; idempotent */
+void fl_renew_drop(fl_lock *lk);   /* __gc: stop, drop the lock's reference */
+int fl_renew_held(const fl_lock *lk); /* the renewal still vouches for it */
+int fl_renew_foreign(const fl_lock *lk); /* renewed by another process (fork) */
+void fl_renew_counts(fl_pool *p, long long *renewed, long long *lost);
+void fl_renew_pool_free(fl_pool *p);
 
 /* token.c */
 int fl_token(char out[FL_TOKEN_LEN]);

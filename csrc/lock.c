@@ -27,6 +27,7 @@ fl_lock *fl_lock_new(lua_State *L, int poolidx, fl_pool *p, const char *key,
   fl_lock *lk = lua_newuserdatauv(L, offsetof(fl_lock, key) + plen + keylen + 1, 1);
   lk->pool = NULL;
   lk->held = 0;
+  lk->renew = NULL;
   lk->fence = 0;
   lk->prefixlen = plen;
   lk->keylen = plen + keylen;
@@ -131,10 +132,12 @@ static int lock_release(lua_State *L) {
   fl_lock *lk = checklock(L);
   fl_conn *c;
   int st;
+  if (fl_renew_foreign(lk)) lk->held = 0; /* the parent's (fork): not ours */
   if (!lk->held) {
     lua_pushboolean(L, 0);
     return 1;
   }
+  fl_renew_stop(lk); /* before the release is sent */
   if (lk->pool->kind) return fl_multi_lock(L, FL_OP_RELEASE);
   release_start(L, lk, release_k, &st, &c);
   return release_finish(L, c, st);
@@ -165,7 +168,9 @@ static int lock_close(lua_State *L) {
   fl_lock *lk = checklock(L);
   fl_conn *c;
   int st;
+  if (fl_renew_foreign(lk)) lk->held = 0; /* the parent's (fork): not ours */
   if (!lk->held) return 0;
+  fl_renew_stop(lk); /* before the release is sent */
   if (lk->pool->has_host && !lua_isyieldable(L)) {
     if (lk->pool->kind) fl_multi_gc(lk); /* a group: on its nodes */
     else defer_release(lk);
@@ -183,6 +188,8 @@ static int lock_gc(lua_State *L) {
   fl_lock *lk = lua_touserdata(L, 1);
   fl_pool *p = lk->pool;
   if (!p) return 0;
+  if (fl_renew_foreign(lk)) lk->held = 0; /* the parent's (fork): not ours */
+  fl_renew_drop(lk); /* stopped before the release is sent */
   if (lk->held && p->kind) fl_multi_gc(lk); /* clears held */
   if (lk->held) {
     defer_release(lk);
@@ -337,8 +344,12 @@ static int lock_token(lua_State *L) {
   return 1;
 }
 
+/* held and, for a renewed lock, still vouched for by its renewal: not
+   lost, not past its local deadline, renewed by this process */
+static int is_held(const fl_lock *lk) { return lk->held && fl_renew_held(lk); }
+
 static int lock_held(lua_State *L) {
-  lua_pushboolean(L, checklock(L)->held);
+  lua_pushboolean(L, is_held(checklock(L)));
   return 1;
 }
 
@@ -355,7 +366,7 @@ static int lock_tostring(lua_State *L) {
   fl_lock *lk = checklock(L);
   lua_pushstring(L, "fluxalock.Lock: ");
   lua_pushlstring(L, lk->key + lk->prefixlen, lk->keylen - lk->prefixlen);
-  lua_pushstring(L, lk->held ? " (held)" : " (released)");
+  lua_pushstring(L, is_held(lk) ? " (held)" : " (released)");
   lua_concat(L, 3);
   return 1;
 }

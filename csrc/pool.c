@@ -24,7 +24,7 @@ fl_pool *fl_pool_ref(fl_pool *p) {
   return p;
 }
 
-static void opts_free(fl_opts *o) {
+void fl_opts_free(fl_opts *o) {
   free(o->host);
   free(o->path);
   free(o->username);
@@ -33,6 +33,31 @@ static void opts_free(fl_opts *o) {
     free(o->password);
   }
   free(o->prefix);
+  o->host = o->path = o->username = o->password = o->prefix = NULL;
+}
+
+static int sdup(char **dst, const char *s) {
+  size_t n;
+  *dst = NULL;
+  if (!s) return 0;
+  n = strlen(s) + 1;
+  if (!(*dst = malloc(n))) return -1;
+  memcpy(*dst, s, n);
+  return 0;
+}
+
+/* a deep copy of src (the renewal thread keeps its own): 0, or -1 when out
+   of memory (then dst holds nothing to free).  A new string option must be
+   copied here and freed in fl_opts_free. */
+int fl_opts_copy(fl_opts *dst, const fl_opts *src) {
+  *dst = *src; /* the scalars and where[] */
+  if (sdup(&dst->host, src->host) | sdup(&dst->path, src->path) |
+      sdup(&dst->username, src->username) | sdup(&dst->password, src->password) |
+      sdup(&dst->prefix, src->prefix)) {
+    fl_opts_free(dst);
+    return -1;
+  }
+  return 0;
 }
 
 void fl_pool_unref(fl_pool *p) {
@@ -47,7 +72,8 @@ void fl_pool_unref(fl_pool *p) {
   for (i = 0; i < p->nconns; i++) fl_conn_free(p->conns[i]);
   free(p->conns);
   fl_multi_free(p);
-  opts_free(&p->o);
+  fl_renew_pool_free(p);
+  fl_opts_free(&p->o);
   free(p);
 }
 

@@ -46,6 +46,40 @@ local function duration(v, n, fname, what)
   return (v * 1000 + 0.5) // 1
 end
 
+-- obtain's 4th argument -> the renewal interval in ms, or nil (no renewal)
+local function renew_interval(opts, ttl, ms)
+  if opts == nil then return nil end
+  if type(opts) ~= "table" then
+    argerror(4, "obtain", "options must be a table, got " .. type(opts), 4)
+  end
+  for k in pairs(opts) do
+    if k ~= "renew" then argerror(4, "obtain", ("unknown option '%s'"):format(tostring(k)), 4) end
+  end
+  local r = opts.renew
+  if r == nil or r == false then return nil end
+  if r == true then return ms // 3 > 0 and ms // 3 or 1 end
+  if type(r) ~= "number" then
+    argerror(4, "obtain", "option 'renew' must be a boolean or a number of seconds, got " .. type(r), 4)
+  end
+  if r ~= r then argerror(4, "obtain", "renew interval must not be NaN", 4) end
+  if r < 0 then argerror(4, "obtain", "renew interval must not be negative", 4) end
+  if r < 0.001 then argerror(4, "obtain", "renew interval must be at least 0.001 seconds", 4) end
+  if r >= ttl then argerror(4, "obtain", "renew interval must be less than ttl", 4) end
+  local every = (r * 1000 + 0.5) // 1
+  if every >= ms then argerror(4, "obtain", "renew interval must be less than ttl", 4) end
+  return every
+end
+
+-- a fresh lock handed to the renewal thread (csrc/renew.c); if that fails
+-- the lock is released: a caller that asked for renewal never gets a lock
+-- that silently expires
+local function renewed(lock, ms, every, sent)
+  local ok, err = core.renew(lock, ms, every, sent)
+  if ok then return lock end
+  lock:release()
+  return nil, err or "fluxalock: renew: the lock was lost before its renewal started"
+end
+
 -- ---- Locker ------------------------------------------------------------------
 
 local Locker = { __name = "fluxalock.Locker" }
@@ -76,8 +110,9 @@ function Locker.__tostring(self)
   return ("fluxalock.Locker: %s (%s)"):format(self.name, self._where)
 end
 
---- locker:obtain(key, ttl [, wait]) -> lock | nil, "not obtained" | nil, message
-function Locker.obtain(self, key, ttl, wait)
+--- locker:obtain(key, ttl [, wait [, opts]]) -> lock | nil, "not obtained" | nil, message
+-- opts.renew = true | seconds: keep the lock alive until it is released
+function Locker.obtain(self, key, ttl, wait, opts)
   if getmetatable(self) ~= Locker then
     error(("calling 'obtain' on bad self (fluxalock.Locker expected, got %s)"):format(type(self)), 2)
   end
@@ -96,10 +131,15 @@ function Locker.obtain(self, key, ttl, wait)
     if wait < 0 then argerror(3, "obtain", "wait timeout must not be negative") end
     if wait > ttl then argerror(3, "obtain", "wait timeout must not exceed ttl") end
   end
+  local every = renew_interval(opts, ttl, ms)
   local pool = self._pool
+  local sent = now() -- the renewal's first deadline counts from the send
   if wait == 0 then
     local lock, err = pool:obtain(key, ms, 0)
-    if lock then return lock end
+    if lock then
+      if every then return renewed(lock, ms, every, sent) end
+      return lock
+    end
     if lock == false then return nil, NOT_OBTAINED end
     return nil, err
   end
@@ -121,8 +161,10 @@ function Locker.obtain(self, key, ttl, wait)
       local ok, werr = pool:await(key, min(pause, left), left)
       if ok == nil then return nil, werr end
     end
+    sent = now()
     lock, err = pool:obtain(key, ms, 2)
   end
+  if every then return renewed(lock, ms, every, sent) end
   return lock
 end
 

@@ -38,12 +38,14 @@ describe("examples", function()
       "WILL EXPIRE IN 3 SECONDS", "WILL EXPIRE IN 5 SECONDS" },
     scoped = { "GOT LOCK scoped_job", "JOB FAILED: the job went wrong",
       "fluxalock.Lock: scoped_job (released)", "LOCK IS FREE AGAIN" },
+    renewed = { "GOT LOCK renewed_job FOR 1 SECOND, RENEWED",
+      "WORKED 2.5 SECONDS, STILL HELD: true", "RELEASED" },
   }
 
   local KEY = { non_blocking = "test_lock", waiting = "test_lock", ttl_refresh = "test",
-    scoped = "scoped_job" }
+    scoped = "scoped_job", renewed = "renewed_job" }
 
-  for _, name in ipairs { "non_blocking", "waiting", "ttl_refresh", "scoped" } do
+  for _, name in ipairs { "non_blocking", "waiting", "ttl_refresh", "scoped", "renewed" } do
     it(name .. ".lua prints the reference's lines and releases its lock", function()
       local out, stderr, code = run(name, server.url)
       assert.are.equal(lines(expected[name]), out)
@@ -59,7 +61,7 @@ describe("examples", function()
     local down = R.start()
     local url = down.url
     down:stop()
-    for _, name in ipairs { "non_blocking", "waiting", "ttl_refresh", "scoped" } do
+    for _, name in ipairs { "non_blocking", "waiting", "ttl_refresh", "scoped", "renewed" } do
       local t0 = R.now()
       local _, stderr, code = run(name, url)
       assert.are.equal(1, code, name)

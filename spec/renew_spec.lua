@@ -1,0 +1,295 @@
+-- Renewed locks: obtain(key, ttl, wait, {renew = true | seconds}) keeps a
+-- lock alive from the core's renewal thread, whatever the program does.
+-- Real processes, real redis-servers; the key is watched from another
+-- client (redis-cli).
+local R = require "support.redis"
+
+local function pttl(s, key) return tonumber(s:cli("PTTL", key)) end
+
+-- a holder process: obtains KEY (ttl TTL, renewed), prints "obtained",
+-- then runs BODY (Lua code with 'lock' in scope)
+local function holder(s, body, env)
+  local code = [[
+local fl = require "fluxalock"
+fl.configure { pools = { default = os.getenv("URL") } }
+local lock = assert(fl.locker():obtain(os.getenv("KEY"), tonumber(os.getenv("TTL")), 0, { renew = true }))
+io.stdout:setvbuf("no")
+print("obtained")
+]] .. body
+  local e = { URL = s.url, KEY = "job", TTL = "0.6" }
+  for k, v in pairs(env or {}) do e[k] = v end
+  local p = R.spawn(code, e)
+  R.until_true(function() return p:output():find("obtained", 1, true) end, 10, "the holder's lock")
+  return p
+end
+
+-- sample fn() every 'step' seconds for 'secs' seconds; all results
+local function sample(secs, step, fn)
+  local out, stop = {}, R.now() + secs
+  while R.now() < stop do
+    out[#out + 1] = fn()
+    R.sleep(step)
+  end
+  return out
+end
+
+describe("a renewed lock", function()
+  local server, fluxalock, locker
+
+  lazy_setup(function()
+    server = R.start()
+    fluxalock = R.fluxalock(server)
+    locker = fluxalock.locker()
+  end)
+
+  lazy_teardown(function()
+    if server then server:stop() end
+  end)
+
+  it("outlives its 0.6 s ttl for 3 s while the process sleeps in os.execute", function()
+    local p = holder(server, [[
+os.execute("sleep 3")
+print("held", lock:held())
+print("released", lock:release())
+]])
+    local second
+    local ttls = sample(2.6, 0.05, function()
+      if not second then -- meanwhile, another process tries and fails
+        second = R.spawn([[
+local fl = require "fluxalock"
+local lock, err = fl.locker(os.getenv("URL")):obtain("job", 5)
+print(lock and "obtained" or err)
+]], { URL = server.url })
+      end
+      return pttl(server, "job")
+    end)
+    assert.equal("not obtained\n", second:wait())
+    local out = p:wait()
+    assert.matches("held\ttrue\nreleased\ttrue\n", out)
+    for i, t in ipairs(ttls) do
+      assert.is_true(t > 0, ("sample %d of %d: PTTL %d"):format(i, #ttls, t))
+    end
+    assert.equal("0", server:cli("EXISTS", "job"))
+  end)
+
+  it("is gone once released, and no renewal in flight recreates it", function()
+    for i = 1, 20 do -- releases at every point of the 20 ms renewal cycle
+      local lock = assert(locker:obtain("rel", 0.2, 0, { renew = 0.02 }))
+      R.sleep(0.003 * i)
+      assert.is_true(lock:release())
+      assert.is_false(lock:held())
+    end
+    local seen = sample(0.5, 0.01, function() return server:cli("EXISTS", "rel") end)
+    for _, v in ipairs(seen) do assert.equal("0", v) end
+  end)
+
+  it("taken over behind its back: held() turns false within the ttl, the new holder's key is never extended", function()
+    local fd = require("fluxalock.core").renewal_fd()
+    local lock = assert(locker:obtain("stolen", 0.6, 0, { renew = true }))
+    local t0 = R.now()
+    server:cli("DEL", "stolen")
+    server:cli("SET", "stolen", "someone-else", "PX", "5000")
+    R.until_true(function() return not lock:held() end, 2, "held() to turn false")
+    assert.is_true(R.now() - t0 < 0.6, ("held() was still true after %.3f s"):format(R.now() - t0))
+    assert.equal("fluxalock.Lock: stolen (released)", tostring(lock))
+    -- the renewal thread said so on the notification pipe: one byte waits
+    local pipe = assert(io.open("/proc/self/fd/" .. fd, "rb"))
+    assert.equal(1, #pipe:read(1))
+    pipe:close()
+    local ttls = sample(0.8, 0.05, function() return pttl(server, "stolen") end)
+    for i = 2, #ttls do
+      assert.is_true(ttls[i] < ttls[i - 1], "the other holder's key was extended: " .. table.concat(ttls, " "))
+    end
+    assert.equal("someone-else", server:cli("GET", "stolen"))
+    assert.is_false(lock:release()) -- and it is never deleted
+    assert.equal("someone-else", server:cli("GET", "stolen"))
+  end)
+
+  it("of a holder killed by SIGKILL expires by its ttl", function()
+    local p = holder(server, [[os.execute("sleep 30")]], { KEY = "killed" })
+    R.sleep(1) -- renewed past its ttl, alive
+    assert.is_true(pttl(server, "killed") > 0)
+    p:signal("KILL")
+    local t0 = R.now()
+    R.until_true(function() return server:cli("EXISTS", "killed") == "0" end, 5, "the key to expire")
+    local dt = R.now() - t0
+    assert.is_true(dt <= 0.6 + 0.25, ("the key lived %.3f s after the kill"):format(dt))
+  end)
+
+  it("that becomes garbage is released, and its renewal stops", function()
+    (function() -- the lock's only reference dies with this call
+      assert(locker:obtain("garbage", 0.3, 0, { renew = 0.05 }))
+    end)()
+    R.sleep(0.5) -- renewed past its ttl: alive only by renewal
+    assert.is_true(pttl(server, "garbage") > 0)
+    collectgarbage()
+    collectgarbage()
+    assert.equal("0", server:cli("EXISTS", "garbage"))
+    local seen = sample(0.4, 0.02, function() return server:cli("EXISTS", "garbage") end)
+    for _, v in ipairs(seen) do assert.equal("0", v) end
+  end)
+
+  it("is released by lua_close when its process ends, and the process exits at once", function()
+    local p = holder(server, [[os.execute("sleep 0.3")]], { KEY = "closing", TTL = "30" })
+    p:wait(5)
+    assert.equal("0", server:cli("EXISTS", "closing"))
+  end)
+
+  it("keeps its fence", function()
+    local lock = assert(locker:obtain("fenced", 0.3, 0, { renew = 0.05 }))
+    local fence = lock:fence()
+    R.sleep(0.5)
+    assert.equal(fence, lock:fence())
+    assert.equal(tostring(fence), server:cli("GET", "fluxalock:fence"))
+    lock:release()
+  end)
+
+  it("is not renewed with renew = false or nil", function()
+    local lock = assert(locker:obtain("plain", 0.2, 0, { renew = false }))
+    R.until_true(function() return server:cli("EXISTS", "plain") == "0" end, 2, "expiry")
+    assert.is_true(lock:held()) -- a plain lock is not watched (as before)
+    lock = assert(locker:obtain("plain", 0.2, 0, {}))
+    R.until_true(function() return server:cli("EXISTS", "plain") == "0" end, 2, "expiry")
+    lock:release()
+  end)
+
+  it("survives a Redis restart that keeps its data, and renewal resumes", function()
+    local s = R.start { persist = true }
+    local l = R.fluxalock(s).locker()
+    local lock = assert(l:obtain("restart", 2, 0, { renew = 0.2 }))
+    s:restart()
+    R.sleep(2.5) -- longer than the ttl: only renewals keep it
+    assert.is_true(lock:held())
+    assert.is_true(pttl(s, "restart") > 0)
+    assert.is_true(lock:release())
+    s:stop()
+    fluxalock = R.fluxalock(server)
+  end)
+
+  it("restarted Redis lost it: held() turns false, never two silent holders", function()
+    local s = R.start()
+    local l = R.fluxalock(s).locker()
+    local lock = assert(l:obtain("restart", 2, 0, { renew = 0.2 }))
+    s:restart()
+    local other = assert(l:obtain("restart", 5)) -- the key is gone: anyone may take it
+    R.until_true(function() return not lock:held() end, 2, "the first holder to see its loss")
+    assert.is_true(other:held())
+    assert.is_false(lock:release())
+    assert.is_true(other:release())
+    s:stop()
+    fluxalock = R.fluxalock(server)
+  end)
+end)
+
+describe("renewal under an event-loop host", function()
+  local server
+  lazy_setup(function() server = R.start() end)
+  lazy_teardown(function() if server then server:stop() end end)
+
+  for _, name in ipairs { "luv", "cqueues" } do
+    it("'" .. name .. "' keeps a 0.6 s lock for 2 s of timer sleeps", function()
+      local p = R.spawn([[
+local H = require "support.hosts"
+local fl = require "fluxalock"
+fl.configure { host = os.getenv("HOST"), pools = { default = os.getenv("URL") } }
+io.stdout:setvbuf("no")
+local d = H[os.getenv("HOST")]()
+d.spawn(function()
+  local lock = assert(fl.locker():obtain("hosted", 0.6, 0, { renew = true }))
+  print("obtained")
+  d.sleep(2)
+  print("held", lock:held())
+  print("released", lock:release())
+end)
+d.run()
+for _, e in ipairs(d.errors) do print(e) end
+]], { URL = server.url, HOST = name })
+      R.until_true(function() return p:output():find("obtained", 1, true) end, 10, "the lock")
+      local ttls = sample(1.7, 0.05, function() return pttl(server, "hosted") end)
+      assert.equal("obtained\nheld\ttrue\nreleased\ttrue\n", p:wait())
+      for i, t in ipairs(ttls) do assert.is_true(t > 0, ("sample %d: PTTL %d"):format(i, t)) end
+    end)
+  end
+end)
+
+describe("a renewed Redlock lock", function()
+  local servers = {}
+  lazy_setup(function() for i = 1, 3 do servers[i] = R.start() end end)
+  lazy_teardown(function() for _, s in ipairs(servers) do if s.pid then s:stop() end end end)
+
+  it("stays held on a quorum with a node down, and is lost when the quorum is", function()
+    local fl = require "fluxalock"
+    local urls = {}
+    for i, s in ipairs(servers) do urls[i] = s.url end
+    fl.configure { pools = { rl = { redlock = urls, timeout = 0.5, connect_timeout = 0.5 } } }
+    local lock = assert(fl.locker("rl"):obtain("quorum", 2, 0, { renew = 0.3 }))
+    servers[3]:stop()
+    R.sleep(3) -- 1.5 ttls: renewed by the two nodes left
+    assert.is_true(lock:held())
+    for i = 1, 2 do assert.is_true(pttl(servers[i], "quorum") > 0) end
+    servers[1]:cli("DEL", "quorum") -- one of the two left: no quorum any more
+    R.until_true(function() return not lock:held() end, 2, "the loss of the quorum")
+    assert.equal("1", servers[2]:cli("EXISTS", "quorum")) -- not kept alive, not deleted
+    lock:release()
+  end)
+end)
+
+describe("a renewed Cluster lock", function()
+  local T = require "support.topology"
+  local cluster
+  lazy_setup(function() cluster = T.cluster() end)
+  lazy_teardown(function() if cluster then cluster:stop() end end)
+
+  it("is renewed on its slot's master, and follows MOVED after a CLUSTER FAILOVER", function()
+    local fl = require "fluxalock"
+    fl.configure { pools = { cl = { cluster = cluster.seeds, timeout = 0.5, connect_timeout = 0.5 } } }
+    local key = "c-renew"
+    local master = cluster:master_of(cluster:slot(key))
+    local replica = assert(cluster:replica_of(master))
+    local lock = assert(fl.locker("cl"):obtain(key, 1, 0, { renew = 0.2 }))
+    R.sleep(1.5)
+    assert.is_true(lock:held())
+    assert.is_true(tonumber(master:cli("PTTL", key)) > 0)
+    assert.equal("OK", replica:cli("CLUSTER", "FAILOVER"))
+    R.until_true(function() return replica:cli("ROLE"):find("^master") ~= nil end, 10, "promotion")
+    R.sleep(2) -- two ttls: only renewals on the new master keep it
+    assert.is_true(lock:held())
+    assert.is_true(tonumber(replica:cli("PTTL", key)) > 0)
+    assert.is_true(lock:release())
+    assert.equal("0", replica:cli("EXISTS", key))
+  end)
+end)
+
+describe("obtain's renew option, misused", function()
+  local fluxalock = require "fluxalock"
+  local locker = fluxalock.locker("redis://127.0.0.1:1/0") -- never reached
+
+  local function raises(msg, ...)
+    local args = table.pack(...)
+    local ok, err = pcall(function() return locker:obtain(table.unpack(args, 1, args.n)) end)
+    assert.is_false(ok)
+    assert.matches("bad argument #4 to 'obtain' %(" .. msg:gsub("%p", "%%%0") .. "%)$", err)
+  end
+
+  it("raises naming argument #4", function()
+    raises("options must be a table, got string", "k", 1, 0, "renew")
+    raises("options must be a table, got boolean", "k", 1, 0, true)
+    raises("unknown option 'renwe'", "k", 1, 0, { renwe = true })
+    raises("unknown option '1'", "k", 1, 0, { true })
+    raises("option 'renew' must be a boolean or a number of seconds, got string", "k", 1, 0, { renew = "1" })
+    raises("renew interval must not be negative", "k", 1, 0, { renew = -1 })
+    raises("renew interval must be at least 0.001 seconds", "k", 1, 0, { renew = 0 })
+    raises("renew interval must not be NaN", "k", 1, 0, { renew = 0 / 0 })
+    raises("renew interval must be less than ttl", "k", 1, 0, { renew = 1 })
+    raises("renew interval must be less than ttl", "k", 1, 0, { renew = 5 })
+  end)
+
+  it("points at the caller's line", function()
+    local ok, err = pcall(locker.obtain, locker, "k", 1, 0, { renew = 2 })
+    assert.is_false(ok)
+    assert.matches("^bad argument #4", err) -- a C-level pcall: no position to give
+    ok, err = pcall(function() locker:obtain("k", 1, 0, { renew = 2 }) end)
+    assert.is_false(ok)
+    assert.matches("renew_spec%.lua:%d+: bad argument #4", err)
+  end)
+end)
