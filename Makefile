@@ -69,7 +69,7 @@ bench/out/floor: bench/floor.c
 	$(CC) $(OPT) $(WARN) -I$(HIREDIS_INCDIR) -o $@ bench/floor.c -L$(HIREDIS_LIBDIR) $(LIBS)
 
 lint:
-	luacheck lua spec examples bench
+	luacheck lua spec examples bench bin/fluxalock
 
 # reliability (README): the suite under sanitizers, in a private copy of the
 # tree; the libFuzzer targets for FUZZ_SECONDS each (default 60)

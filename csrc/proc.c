@@ -17,10 +17,13 @@
  * async-signal-safe calls (the process may have a renewal thread).
  *
  * The first spawn installs handlers (SA_RESTART) for SIGCHLD and for the
- * forwarded signals SIGINT, SIGTERM, SIGHUP, SIGQUIT; each writes its number
- * to a non-blocking self-pipe.  The child gets the dispositions back that
- * the process had before (a handler becomes the default at exec, an ignored
- * signal stays ignored) and an empty signal mask.
+ * forwarded signals SIGINT, SIGTERM, SIGHUP, SIGQUIT, except those ignored
+ * when it ran (nohup, a background job: they stay ignored, as a program is
+ * expected to do); each handler writes its number to a non-blocking
+ * self-pipe.  The child starts with the four at their defaults and an
+ * empty signal mask: it is in a session of its own, so those signals reach
+ * it only as forwarded ones, and a forwarded signal must not meet an
+ * ignore inherited from whoever started this process.
  *
  * wait sleeps in poll(2) on the self-pipe (and fd) and returns
  *   "exit", code | "signal", n   the child ended (it is reaped);
@@ -50,7 +53,6 @@ extern char **environ;
 
 #define NFWD 4
 static const int fwd[NFWD] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT};
-static struct sigaction saved[NFWD]; /* dispositions before ours */
 static int sp[2] = {-1, -1};         /* the self-pipe */
 
 static void on_signal(int sig) {
@@ -82,7 +84,11 @@ static int setup(void) {
   sa.sa_handler = on_signal;
   sa.sa_flags = SA_RESTART;
   sigemptyset(&sa.sa_mask);
-  for (i = 0; i < NFWD; i++) sigaction(fwd[i], &sa, &saved[i]);
+  for (i = 0; i < NFWD; i++) {
+    struct sigaction old;
+    if (sigaction(fwd[i], NULL, &old) == 0 && old.sa_handler != SIG_IGN)
+      sigaction(fwd[i], &sa, NULL);
+  }
   sa.sa_flags = SA_RESTART | SA_NOCLDSTOP;
   sigaction(SIGCHLD, &sa, NULL);
   return 0;
@@ -170,7 +176,7 @@ static void child(char **argv, char **envp, const int ep[2]) {
   int i, e, errfd = ep[1];
   close(ep[0]);
   setsid();
-  for (i = 0; i < NFWD; i++) sigaction(fwd[i], &saved[i], NULL);
+  for (i = 0; i < NFWD; i++) signal(fwd[i], SIG_DFL);
   signal(SIGCHLD, SIG_DFL);
   sigemptyset(&none);
   sigprocmask(SIG_SETMASK, &none, NULL);
