@@ -302,6 +302,26 @@ wait
       end)
     end
 
+    it("(Redis frozen, renewals failing): SIGTERM within the ttl, at the local deadline, not after", function()
+      local h = start(server, { "-t", "3", "job", "-c",
+        "trap 'touch \"$D/term\"; exit 0' TERM; touch \"$D/started\"; while :; do sleep 0.05; done" })
+      R.until_true(function() return exists(h.dir .. "/started") end, 10, "the command")
+      -- freeze Redis some 0.7 s after a renewal: the key then expires in
+      -- Redis at most 2.3 s after the pause, and renewal can confirm nothing
+      R.until_true(function() return tonumber(server:cli("PTTL", "job")) <= 2300 end, 5, "PTTL <= 2300")
+      local paused = R.now()
+      server:pause()
+      finally(function() server:resume() end)
+      R.until_true(function() return exists(h.dir .. "/term") end, 10, "SIGTERM to the command")
+      local after = R.now() - paused
+      assert.is_true(after < 3, "SIGTERM came " .. after .. " s after Redis froze")
+      assert.is_true(after > 1, "SIGTERM came already " .. after .. " s after Redis froze")
+      server:resume()
+      local code, _, err = finish(h, 15)
+      assert.equal(75, code)
+      assert.matches("^fluxalock: lost the lock", err)
+    end)
+
     it("uses --lost-exit-code, and SIGKILLs the group after --grace when the command ignores SIGTERM", function()
       local h = start(server, { "-t", "1", "--grace", "0.5", "--lost-exit-code", "99", "job", "-c",
         "trap '' TERM; sleep 60 & echo $! > \"$D/sleeper\"; touch \"$D/started\"; wait; wait" })
