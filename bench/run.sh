@@ -2,7 +2,8 @@
 # make bench: run the workloads (bench/run.lua prints one markdown table,
 # also kept in $BENCH_OUT/table.md), then plot the W3 handoff latencies
 # (bench/plot.gp -> $BENCH_OUT/handoff.png; docs/handoff.png is a copy),
-# then W1/W3 for the pool kinds (bench/poolkinds.lua -> poolkinds.md).
+# then W1/W3 for the pool kinds (bench/poolkinds.lua -> poolkinds.md),
+# then what 100 renewed locks cost (bench/renew.lua -> renew.md).
 set -eu
 cd "$(dirname "$0")/.."
 export LUA_PATH="lua/?.lua;lua/?/init.lua;spec/?.lua;;" LUA_CPATH="./?.so;;"
@@ -16,3 +17,7 @@ echo "bench: W1/W3 by pool kind (one server, Cluster 3+3, Redlock over 3 and 5)"
 lua5.4 bench/poolkinds.lua > "$out/poolkinds.md"
 echo
 cat "$out/poolkinds.md"
+echo "bench: 100 renewed locks: refresh requests/s and W1 beside them" >&2
+lua5.4 bench/renew.lua > "$out/renew.md"
+echo
+cat "$out/renew.md"

@@ -52,6 +52,15 @@
  * never runs unmapped code.  Counters live in a small block shared by the
  * pool and its entries (reference counted like the entries).
  *
+ * Pool kinds.  One server: its options.  Redlock: every node, at once; a
+ * renewal counts when a quorum confirmed it within the validity window
+ * (ttl - margin), and "not the owner" from more nodes than can be spared
+ * is lost at once.  Cluster: the node of the key's slot at obtain; a MOVED
+ * retargets it (renew_io.c).  Sentinel: the master at obtain; after a
+ * failed renewal the thread asks the sentinels (given by the Lua layer) in
+ * turn, SENTINEL get-master-addr-by-name, and retargets.  The pool's
+ * 'replicas' (WAIT) option is not applied to renewals.
+ *
  * Hosts.  Nothing yields or waits on the Lua side: under cqueues, luv or
  * an embedding program a renewed lock costs the loop nothing.  The thread
  * blocks every signal, so signals keep going to the program's threads.
@@ -112,6 +121,9 @@ static void counts_unref(fl_counts *c) {
 static void entry_free(fl_renewal *e) {
   int i;
   for (i = 0; i < e->ntargets; i++) fl_opts_free(&e->targets[i]);
+  for (i = 0; i < e->nsentinels; i++) fl_opts_free(&e->sentinels[i]);
+  free(e->sentinels);
+  free(e->master);
   memset(e->token, 0, sizeof e->token);
   counts_unref(e->counts);
   free(e->key);
@@ -141,21 +153,42 @@ static int lose(fl_renewal *e) {
 /* ---- the thread ---------------------------------------------------------- */
 
 static void attempt(thr *t, fl_renewal *e, long long now) {
-  int i;
+  int i, n = e->asking ? 1 : e->ntargets;
   e->started = now;
-  for (i = 0; i < e->ntargets; i++) {
+  for (i = 0; i < n; i++) {
     rn_leg *l = &e->legs[i];
     l->e = e;
-    l->ti = i;
+    l->query = e->asking != 0; /* Sentinel: where is the master now? */
+    l->ti = l->query ? e->asking - 1 : i;
     l->hops = l->evaled = 0;
     rn_leg_send(&t->io, l);
+  }
+}
+
+static long long backoff(fl_renewal *e, long long now) {
+  long long b = 25000000LL << (e->fails < 5 ? e->fails - 1 : 4);
+  return now + (b < e->every_ns ? b : e->every_ns);
+}
+
+/* a sentinel answered (renew at once where it said) or not (ask the next) */
+static void asked(fl_renewal *e, long long now) {
+  if (e->legs[0].st == LEG_OK) {
+    e->asking = 0;
+    e->due = now;
+  } else {
+    e->asking = e->asking % e->nsentinels + 1;
+    e->due = backoff(e, now);
   }
 }
 
 /* all legs of e's attempt are back: confirmed, lost, or try again */
 static void verdict(fl_renewal *e, long long now) {
   int i, ok = 0, refused = 0;
-  long long backoff;
+  if (e->asking) {
+    asked(e, now);
+    e->started = 0;
+    return;
+  }
   for (i = 0; i < e->ntargets; i++) {
     ok += e->legs[i].st == LEG_OK;
     refused += e->legs[i].st == LEG_NOTOWNER;
@@ -170,8 +203,8 @@ static void verdict(fl_renewal *e, long long now) {
     lose(e);
   } else {
     e->fails++;
-    backoff = 25000000LL << (e->fails < 5 ? e->fails - 1 : 4);
-    e->due = now + (backoff < e->every_ns ? backoff : e->every_ns);
+    e->due = backoff(e, now);
+    if (e->nsentinels) e->asking = 1; /* the master may have moved */
   }
   e->started = 0;
 }
@@ -208,7 +241,10 @@ static long long tick(thr *t, long long now) {
     if (now >= RN_LOAD(&e->deadline)) lose(e); /* at the deadline, not later */
     if (e->started && e->inflight == 0) verdict(e, now);
     st = RN_LOAD(&e->state);
-    if (st == RN_RUN && !e->started && now >= e->due) attempt(t, e, now);
+    if (st == RN_RUN && !e->started && now >= e->due) {
+      attempt(t, e, now);
+      if (e->inflight == 0) verdict(e, now); /* every leg failed at once */
+    }
     if (st == RN_RUN) {
       long long dl = RN_LOAD(&e->deadline);
       if (dl < next) next = dl;
@@ -439,17 +475,64 @@ static fl_renewal *entry_new(const fl_lock *lk, fl_pool *p, lua_Integer ttl,
   return e;
 }
 
-/* core.renew(lock, ttl_ms, every_ms, sent_at) -> true | nil, message.
-   sent_at: core.now() when the obtain that got the lock was sent */
+static char *dupn(const char *s, size_t n) {
+  char *r = s ? malloc(n + 1) : NULL;
+  if (r) memcpy(r, s, n), r[n] = '\0';
+  return r;
+}
+
+/* Sentinel: arguments from 'at' on are master, password|nil, then host,
+   port pairs, already checked; copied into e (0, or -1 out of memory) */
+static int sentinels(lua_State *L, int at, fl_renewal *e) {
+  int i, n = (lua_gettop(L) - at - 1) / 2;
+  size_t len;
+  const char *pw = lua_tolstring(L, at + 1, &len);
+  if (!(e->master = dupn(lua_tostring(L, at), strlen(lua_tostring(L, at)))) ||
+      !(e->sentinels = calloc((size_t)n, sizeof *e->sentinels)))
+    return -1;
+  for (i = 0; i < n; i++) {
+    fl_opts *o = &e->sentinels[i];
+    const char *h = lua_tolstring(L, at + 2 + 2 * i, &len);
+    e->nsentinels = i + 1;
+    o->connect_timeout = e->targets[0].connect_timeout;
+    o->timeout = e->targets[0].timeout;
+    o->port = (int)lua_tointeger(L, at + 3 + 2 * i);
+    snprintf(o->where, sizeof o->where, "%s:%d", h, o->port);
+    if (!(o->host = dupn(h, len))) return -1;
+    if (pw && !(o->password = dupn(pw, strlen(pw)))) return -1;
+  }
+  return 0;
+}
+
+static void check_sentinels(lua_State *L, int at) {
+  int i, top = lua_gettop(L);
+  if (top < at) return;
+  luaL_checkstring(L, at);
+  if (!lua_isnil(L, at + 1)) luaL_checkstring(L, at + 1);
+  luaL_argcheck(L, top >= at + 3 && (top - at - 1) % 2 == 0, at, "host, port pairs expected");
+  for (i = at + 2; i <= top; i += 2) {
+    luaL_checkstring(L, i);
+    luaL_argcheck(L, luaL_checkinteger(L, i + 1) > 0 && lua_tointeger(L, i + 1) < 65536, i + 1,
+                  "port expected");
+  }
+}
+
+/* core.renew(lock, ttl_ms, every_ms, sent_at [, master, password, host,
+   port, ...]) -> true | nil, message.  sent_at: core.now() when the
+   obtain that got the lock was sent; for a Sentinel pool, the master's
+   name and its sentinels, whom the thread asks after a failed renewal */
 int fl_renew_start(lua_State *L) {
   fl_lock *lk = luaL_checkudata(L, 1, FL_LOCK_MT);
   lua_Integer ttl = luaL_checkinteger(L, 2), every = luaL_checkinteger(L, 3);
   double sent = (double)luaL_checknumber(L, 4);
   fl_pool *p = lk->pool;
-  fl_renewal *e;
+  fl_renewal *e = NULL;
+  int has_sentinels;
   luaL_argcheck(L, ttl >= 1, 2, "ttl must be at least 1 ms");
   luaL_argcheck(L, every >= 1 && every < ttl, 3, "renew interval must be less than ttl");
   luaL_argcheck(L, !lk->renew, 1, "lock is already renewed");
+  check_sentinels(L, 5);
+  has_sentinels = lua_gettop(L) >= 5; /* before anything is pushed */
   if (!lk->held || !p) {
     lua_pushboolean(L, 0);
     return 1;
@@ -460,7 +543,9 @@ int fl_renew_start(lua_State *L) {
     return 2;
   }
   if (!p->counts && (p->counts = calloc(1, sizeof *p->counts))) p->counts->refs = 1;
-  if (!p->counts || !(e = entry_new(lk, p, ttl, every, sent))) {
+  if (!p->counts || !(e = entry_new(lk, p, ttl, every, sent)) ||
+      (has_sentinels && sentinels(L, 5, e) != 0)) {
+    if (e) entry_free(e);
     lua_pushstring(L, "fluxalock: renew: out of memory");
     return 2;
   }

@@ -28,6 +28,8 @@ typedef struct rn_leg {
   int st;           /* LEG_* */
   int hops;         /* MOVED redirects followed in this attempt */
   int evaled;       /* NOSCRIPT: sent again as EVAL */
+  int query;        /* 0: the refresh; 1: SENTINEL get-master-addr-by-name
+                       to sentinel ti, the answer retargets targets[0] */
   rn_conn *c;       /* while LEG_QUEUED */
   struct rn_leg *qnext;
 } rn_leg;
@@ -53,6 +55,10 @@ typedef struct fl_renewal {
   int ntargets, quorum;
   /* the renewal thread's own from hand-over on */
   fl_opts targets[FL_MAXNODES]; /* deep copies; MOVED rewrites host/port */
+  fl_opts *sentinels;  /* a Sentinel pool's sentinels (nsentinels), or NULL */
+  int nsentinels, asking; /* asking: the next attempt asks sentinel
+                             (asking - 1) where the master is */
+  char *master;        /* the Sentinel name of the master */
   rn_leg legs[FL_MAXNODES];
   int inflight;        /* legs queued */
   int fails;           /* attempts in a row that confirmed nothing */

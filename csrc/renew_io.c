@@ -111,6 +111,26 @@ static int refresh_cmd(rn_conn *c, const rn_leg *l) {
   return command(c, 7, argv, len);
 }
 
+static int sentinel_cmd(rn_conn *c, const rn_leg *l) {
+  const char *argv[3];
+  size_t len[3];
+  argv[0] = "SENTINEL";
+  argv[1] = "get-master-addr-by-name";
+  argv[2] = l->e->master;
+  len[0] = 8;
+  len[1] = 23;
+  len[2] = strlen(l->e->master);
+  return command(c, 3, argv, len);
+}
+
+static int leg_cmd(rn_conn *c, const rn_leg *l) {
+  return l->query ? sentinel_cmd(c, l) : refresh_cmd(c, l);
+}
+
+static fl_opts *leg_target(const rn_leg *l) {
+  return l->query ? &l->e->sentinels[l->ti] : &l->e->targets[l->ti];
+}
+
 static int handshake(rn_conn *c) {
   const char *argv[3];
   size_t len[3];
@@ -210,28 +230,23 @@ static void enqueue(rn_conn *c, rn_leg *l) {
 /* send leg l to its target (its entry's inflight count goes up by one; it
    comes down when the leg ends, LEG_OK, LEG_NOTOWNER or LEG_ERR) */
 void rn_leg_send(rn_io *io, rn_leg *l) {
-  rn_conn *c = conn_for(io, &l->e->targets[l->ti]);
+  rn_conn *c = conn_for(io, leg_target(l));
   l->e->inflight++;
   l->st = LEG_QUEUED;
-  if (!c || refresh_cmd(c, l) != 0) {
+  if (!c || leg_cmd(c, l) != 0) {
     leg_done(l, LEG_ERR);
     return;
   }
   enqueue(c, l);
 }
 
-/* "MOVED <slot> <host>:<port>": the leg's target now lives there; same
-   credentials.  0, or -1 when the reply does not parse */
-static int retarget(fl_opts *o, const char *msg) {
-  const char *sp = strchr(msg + 6, ' '), *colon;
+/* point o at host (n bytes) and port; same credentials.  0, or -1 */
+static int retarget(fl_opts *o, const char *h, size_t n, int port) {
   char *host;
-  int port;
-  size_t n;
-  if (!sp || !(colon = strrchr(sp, ':'))) return -1;
-  port = atoi(colon + 1);
-  n = (size_t)(colon - sp - 1);
-  if (port <= 0 || port > 65535 || n == 0 || n >= 200 || !(host = malloc(n + 1))) return -1;
-  memcpy(host, sp + 1, n);
+  if (port <= 0 || port > 65535 || n == 0 || n >= 200 || memchr(h, 0, n) ||
+      !(host = malloc(n + 1)))
+    return -1;
+  memcpy(host, h, n);
   host[n] = '\0';
   free(o->host);
   free(o->path);
@@ -240,6 +255,29 @@ static int retarget(fl_opts *o, const char *msg) {
   o->port = port;
   snprintf(o->where, sizeof o->where, strchr(host, ':') ? "[%s]:%d" : "%s:%d", host, port);
   return 0;
+}
+
+/* "MOVED <slot> <host>:<port>" */
+static int moved(fl_opts *o, const char *msg) {
+  const char *sp = strchr(msg + 6, ' '), *colon;
+  if (!sp || !(colon = strrchr(sp, ':'))) return -1;
+  return retarget(o, sp + 1, (size_t)(colon - sp - 1), atoi(colon + 1));
+}
+
+/* a sentinel's answer: [host, port] of the master; 0 if it retargeted */
+static int sentinel_answer(fl_renewal *e, const redisReply *r) {
+  char port[8];
+  if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
+      r->element[0]->type != REDIS_REPLY_STRING || r->element[1]->type != REDIS_REPLY_STRING ||
+      r->element[1]->len >= sizeof port)
+    return -1;
+  memcpy(port, r->element[1]->str, r->element[1]->len);
+  port[r->element[1]->len] = '\0';
+  if (e->targets[0].host && e->targets[0].port == atoi(port) &&
+      strlen(e->targets[0].host) == r->element[0]->len &&
+      memcmp(e->targets[0].host, r->element[0]->str, r->element[0]->len) == 0)
+    return 0; /* the same master */
+  return retarget(&e->targets[0], r->element[0]->str, r->element[0]->len, atoi(port));
 }
 
 /* one reply for the head of c's queue; -1: the connection is unusable */
@@ -252,15 +290,17 @@ static int on_reply(rn_io *io, rn_conn *c, const redisReply *r) {
   if (!l) return -1; /* a reply nobody asked for: not a Redis we know */
   c->head = l->qnext;
   if (!c->head) c->tail = NULL;
-  if (r->type == REDIS_REPLY_INTEGER) {
+  if (l->query) {
+    leg_done(l, sentinel_answer(l->e, r) == 0 ? LEG_OK : LEG_ERR);
+  } else if (r->type == REDIS_REPLY_INTEGER) {
     leg_done(l, r->integer == 1 ? LEG_OK : LEG_NOTOWNER);
   } else if (r->type == REDIS_REPLY_ERROR && !l->evaled &&
              strncmp(r->str, "NOSCRIPT", 8) == 0) {
     l->evaled = 1; /* the server lost its script cache: send the body */
-    if (refresh_cmd(c, l) != 0) leg_done(l, LEG_ERR);
+    if (leg_cmd(c, l) != 0) leg_done(l, LEG_ERR);
     else enqueue(c, l);
   } else if (r->type == REDIS_REPLY_ERROR && strncmp(r->str, "MOVED ", 6) == 0 &&
-             l->hops < MAX_HOPS && retarget(&l->e->targets[l->ti], r->str) == 0) {
+             l->hops < MAX_HOPS && moved(&l->e->targets[l->ti], r->str) == 0) {
     l->hops++;
     leg_done(l, LEG_IDLE);
     rn_leg_send(io, l); /* may open a connection: c stays valid */
@@ -348,6 +388,9 @@ void rn_io_sweep(rn_io *io, fl_renewal **live, int nlive) {
     for (i = 0; i < nlive && !used; i++)
       for (j = 0; j < live[i]->ntargets && !used; j++)
         used = same_target(&c->o, &live[i]->targets[j]);
+    for (i = 0; i < nlive && !used; i++)
+      for (j = 0; j < live[i]->nsentinels && !used; j++)
+        used = same_target(&c->o, &live[i]->sentinels[j]);
     if (!used) conn_fail(io, c);
   }
 }

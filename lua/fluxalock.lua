@@ -73,8 +73,13 @@ end
 -- a fresh lock handed to the renewal thread (csrc/renew.c); if that fails
 -- the lock is released: a caller that asked for renewal never gets a lock
 -- that silently expires
-local function renewed(lock, ms, every, sent)
-  local ok, err = core.renew(lock, ms, every, sent)
+local function renewed(pool, lock, ms, every, sent)
+  local ok, err
+  if pool.renewal then -- Sentinel: the thread asks the sentinels itself
+    ok, err = core.renew(lock, ms, every, sent, pool:renewal())
+  else
+    ok, err = core.renew(lock, ms, every, sent)
+  end
   if ok then return lock end
   lock:release()
   return nil, err or "fluxalock: renew: the lock was lost before its renewal started"
@@ -137,7 +142,7 @@ function Locker.obtain(self, key, ttl, wait, opts)
   if wait == 0 then
     local lock, err = pool:obtain(key, ms, 0)
     if lock then
-      if every then return renewed(lock, ms, every, sent) end
+      if every then return renewed(pool, lock, ms, every, sent) end
       return lock
     end
     if lock == false then return nil, NOT_OBTAINED end
@@ -164,7 +169,7 @@ function Locker.obtain(self, key, ttl, wait, opts)
     sent = now()
     lock, err = pool:obtain(key, ms, 2)
   end
-  if every then return renewed(lock, ms, every, sent) end
+  if every then return renewed(pool, lock, ms, every, sent) end
   return lock
 end
 

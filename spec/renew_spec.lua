@@ -153,18 +153,19 @@ print(lock and "obtained" or err)
     lock:release()
   end)
 
-  it("survives a Redis restart that keeps its data, and renewal resumes", function()
-    local s = R.start { persist = true }
-    local l = R.fluxalock(s).locker()
-    local lock = assert(l:obtain("restart", 2, 0, { renew = 0.2 }))
-    s:restart()
-    R.sleep(2.5) -- longer than the ttl: only renewals keep it
-    assert.is_true(lock:held())
-    assert.is_true(pttl(s, "restart") > 0)
-    assert.is_true(lock:release())
-    s:stop()
-    fluxalock = R.fluxalock(server)
-  end)
+  for _, via in ipairs { "url", "unix_url" } do
+    it("survives a Redis restart that keeps its data, and renewal resumes (" .. via .. ")", function()
+      local s = R.start { persist = true }
+      local l = fluxalock.locker(s[via])
+      local lock = assert(l:obtain("restart", 2, 0, { renew = 0.2 }))
+      s:restart()
+      R.sleep(2.5) -- longer than the ttl: only renewals keep it
+      assert.is_true(lock:held())
+      assert.is_true(pttl(s, "restart") > 0)
+      assert.is_true(lock:release())
+      s:stop()
+    end)
+  end
 
   it("restarted Redis lost it: held() turns false, never two silent holders", function()
     local s = R.start()
@@ -178,6 +179,108 @@ print(lock and "obtained" or err)
     assert.is_true(other:release())
     s:stop()
     fluxalock = R.fluxalock(server)
+  end)
+end)
+
+-- fork(2), waitpid(2) and poll(2) for Lua, which has none: a small C
+-- module compiled here with the toolchain that builds the core
+local SYS = [[
+#include <lua.h>
+#include <lauxlib.h>
+#include <poll.h>
+#include <sys/wait.h>
+#include <unistd.h>
+static int f_fork(lua_State *L) { lua_pushinteger(L, fork()); return 1; }
+static int f_wait(lua_State *L) {
+  int st;
+  if (waitpid((pid_t)luaL_checkinteger(L, 1), &st, 0) < 0) return 0;
+  lua_pushinteger(L, WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st));
+  return 1;
+}
+static int f_poll(lua_State *L) { /* poll(fd, ms) -> readable */
+  struct pollfd p;
+  p.fd = (int)luaL_checkinteger(L, 1);
+  p.events = POLLIN;
+  lua_pushboolean(L, poll(&p, 1, (int)luaL_checkinteger(L, 2)) == 1);
+  return 1;
+}
+int luaopen_rnsys(lua_State *L) {
+  luaL_Reg f[] = {{"fork", f_fork}, {"wait", f_wait}, {"poll", f_poll}, {NULL, NULL}};
+  luaL_newlib(L, f);
+  return 1;
+}
+]]
+
+local function build_sys()
+  local dir = R.sh("mktemp -d /tmp/fluxalock-rnsys.XXXXXX"):gsub("%s+$", "")
+  local f = assert(io.open(dir .. "/rnsys.c", "w"))
+  f:write(SYS)
+  f:close()
+  local out, ok = R.sh(("cc -shared -fPIC -I/usr/include/lua5.4 -o %s/rnsys.so %s/rnsys.c 2>&1"):format(dir, dir))
+  assert(ok, out)
+  return dir
+end
+
+describe("a renewed lock and its process", function()
+  local server, sysdir
+  lazy_setup(function()
+    server = R.start()
+    sysdir = build_sys()
+  end)
+  lazy_teardown(function() if server then server:stop() end end)
+
+  it("is lost AT its local deadline when Redis stops answering, and renewal_fd says so", function()
+    package.cpath = sysdir .. "/?.so;" .. package.cpath
+    local sys = require "rnsys"
+    local fd = require("fluxalock.core").renewal_fd()
+    while sys.poll(fd, 0) do io.open("/proc/self/fd/" .. fd, "rb"):read(1) end -- earlier tests' bytes
+    local fl = R.fluxalock(server, { timeout = 0.2, connect_timeout = 0.2 })
+    local lock = assert(fl.locker():obtain("frozen", 0.6, 0, { renew = 0.1 }))
+    R.sleep(0.3)
+    server:pause() -- SIGSTOP: connections stay open, nothing answers
+    local t0 = R.now()
+    local woke = sys.poll(fd, 2000) -- no call on the lock meanwhile
+    local dt = R.now() - t0
+    server:resume()
+    assert.is_true(woke, "no byte on renewal_fd")
+    -- the last renewal was sent at most 0.1 s before the pause: the
+    -- deadline is within 0.6 s of it, and not much earlier (50 ms of slack
+    -- for a loaded machine waking the thread late; a loss found only at a
+    -- later attempt would come with the 0.2 s timeout of that attempt)
+    assert.is_true(dt <= 0.65, ("lost %.3f s after the pause"):format(dt))
+    assert.is_true(dt >= 0.3, ("lost %.3f s after the pause: before its deadline"):format(dt))
+    assert.is_false(lock:held())
+    lock:release()
+  end)
+
+  it("in a forked child: not held there, never released by the child, renewed on in the parent", function()
+    local p = R.spawn([[
+package.cpath = os.getenv("SYSDIR") .. "/?.so;" .. package.cpath
+local sys = require "rnsys"
+local fl = require "fluxalock"
+fl.configure { pools = { default = os.getenv("URL") } }
+local lock = assert(fl.locker():obtain("forked", 0.6, 0, { renew = true }))
+io.stdout:setvbuf("no")
+local pid = sys.fork()
+if pid == 0 then
+  -- the child: the parent's lock is not its own
+  print("child held", lock:held(), "release", lock:release())
+  -- its own renewed lock gets its own renewal thread
+  local mine = assert(fl.locker():obtain("child-own", 0.6, 0, { renew = true }))
+  os.execute("sleep 1.2")
+  print("child own held", mine:held())
+  os.exit(0, true) -- lua_close: the child's __gc must leave the parent's lock alone
+end
+print("child exit", sys.wait(pid))
+os.execute("sleep 1.2") -- two ttls after the child's exit
+print("parent held", lock:held(), "release", lock:release())
+]], { URL = server.url, SYSDIR = sysdir })
+    local out = p:wait(20)
+    assert.matches("child held\tfalse\trelease\tfalse\n", out, 1, true)
+    assert.matches("child own held\ttrue\n", out, 1, true)
+    assert.matches("child exit\t0\n", out, 1, true)
+    assert.matches("parent held\ttrue\trelease\ttrue\n", out, 1, true)
+    assert.equal("0", server:cli("EXISTS", "child-own")) -- released by the child's lua_close
   end)
 end)
 
@@ -257,6 +360,43 @@ describe("a renewed Cluster lock", function()
     assert.is_true(tonumber(replica:cli("PTTL", key)) > 0)
     assert.is_true(lock:release())
     assert.equal("0", replica:cli("EXISTS", key))
+  end)
+end)
+
+describe("a renewed Sentinel lock", function()
+  local T = require "support.topology"
+  local master, replica, sentinels
+  local NAME = "rnmaster"
+  lazy_setup(function()
+    master = R.start { args = { "--repl-diskless-sync-delay", "0" } }
+    replica = R.start { args = { "--replicaof", "127.0.0.1", tostring(master.port),
+                                 "--repl-diskless-sync-delay", "0" } }
+    R.until_true(function()
+      return replica:cli("INFO", "replication"):find("master_link_status:up", 1, true)
+    end, 10, "replica in sync")
+    sentinels = T.sentinels(master, { replica }, 3, NAME)
+  end)
+  lazy_teardown(function()
+    for _, s in ipairs(sentinels or {}) do s:stop() end
+    if master and master.pid then master:stop() end
+    if replica and replica.pid then replica:stop() end
+  end)
+
+  it("follows a failover: the renewal thread asks the sentinels for the new master", function()
+    local fl = require "fluxalock"
+    local addrs = {}
+    for i, s in ipairs(sentinels) do addrs[i] = s.addr end
+    fl.configure { pools = { sn = { sentinels = addrs, master = NAME, timeout = 0.5, connect_timeout = 0.5 } } }
+    local lock = assert(fl.locker("sn"):obtain("s-renew", 2, 0, { renew = 0.3 }))
+    R.until_true(function() return replica:cli("EXISTS", "s-renew") == "1" end, 5, "replication")
+    assert.equal("OK", sentinels[1]:cli("SENTINEL", "failover", NAME))
+    R.until_true(function() return replica:cli("ROLE"):match("^master") ~= nil end, 15, "failover")
+    master:cli("REPLICAOF", "127.0.0.1", tostring(replica.port)) -- as the sentinels will
+    R.sleep(3) -- 1.5 ttls: only renewals on the new master keep it
+    assert.is_true(lock:held())
+    assert.is_true(tonumber(replica:cli("PTTL", "s-renew")) > 0)
+    assert.is_true(lock:release())
+    assert.equal("0", replica:cli("EXISTS", "s-renew"))
   end)
 end)
 

@@ -70,6 +70,17 @@ function Pool:discover()
   return nil, ("fluxalock: sentinel master '%s': not found (%s)"):format(self.master, table.concat(errs, "; "))
 end
 
+-- for core.renew: the master's name, the sentinels' password, then host,
+-- port of each sentinel (the renewal thread asks them after a failure)
+function Pool:renewal()
+  local t = { self.master, self.sentinels[1].password }
+  for i, s in ipairs(self.sentinels) do
+    t[1 + 2 * i] = s.host
+    t[2 + 2 * i] = s.port
+  end
+  return table.unpack(t, 1, 2 + 2 * #self.sentinels)
+end
+
 function Pool:obtain(key, ms, mode)
   if not self.resolved then
     local ok, err = self:discover()
