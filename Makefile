@@ -22,14 +22,25 @@ SRC = csrc/core.c csrc/conn.c csrc/pool.c csrc/lock.c csrc/token.c csrc/keys.c \
       csrc/multi.c csrc/renew.c csrc/renew_io.c csrc/net_tcp.c
 OBJ = $(SRC:.c=.o)
 LIB = fluxalock/core.so
+# the process handling of the fluxalock command (bin/fluxalock): its own
+# module, without hiredis
+PROC = fluxalock/proc.so
 
 .PHONY: all clean test demo bench lint deps
 
-all: $(LIB)
+all: $(LIB) $(PROC) bin/fluxalock
 
 $(LIB): $(SRC) csrc/fluxalock.h csrc/renew.h csrc/net.h
 	@mkdir -p fluxalock
 	$(CC) $(CFLAGS) -o $@ $(SRC) $(LDFLAGS) $(LIBS)
+
+$(PROC): csrc/proc.c
+	@mkdir -p fluxalock
+	$(CC) $(CFLAGS) -o $@ csrc/proc.c -shared
+
+# the command is a Lua script kept in the tree; make only sees that it runs
+bin/fluxalock: $(LIB) $(PROC)
+	@chmod +x $@
 
 clean:
 	rm -rf fluxalock csrc/*.o
@@ -58,7 +69,7 @@ bench/out/floor: bench/floor.c
 	$(CC) $(OPT) $(WARN) -I$(HIREDIS_INCDIR) -o $@ bench/floor.c -L$(HIREDIS_LIBDIR) $(LIBS)
 
 lint:
-	luacheck lua spec examples bench
+	luacheck lua spec examples bench bin/fluxalock
 
 # reliability (README): the suite under sanitizers, in a private copy of the
 # tree; the libFuzzer targets for FUZZ_SECONDS each (default 60)

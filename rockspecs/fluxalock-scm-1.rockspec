@@ -62,5 +62,12 @@ build = {
       libdirs = { "$(HIREDIS_LIBDIR)" },
       defines = { "_FILE_OFFSET_BITS=64" },
     },
+    -- the fluxalock command's process handling (fork, setsid, exec, signals)
+    ["fluxalock.proc"] = { sources = { "csrc/proc.c" } },
+  },
+  -- the command; LuaRocks wraps it in a script that sets the tree's
+  -- package paths, so the installed copy finds the modules above
+  install = {
+    bin = { fluxalock = "bin/fluxalock" },
   },
 }

@@ -1,0 +1,365 @@
+-- The fluxalock command (bin/fluxalock): real processes, a real
+-- redis-server.  Each run starts bin/fluxalock through fluxalock.proc
+-- (its own session, default signal dispositions) with LUA_PATH and
+-- LUA_CPATH unset, so it also finds this checkout's build by itself.
+-- Commands report what happened to them in files of a private directory;
+-- those files and the processes' exits are the synchronisation.
+local R = require "support.redis"
+local proc = require "fluxalock.proc"
+
+local ROOT = R.sh("pwd"):gsub("%s+$", "")
+local BIN = ROOT .. "/bin/fluxalock"
+local q = R.quote
+
+local function read(path)
+  local f = io.open(path)
+  if not f then return nil end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+local function write(path, s)
+  local f = assert(io.open(path, "w"))
+  f:write(s)
+  f:close()
+end
+
+local function exists(path) return read(path) ~= nil end
+
+-- start fluxalock with args; o.url (default: the server's), o.stdin (a
+-- string), o.cwd, o.env (more variables)
+local function start(server, args, o)
+  o = o or {}
+  local dir = R.sh("mktemp -d /tmp/fluxalock-cmd.XXXXXX"):gsub("%s+$", "")
+  write(dir .. "/in", o.stdin or "")
+  local words = {}
+  for i, a in ipairs(args) do words[i] = q(a) end
+  local unset = {}
+  for _, v in ipairs { "LUA_PATH", "LUA_CPATH", "LUA_PATH_5_4", "LUA_CPATH_5_4" } do
+    if not (o.env and o.env[v]) then unset[#unset + 1] = "-u " .. v end
+  end
+  local script = ("cd %s && exec env %s %s %s <%s >%s 2>%s")
+    :format(q(o.cwd or ROOT), table.concat(unset, " "), q(BIN), table.concat(words, " "), q(dir .. "/in"), q(dir .. "/out"), q(dir .. "/err"))
+  local env = { FLUXALOCK_URL = o.url or server.url, D = dir }
+  for k, v in pairs(o.env or {}) do env[k] = v end
+  local pid = assert(proc.spawn({ "/bin/sh", "-c", script }, env))
+  return { pid = pid, dir = dir }
+end
+
+-- wait for a started fluxalock: exit status (128+n for signal n), stdout,
+-- stderr
+local function finish(h, timeout)
+  local what, n
+  repeat what, n = proc.wait(h.pid, timeout or 30) until what ~= "forward"
+  assert(what == "exit" or what == "signal", "fluxalock did not end: " .. tostring(what))
+  return what == "signal" and 128 + n or n, read(h.dir .. "/out"), read(h.dir .. "/err")
+end
+
+local function run(server, args, o)
+  return finish(start(server, args, o))
+end
+
+local function kill(pid, sig) os.execute(("kill -s %s %d"):format(sig, pid)) end
+
+describe("the fluxalock command", function()
+  local server, fluxalock, locker
+
+  lazy_setup(function()
+    server = R.start()
+    fluxalock = R.fluxalock(server)
+    locker = fluxalock.locker()
+  end)
+
+  lazy_teardown(function()
+    if server then server:stop() end
+  end)
+
+  before_each(function() server:cli("FLUSHALL") end)
+
+  describe("exit status", function()
+    it("is the command's own, and the lock is released after it", function()
+      local code, out, err = run(server, { "job", "sh", "-c", "redis-cli -s \"$1\" exists job; exit 7", "sh", server.socket })
+      assert.equal(7, code)
+      assert.equal("1\n", out) -- held while the command ran
+      assert.equal("", err)
+      assert.equal("0", server:cli("EXISTS", "job"))
+    end)
+
+    it("is 128+n when the command is killed by signal n", function()
+      assert.equal(128 + 15, (run(server, { "job", "-c", "kill -TERM $$" })))
+      assert.equal(128 + 9, (run(server, { "job", "-c", "kill -KILL $$" })))
+    end)
+
+    it("is the conflict code (-E, default 1) when another holder has the lock; the command never runs", function()
+      local lock = assert(locker:obtain("job", 30))
+      local h = start(server, { "-n", "-E", "3", "job", "-c", "touch \"$D/ran\"" })
+      assert.equal(3, (finish(h)))
+      assert.is_false(exists(h.dir .. "/ran"))
+      local code, _, err = run(server, { "--conflict-exit-code=4", "job", "true" })
+      assert.equal(4, code)
+      assert.equal("", err)
+      assert.equal(1, (run(server, { "job", "true" })))
+      assert.is_true(lock:release())
+    end)
+
+    it("is 127 or 126 when the command cannot be run, and the lock is released", function()
+      local code, _, err = run(server, { "job", "no-such-command-here" })
+      assert.equal(127, code)
+      assert.matches("^fluxalock: no%-such%-command%-here: No such file or directory\n$", err)
+      assert.equal(126, (run(server, { "job", ROOT })))
+      assert.equal("0", server:cli("EXISTS", "job"))
+    end)
+  end)
+
+  describe("options", function()
+    local function usage(args)
+      local code, out, err = run(server, args)
+      assert.equal(64, code, table.concat(args, " "))
+      assert.equal("", out)
+      assert.matches("^fluxalock: [^\n]+\nusage: fluxalock %[options%] KEY COMMAND", err)
+      return err
+    end
+
+    it("exits 64 with a usage line on a bad option, naming it; nothing runs", function()
+      assert.matches("unknown option '%-x'", usage { "-x", "job", "true" })
+      assert.matches("unknown option '%-%-frobnicate'", usage { "--frobnicate=1", "job", "true" })
+      assert.matches("%-%-ttl wants a positive number of seconds, got 'abc'", usage { "--ttl=abc", "job", "true" })
+      assert.matches("%-t wants a positive number", usage { "-t", "0", "job", "true" })
+      assert.matches("%-w wants a non%-negative number", usage { "-w", "-1", "job", "true" })
+      assert.matches("%-E wants an exit status 0%-255, got '256'", usage { "-E", "256", "job", "true" })
+      assert.matches("%-%-grace needs a value", usage { "--grace" })
+      assert.matches("no KEY given", usage {})
+      assert.matches("no COMMAND given", usage { "job" })
+      assert.matches("not both", usage { "job", "-c", "true", "extra" })
+      assert.matches("%-n takes no value", usage { "-n5", "job", "true" })
+      assert.matches("bad URL", usage { "-u", "http//nothing", "job", "true" })
+      assert.equal("0", server:cli("EXISTS", "job"))
+    end)
+
+    it("takes --opt=value, --opt value, -tVALUE, and -- before a KEY that starts with '-'", function()
+      local code, out = run(server, { "--ttl", "5", "-t5", "--wait=0", "--", "-job", "sh", "-c", "echo \"$FLUXALOCK_KEY\"" })
+      assert.equal(0, code)
+      assert.equal("-job\n", out)
+      code, out = run(server, { "job", "--command=echo shell" })
+      assert.equal(0, code)
+      assert.equal("shell\n", out)
+      -- after KEY, the command's own options are its own
+      code, out = run(server, { "job", "echo", "-n", "--ttl" })
+      assert.equal(0, code)
+      assert.equal("--ttl", out)
+    end)
+
+    it("prints help (-h, --help) and the version (--version) on stdout", function()
+      for _, h in ipairs { "-h", "--help" } do
+        local code, out, err = run(server, { h })
+        assert.equal(0, code)
+        assert.equal("", err)
+        assert.matches("^usage: fluxalock %[options%] KEY COMMAND", out)
+        assert.matches("%-%-lost%-exit%-code N", out)
+      end
+      local code, out = run(server, { "--version" })
+      assert.equal(0, code)
+      assert.equal(fluxalock._VERSION .. "\n", out)
+    end)
+
+    it("uses its own checkout when LUA_PATH/LUA_CPATH are unset, and them when set", function()
+      local code, out = run(server, { "--version" }, { cwd = "/" })
+      assert.equal(0, code)
+      assert.equal(fluxalock._VERSION .. "\n", out)
+      local h = start(server, { "--version" }, { env = { LUA_PATH_5_4 = "/nonexistent/?.lua" } })
+      local code2, _, err = finish(h)
+      assert.is_not.equal(0, code2)
+      assert.matches("module 'fluxalock' not found", err)
+    end)
+  end)
+
+  describe("Redis", function()
+    it("unreachable: exits 69, says why on stderr, and the command never starts", function()
+      local closed = R.start()
+      local url = ("redis://user:s3cretpw@127.0.0.1:%d/0"):format(closed.port)
+      closed:stop()
+      for _, via in ipairs { "-u", "env" } do
+        local args = { "job", "-c", "touch \"$D/ran\"" }
+        local o = {}
+        if via == "-u" then table.insert(args, 1, url) table.insert(args, 1, "-u") else o.url = url end
+        local h = start(server, args, o)
+        local code, out, err = finish(h)
+        assert.equal(69, code)
+        assert.equal("", out)
+        assert.matches("^fluxalock: connect 127%.0%.0%.1:%d+: Connection refused\n$", err)
+        assert.is_false(exists(h.dir .. "/ran"))
+      end
+    end)
+
+    it("answering with an error (bad password): exits 69 and prints no password", function()
+      local s = R.start { args = { "--requirepass", "right-pw" }, password = "right-pw" }
+      local h = start(server, { "-u", ("redis://:wrong-pw@127.0.0.1:%d/0"):format(s.port), "job", "-c", "touch \"$D/ran\"" })
+      local code, _, err = finish(h)
+      s:stop()
+      assert.equal(69, code)
+      assert.matches("^fluxalock: ", err)
+      assert.is_nil(err:find("wrong-pw", 1, true))
+      assert.is_false(exists(h.dir .. "/ran"))
+    end)
+  end)
+
+  describe("the command's world", function()
+    it("gets FLUXALOCK_KEY and FLUXALOCK_FENCE (the lock's fencing token, growing)", function()
+      local _, out1 = run(server, { "nightly", "sh", "-c", "echo \"$FLUXALOCK_KEY $FLUXALOCK_FENCE\"" })
+      local _, out2 = run(server, { "nightly", "sh", "-c", "echo \"$FLUXALOCK_KEY $FLUXALOCK_FENCE\"" })
+      local f1, f2 = tonumber(out1:match("^nightly (%d+)\n$")), tonumber(out2:match("^nightly (%d+)\n$"))
+      assert.is_true(f1 ~= nil and f2 ~= nil and f2 > f1, out1 .. out2)
+      assert.equal(tostring(f2), server:cli("GET", "fluxalock:fence"))
+    end)
+
+    it("has fluxalock's stdin and stdout", function()
+      local input = ("line %d\n"):rep(1000):gsub("%%d", "x")
+      local code, out, err = run(server, { "job", "cat" }, { stdin = input })
+      assert.equal(0, code)
+      assert.equal(input, out)
+      assert.equal("", err)
+    end)
+  end)
+
+  describe("waiting and renewal", function()
+    it("-w waits, past its own ttl, and obtains when the holder's lock ends", function()
+      local lock = assert(locker:obtain("job", 2))
+      local t0 = R.now()
+      local code, out = run(server, { "-t", "1", "-w", "6", "job", "echo", "ran" })
+      assert.equal(0, code)
+      assert.equal("ran\n", out)
+      assert.is_true(R.now() - t0 > 1.5) -- it did wait for the 2 s lock
+      assert.is_false(lock:release())
+    end)
+
+    it("-w waits and obtains as soon as the holder releases", function()
+      local lock = assert(locker:obtain("job", 30))
+      local h = start(server, { "-w", "20", "job", "echo", "ran" })
+      -- fluxalock has asked once the server has seen a second client
+      R.until_true(function()
+        local n = 0
+        for _ in server:cli("CLIENT", "LIST"):gmatch("id=") do n = n + 1 end
+        return n >= 3 -- ours, redis-cli's, fluxalock's
+      end, 10, "fluxalock's connection")
+      assert.is_true(lock:release())
+      local t0 = R.now()
+      local code, out = finish(h)
+      assert.equal(0, code)
+      assert.equal("ran\n", out)
+      assert.is_true(R.now() - t0 < 5)
+    end)
+
+    it("keeps a ttl-1 lock alive while a 3 s command runs; another fluxalock -n gets the conflict code", function()
+      local h = start(server, { "-t", "1", "job", "-c", "touch \"$D/started\"; sleep 3" })
+      R.until_true(function() return exists(h.dir .. "/started") end, 10, "the command")
+      local low, other = math.huge, nil
+      local stop = R.now() + 2.5
+      while R.now() < stop do
+        low = math.min(low, tonumber(server:cli("PTTL", "job")))
+        if not other then other = run(server, { "-n", "-E", "9", "job", "true" }) end
+        R.sleep(0.05)
+      end
+      assert.is_true(low > 0, "PTTL fell to " .. low)
+      assert.equal(9, other)
+      assert.equal(0, (finish(h)))
+      assert.equal("0", server:cli("EXISTS", "job"))
+    end)
+  end)
+
+  describe("a lost lock", function()
+    -- the command: a shell that records SIGTERM, and its child, a shell
+    -- that records SIGTERM too (the grandchild of fluxalock)
+    local function family(dir)
+      write(dir .. "/grand.sh", [[
+trap 'echo grandchild >> "$D/grand"; exit 0' TERM
+touch "$D/grand.started"
+while :; do sleep 0.05; done
+]])
+      return [[
+trap 'echo child >> "$D/child"; wait; exit 0' TERM
+sh "$D/grand.sh" &
+while [ ! -e "$D/grand.started" ]; do sleep 0.01; done
+touch "$D/started"
+wait
+]]
+    end
+
+    for _, how in ipairs { "DEL", "SET" } do
+      it("(" .. how .. " by another client): SIGTERM to the command and its children, then the lost code", function()
+        local dir = R.sh("mktemp -d /tmp/fluxalock-cmd.XXXXXX"):gsub("%s+$", "")
+        local h = start(server, { "-t", "1.5", "job", "-c", family(dir) }, { env = { D = dir } })
+        R.until_true(function() return exists(dir .. "/started") end, 10, "the command family")
+        if how == "DEL" then server:cli("DEL", "job") else server:cli("SET", "job", "someone-else") end
+        local t0 = R.now()
+        local code, _, err = finish(h, 10)
+        assert.equal(75, code)
+        assert.is_true(R.now() - t0 < 1.5, "lost noticed after " .. (R.now() - t0) .. " s")
+        assert.equal("child\n", read(dir .. "/child"))
+        assert.equal("grandchild\n", read(dir .. "/grand"))
+        assert.matches("^fluxalock: lost the lock \"job\"", err)
+        if how == "SET" then assert.equal("someone-else", server:cli("GET", "job")) end
+      end)
+    end
+
+    it("(Redis frozen, renewals failing): SIGTERM within the ttl, at the local deadline, not after", function()
+      local h = start(server, { "-t", "3", "job", "-c",
+        "trap 'touch \"$D/term\"; exit 0' TERM; touch \"$D/started\"; while :; do sleep 0.05; done" })
+      R.until_true(function() return exists(h.dir .. "/started") end, 10, "the command")
+      -- freeze Redis some 0.7 s after a renewal: the key then expires in
+      -- Redis at most 2.3 s after the pause, and renewal can confirm nothing
+      R.until_true(function() return tonumber(server:cli("PTTL", "job")) <= 2300 end, 5, "PTTL <= 2300")
+      local paused = R.now()
+      server:pause()
+      finally(function() server:resume() end)
+      R.until_true(function() return exists(h.dir .. "/term") end, 10, "SIGTERM to the command")
+      local after = R.now() - paused
+      assert.is_true(after < 3, "SIGTERM came " .. after .. " s after Redis froze")
+      assert.is_true(after > 1, "SIGTERM came already " .. after .. " s after Redis froze")
+      server:resume()
+      local code, _, err = finish(h, 15)
+      assert.equal(75, code)
+      assert.matches("^fluxalock: lost the lock", err)
+    end)
+
+    it("uses --lost-exit-code, and SIGKILLs the group after --grace when the command ignores SIGTERM", function()
+      local h = start(server, { "-t", "1", "--grace", "0.5", "--lost-exit-code", "99", "job", "-c",
+        "trap '' TERM; sleep 60 & echo $! > \"$D/sleeper\"; touch \"$D/started\"; wait; wait" })
+      R.until_true(function() return exists(h.dir .. "/started") end, 10, "the command")
+      local sleeper = tonumber(read(h.dir .. "/sleeper"))
+      server:cli("DEL", "job")
+      local code, _, err = finish(h, 10)
+      assert.equal(99, code)
+      assert.matches("SIGKILL", err)
+      R.until_true(function() return not R.alive(sleeper) end, 5, "the grandchild's end")
+    end)
+  end)
+
+  describe("signals sent to fluxalock", function()
+    for _, sig in ipairs { "INT", "TERM", "HUP", "QUIT" } do
+      it("SIG" .. sig .. " is passed on, and the lock is released only after the command exits", function()
+        local h = start(server, { "job", "-c", ([[
+ulimit -c 0
+trap 'redis-cli -s "$S" exists job > "$D/during"; echo got > "$D/sig"; exit 5' %s
+touch "$D/started"
+while :; do sleep 0.05; done
+]]):format(sig) }, { env = { S = server.socket } })
+        R.until_true(function() return exists(h.dir .. "/started") end, 10, "the command")
+        kill(h.pid, sig)
+        local code = finish(h)
+        assert.equal(5, code)
+        assert.equal("got\n", read(h.dir .. "/sig"))
+        assert.equal("1\n", read(h.dir .. "/during")) -- still held while the trap ran
+        assert.equal("0", server:cli("EXISTS", "job"))
+      end)
+    end
+
+    it("a command without a handler dies of the signal: 128+n", function()
+      local h = start(server, { "job", "-c", "touch \"$D/started\"; exec sleep 60" })
+      R.until_true(function() return exists(h.dir .. "/started") end, 10, "the command")
+      kill(h.pid, "INT")
+      assert.equal(130, (finish(h)))
+      assert.equal("0", server:cli("EXISTS", "job"))
+    end)
+  end)
+end)
