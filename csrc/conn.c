@@ -164,6 +164,8 @@ static int connect_ctx(fl_conn *c) {
   if (!c->ctx) return fail(c, "connect", "out of memory");
   if (c->ctx->err) return fail(c, "connect", "%s", c->ctx->errstr);
   cap_arrays(c->ctx->reader);
+  if (c->ever) c->pool->n.reconnects++; /* stats.c */
+  c->ever = 1;
   c->connecting = 1;
   c->handshake = 0;
   c->gen = c->pool->gen;
@@ -222,6 +224,7 @@ int fl_conn_begin(fl_conn *c, const char *op, double extra) {
   c->acked = 0;
   if (c->post) extra += o->replica_timeout;
   c->op = op;
+  c->t0 = now; /* stats.c: the log's 'seconds' */
   c->busy = 1;
   c->retried = 0;
   c->rewait = 0;

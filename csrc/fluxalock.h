@@ -7,6 +7,7 @@
  *   lock.c   the fluxalock.Lock userdata
  *   token.c  random tokens from the kernel CSPRNG
  *   keys.c   key naming (hash slots, companion keys) and the Lua scripts
+ *   stats.c  counters (pool:counts) and the debug log (pool:setlog)
  *   core.c   luaopen_fluxalock_core
  *
  * Ownership: fl_pool is malloc'd and reference counted.  The Pool userdata
@@ -110,7 +111,15 @@ typedef struct fl_conn {
   char *scratch;       /* companion key of the request in flight */
   size_t scratchcap;
   char err[FL_ERRLEN];
+  double t0;           /* when the request began (for the debug log) */
+  int ever;            /* it was connected before: a connect is a reconnect */
 } fl_conn;
+
+/* what only C sees, counted with plain increments (stats.c reads them);
+   a group's node pools count their own reconnects */
+typedef struct fl_counts {
+  long long released, lost, refreshed, errors, reconnects;
+} fl_counts;
 
 typedef struct fl_pool {
   int refs;
@@ -126,6 +135,8 @@ typedef struct fl_pool {
   int nnodes, nodecap;
   unsigned short *slots;   /* cluster: node index + 1 per hash slot */
   unsigned long moved, asked, rotate;
+  int has_log;   /* uservalue 3 of the Pool userdata is a log function */
+  fl_counts n;
 } fl_pool;
 
 enum { FL_SINGLE = 0, FL_REDLOCK = 1, FL_CLUSTER = 2, FL_SENTINEL = 3 };
@@ -178,7 +189,8 @@ int fl_multi_obtain(lua_State *L);
 int fl_multi_await(lua_State *L);
 int fl_multi_lock(lua_State *L, int op);
 void fl_multi_gc(fl_lock *lk);
-enum { FL_OP_OBTAIN, FL_OP_AWAIT, FL_OP_RELEASE, FL_OP_CLOSE, FL_OP_TTL, FL_OP_REFRESH };
+enum { FL_OP_OBTAIN, FL_OP_AWAIT, FL_OP_RELEASE, FL_OP_CLOSE, FL_OP_TTL, FL_OP_REFRESH,
+       FL_OP_CALL };
 
 /* lock.c */
 fl_lock *fl_lock_new(lua_State *L, int poolidx, fl_pool *p, const char *key,
@@ -187,6 +199,11 @@ lua_Integer fl_checkms(lua_State *L, int arg, const char *what);
 void fl_cmd_release(fl_cmd *cmd, const char *key, size_t keylen,
                     const char *wake, size_t wakelen, const char *token);
 int fl_lock_open(lua_State *L);
+
+/* stats.c */
+int fl_done(lua_State *L, fl_pool *p, fl_lock *lk, int op, const char *key,
+            size_t keylen, double t0, int nres, int pud);
+void fl_stats_open(lua_State *L);
 
 /* token.c */
 int fl_token(char out[FL_TOKEN_LEN]);

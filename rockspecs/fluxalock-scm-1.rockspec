@@ -54,7 +54,7 @@ build = {
     ["fluxalock.core"] = {
       sources = {
         "csrc/core.c", "csrc/conn.c", "csrc/pool.c", "csrc/lock.c",
-        "csrc/token.c", "csrc/keys.c", "csrc/multi.c",
+        "csrc/token.c", "csrc/keys.c", "csrc/multi.c", "csrc/stats.c",
       },
       libraries = { "hiredis" },
       incdirs = { "$(HIREDIS_INCDIR)" },
