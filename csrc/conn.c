@@ -164,8 +164,6 @@ static int connect_ctx(fl_conn *c) {
   if (!c->ctx) return fail(c, "connect", "out of memory");
   if (c->ctx->err) return fail(c, "connect", "%s", c->ctx->errstr);
   cap_arrays(c->ctx->reader);
-  if (c->ever) c->pool->n.reconnects++; /* stats.c */
-  c->ever = 1;
   c->connecting = 1;
   c->handshake = 0;
   c->gen = c->pool->gen;
@@ -278,6 +276,8 @@ static int step_connect(fl_conn *c) {
   if (getsockopt(c->ctx->fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
   if (err) return fail(c, "connect", "%s", strerror(err));
   c->connecting = 0;
+  if (c->ever) c->pool->n.reconnects++; /* connected again (stats.c) */
+  c->ever = 1;
   return FL_DONE;
 }
 
@@ -449,6 +449,7 @@ int fl_run(lua_State *L, fl_conn *c, int hostidx, lua_KFunction k,
     now = fl_now();
     if (c->limit > 0 && now >= c->limit) { /* see fl_conn.limit */
       fl_conn_disconnect(c);
+      c->ever = 0; /* on purpose: its next connect is no reconnect */
       return FL_LATE;
     }
     left = c->deadline - now;

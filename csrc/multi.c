@@ -508,6 +508,7 @@ static void leg_step(fan *f, leg *l, double now) {
     now = fl_now();
     if (l->c->limit > 0 && now >= l->c->limit) { /* the wait's hard end */
       fl_conn_disconnect(l->c);
+      l->c->ever = 0; /* on purpose: no reconnect (stats.c) */
       fl_conn_end(l->c);
       l->c = NULL;
       l->st = LEG_LATE;
@@ -556,7 +557,10 @@ static void settle_early(fan *f) {
     leg *l = &f->legs[i];
     char msg[FL_ERRLEN];
     if (l->st != LEG_RUN && l->st != LEG_PAUSE) continue;
-    if (l->c) fl_conn_disconnect(l->c); /* a late reply must not be read later */
+    if (l->c) { /* a late reply must not be read later */
+      fl_conn_disconnect(l->c);
+      l->c->ever = 0; /* dropped on purpose: its next connect is no reconnect */
+    }
     snprintf(msg, sizeof msg, "fluxalock: %s %s: not awaited (a majority answered)",
              opname(f->op), l->node->o.where);
     leg_fail_msg(l, msg);
