@@ -123,7 +123,7 @@ local function new_locker(name, o)
     _log = o.log,
     -- what the Lua layer counts (stats(); the C core counts the rest)
     _obtained = 0, _not_obtained = 0, _errors = 0,
-    _waited = 0, _wait_seconds = 0, _wait_max = 0,
+    _waited = 0, _wait_seconds = 0.0, _wait_max = 0.0,
   }, Locker)
   all[l] = true
   if log_fn or DEBUG or o.log then apply_log(l) end

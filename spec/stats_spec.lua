@@ -178,6 +178,7 @@ describe("locker:stats()", function()
             mine[coroutine.running()] = true
             local lock <close> = assert(l:obtain("st-host:" .. i % 2, 5, 5))
             d.sleep(0.002)
+            assert(lock:held())
           end)
         end
         d.run()
