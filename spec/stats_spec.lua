@@ -242,26 +242,15 @@ describe("locker:stats() in the pool kinds", function()
   end)
 
   describe("Sentinel", function()
-    local master, replica, sentinels
+    local master, addrs, stop
     local NAME = "flstats"
     lazy_setup(function()
-      master = R.start { args = { "--repl-diskless-sync-delay", "0" } }
-      replica = R.start { args = { "--replicaof", "127.0.0.1", tostring(master.port),
-                                   "--repl-diskless-sync-delay", "0" } }
-      R.until_true(function()
-        return replica:cli("INFO", "replication"):find("master_link_status:up", 1, true)
-      end, 10, "replica in sync")
-      sentinels = T.sentinels(master, { replica }, 3, NAME)
+      local _
+      master, _, _, addrs, stop = T.replicated(NAME)
     end)
-    lazy_teardown(function()
-      for _, s in ipairs(sentinels or {}) do s:stop() end
-      if master and master.pid then master:stop() end
-      if replica and replica.pid then replica:stop() end
-    end)
+    lazy_teardown(function() if stop then stop() end end)
 
     it("counts the sequence, and a failover as a failover and reconnects", function()
-      local addrs = {}
-      for i, s in ipairs(sentinels) do addrs[i] = s.addr end
       fluxalock.configure { pools = { st_sentinel = { sentinels = addrs, master = NAME,
         timeout = 0.5, connect_timeout = 0.5 } }, log = log }
       local l = fluxalock.locker("st_sentinel")

@@ -122,6 +122,28 @@ function T._sentinels(master, replicas, n, name)
   return list
 end
 
+-- T.replicated(name): a master, a replica in sync with it, and 3 sentinels
+-- watching them as 'name' -> master, replica, sentinels, addrs (the
+-- sentinels' "host:port"), stop (stops whatever is still running)
+function T.replicated(name)
+  -- (no 5 s diskless-sync delay: replicas sync at once)
+  local master = R.start { args = { "--repl-diskless-sync-delay", "0" } }
+  local replica = R.start { args = { "--replicaof", "127.0.0.1", tostring(master.port),
+                                     "--repl-diskless-sync-delay", "0" } }
+  R.until_true(function()
+    return replica:cli("INFO", "replication"):find("master_link_status:up", 1, true)
+  end, 10, "replica in sync")
+  local sentinels = T.sentinels(master, { replica }, 3, name)
+  local addrs = {}
+  for i, s in ipairs(sentinels) do addrs[i] = s.addr end
+  local function stop()
+    for _, s in ipairs(sentinels) do s:stop() end
+    if master.pid then master:stop() end
+    if replica.pid then replica:stop() end
+  end
+  return master, replica, sentinels, addrs, stop
+end
+
 -- ---- Cluster ----------------------------------------------------------------
 
 -- T.cluster(): 3 masters + 3 replicas made by redis-cli --cluster create.
