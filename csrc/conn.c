@@ -224,6 +224,7 @@ int fl_conn_begin(fl_conn *c, const char *op, double extra) {
   c->acked = 0;
   if (c->post) extra += o->replica_timeout;
   c->op = op;
+  c->t0 = now; /* stats.c: the log's 'seconds' */
   c->busy = 1;
   c->retried = 0;
   c->rewait = 0;
@@ -277,6 +278,8 @@ static int step_connect(fl_conn *c) {
   if (getsockopt(c->ctx->fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
   if (err) return fail(c, "connect", "%s", strerror(err));
   c->connecting = 0;
+  if (c->ever) c->pool->n.reconnects++; /* connected again (stats.c) */
+  c->ever = 1;
   return FL_DONE;
 }
 
@@ -448,6 +451,7 @@ int fl_run(lua_State *L, fl_conn *c, int hostidx, lua_KFunction k,
     now = fl_now();
     if (c->limit > 0 && now >= c->limit) { /* see fl_conn.limit */
       fl_conn_disconnect(c);
+      c->ever = 0; /* on purpose: its next connect is no reconnect */
       return FL_LATE;
     }
     left = c->deadline - now;

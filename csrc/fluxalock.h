@@ -9,6 +9,7 @@
  *   renew.c  the renewal thread that keeps renewed locks alive (renew_io.c:
  *            its connections)
  *   keys.c   key naming (hash slots, companion keys) and the Lua scripts
+ *   stats.c  counters (pool:counts) and the debug log (pool:setlog)
  *   core.c   luaopen_fluxalock_core
  *
  * Ownership: fl_pool is malloc'd and reference counted.  The Pool userdata
@@ -112,7 +113,15 @@ typedef struct fl_conn {
   char *scratch;       /* companion key of the request in flight */
   size_t scratchcap;
   char err[FL_ERRLEN];
+  double t0;           /* when the request began (for the debug log) */
+  int ever;            /* it was connected before: a connect is a reconnect */
 } fl_conn;
+
+/* what only C sees, counted with plain increments (stats.c reads them);
+   a group's node pools count their own reconnects */
+typedef struct fl_counts {
+  long long released, lost, refreshed, errors, reconnects;
+} fl_counts;
 
 typedef struct fl_pool {
   int refs;
@@ -131,6 +140,8 @@ typedef struct fl_pool {
   struct fl_rcounts *rcounts; /* renewal counters, shared with the renewal
                                thread's entries (renew.c); NULL until the
                                first renewed lock */
+  int has_log;   /* uservalue 3 of the Pool userdata is a log function */
+  fl_counts n;
 } fl_pool;
 
 enum { FL_SINGLE = 0, FL_REDLOCK = 1, FL_CLUSTER = 2, FL_SENTINEL = 3 };
@@ -187,7 +198,8 @@ int fl_multi_obtain(lua_State *L);
 int fl_multi_await(lua_State *L);
 int fl_multi_lock(lua_State *L, int op);
 void fl_multi_gc(fl_lock *lk);
-enum { FL_OP_OBTAIN, FL_OP_AWAIT, FL_OP_RELEASE, FL_OP_CLOSE, FL_OP_TTL, FL_OP_REFRESH };
+enum { FL_OP_OBTAIN, FL_OP_AWAIT, FL_OP_RELEASE, FL_OP_CLOSE, FL_OP_TTL, FL_OP_REFRESH,
+       FL_OP_CALL };
 
 /* lock.c */
 fl_lock *fl_lock_new(lua_State *L, int poolidx, fl_pool *p, const char *key,
@@ -205,7 +217,12 @@ void fl_renew_drop(fl_lock *lk);   /* __gc: stop, drop the lock's reference */
 int fl_renew_held(const fl_lock *lk); /* the renewal still vouches for it */
 int fl_renew_foreign(const fl_lock *lk); /* renewed by another process (fork) */
 void fl_renew_counts(fl_pool *p, long long *renewed, long long *lost);
+int fl_renew_found_lost(const fl_lock *lk); /* counted lost by the thread */
 void fl_renew_pool_free(fl_pool *p);
+/* stats.c */
+int fl_done(lua_State *L, fl_pool *p, fl_lock *lk, int op, const char *key,
+            size_t keylen, double t0, int nres, int pud);
+void fl_stats_open(lua_State *L);
 
 /* token.c */
 int fl_token(char out[FL_TOKEN_LEN]);

@@ -108,7 +108,7 @@ static int release_start(lua_State *L, fl_lock *lk, lua_KFunction k, int *st,
   return 0;
 }
 
-static int release_finish(lua_State *L, fl_conn *c, int st) {
+static int release_result(lua_State *L, fl_conn *c, int st) {
   fl_lock *lk = lua_touserdata(L, 1);
   long long n = 0;
   int r = script_result(L, c, st, &n);
@@ -118,6 +118,17 @@ static int release_finish(lua_State *L, fl_conn *c, int st) {
   }
   lua_pushboolean(L, n == 1);
   return 1;
+}
+
+/* an operation of the lock at 1 ends: counted and logged (stats.c) */
+static int done(lua_State *L, fl_conn *c, int op, int nres) {
+  fl_lock *lk = lua_touserdata(L, 1);
+  return fl_done(L, c->pool, lk, op, lk->key + lk->prefixlen,
+                 lk->keylen - lk->prefixlen, c->t0, nres, 0);
+}
+
+static int release_finish(lua_State *L, fl_conn *c, int st) {
+  return done(L, c, FL_OP_RELEASE, release_result(L, c, st));
 }
 
 static int release_k(lua_State *L, int status, lua_KContext ctx) {
@@ -202,7 +213,7 @@ static int lock_gc(lua_State *L) {
 
 /* ---- ttl / refresh ----------------------------------------------------------- */
 
-static int ttl_finish(lua_State *L, fl_conn *c, int st) {
+static int ttl_result(lua_State *L, fl_conn *c, int st) {
   fl_lock *lk = lua_touserdata(L, 1);
   long long n = 0;
   int r = script_result(L, c, st, &n);
@@ -213,6 +224,10 @@ static int ttl_finish(lua_State *L, fl_conn *c, int st) {
   }
   lua_pushnumber(L, (lua_Number)n / 1000.0);
   return 1;
+}
+
+static int ttl_finish(lua_State *L, fl_conn *c, int st) {
+  return done(L, c, FL_OP_TTL, ttl_result(L, c, st));
 }
 
 static int ttl_k(lua_State *L, int status, lua_KContext ctx) {
@@ -236,7 +251,7 @@ static int lock_ttl(lua_State *L) {
   fl_cmd_script(&c->cmd, FL_S_TTL, 1);
   fl_cmd_arg(&c->cmd, lk->key, lk->keylen);
   fl_cmd_arg(&c->cmd, lk->token, FL_TOKEN_LEN);
-  if (fl_conn_begin(c, "ttl", 0) == FL_ERR) return fl_push_error(L, c);
+  if (fl_conn_begin(c, "ttl", 0) == FL_ERR) return ttl_finish(L, c, FL_ERR);
   return ttl_finish(L, c, fl_run(L, c, hidx, ttl_k, (lua_KContext)c));
 }
 
@@ -265,7 +280,7 @@ lua_Integer fl_checkms(lua_State *L, int arg, const char *what) {
   return (lua_Integer)floor(s * 1000.0 + 0.5);
 }
 
-static int refresh_finish(lua_State *L, fl_conn *c, int st) {
+static int refresh_result(lua_State *L, fl_conn *c, int st) {
   fl_lock *lk = lua_touserdata(L, 1);
   long long n = 0;
   long long acked = c->acked;
@@ -281,6 +296,10 @@ static int refresh_finish(lua_State *L, fl_conn *c, int st) {
   }
   lua_pushboolean(L, n == 1);
   return 1;
+}
+
+static int refresh_finish(lua_State *L, fl_conn *c, int st) {
+  return done(L, c, FL_OP_REFRESH, refresh_result(L, c, st));
 }
 
 static int refresh_k(lua_State *L, int status, lua_KContext ctx) {
@@ -327,7 +346,7 @@ static int lock_refresh(lua_State *L) {
   fl_cmd_arg(&c->cmd, lk->token, FL_TOKEN_LEN);
   fl_cmd_arg(&c->cmd, c->num[0], strlen(c->num[0]));
   fl_cmd_arg(&c->cmd, replace ? "1" : "0", 1);
-  if (fl_conn_begin(c, "refresh", 0) == FL_ERR) return fl_push_error(L, c);
+  if (fl_conn_begin(c, "refresh", 0) == FL_ERR) return refresh_finish(L, c, FL_ERR);
   return refresh_finish(L, c, fl_run(L, c, hidx, refresh_k, (lua_KContext)c));
 }
 

@@ -56,6 +56,7 @@ typedef struct leg {
 typedef struct fan {
   fl_pool *g;
   int op, phase, nlegs, hidx;
+  int op0;           /* the operation asked for (op becomes RELEASE for an undo) */
   int poolidx;       /* the Pool userdata's stack index (recover fn) */
   int recovered;     /* the recover function was called */
   int undo_errs;     /* a failed Redlock obtain being undone: its errors */
@@ -91,7 +92,10 @@ void fl_multi_close(fl_pool *p) {
   for (j = 0; j < p->nnodes; j++) {
     fl_pool_flush(p->nodes[j]);
     for (i = 0; i < p->nodes[j]->nconns; i++)
-      if (!p->nodes[j]->conns[i]->busy) fl_conn_disconnect(p->nodes[j]->conns[i]);
+      if (!p->nodes[j]->conns[i]->busy) {
+        fl_conn_disconnect(p->nodes[j]->conns[i]);
+        p->nodes[j]->conns[i]->ever = 0; /* on purpose: no reconnect (stats.c) */
+      }
   }
 }
 
@@ -504,6 +508,7 @@ static void leg_step(fan *f, leg *l, double now) {
     now = fl_now();
     if (l->c->limit > 0 && now >= l->c->limit) { /* the wait's hard end */
       fl_conn_disconnect(l->c);
+      l->c->ever = 0; /* on purpose: no reconnect (stats.c) */
       fl_conn_end(l->c);
       l->c = NULL;
       l->st = LEG_LATE;
@@ -552,7 +557,10 @@ static void settle_early(fan *f) {
     leg *l = &f->legs[i];
     char msg[FL_ERRLEN];
     if (l->st != LEG_RUN && l->st != LEG_PAUSE) continue;
-    if (l->c) fl_conn_disconnect(l->c); /* a late reply must not be read later */
+    if (l->c) { /* a late reply must not be read later */
+      fl_conn_disconnect(l->c);
+      l->c->ever = 0; /* dropped on purpose: its next connect is no reconnect */
+    }
     snprintf(msg, sizeof msg, "fluxalock: %s %s: not awaited (a majority answered)",
              opname(f->op), l->node->o.where);
     leg_fail_msg(l, msg);
@@ -792,6 +800,15 @@ static int recovered(lua_State *L, fan *f, int status) {
 
 static int recover_k(lua_State *L, int status, lua_KContext ctx);
 
+/* the verdict's r results: counted and logged once per operation (stats.c) */
+static int fan_done(lua_State *L, fan *f, int r) {
+  int op = f->op0; /* f may be unanchored now (an obtain's verdict trims
+                      the stack to the lock): read it before fl_done */
+  fl_lock *lk = op == FL_OP_OBTAIN || op == FL_OP_AWAIT ? NULL : lua_touserdata(L, LOCK);
+  fl_done(L, f->g, lk, op, f->key, f->keylen, f->start, r, f->poolidx);
+  return op == FL_OP_CLOSE ? 0 : r;
+}
+
 static int fan_loop(lua_State *L, fan *f) {
   for (;;) {
     int r;
@@ -799,15 +816,14 @@ static int fan_loop(lua_State *L, fan *f) {
     if (wants_recover(L, f) &&
         recovered(L, f, lua_pcallk(L, 0, 1, 0, (lua_KContext)f, recover_k)))
       continue;
-    if ((r = verdict(L, f)) >= 0) return f->op == FL_OP_CLOSE ? 0 : r;
+    if ((r = verdict(L, f)) >= 0) return fan_done(L, f, r);
   }
 }
 
 static int recover_k(lua_State *L, int status, lua_KContext ctx) {
   fan *f = (fan *)ctx;
   int r;
-  if (!recovered(L, f, status) && (r = verdict(L, f)) >= 0)
-    return f->op == FL_OP_CLOSE ? 0 : r;
+  if (!recovered(L, f, status) && (r = verdict(L, f)) >= 0) return fan_done(L, f, r);
   return fan_loop(L, f);
 }
 
@@ -835,7 +851,7 @@ static fan *fan_new(lua_State *L, fl_pool *g, int op, int pooludx) {
   f = lua_newuserdatauv(L, size, 0); /* FAN */
   memset(f, 0, size);
   f->g = g;
-  f->op = op;
+  f->op = f->op0 = op;
   f->hidx = g->has_host ? HOST : 0;
   f->start = fl_now();
   f->nlegs = n;

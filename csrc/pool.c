@@ -169,7 +169,8 @@ static int pool_new(lua_State *L) {
   pool_ud *u;
   fl_opts *o;
   luaL_checktype(L, 1, LUA_TTABLE);
-  u = lua_newuserdatauv(L, sizeof *u, 2); /* host wait fn; recover fn (multi.c) */
+  u = lua_newuserdatauv(L, sizeof *u, 3); /* host wait fn; recover fn (multi.c);
+                                               log fn (stats.c) */
   u->p = NULL;
   luaL_setmetatable(L, FL_POOL_MT);
   if (!(p = calloc(1, sizeof *p))) return luaL_error(L, "fluxalock: out of memory");
@@ -232,7 +233,10 @@ static int pool_close(lua_State *L) {
   int i;
   fl_pool_flush(p);
   for (i = 0; i < p->nconns; i++)
-    if (!p->conns[i]->busy) fl_conn_disconnect(p->conns[i]);
+    if (!p->conns[i]->busy) {
+      fl_conn_disconnect(p->conns[i]);
+      p->conns[i]->ever = 0; /* closed on purpose: the next connect is no reconnect */
+    }
   fl_multi_close(p);
   return 0;
 }
@@ -293,7 +297,7 @@ static int pool_retarget(lua_State *L) {
 /* stack: 1 pool, 2 key, 3 ms, 4 mode, 5 host fn?, 6 lock */
 #define OBTAIN_LOCK 6
 
-static int obtain_finish(lua_State *L, fl_conn *c, int st) {
+static int obtain_result(lua_State *L, fl_conn *c, int st) {
   fl_lock *lk = lua_touserdata(L, OBTAIN_LOCK);
   redisReply *r;
   long long n;
@@ -333,6 +337,14 @@ static int obtain_finish(lua_State *L, fl_conn *c, int st) {
   lk->held = 1;
   lua_settop(L, OBTAIN_LOCK);
   return 1;
+}
+
+/* counted and logged (stats.c): the key is at 2 */
+static int obtain_finish(lua_State *L, fl_conn *c, int st) {
+  size_t keylen;
+  const char *key = lua_tolstring(L, 2, &keylen);
+  return fl_done(L, c->pool, NULL, FL_OP_OBTAIN, key, keylen, c->t0,
+                 obtain_result(L, c, st), 1);
 }
 
 static int obtain_k(lua_State *L, int status, lua_KContext ctx) {
@@ -376,13 +388,13 @@ static int pool_obtain(lua_State *L) {
   fl_cmd_arg(&c->cmd, lk->token, FL_TOKEN_LEN);
   fl_cmd_arg(&c->cmd, c->num[0], strlen(c->num[0]));
   fl_cmd_arg(&c->cmd, c->num[1], 1);
-  if (fl_conn_begin(c, "obtain", 0) == FL_ERR) return fl_push_error(L, c);
+  if (fl_conn_begin(c, "obtain", 0) == FL_ERR) return obtain_finish(L, c, FL_ERR);
   return obtain_finish(L, c, fl_run(L, c, hidx, obtain_k, (lua_KContext)c));
 }
 
 /* ---- await: block on the key's wake-up list ------------------------------ */
 
-static int await_finish(lua_State *L, fl_conn *c, int st) {
+static int await_result(lua_State *L, fl_conn *c, int st) {
   int woke;
   if (st == FL_ERR) return fl_push_error(L, c);
   if (st == FL_LATE) { /* the obtain's deadline came first */
@@ -395,6 +407,13 @@ static int await_finish(lua_State *L, fl_conn *c, int st) {
   fl_conn_end(c);
   lua_pushboolean(L, woke);
   return 1;
+}
+
+static int await_finish(lua_State *L, fl_conn *c, int st) {
+  size_t keylen;
+  const char *key = lua_tolstring(L, 2, &keylen);
+  return fl_done(L, c->pool, NULL, FL_OP_AWAIT, key, keylen, c->t0,
+                 await_result(L, c, st), 1);
 }
 
 static int await_k(lua_State *L, int status, lua_KContext ctx) {
@@ -434,7 +453,7 @@ static int pool_await(lua_State *L) {
   fl_cmd_arg(&c->cmd, "BLPOP", 5);
   fl_cmd_arg(&c->cmd, wake, wakelen);
   fl_cmd_arg(&c->cmd, c->num[0], strlen(c->num[0]));
-  if (fl_conn_begin(c, "wait", secs) == FL_ERR) return fl_push_error(L, c);
+  if (fl_conn_begin(c, "wait", secs) == FL_ERR) return await_finish(L, c, FL_ERR);
   if (limit > 0) c->limit = fl_now() + limit;
   return await_finish(L, c, fl_run(L, c, hidx, await_k, (lua_KContext)c));
 }
@@ -467,7 +486,7 @@ static void push_reply(lua_State *L, const redisReply *r) {
   }
 }
 
-static int call_finish(lua_State *L, fl_conn *c, int st) {
+static int call_result(lua_State *L, fl_conn *c, int st) {
   redisReply **box;
   if (st == FL_ERR) return fl_push_error(L, c);
   if (c->reply->type == REDIS_REPLY_ERROR) return fl_push_reply_error(L, c);
@@ -487,6 +506,15 @@ static int call_finish(lua_State *L, fl_conn *c, int st) {
   freeReplyObject(*box);
   *box = NULL;
   return 1;
+}
+
+/* the command word (anchored on the stack) names the event, never the
+   arguments: call{"AUTH", password} logs "AUTH" */
+static int call_finish(lua_State *L, fl_conn *c, int st) {
+  const char *word = c->cmd.argv[0];
+  size_t len = c->cmd.argvlen[0];
+  return fl_done(L, c->pool, NULL, FL_OP_CALL, word, len, c->t0,
+                 call_result(L, c, st), 1);
 }
 
 static int call_k(lua_State *L, int status, lua_KContext ctx) {
@@ -518,7 +546,7 @@ static int pool_call(lua_State *L) {
       luaL_argerror(L, 2, "command words must be strings or numbers");
     fl_cmd_arg(&c->cmd, s, len);
   }
-  if (fl_conn_begin(c, "call", 0) == FL_ERR) return fl_push_error(L, c);
+  if (fl_conn_begin(c, "call", 0) == FL_ERR) return call_finish(L, c, FL_ERR);
   return call_finish(L, c, fl_run(L, c, hidx, call_k, (lua_KContext)c));
 }
 

@@ -593,6 +593,13 @@ int fl_renew_held(const fl_lock *lk) {
   return rn_mono() < RN_LOAD(&e->deadline);
 }
 
+/* the renewal found this lock lost (and counted it): a later call that finds
+   it gone must not count it again (stats.c) */
+int fl_renew_found_lost(const fl_lock *lk) {
+  const fl_renewal *e = lk->renew;
+  return e && RN_LOAD(&e->state) == RN_LOST;
+}
+
 void fl_renew_counts(fl_pool *p, long long *renewed, long long *lost) {
   fl_rcounts *c = p ? p->rcounts : NULL;
   *renewed = c ? RN_LOAD(&c->renewed) : 0;

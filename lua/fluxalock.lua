@@ -26,6 +26,11 @@ local defaults = nil        -- configure{defaults = ...}
 local lockers = {}          -- name -> Locker of a configured pool
 local by_url = setmetatable({}, { __mode = "v" }) -- URL -> Locker
 local host_wait = nil       -- the event-loop host's wait function, or nil
+local log_fn = nil          -- configure{log = fn}
+local all = setmetatable({}, { __mode = "k" }) -- every Locker (the log follows configure)
+-- FLUXALOCK_DEBUG (read once, at require): every event also goes to stderr
+local DEBUG = os.getenv("FLUXALOCK_DEBUG")
+DEBUG = DEBUG ~= nil and DEBUG ~= "" and DEBUG ~= "0"
 
 -- ---- argument checks: misuse raises, naming the argument --------------------
 
@@ -99,20 +104,98 @@ local function new_pool(o)
   return core.pool(o)
 end
 
+-- ---- the debug log -------------------------------------------------------------
+
+local stderr = io.stderr
+local reported = setmetatable({}, { __mode = "k" }) -- log functions that raised
+
+-- bytes a terminal would not show as themselves, as \xNN
+local function printable(s)
+  return (s:gsub('[%c\128-\255\\"]', function(c) return ("\\x%02x"):format(c:byte()) end))
+end
+
+-- one line of FLUXALOCK_DEBUG, e.g.
+--   fluxalock: default obtain "nightly" 0.412 ms -> obtained (127.0.0.1:6379)
+local function debug_line(ev)
+  local what = ev.key and ('"' .. printable(ev.key) .. '"') or printable(ev.command or "")
+  local result = ev.ok and (ev.outcome or "ok") .. " (" .. ev.where .. ")"
+    or "failed: " .. printable((tostring(ev.error):gsub("^fluxalock: ", "")))
+  return ("fluxalock: %s %s %s %.3f ms -> %s\n"):format(printable(ev.pool), ev.op, what,
+    ev.seconds * 1000, result)
+end
+
+-- the function the C core calls with each event of a locker's pool: names
+-- the pool, writes the FLUXALOCK_DEBUG line, calls the user's function (a
+-- raise in it is reported once per function on stderr, then dropped); nil
+-- when there is nothing to do, so the core's log branch stays off
+local function logger(name, user)
+  if not user and not DEBUG then return nil end
+  return function(ev)
+    ev.pool = name
+    if DEBUG then stderr:write(debug_line(ev)) end
+    if user then
+      local ok, err = pcall(user, ev)
+      if not ok and not reported[user] then
+        reported[user] = true
+        stderr:write(("fluxalock: the log function raised an error (reported once): %s\n"):format(tostring(err)))
+      end
+    end
+  end
+end
+
+-- the pool's own 'log' option wins over configure{log = ...}
+local function apply_log(l)
+  local user = l._log
+  if user == nil then user = log_fn end
+  l._pool:setlog(logger(l.name, user or nil))
+end
+
 local function new_locker(name, o)
   local pool = new_pool(o)
   if host_wait then pool:sethost(host_wait) end
-  return setmetatable({
+  local l = setmetatable({
     name = name,
     _pool = pool,
     _where = config.where(o),
     _step = o.retry_step,
     _max = o.retry_max,
+    _log = o.log,
+    -- what the Lua layer counts (stats(); the C core counts the rest)
+    _obtained = 0, _not_obtained = 0, _errors = 0,
+    _waited = 0, _wait_seconds = 0.0, _wait_max = 0.0,
   }, Locker)
+  all[l] = true
+  if log_fn or DEBUG or o.log then apply_log(l) end
+  return l
 end
 
 function Locker.__tostring(self)
   return ("fluxalock.Locker: %s (%s)"):format(self.name, self._where)
+end
+
+-- Waiting: a failed try marks the holder's value, so its release pushes a
+-- wake-up that one waiter pops (BLPOP) at once.  Each wait is also a
+-- linear backoff step (retry_step, 2*retry_step, ... up to retry_max): an
+-- expired lock or a lost wake-up is noticed at the latest by the next step.  No wait runs past the deadline, and a last try is made at it.
+-- -> lock, sent | false (not obtained) | nil, message; 'sent' is when the
+-- successful try was sent (a renewal's first deadline counts from it)
+local function wait_for(self, pool, key, ms, deadline)
+  local step, smax, pause = self._step, self._max, 0
+  local lock, err, sent = false, nil, nil
+  while not lock do
+    if lock == nil then return nil, err end
+    local left = deadline - now()
+    if left <= 0 then return false end
+    pause = min(pause + step, smax)
+    if left >= 0.001 then
+      -- the server times BLPOP out coarsely: 'left' is enforced client-side
+      local ok, werr = pool:await(key, min(pause, left), left)
+      if ok == nil then return nil, werr end
+    end
+    sent = now()
+    lock, err = pool:obtain(key, ms, 2)
+  end
+  return lock, sent
 end
 
 --- locker:obtain(key, ttl [, wait [, opts]]) -> lock | nil, "not obtained" | nil, message
@@ -139,38 +222,41 @@ function Locker.obtain(self, key, ttl, wait, opts)
   local every = renew_interval(opts, ttl, ms)
   local pool = self._pool
   local sent = now() -- the renewal's first deadline counts from the send
-  if wait == 0 then
-    local lock, err = pool:obtain(key, ms, 0)
-    if lock then
-      if every then return renewed(pool, lock, ms, every, sent) end
-      return lock
-    end
-    if lock == false then return nil, NOT_OBTAINED end
-    return nil, err
+  local lock, err = pool:obtain(key, ms, wait == 0 and 0 or 1)
+  if lock == false and wait > 0 then
+    local t0, wsent = sent, nil
+    lock, wsent = wait_for(self, pool, key, ms, t0 + wait)
+    if lock then sent = wsent else err = wsent end
+    local took = now() - t0
+    self._waited = self._waited + 1
+    self._wait_seconds = self._wait_seconds + took
+    if took > self._wait_max then self._wait_max = took end
   end
-  -- Waiting: a failed try marks the holder's value, so its release pushes a
-  -- wake-up that one waiter pops (BLPOP) at once.  Each wait is also a
-  -- linear backoff step (retry_step, 2*retry_step, ... up to retry_max): an
-  -- expired lock or a lost wake-up is noticed at the latest by the next step.
-  -- No wait runs past the deadline, and a last try is made at it.
-  local deadline = now() + wait
-  local lock, err = pool:obtain(key, ms, 1)
-  local step, smax, pause = self._step, self._max, 0
-  while not lock do
-    if lock == nil then return nil, err end
-    local left = deadline - now()
-    if left <= 0 then return nil, NOT_OBTAINED end
-    pause = min(pause + step, smax)
-    if left >= 0.001 then
-      -- the server times BLPOP out coarsely: 'left' is enforced client-side
-      local ok, werr = pool:await(key, min(pause, left), left)
-      if ok == nil then return nil, werr end
-    end
-    sent = now()
-    lock, err = pool:obtain(key, ms, 2)
+  -- counted here, where the final answer is known (plain increments)
+  if lock then
+    self._obtained = self._obtained + 1
+    if every then return renewed(pool, lock, ms, every, sent) end
+    return lock
   end
-  if every then return renewed(pool, lock, ms, every, sent) end
-  return lock
+  if lock == false then
+    self._not_obtained = self._not_obtained + 1
+    return nil, NOT_OBTAINED
+  end
+  self._errors = self._errors + 1
+  return nil, err
+end
+
+--- locker:stats() -> a fresh table of counters since the locker was made
+--- (README: "Figures and a debug log")
+function Locker.stats(self)
+  if getmetatable(self) ~= Locker then
+    error(("calling 'stats' on bad self (fluxalock.Locker expected, got %s)"):format(type(self)), 2)
+  end
+  local t = self._pool:counts() -- released, lost, refreshed, errors, reconnects, ...
+  t.obtained, t.not_obtained = self._obtained, self._not_obtained
+  t.errors = t.errors + self._errors
+  t.waited, t.wait_seconds, t.wait_max = self._waited, self._wait_seconds, self._wait_max
+  return t
 end
 
 --- locker:close(): drop this locker's idle connections (the next call
@@ -214,6 +300,7 @@ function M.configure(cfg)
     newpools[name] = o
   end
   local old_default = not pools[M.DEFAULT_POOL] and lockers[M.DEFAULT_POOL] and default_options()
+  if cfg.log ~= nil then log_fn = cfg.log or nil end
   -- everything is valid: apply it
   specs, defaults = newspecs, newdefaults
   for name, l in pairs(lockers) do
@@ -221,8 +308,9 @@ function M.configure(cfg)
     local before = pools[name] or (name == M.DEFAULT_POOL and old_default)
     if not o or not before or config.signature(before) ~= config.signature(o) then
       lockers[name] = nil
-    elseif wait ~= host_wait then
-      l._pool:sethost(wait)
+    else
+      if wait ~= host_wait then l._pool:sethost(wait) end
+      l._log = o.log -- 'log' is not in the signature: it changes in place
     end
   end
   pools = newpools
@@ -230,6 +318,7 @@ function M.configure(cfg)
     host_wait = wait
     for _, l in pairs(by_url) do l._pool:sethost(wait) end
   end
+  for l in pairs(all) do apply_log(l) end
   return true
 end
 

@@ -55,7 +55,7 @@ build = {
       sources = {
         "csrc/core.c", "csrc/conn.c", "csrc/pool.c", "csrc/lock.c",
         "csrc/token.c", "csrc/keys.c", "csrc/multi.c", "csrc/renew.c",
-        "csrc/renew_io.c", "csrc/net_tcp.c",
+        "csrc/renew_io.c", "csrc/net_tcp.c", "csrc/stats.c",
       },
       libraries = { "hiredis" },
       incdirs = { "$(HIREDIS_INCDIR)" },

@@ -57,11 +57,21 @@ describe("examples", function()
     end)
   end
 
+  it("prometheus.lua prints its locker's counters in the exposition format", function()
+    local out, stderr, code = run("prometheus", server.url)
+    assert.are.equal("", stderr)
+    assert.are.equal(0, code)
+    assert.truthy(out:find('\nfluxalock_obtained_total{pool="default"} 1\n', 1, true), out)
+    assert.truthy(out:find('\nfluxalock_released_total{pool="default"} 1\n', 1, true), out)
+    assert.truthy(out:find("# TYPE fluxalock_obtained_total counter\n", 1, true), out)
+    assert.are.equal("0", server:cli("EXISTS", "prometheus-example"))
+  end)
+
   it("with Redis down each example fails at once with the fluxalock message", function()
     local down = R.start()
     local url = down.url
     down:stop()
-    for _, name in ipairs { "non_blocking", "waiting", "ttl_refresh", "scoped", "renewed" } do
+    for _, name in ipairs { "non_blocking", "waiting", "ttl_refresh", "scoped", "renewed", "prometheus" } do
       local t0 = R.now()
       local _, stderr, code = run(name, url)
       assert.are.equal(1, code, name)

@@ -5,22 +5,14 @@ local R = require "support.redis"
 local T = require "support.topology"
 
 describe("a sentinel pool", function()
-  local master, replica, sentinels, fluxalock, locker
+  local master, replica, sentinels, fluxalock, locker, stop
   local NAME = "flmaster"
 
   local function role(s) return (s:cli("ROLE"):match("^(%a+)")) end
 
   lazy_setup(function()
-    -- (no 5 s diskless-sync delay: replicas sync at once)
-    master = R.start { args = { "--repl-diskless-sync-delay", "0" } }
-    replica = R.start { args = { "--replicaof", "127.0.0.1", tostring(master.port),
-                                 "--repl-diskless-sync-delay", "0" } }
-    R.until_true(function()
-      return replica:cli("INFO", "replication"):find("master_link_status:up", 1, true)
-    end, 10, "replica in sync")
-    sentinels = T.sentinels(master, { replica }, 3, NAME)
-    local addrs = {}
-    for i, s in ipairs(sentinels) do addrs[i] = s.addr end
+    local addrs
+    master, replica, sentinels, addrs, stop = T.replicated(NAME)
     fluxalock = require "fluxalock"
     fluxalock.configure { pools = {
       default = { sentinels = addrs, master = NAME, timeout = 0.5, connect_timeout = 0.5 },
@@ -30,11 +22,7 @@ describe("a sentinel pool", function()
     locker = fluxalock.locker()
   end)
 
-  lazy_teardown(function()
-    for _, s in ipairs(sentinels or {}) do s:stop() end
-    if master and master.pid then master:stop() end
-    if replica and replica.pid then replica:stop() end
-  end)
+  lazy_teardown(function() if stop then stop() end end)
 
   it("never connects in locker(), and says which sentinels failed", function()
     local l = fluxalock.locker("nowhere")

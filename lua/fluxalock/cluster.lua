@@ -22,7 +22,7 @@ function M.pool(o)
   end
   local group = core.pool(o)
   group:group("cluster", seeds, "cluster(" .. o.cluster[1] .. ")")
-  return setmetatable({ group = group, o = o, stale = true, moved = 0 }, Pool)
+  return setmetatable({ group = group, o = o, stale = true, moved = 0, reloads = 0 }, Pool)
 end
 
 -- load the slot map from the first node that answers; true | nil, message
@@ -33,11 +33,13 @@ function Pool:refresh()
     local p = core.pool { host = host, port = port, username = o.username, password = o.password,
                           connect_timeout = o.connect_timeout, timeout = o.timeout }
     if self.host then p:sethost(self.host) end
+    if self.log then p:setlog(self.log) end
     local slots, err = p:call { "CLUSTER", "SLOTS" }
     p:close()
     if type(slots) == "table" and #slots > 0 then
       self.group:setslots(slots)
       self.stale = false
+      self.reloads = self.reloads + 1
       self.moved = self.group:redirects()
       return true
     end
@@ -76,6 +78,20 @@ function Pool:close() self.group:close() end
 function Pool:where() return self.group:where() end
 function Pool:connections() return self.group:connections() end
 function Pool:info() return self.group:info() end
+
+function Pool:setlog(fn)
+  self.log = fn
+  self.group:setlog(fn)
+end
+
+-- the group's counters (its nodes' reconnects included), MOVED and ASK apart,
+-- and how often the slot map was loaded
+function Pool:counts()
+  local t = self.group:counts()
+  t.moved, t.asked = self.group:redirects()
+  t.slot_reloads = self.reloads
+  return t
+end
 
 function Pool:sethost(fn)
   self.host = fn

@@ -30,6 +30,7 @@ local OPTIONS = {
   cluster = "list",            -- {"host:port", ...}: seed nodes of a cluster
   replicas = "integer",        -- obtain/refresh WAIT for this many replicas
   replica_timeout = "duration",
+  log = "log",                 -- fn(event) | false: this pool's debug log
 }
 local KINDS = { "sentinels", "redlock", "cluster" }
 M.OPTIONS = OPTIONS
@@ -156,6 +157,10 @@ local function check_value(pool, key, v)
     if type(v) ~= "number" or not tointeger(v) then
       fail(pool, key, "must be an integer, got " .. (type(v) == "number" and tostring(v) or type(v)))
     end
+  elseif kind == "log" then
+    if v ~= false and type(v) ~= "function" then
+      fail(pool, key, "must be a function or false, got " .. type(v))
+    end
   else
     check_duration(pool, key, v)
   end
@@ -271,7 +276,7 @@ function M.signature(o)
   local parts = {}
   for i, k in ipairs(keys) do
     local v = o[k]
-    if k == "nodes" then v = "" -- derived from 'redlock'
+    if k == "nodes" or k == "log" then v = "" -- derived from 'redlock'; log: changed in place
     elseif type(v) == "table" then v = table.concat(v, "\1") end
     parts[i] = k .. "=" .. tostring(v)
   end
@@ -287,9 +292,12 @@ function M.check(config, inherited)
     error("configuration must be a table, got " .. type(config), 0)
   end
   for k in pairs(config) do
-    if k ~= "pools" and k ~= "defaults" and k ~= "host" then
-      error(("unknown configuration key '%s' (pools, defaults, host)"):format(tostring(k)), 0)
+    if k ~= "pools" and k ~= "defaults" and k ~= "host" and k ~= "log" then
+      error(("unknown configuration key '%s' (pools, defaults, host, log)"):format(tostring(k)), 0)
     end
+  end
+  if config.log ~= nil and config.log ~= false and type(config.log) ~= "function" then
+    error("'log' must be a function or false, got " .. type(config.log), 0)
   end
   local defaults = config.defaults
   if defaults ~= nil then
@@ -299,6 +307,7 @@ function M.check(config, inherited)
         or OPTIONS[k] == "list" then
         fail("defaults", tostring(k), "belongs to a pool, not to the defaults")
       end
+      if k == "log" then fail("defaults", k, "is set for every pool by configure{ log = ... }") end
       check_value("defaults", k, v)
     end
     local copy = {}

@@ -29,6 +29,8 @@ function M.pool(o)
     last = 1,             -- the sentinel that answered last
     resolved = false,
     host = nil,
+    log = nil,            -- the locker's log function (pool:setlog)
+    failovers = 0,        -- times the master was found at another address
   }, Pool)
   for i, s in ipairs(o.sentinels) do
     local host, port = config.hostport(s)
@@ -50,12 +52,16 @@ function Pool:discover()
     local idx = (self.last + i - 1) % n + 1
     local sp = core.pool(self.sentinels[idx])
     if self.host then sp:sethost(self.host) end
+    if self.log then sp:setlog(self.log) end
     local addr, err = sp:call { "SENTINEL", "get-master-addr-by-name", self.master }
     sp:close()
     if type(addr) == "table" and addr[1] and tonumber(addr[2]) then
       self.core:retarget(addr[1], tonumber(addr[2]))
       local role, rerr = self.core:call { "ROLE" }
       if type(role) == "table" and role[1] == "master" then
+        local at = addr[1] .. ":" .. addr[2]
+        if self.master_at and self.master_at ~= at then self.failovers = self.failovers + 1 end
+        self.master_at = at
         self.last, self.resolved = idx, true
         return true
       end
@@ -120,6 +126,19 @@ end
 function Pool:close() self.group:close() end
 function Pool:where() return self.core:where() end
 function Pool:connections() return self.core:connections() end
+
+function Pool:setlog(fn)
+  self.log = fn
+  self.core:setlog(fn)
+  self.group:setlog(fn)
+end
+
+-- the group's counters (with its node's reconnects), and failovers
+function Pool:counts()
+  local t = self.group:counts()
+  t.failovers = self.failovers
+  return t
+end
 
 function Pool:sethost(fn)
   self.host = fn
