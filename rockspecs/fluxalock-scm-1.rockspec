@@ -28,6 +28,7 @@ description = {
     a to-be-closed variable releases on every exit from its scope.  The core
     is C on hiredis and can wait through an event loop's poller.
   ]],
+  license = "MIT",
   labels = { "redis", "lock", "mutex", "distributed" },
 }
 
