@@ -1,11 +1,12 @@
 #!/bin/sh
-# CI: the package as a user installs it.  `luarocks make` of the scm
-# rockspec into a fresh tree (built in a private copy of the sources, so the
-# checkout's own build stays as it is), then the examples load fluxalock from
-# that tree alone (LUA_PATH/LUA_CPATH point only into it) and run outside the
-# checkout against a private redis-server (spec/examples_spec.lua with
-# FLUXALOCK_EXAMPLES_TREE).  Last, `luarocks test` of the release rockspec in
-# that copy (spec/version_spec.lua only: the suite itself is make test's).
+# CI: the package as a user installs it.  `luarocks lint` of every
+# rockspec; `luarocks make` of the scm rockspec into a fresh tree (built in a
+# private copy of the sources, so the checkout's own build stays as it is);
+# then the examples load fluxalock from that tree alone (LUA_PATH/LUA_CPATH
+# point only into it) and run outside the checkout against a private
+# redis-server (spec/examples_spec.lua with FLUXALOCK_EXAMPLES_TREE).  Last,
+# `luarocks test` of the release rockspec in that copy (spec/version_spec.lua
+# only: the suite itself is make test's).
 set -eu
 cd "$(dirname "$0")/../.."
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/fluxalock-install.XXXXXX")
@@ -16,6 +17,8 @@ printf 'rocks_trees = { [[%s]] }\n' "$tree" >"$tmp/config.lua"
 export LUAROCKS_CONFIG="$tmp/config.lua"
 lr() { luarocks --lua-version 5.4 --tree "$tree" "$@" >"$tmp/luarocks.log" 2>&1 || {
   cat "$tmp/luarocks.log"; echo "install: luarocks $* failed" >&2; exit 1; }; }
+
+for spec in rockspecs/*.rockspec; do lr lint "$spec"; done
 
 mkdir "$tmp/src"
 tar -cf - --exclude='*.o' --exclude='*.so' .busted LICENSE README.md CHANGELOG.md \
