@@ -71,7 +71,7 @@ bench/out/floor: bench/floor.c
 lint:
 	luacheck lua spec examples bench bin/fluxalock
 
-# reliability (README): the suite under sanitizers, in a private copy of the
+# reliability (docs/reliability.md): the suite under sanitizers, in a private copy of the
 # tree; the libFuzzer targets for FUZZ_SECONDS each (default 60)
 .PHONY: check-asan check-valgrind fuzz
 check-asan: deps
@@ -84,7 +84,7 @@ fuzz: deps
 	@sh fuzz/run.sh
 
 # examples/embed: a C program embedding Lua that drives fluxalock from its
-# own poll(2) loop (README: hosts); spec/host_embed_spec.lua runs it
+# own poll(2) loop (docs/hosts.md); spec/host_embed_spec.lua runs it
 LUA_LIBS ?= $(shell $(PKG_CONFIG) --libs $(LUA_PC) 2>/dev/null || echo -llua5.4)
 EMBED = examples/embed/embed
 

@@ -10,7 +10,7 @@
 #include "fluxalock.h"
 
 #ifndef FLUXALOCK_VERSION
-#define FLUXALOCK_VERSION "0.1.0"
+#define FLUXALOCK_VERSION "0.2.0"
 #endif
 
 int luaopen_fluxalock_core(lua_State *L);

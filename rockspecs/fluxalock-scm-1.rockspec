@@ -28,12 +28,19 @@ description = {
     a to-be-closed variable releases on every exit from its scope.  The core
     is C on hiredis and can wait through an event loop's poller.
   ]],
+  -- no published home page yet: this placeholder is replaced when one exists
+  homepage = "https://example.invalid/fluxalock",
+  license = "MIT",
   labels = { "redis", "lock", "mutex", "distributed" },
 }
 
 dependencies = {
   "lua >= 5.4, < 5.5",
 }
+
+-- luarocks test: busted in the checkout, after a build there (make, or
+-- luarocks make); .busted points busted at lua/ and ./fluxalock/core.so
+test = { type = "busted" }
 
 external_dependencies = {
   HIREDIS = {

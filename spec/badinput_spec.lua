@@ -1,5 +1,5 @@
 -- Bad input, exhaustively: every argument and every option of the API with
--- wrong values.  Each row here is a row of the README's table
+-- wrong values.  Each row here is a row of the table in docs/reliability.md (Bad input)
 -- ("reliability (issue 5)"): misuse raises an argerror-style message naming
 -- the argument or the pool and option; what only Redis can refuse comes back
 -- as nil, "fluxalock: ..."; the edges that are valid work.

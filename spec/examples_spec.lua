@@ -2,16 +2,29 @@
 -- from FLUXALOCK_URL): each prints exactly the reference's lines, exits 0,
 -- and leaves no key but the fence counter behind; with Redis down each one
 -- exits non-zero at once with the "fluxalock: ..." message.
+--
+-- With FLUXALOCK_EXAMPLES_TREE set to a LuaRocks tree (tools/checks/install.sh
+-- installs the rockspec into one), the examples load fluxalock from that tree
+-- alone (LUA_PATH and LUA_CPATH name nothing else) and run in a directory
+-- outside the checkout.
 local R = require "support.redis"
 
 local root = R.sh("pwd"):gsub("%s+$", "")
+local tree = os.getenv("FLUXALOCK_EXAMPLES_TREE")
 
--- run an example in its own process -> stdout, stderr, exit code
-local function run(name, url)
+-- where an example runs, and its LUA_PATH and LUA_CPATH
+local cwd, lua_path, lua_cpath = root, root .. "/lua/?.lua;;", root .. "/?.so;;"
+if tree then
+  cwd = R.sh("mktemp -d /tmp/fluxalock-examples.XXXXXX"):gsub("%s+$", "")
+  lua_path = tree .. "/share/lua/5.4/?.lua;" .. tree .. "/share/lua/5.4/?/init.lua"
+  lua_cpath = tree .. "/lib/lua/5.4/?.so"
+end
+
+-- a Lua command line in the examples' environment -> stdout, stderr, exit code
+local function lua(args, url)
   local err = os.tmpname()
-  local cmd = ("cd %s && FLUXALOCK_URL=%s LUA_PATH=%s LUA_CPATH=%s lua5.4 examples/%s.lua 2>%s; echo \"exit=$?\"")
-    :format(R.quote(root), R.quote(url), R.quote(root .. "/lua/?.lua;;"), R.quote(root .. "/?.so;;"),
-      name, R.quote(err))
+  local cmd = ("cd %s && FLUXALOCK_URL=%s LUA_PATH=%s LUA_CPATH=%s lua5.4 %s 2>%s; echo \"exit=$?\"")
+    :format(R.quote(cwd), R.quote(url), R.quote(lua_path), R.quote(lua_cpath), args, R.quote(err))
   local out = R.sh(cmd)
   local f = io.open(err)
   local stderr = f and f:read("a") or ""
@@ -21,13 +34,34 @@ local function run(name, url)
   return out:gsub("exit=%d+\n$", ""), stderr, code
 end
 
+-- run an example in its own process, as a user does
+local function run(name, url)
+  local script = tree and R.quote(root .. "/examples/" .. name .. ".lua") or "examples/" .. name .. ".lua"
+  return lua(script, url)
+end
+
 local function lines(t) return table.concat(t, "\n") .. "\n" end
 
 describe("examples", function()
   local server
 
   lazy_setup(function() server = R.start() end)
-  lazy_teardown(function() if server then server:stop() end end)
+  lazy_teardown(function()
+    if server then server:stop() end
+    if tree then os.remove(cwd) end
+  end)
+
+  if tree then
+    it("loads fluxalock and its C core from the tree", function()
+      local out, stderr, code = lua([[-e 'print(package.searchpath("fluxalock", package.path))
+        print(package.searchpath("fluxalock.core", package.cpath)) print(require("fluxalock")._VERSION)']],
+        server.url)
+      assert.are.equal("", stderr)
+      assert.are.equal(0, code)
+      assert.are.equal(tree .. "/share/lua/5.4/fluxalock.lua\n" .. tree .. "/lib/lua/5.4/fluxalock/core.so\n"
+        .. require("fluxalock")._VERSION .. "\n", out)
+    end)
+  end
 
   local expected = {
     non_blocking = { "GETTING LOCK A", "GETTING LOCK B", "GOT LOCK A",

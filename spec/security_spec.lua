@@ -1,7 +1,7 @@
 -- Security: no password in any message, tostring or output; the Lua scripts
 -- never carry user data (keys and tokens travel as KEYS and ARGV, seen on the
 -- wire with MONITOR); AUTH failures are reported clearly; and the whole API
--- works for a Redis ACL user restricted to exactly the README's minimal ACL,
+-- works for a Redis ACL user restricted to exactly the minimal ACL of docs/reliability.md,
 -- each command of which is needed.
 local R = require "support.redis"
 
@@ -149,8 +149,8 @@ describe("security", function()
     no_secret(text:gsub('"AUTH" "' .. SECRET:gsub("%p", "%%%0") .. '"', ""), "MONITOR beyond AUTH")
   end)
 
-  describe("a Redis ACL user restricted to the README's minimal ACL", function()
-    -- the README's ACL, for prefix "app:"
+  describe("a Redis ACL user restricted to the minimal ACL of docs/reliability.md", function()
+    -- that ACL (docs/reliability.md), for prefix "app:"
     local SCRIPT_CMDS = { "get", "set", "del", "incr", "append", "lpush", "pexpire", "pttl" }
     local API_CMDS = { "evalsha", "eval", "blpop", "select", "ping" }
 

@@ -22,7 +22,7 @@ local OPTIONS = {
   prefix = "string",
   retry_step = "duration",
   retry_max = "duration",
-  -- pool kinds beside the single server (README: pool kinds)
+  -- pool kinds beside the single server (docs/pools.md)
   sentinels = "list",          -- {"host:port", ...} of Redis Sentinels
   master = "string",           -- the master's name the sentinels monitor
   sentinel_password = "string",
