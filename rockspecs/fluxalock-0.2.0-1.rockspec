@@ -65,12 +65,20 @@ build = {
     ["fluxalock.core"] = {
       sources = {
         "csrc/core.c", "csrc/conn.c", "csrc/pool.c", "csrc/lock.c",
-        "csrc/token.c", "csrc/keys.c", "csrc/multi.c",
+        "csrc/token.c", "csrc/keys.c", "csrc/multi.c", "csrc/renew.c",
+        "csrc/renew_io.c", "csrc/net_tcp.c", "csrc/stats.c",
       },
       libraries = { "hiredis" },
       incdirs = { "$(HIREDIS_INCDIR)" },
       libdirs = { "$(HIREDIS_LIBDIR)" },
       defines = { "_FILE_OFFSET_BITS=64" },
     },
+    -- the fluxalock command's process handling (fork, setsid, exec, signals)
+    ["fluxalock.proc"] = { sources = { "csrc/proc.c" } },
+  },
+  -- the command; LuaRocks wraps it in a script that sets the tree's
+  -- package paths, so the installed copy finds the modules above
+  install = {
+    bin = { fluxalock = "bin/fluxalock" },
   },
 }
