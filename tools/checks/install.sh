@@ -4,7 +4,8 @@
 # private copy of the sources, so the checkout's own build stays as it is);
 # then the examples load fluxalock from that tree alone (LUA_PATH/LUA_CPATH
 # point only into it) and run outside the checkout against a private
-# redis-server (spec/examples_spec.lua with FLUXALOCK_EXAMPLES_TREE).  Last,
+# redis-server (spec/examples_spec.lua with FLUXALOCK_EXAMPLES_TREE), and so
+# does the installed fluxalock command.  Last,
 # `luarocks test` of the release rockspec in that copy (spec/version_spec.lua
 # only: the suite itself is make test's).
 set -eu
@@ -22,7 +23,7 @@ for spec in rockspecs/*.rockspec; do lr lint "$spec"; done
 
 mkdir "$tmp/src"
 tar -cf - --exclude='*.o' --exclude='*.so' .busted LICENSE README.md CHANGELOG.md \
-  csrc lua rockspecs spec | tar -xf - -C "$tmp/src"
+  bin csrc lua rockspecs spec | tar -xf - -C "$tmp/src"
 (cd "$tmp/src" && lr make rockspecs/fluxalock-scm-1.rockspec)
 for f in LICENSE README.md CHANGELOG.md; do
   [ -f "$tree/lib/luarocks/rocks-5.4/fluxalock/scm-1/doc/$f" ] ||
@@ -30,6 +31,26 @@ for f in LICENSE README.md CHANGELOG.md; do
 done
 
 FLUXALOCK_EXAMPLES_TREE=$tree lua5.4 /usr/bin/busted -o TAP spec/examples_spec.lua
+
+# the command from the tree (the wrapper LuaRocks writes sets the tree's
+# paths), outside the checkout, against a private redis-server on a Unix
+# socket, stopped by its own PID
+redis-server --port 0 --unixsocket "$tmp/redis.sock" --save '' --appendonly no \
+  --dir "$tmp" >"$tmp/redis.log" 2>&1 &
+rpid=$!
+trap 'kill "$rpid" 2>/dev/null; rm -rf "$tmp"' EXIT
+i=0
+until [ -S "$tmp/redis.sock" ]; do
+  i=$((i + 1)); [ "$i" -lt 200 ] || { echo "install: redis-server did not start" >&2; exit 1; }
+  sleep 0.05
+done
+out=$(cd "$tmp" && env -u LUA_PATH -u LUA_CPATH -u LUA_PATH_5_4 -u LUA_CPATH_5_4 \
+  "$tree/bin/fluxalock" -u "unix://$tmp/redis.sock" -t 5 nightly \
+  -c 'echo "ran with $FLUXALOCK_KEY fence $FLUXALOCK_FENCE"')
+[ "$out" = "ran with nightly fence 1" ] ||
+  { echo "install: the installed command printed '$out'" >&2; exit 1; }
+"$tree/bin/fluxalock" --version | grep -q '^fluxalock [0-9]' ||
+  { echo "install: the installed command has no --version" >&2; exit 1; }
 
 # luarocks test needs busted as a rock in a tree it knows.  Debian's
 # lua-busted is not a rock (and its busted script runs Lua 5.1), so register
@@ -49,4 +70,4 @@ EOF
 release=$(ls rockspecs/fluxalock-[0-9]*-1.rockspec | sort -V | tail -n 1)
 (cd "$tmp/src" && lr make "$release" &&
   luarocks --lua-version 5.4 --tree "$tree" test "$release" -- -o TAP spec/version_spec.lua)
-echo "install: luarocks make, the examples from the tree, luarocks test: ok"
+echo "install: luarocks make, the examples and the command from the tree, luarocks test: ok"
