@@ -79,9 +79,11 @@ static int put(rn_conn *c, const char *s, size_t n) {
 static int command(rn_conn *c, int argc, const char **argv, const size_t *len) {
   char head[32];
   int i, r;
-  r = put(c, head, (size_t)snprintf(head, sizeof head, "*%d\r\n", argc));
+  size_t n = (size_t)snprintf(head, sizeof head, "*%d\r\n", argc);
+  r = put(c, head, n); /* head is written before it is read: two statements */
   for (i = 0; i < argc; i++) {
-    r |= put(c, head, (size_t)snprintf(head, sizeof head, "$%lu\r\n", (unsigned long)len[i]));
+    n = (size_t)snprintf(head, sizeof head, "$%lu\r\n", (unsigned long)len[i]);
+    r |= put(c, head, n);
     r |= put(c, argv[i], len[i]);
     r |= put(c, "\r\n", 2);
   }
