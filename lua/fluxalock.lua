@@ -224,7 +224,8 @@ function Locker.obtain(self, key, ttl, wait, opts)
   local sent = now() -- the renewal's first deadline counts from the send
   local lock, err = pool:obtain(key, ms, wait == 0 and 0 or 1)
   if lock == false and wait > 0 then
-    local t0, wsent = sent, nil
+    local t0 = sent
+    local wsent
     lock, wsent = wait_for(self, pool, key, ms, t0 + wait)
     if lock then sent = wsent else err = wsent end
     local took = now() - t0

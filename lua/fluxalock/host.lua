@@ -57,13 +57,24 @@ end
 -- may close or reuse the descriptor right after.
 local function luv_wait()
   local uv = need("luv", "luv")
-  local new_poll, new_timer = uv.new_poll, uv.new_timer
+  local new_poll, new_timer, walk = uv.new_poll, uv.new_timer, uv.walk
   return function(fd, events, timeout)
     local co, main = running()
     if main or not isyieldable() then
       error("cannot wait outside a coroutine under host 'luv'", 0)
     end
     local poll, err = new_poll(fd)
+    if not poll and tostring(err):find("EEXIST", 1, true) then
+      -- libuv takes one poll handle per descriptor.  One still open on fd
+      -- is stale: a wait whose coroutine was abandoned (never resumed) or
+      -- whose loop stopped on an error left it, and the core reuses a
+      -- descriptor number only for a new connection, never while a wait of
+      -- its own is on it.  Close it and watch again
+      walk(function(h)
+        if not h:is_closing() and h:get_type() == "poll" and h:fileno() == fd then h:close() end
+      end)
+      poll, err = new_poll(fd)
+    end
     if not poll then error("uv.new_poll: " .. tostring(err), 0) end
     local timer = new_timer()
     local waiting = true
