@@ -27,7 +27,10 @@
  * another client library on the same key (redis-py's Lock, node-redlock,
  * bsm/redislock) keeps its value and can still be released and refreshed
  * by its holder.  Every release pushes one wake-up (one waiter, no
- * stampede) that expires by itself; the list never holds more than one.
+ * stampede) that expires by itself.  The list never holds more than one:
+ * the release deletes it first (a list with an element has no blocked
+ * waiter, so nothing is lost), with DEL rather than LTRIM so that the
+ * minimal ACL of 0.1 (docs/reliability.md) still covers the scripts.
  * release, ttl and refresh also accept token .. "+": fluxalock 0.1's
  * waiters appended "+" to the holder's value, and a fleet upgrading from
  * 0.1 runs both for a while.  No user data is ever part of a script body:
@@ -45,8 +48,8 @@ fl_script fl_scripts[FL_NSCRIPTS] = {
     "local v = redis.call('get', KEYS[1])\n"
     "if v ~= ARGV[1] and v ~= ARGV[1] .. '+' then return 0 end\n"
     "redis.call('del', KEYS[1])\n"
+    "redis.call('del', KEYS[2])\n"
     "redis.call('lpush', KEYS[2], '1')\n"
-    "redis.call('ltrim', KEYS[2], 0, 0)\n"
     "redis.call('pexpire', KEYS[2], ARGV[2])\n"
     "return 1\n", "" },
   { "ttl",
