@@ -22,25 +22,25 @@
 /* ---- the scripts ------------------------------------------------------- */
 
 /*
- * The value of a lock key is the holder's 32-character token, followed by
- * "+" when waiters may be blocked on the wake list: then release pushes one
- * wake-up (one waiter, no stampede) that expires by itself.  No user data is
- * ever part of a script body: keys and tokens travel as KEYS and ARGV.
+ * The value of a lock key is exactly the holder's 32-character token:
+ * fluxalock never writes to a lock key it does not hold, so a lock of
+ * another client library on the same key (redis-py's Lock, node-redlock,
+ * bsm/redislock) keeps its value and can still be released and refreshed
+ * by its holder.  Every release pushes one wake-up (one waiter, no
+ * stampede) that expires by itself.  The list never holds more than one:
+ * the release deletes it first (a list with an element has no blocked
+ * waiter, so nothing is lost), with DEL rather than LTRIM so that the
+ * minimal ACL of 0.1 (docs/reliability.md) still covers the scripts.
+ * release, ttl and refresh also accept token .. "+": fluxalock 0.1's
+ * waiters appended "+" to the holder's value, and a fleet upgrading from
+ * 0.1 runs both for a while.  No user data is ever part of a script body:
+ * keys and tokens travel as KEYS and ARGV.
  */
 fl_script fl_scripts[FL_NSCRIPTS] = {
   { "obtain",
-    /* KEYS: lock, fence. ARGV: token, ms, mode ("0" try, "1" try and mark
-       the holder when busy, "2" the same, and announce waiters if obtained) */
-    "local v = ARGV[1]\n"
-    "if ARGV[3] == '2' then v = v .. '+' end\n"
-    "if redis.call('set', KEYS[1], v, 'NX', 'PX', ARGV[2]) then\n"
+    /* KEYS: lock, fence. ARGV: token, ms */
+    "if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then\n"
     "  return redis.call('incr', KEYS[2])\n"
-    "end\n"
-    "if ARGV[3] ~= '0' then\n"
-    "  local cur = redis.call('get', KEYS[1])\n"
-    "  if cur and string.byte(cur, -1) ~= 43 then\n"
-    "    redis.call('append', KEYS[1], '+')\n"
-    "  end\n"
     "end\n"
     "return 0\n", "" },
   { "release",
@@ -48,10 +48,9 @@ fl_script fl_scripts[FL_NSCRIPTS] = {
     "local v = redis.call('get', KEYS[1])\n"
     "if v ~= ARGV[1] and v ~= ARGV[1] .. '+' then return 0 end\n"
     "redis.call('del', KEYS[1])\n"
-    "if #v > #ARGV[1] then\n"
-    "  redis.call('lpush', KEYS[2], '1')\n"
-    "  redis.call('pexpire', KEYS[2], ARGV[2])\n"
-    "end\n"
+    "redis.call('del', KEYS[2])\n"
+    "redis.call('lpush', KEYS[2], '1')\n"
+    "redis.call('pexpire', KEYS[2], ARGV[2])\n"
     "return 1\n", "" },
   { "ttl",
     /* KEYS: lock. ARGV: token. -> ms left, or -1 when not held */

@@ -65,7 +65,7 @@ typedef struct fan {
   const char *key, *lkey, *token; /* anchored on the stack */
   size_t keylen, lkeylen;
   long long ms;
-  int mode, replace;
+  int replace;
   double secs, limit, start;
   leg legs[]; /* nlegs of them: the userdata is sized to fit */
 } fan;
@@ -314,13 +314,11 @@ static void leg_start(fan *f, leg *l) {
   switch (op) {
   case FL_OP_OBTAIN:
     snprintf(c->num[0], sizeof c->num[0], "%lld", f->ms);
-    snprintf(c->num[1], sizeof c->num[1], "%d", f->mode);
     fl_cmd_script(&c->cmd, FL_S_OBTAIN, 2);
     fl_cmd_arg(&c->cmd, f->lkey, f->lkeylen);
     fl_cmd_arg(&c->cmd, comp, complen);
     fl_cmd_arg(&c->cmd, f->token, FL_TOKEN_LEN);
     fl_cmd_arg(&c->cmd, c->num[0], strlen(c->num[0]));
-    fl_cmd_arg(&c->cmd, c->num[1], 1);
     break;
   case FL_OP_AWAIT:
     snprintf(c->num[0], sizeof c->num[0], "%.3f", f->secs);
@@ -868,13 +866,12 @@ static void fan_start(fan *f) {
   for (i = 0; i < f->nlegs; i++) leg_start(f, &f->legs[i]);
 }
 
-/* group pool:obtain(key, ms, mode); stack: 1 pool, 2 key, 3 ms, 4 mode */
+/* group pool:obtain(key, ms); stack: 1 pool, 2 key, 3 ms */
 int fl_multi_obtain(lua_State *L) {
   fl_pool *g = fl_checkpool(L, 1);
   size_t keylen;
   const char *key = luaL_checklstring(L, 2, &keylen);
   lua_Integer ms = luaL_checkinteger(L, 3);
-  lua_Integer mode = luaL_checkinteger(L, 4);
   fl_lock *lk;
   fan *f;
   lua_settop(L, HOST);
@@ -891,7 +888,6 @@ int fl_multi_obtain(lua_State *L) {
   f->lkeylen = lk->keylen;
   f->token = lk->token;
   f->ms = ms;
-  f->mode = (int)mode;
   fan_start(f);
   return fan_loop(L, f);
 }

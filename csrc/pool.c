@@ -294,7 +294,7 @@ static int pool_retarget(lua_State *L) {
 
 /* ---- obtain ---------------------------------------------------------------- */
 
-/* stack: 1 pool, 2 key, 3 ms, 4 mode, 5 host fn?, 6 lock */
+/* stack: 1 pool, 2 key, 3 ms, 4 nil, 5 host fn?, 6 lock */
 #define OBTAIN_LOCK 6
 
 static int obtain_result(lua_State *L, fl_conn *c, int st) {
@@ -354,7 +354,7 @@ static int obtain_k(lua_State *L, int status, lua_KContext ctx) {
   return obtain_finish(L, c, st);
 }
 
-/* pool:obtain(key, ms, mode) -> lock | false | nil, message */
+/* pool:obtain(key, ms) -> lock | false | nil, message */
 static int pool_obtain(lua_State *L) {
   fl_pool *p = checkpool(L);
   size_t keylen, fencelen;
@@ -363,7 +363,6 @@ static int pool_obtain(lua_State *L) {
   if (p->kind) return fl_multi_obtain(L);
   key = luaL_checklstring(L, 2, &keylen);
   ms = luaL_checkinteger(L, 3);
-  lua_Integer mode = luaL_checkinteger(L, 4);
   int hidx;
   fl_conn *c;
   fl_lock *lk;
@@ -381,13 +380,11 @@ static int pool_obtain(lua_State *L) {
       !(fence = fl_companion(c, key, keylen, "fence", 0, &fencelen)))
     return luaL_error(L, "fluxalock: out of memory");
   snprintf(c->num[0], sizeof c->num[0], "%lld", (long long)ms);
-  snprintf(c->num[1], sizeof c->num[1], "%d", (int)mode);
   fl_cmd_script(&c->cmd, FL_S_OBTAIN, 2);
   fl_cmd_arg(&c->cmd, lk->key, lk->keylen);
   fl_cmd_arg(&c->cmd, fence, fencelen);
   fl_cmd_arg(&c->cmd, lk->token, FL_TOKEN_LEN);
   fl_cmd_arg(&c->cmd, c->num[0], strlen(c->num[0]));
-  fl_cmd_arg(&c->cmd, c->num[1], 1);
   if (fl_conn_begin(c, "obtain", 0) == FL_ERR) return obtain_finish(L, c, FL_ERR);
   return obtain_finish(L, c, fl_run(L, c, hidx, obtain_k, (lua_KContext)c));
 }

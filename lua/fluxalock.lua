@@ -173,10 +173,13 @@ function Locker.__tostring(self)
   return ("fluxalock.Locker: %s (%s)"):format(self.name, self._where)
 end
 
--- Waiting: a failed try marks the holder's value, so its release pushes a
--- wake-up that one waiter pops (BLPOP) at once.  Each wait is also a
--- linear backoff step (retry_step, 2*retry_step, ... up to retry_max): an
--- expired lock or a lost wake-up is noticed at the latest by the next step.  No wait runs past the deadline, and a last try is made at it.
+-- Waiting: every fluxalock release pushes a wake-up that one waiter pops
+-- (BLPOP) at once; the holder's value is never touched, so a release by
+-- another client library wakes nobody.  Each wait is also a linear backoff
+-- step (retry_step, 2*retry_step, ... up to retry_max): an expired lock, a
+-- lock released by another library or a lost wake-up is noticed at the
+-- latest by the next step.  No wait runs past the deadline, and a last try
+-- is made at it.
 -- -> lock, sent | false (not obtained) | nil, message; 'sent' is when the
 -- successful try was sent (a renewal's first deadline counts from it)
 local function wait_for(self, pool, key, ms, deadline)
@@ -193,7 +196,7 @@ local function wait_for(self, pool, key, ms, deadline)
       if ok == nil then return nil, werr end
     end
     sent = now()
-    lock, err = pool:obtain(key, ms, 2)
+    lock, err = pool:obtain(key, ms)
   end
   return lock, sent
 end
@@ -222,7 +225,7 @@ function Locker.obtain(self, key, ttl, wait, opts)
   local every = renew_interval(opts, ttl, ms)
   local pool = self._pool
   local sent = now() -- the renewal's first deadline counts from the send
-  local lock, err = pool:obtain(key, ms, wait == 0 and 0 or 1)
+  local lock, err = pool:obtain(key, ms)
   if lock == false and wait > 0 then
     local t0 = sent
     local wsent

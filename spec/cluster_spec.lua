@@ -103,7 +103,8 @@ describe("a cluster pool", function()
       local slot = cluster:slot(case[3])
       local master = cluster:master_of(slot)
       local lock = assert(l:obtain(case[2], 5))
-      assert.is_nil(l:obtain(case[2], 5, 0.02)) -- a waiter: the holder is marked
+      assert.is_nil(l:obtain(case[2], 5, 0.02)) -- a waiter: on the wake-up list
+      assert.equal(lock:token(), master:cli("GET", case[3])) -- the holder's value untouched
       assert.is_true(lock:release())            -- which pushes a wake-up
       local seen = keys_on(master)
       local fence, wake = 0, 0

@@ -13,7 +13,7 @@ describe("a lock", function()
     if server then server:stop() end
   end)
 
-  -- the lock's value in Redis: its token, plus "+" while a waiter is marked
+  -- the lock's value in Redis: exactly its token, waiters or not
   local function value(key) return server:cli("GET", key) end
   local function exists(key) return server:cli("EXISTS", key) == "1" end
   local function pttl(key) return tonumber(server:cli("PTTL", key)) end
@@ -170,17 +170,35 @@ describe("a lock", function()
     end)
   end)
 
-  describe("with a waiter marked on the lock's value", function()
-    it("ttl, refresh and release still recognise the holder", function()
-      local lock = assert(locker:obtain("marked", 10))
-      -- a waiting obtain that gives up marks the value ("someone waits")
-      assert.same({ nil, "not obtained" }, { locker:obtain("marked", 10, 0.02) })
-      assert.equal(lock:token() .. "+", value("marked"))
+  describe("with a waiter", function()
+    -- the holder's ttl, refresh and release work on its 10 s lock at key
+    local function still_held(lock, key)
       assert.is_true(lock:ttl() > 9)
       assert.is_true(lock:refresh(1))
       assert.is_true(lock:ttl() > 10)
       assert.is_true(lock:release())
-      assert.is_false(exists("marked"))
+      assert.is_false(exists(key))
+    end
+
+    it("leaves the holder's value exactly its token", function()
+      local lock = assert(locker:obtain("waited", 10))
+      assert.same({ nil, "not obtained" }, { locker:obtain("waited", 10, 0.05) })
+      assert.equal(lock:token(), value("waited"))
+      still_held(lock, "waited")
+    end)
+
+    it("ttl, refresh and release still recognise a value marked by a 0.1 waiter", function()
+      local lock = assert(locker:obtain("marked", 10))
+      server:cli("APPEND", "marked", "+") -- what fluxalock 0.1's waiters did
+      assert.equal(lock:token() .. "+", value("marked"))
+      still_held(lock, "marked")
+    end)
+
+    it("every release leaves one short-lived wake-up, however many releases", function()
+      for _ = 1, 5 do assert.is_true(assert(locker:obtain("woke", 10)):release()) end
+      assert.equal("1", server:cli("LLEN", "fluxalock:wake:woke"))
+      local t = pttl("fluxalock:wake:woke")
+      assert.is_true(t > 0 and t <= 1000, tostring(t))
     end)
   end)
 

@@ -216,8 +216,12 @@ describe("a waiting obtain", function()
     local p = child(server.url, [[
       local lock = assert(locker:obtain("woken", 30))
       event("GOT")
-      -- hold until the parent is waiting: its first try marks the value
-      while not (locker._pool:call { "GET", "woken" } or ""):find("+", 1, true) do core.sleep(0.005) end
+      -- hold until the parent is waiting: blocked on the wake-up list
+      local function blocked()
+        return (locker._pool:call { "CLIENT", "LIST" } or ""):find(" flags=%a*b[^\n]- cmd=blpop") ~= nil
+      end
+      while not blocked() do core.sleep(0.005) end
+      assert(locker._pool:call { "GET", "woken" } == lock:token(), "the holder's value was touched")
       event("RELEASING")
       lock:release()
     ]])

@@ -151,7 +151,7 @@ describe("security", function()
 
   describe("a Redis ACL user restricted to the minimal ACL of docs/reliability.md", function()
     -- that ACL (docs/reliability.md), for prefix "app:"
-    local SCRIPT_CMDS = { "get", "set", "del", "incr", "append", "lpush", "pexpire", "pttl" }
+    local SCRIPT_CMDS = { "get", "set", "del", "incr", "lpush", "pexpire", "pttl" }
     local API_CMDS = { "evalsha", "eval", "blpop", "select", "ping" }
 
     local function acl(user, without)
@@ -177,13 +177,13 @@ describe("security", function()
                             prefix = prefix or "app:" }
       local a, err = l:obtain("job", 5)                             -- evalsha: set incr
       if not a then return { "obtain: " .. tostring(err) } end
-      local r, e2 = l:obtain("job", 5, 0.03)                        -- get append, blpop
+      local r, e2 = l:obtain("job", 5, 0.03)                        -- set, blpop
       check("wait", r == nil and e2 == "not obtained", r, e2)
       local t, e3 = a:ttl()                                         -- get pttl
       check("ttl", t and t > 0, t, e3)
       local ok, e4 = a:refresh(5)                                   -- get pttl pexpire
       check("refresh", ok == true, ok, e4)
-      ok, e4 = a:release()                                          -- get del lpush pexpire
+      ok, e4 = a:release()                                          -- get del, del lpush pexpire
       check("release", ok == true, ok, e4)
       check("wake-up", server:cli("-n", "1", "EXISTS", "app:fluxalock:wake:job") == "1", nil, "no wake-up pushed")
       server:cli("SCRIPT", "FLUSH")

@@ -54,13 +54,13 @@ local function fresh(self)
   return true
 end
 
-function Pool:obtain(key, ms, mode)
+function Pool:obtain(key, ms)
   local ok, err = fresh(self)
   if not ok then return nil, err end
   local lock
-  lock, err = self.group:obtain(key, ms, mode)
+  lock, err = self.group:obtain(key, ms)
   if lock == nil and self:refresh() then -- a node gone: ask the cluster again
-    lock, err = self.group:obtain(key, ms, mode)
+    lock, err = self.group:obtain(key, ms)
   end
   return lock, err
 end

@@ -156,6 +156,16 @@ function Server:cli(...)
   return (sh(table.concat(args, " ") .. " 2>&1"):gsub("\n$", ""))
 end
 
+-- how many clients are blocked in BLPOP now (a fluxalock waiter waiting on
+-- its wake-up list), from the server's CLIENT LIST
+function Server:blocked()
+  local n = 0
+  for line in self:cli("CLIENT", "LIST"):gmatch("[^\n]+") do
+    if line:find(" flags=%a*b") and line:find(" cmd=blpop", 1, true) then n = n + 1 end
+  end
+  return n
+end
+
 function Server:signal(sig)
   if self.pid then os.execute(("kill -%s %d 2>/dev/null"):format(sig, self.pid)) end
 end
