@@ -281,7 +281,7 @@ static void wait_io(thr *t, long long next) {
   t->pf[0].fd = wk[0];
   t->pf[0].events = POLLIN;
   t->pf[0].revents = 0;
-  poll(t->pf, (nfds_t)(n + 1), ms);
+  poll(t->pf, (nfds_t)n + 1, ms);
   while (read(wk[0], buf, sizeof buf) > 0) {}
   rn_io_step(&t->io, t->pf + 1, n);
 }

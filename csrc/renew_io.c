@@ -259,11 +259,18 @@ static int retarget(fl_opts *o, const char *h, size_t n, int port) {
   return 0;
 }
 
+/* a port number, or 0 (refused by retarget) for anything else */
+static int port_of(const char *s) {
+  char *end;
+  long v = strtol(s, &end, 10);
+  return end != s && *end == '\0' && v > 0 && v <= 65535 ? (int)v : 0;
+}
+
 /* "MOVED <slot> <host>:<port>" */
 static int moved(fl_opts *o, const char *msg) {
   const char *sp = strchr(msg + 6, ' '), *colon;
   if (!sp || !(colon = strrchr(sp, ':'))) return -1;
-  return retarget(o, sp + 1, (size_t)(colon - sp - 1), atoi(colon + 1));
+  return retarget(o, sp + 1, (size_t)(colon - sp - 1), port_of(colon + 1));
 }
 
 /* a sentinel's answer: [host, port] of the master; 0 if it retargeted */
@@ -275,11 +282,11 @@ static int sentinel_answer(fl_renewal *e, const redisReply *r) {
     return -1;
   memcpy(port, r->element[1]->str, r->element[1]->len);
   port[r->element[1]->len] = '\0';
-  if (e->targets[0].host && e->targets[0].port == atoi(port) &&
+  if (e->targets[0].host && e->targets[0].port == port_of(port) &&
       strlen(e->targets[0].host) == r->element[0]->len &&
       memcmp(e->targets[0].host, r->element[0]->str, r->element[0]->len) == 0)
     return 0; /* the same master */
-  return retarget(&e->targets[0], r->element[0]->str, r->element[0]->len, atoi(port));
+  return retarget(&e->targets[0], r->element[0]->str, r->element[0]->len, port_of(port));
 }
 
 /* one reply for the head of c's queue; -1: the connection is unusable */

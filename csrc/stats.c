@@ -180,7 +180,7 @@ static int pool_counts(lua_State *L) {
   setint(L, "refreshed", n.refreshed);
   setint(L, "errors", n.errors);
   setint(L, "reconnects", n.reconnects);
-  setint(L, "redirects", (long long)(p->moved + p->asked));
+  setint(L, "redirects", (long long)p->moved + (long long)p->asked);
   setint(L, "renewed", renewed);
   return 1;
 }
