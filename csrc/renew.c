@@ -109,8 +109,11 @@ static thr *cur;              /* its state, for a fork child (under mu) */
 static int wk[2] = {-1, -1};  /* wakes the thread */
 static int note[2] = {-1, -1}; /* renewal_fd: a byte per lost lock */
 static int set_up;
-static void *orphan[2];       /* a fork child keeps the parent's state
-                                 reachable, never touching it */
+static void *volatile orphan[2]; /* a fork child keeps the parent's state
+                                 reachable, never touching it; volatile, or
+                                 the compiler drops these never-read stores
+                                 and LeakSanitizer finds the parent's
+                                 hand-over list unreachable in the child */
 
 /* ---- entries and counters -------------------------------------------------- */
 
