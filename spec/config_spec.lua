@@ -88,7 +88,16 @@ describe("configure rejects", function()
   -- each case: a pool definition, and the option its error must name
   local cases = {
     { "a bad scheme", "http://h:1", "url" },
-    { "TLS", "rediss://h:1", "url" },
+    { "an unknown rediss:// query parameter", "rediss://h:1?cafile=/x", "url" },
+    { "a TLS query parameter on redis://", "redis://h:1?verify=ca", "url" },
+    { "tls that is neither true nor a table", { tls = "yes" }, "tls" },
+    { "an unknown tls key", { tls = { cafile = "/x" } }, "tls" },
+    { "a tls key that is not a string", { tls = { ca_file = 1 } }, "tls.ca_file" },
+    { "a tls verify mode not known", { tls = { verify = "strict" } }, "tls.verify" },
+    { "a rediss:// verify mode not known", "rediss://h:1?verify=off", "tls.verify" },
+    { "a cert_file without its key_file", { tls = { cert_file = "/etc/hostname" } }, "tls.cert_file" },
+    { "a key_file without its cert_file", { tls = { key_file = "/etc/hostname" } }, "tls.key_file" },
+    { "a ca_file that cannot be read", { tls = { ca_file = "/nonexistent/ca.pem" } }, "tls.ca_file" },
     { "a malformed port", "redis://h:12x", "url" },
     { "a port out of range", "redis://h:70000", "port" },
     { "a db that is not a number", "redis://h/one", "url" },
@@ -154,7 +163,7 @@ describe("no error message carries a password", function()
     "redis://:" .. secret .. "@h/db",
     "redis://" .. secret .. "@h:1:2",
     "http://alice:" .. secret .. "@h",
-    "rediss://:" .. secret .. "@h",
+    "rediss://:" .. secret .. "@h:bad",
     -- a password holding the URL's own separators, unescaped
     "redis://alice:" .. secret .. "/x@h:bad",
     "redis://alice:x@" .. secret .. "@h:bad",

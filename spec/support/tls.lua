@@ -1,0 +1,103 @@
+-- Test support for TLS: certificates made with openssl at test time in a
+-- temporary directory (a CA, a second CA, server certificates by name and
+-- IP, one for another name, an expired one, a client certificate), and
+-- redis-servers listening with TLS only (--tls-port, --port 0), started and
+-- stopped by PID through spec/support/redis.lua.
+local R = require "support.redis"
+
+local T = {}
+
+local function run(cmd)
+  local out, ok = R.sh(cmd .. " 2>&1")
+  assert(ok, "openssl failed: " .. cmd .. "\n" .. out)
+end
+
+local function write(path, text)
+  local f = assert(io.open(path, "w"))
+  f:write(text)
+  f:close()
+end
+
+-- a key and a certificate signed by ca (or self-signed when ca is nil)
+local function cert(d, name, subj, ca, san, dates)
+  local q = R.quote
+  local key, crt = d .. "/" .. name .. ".key", d .. "/" .. name .. ".crt"
+  run(("openssl req -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -keyout %s -out %s.csr -subj %s")
+    :format(q(key), q(d .. "/" .. name), q(subj)))
+  if not ca then
+    run(("openssl x509 -req -in %s.csr -signkey %s -out %s -days 30 -extfile %s")
+      :format(q(d .. "/" .. name), q(key), q(crt), q(d .. "/ca.ext")))
+  elseif dates then -- openssl ca: the only way here to date a certificate in the past
+    write(d .. "/" .. name .. ".ext", "subjectAltName=" .. san .. "\n")
+    run(("openssl ca -batch -config %s -cert %s -keyfile %s -in %s.csr -out %s -startdate %s -enddate %s -extfile %s -notext")
+      :format(q(d .. "/ca.cnf"), q(ca .. ".crt"), q(ca .. ".key"), q(d .. "/" .. name), q(crt),
+        dates[1], dates[2], q(d .. "/" .. name .. ".ext")))
+  else
+    write(d .. "/" .. name .. ".ext", "subjectAltName=" .. san .. "\n")
+    run(("openssl x509 -req -in %s.csr -CA %s -CAkey %s -CAcreateserial -out %s -days 30 -extfile %s")
+      :format(q(d .. "/" .. name), q(ca .. ".crt"), q(ca .. ".key"), q(crt), q(d .. "/" .. name .. ".ext")))
+  end
+  return crt, key
+end
+
+-- T.certs() -> a table of paths (made once per process)
+local made
+function T.certs()
+  if made then return made end
+  local d = R.sh("mktemp -d /tmp/fluxalock-tls.XXXXXX"):gsub("%s+$", "")
+  write(d .. "/ca.ext", "basicConstraints=critical,CA:TRUE\nkeyUsage=keyCertSign,cRLSign\n")
+  write(d .. "/index.txt", "")
+  write(d .. "/serial", "1000\n")
+  write(d .. "/ca.cnf", ([[
+[ ca ]
+default_ca = test
+[ test ]
+dir = %s
+database = $dir/index.txt
+serial = $dir/serial
+new_certs_dir = $dir
+default_md = sha256
+policy = any
+unique_subject = no
+[ any ]
+commonName = supplied
+]]):format(d))
+  local c = { dir = d }
+  c.ca = cert(d, "ca", "/CN=fluxalock test CA")
+  c.ca2 = cert(d, "ca2", "/CN=fluxalock other CA")
+  local ca, ca2 = d .. "/ca", d .. "/ca2"
+  c.server, c.server_key = cert(d, "server", "/CN=localhost", ca, "DNS:localhost,IP:127.0.0.1")
+  c.other, c.other_key = cert(d, "other", "/CN=other.example", ca, "DNS:other.example")
+  c.wrong, c.wrong_key = cert(d, "wrong", "/CN=localhost", ca2, "DNS:localhost,IP:127.0.0.1")
+  c.expired, c.expired_key = cert(d, "expired", "/CN=localhost", ca, "DNS:localhost,IP:127.0.0.1",
+    { "20200101000000Z", "20200102000000Z" })
+  c.client, c.client_key = cert(d, "client", "/CN=fluxalock client", ca, "DNS:client")
+  -- the server's chain with its CA: a client that does not trust that CA
+  -- sees a self-signed certificate in the chain
+  local f = assert(io.open(c.server)) local leaf = f:read("a") f:close()
+  f = assert(io.open(c.ca)) local root = f:read("a") f:close()
+  c.chain = d .. "/chain.crt"
+  write(c.chain, leaf .. root)
+  made = c
+  return c
+end
+
+-- T.start{ cert =, key =, clients = true (client certificates required),
+-- args = {...} } -> a redis.lua Server listening with TLS only on s.port;
+-- s.tls_url is its rediss:// URL by IP, s.cli still works (Unix socket)
+function T.start(opts)
+  opts = opts or {}
+  local c = T.certs()
+  local args = {
+    "--tls-port", "{port}", "--port", "0",
+    "--tls-cert-file", opts.cert or c.server, "--tls-key-file", opts.key or c.server_key,
+    "--tls-ca-cert-file", c.ca, "--tls-auth-clients", opts.clients and "yes" or "no",
+  }
+  for _, a in ipairs(opts.args or {}) do args[#args + 1] = a end
+  local s = R.start { args = args }
+  s.tls_url = ("rediss://127.0.0.1:%d/0"):format(s.port)
+  s.url = nil -- no plain TCP port
+  return s
+end
+
+return T

@@ -1,0 +1,255 @@
+-- TLS against real redis-servers listening with --tls-port only, with
+-- certificates the harness makes with openssl (spec/support/tls.lua):
+-- verification (chain, host name, IP), the modes, client certificates,
+-- the wrong protocol either way, lost connections, large replies, a host
+-- with many coroutines, restarts, Redlock and renewal over TLS.
+local R = require "support.redis"
+local T = require "support.tls"
+local core = require "fluxalock.core"
+
+local function timed(f)
+  local t = R.now()
+  local r = table.pack(f())
+  return R.now() - t, table.unpack(r, 1, r.n)
+end
+
+local function raised(f, ...)
+  local ok, err = pcall(f, ...)
+  assert.is_false(ok, "expected an error")
+  return tostring(err)
+end
+
+-- connections the server sees from TCP (not the spec's redis-cli on the
+-- Unix socket), from its own CLIENT LIST
+local function tcp_clients(s)
+  local n = 0
+  for line in s:cli("CLIENT", "LIST"):gmatch("[^\n]+") do
+    if line:find(" addr=127%.0%.0%.1:") then n = n + 1 end
+  end
+  return n
+end
+
+describe("TLS", function()
+  local c, server, fl
+
+  setup(function()
+    c = T.certs()
+    server = T.start()
+    fl = require "fluxalock"
+  end)
+  teardown(function() server:stop() end)
+
+  local function locker(url, tls, extra)
+    local o = { url = url or server.tls_url, tls = tls, connect_timeout = 1, timeout = 1 }
+    for k, v in pairs(extra or {}) do o[k] = v end
+    return fl.locker(o)
+  end
+
+  local function works(l, key, on)
+    local lock, err = l:obtain(key, 5)
+    assert.is_truthy(lock, err)
+    assert.equal("1", (on or server):cli("EXISTS", key)) -- the lock is on that TLS server
+    assert.is_true(lock:release())
+  end
+
+  describe("verification", function()
+    it("connects to a good certificate by IP (an IP SAN), and locks", function()
+      works(locker(nil, { ca_file = c.ca }), "by-ip")
+    end)
+
+    it("connects by name (localhost, SNI and the name checked)", function()
+      works(locker(("rediss://localhost:%d/0"):format(server.port), { ca_file = c.ca }), "by-name")
+    end)
+
+    it("takes the TLS keys from a rediss:// query string", function()
+      works(fl.locker(("rediss://localhost:%d/0?ca_file=%s&verify=full"):format(server.port, c.ca)),
+        "by-query")
+    end)
+
+    it("refuses a certificate from a CA it does not trust (the system store)", function()
+      local lock, err = locker(nil, true):obtain("untrusted", 5)
+      assert.is_nil(lock)
+      assert.matches("^fluxalock: connect 127%.0%.0%.1:%d+: certificate verify failed: ", err)
+    end)
+
+    it("refuses a server whose certificate another CA signed", function()
+      local other = T.start { cert = c.wrong, key = c.wrong_key }
+      local lock, err = locker(other.tls_url, { ca_file = c.ca }):obtain("wrong-ca", 5)
+      other:stop()
+      assert.is_nil(lock)
+      assert.matches("^fluxalock: connect 127%.0%.0%.1:%d+: certificate verify failed: ", err)
+    end)
+
+    it("refuses an expired certificate", function()
+      local old = T.start { cert = c.expired, key = c.expired_key }
+      local lock, err = locker(old.tls_url, { ca_file = c.ca }):obtain("expired", 5)
+      old:stop()
+      assert.is_nil(lock)
+      assert.matches("certificate verify failed: certificate has expired", err, 1, true)
+    end)
+
+    describe("of the host name", function()
+      local other
+      setup(function() other = T.start { cert = c.other, key = c.other_key } end)
+      teardown(function() other:stop() end)
+
+      it("with verify = 'full' refuses a certificate for another name", function()
+        local lock, err = locker(other.tls_url, { ca_file = c.ca }):obtain("mismatch", 5)
+        assert.is_nil(lock)
+        assert.matches("^fluxalock: connect 127%.0%.0%.1:%d+: hostname mismatch", err)
+      end)
+
+      it("with server_name checks that name instead of the host", function()
+        works(locker(other.tls_url, { ca_file = c.ca, server_name = "other.example" }), "named", other)
+      end)
+
+      it("with verify = 'ca' checks the chain only", function()
+        works(locker(other.tls_url, { ca_file = c.ca, verify = "ca" }), "ca-only", other)
+        local lock, err = locker(nil, { verify = "ca" }):obtain("ca-untrusted", 5)
+        assert.is_nil(lock)
+        assert.matches("certificate verify failed", err, 1, true)
+      end)
+
+      it("with verify = 'none' checks nothing", function()
+        works(locker(other.tls_url, { verify = "none" }), "none", other)
+      end)
+    end)
+  end)
+
+  describe("client certificates", function()
+    local strict
+    setup(function() strict = T.start { clients = true } end)
+    teardown(function() strict:stop() end)
+
+    it("are sent when configured, and the server accepts them", function()
+      works(locker(strict.tls_url, { ca_file = c.ca, cert_file = c.client, key_file = c.client_key }),
+        "mutual", strict)
+    end)
+
+    it("missing: the call returns nil, 'fluxalock: ...' (TLS 1.3 may refuse at the first command)", function()
+      local lock, err = locker(strict.tls_url, { ca_file = c.ca }):obtain("no-client-cert", 5)
+      assert.is_nil(lock)
+      assert.matches("^fluxalock: %a+ 127%.0%.0%.1:%d+: ", err)
+    end)
+
+    it("a key that is not the certificate's raises when the locker is made, naming the option", function()
+      fl.configure { pools = { mixed = { url = strict.tls_url,
+        tls = { ca_file = c.ca, cert_file = c.client, key_file = c.server_key } } } }
+      local err = raised(fl.locker, "mixed")
+      assert.matches("pool 'mixed': option 'tls.key_file'", err, 1, true)
+      assert.not_matches("BEGIN", err, 1, true) -- no key material
+    end)
+  end)
+
+  describe("the wrong protocol, or none", function()
+    it("rediss:// to a plain port fails within connect_timeout", function()
+      local plain = R.start()
+      local took, lock, err = timed(function()
+        return locker(("rediss://127.0.0.1:%d"):format(plain.port), { ca_file = c.ca },
+          { connect_timeout = 0.5 }):obtain("to-plain", 5)
+      end)
+      plain:stop()
+      assert.is_nil(lock)
+      assert.matches("^fluxalock: connect 127%.0%.0%.1:%d+: ", err)
+      assert.is_true(took < 1.5, ("took %.2f s"):format(took))
+    end)
+
+    it("redis:// to a TLS port fails within its timeouts", function()
+      local took, lock, err = timed(function()
+        return locker(("redis://127.0.0.1:%d"):format(server.port), nil,
+          { connect_timeout = 0.5, timeout = 0.5 }):obtain("to-tls", 5)
+      end)
+      assert.is_nil(lock)
+      assert.matches("^fluxalock: %a+ 127%.0%.0%.1:%d+: ", err)
+      assert.is_true(took < 1.5, ("took %.2f s"):format(took))
+    end)
+
+    it("a listener that never answers the handshake fails within connect_timeout", function()
+      local socket = require "socket"
+      local srv = assert(socket.bind("127.0.0.1", 0)) -- the kernel accepts; nobody speaks
+      local _, port = srv:getsockname()
+      local took, lock, err = timed(function()
+        return locker(("rediss://127.0.0.1:%d"):format(port), { ca_file = c.ca },
+          { connect_timeout = 0.4 }):obtain("silent", 5)
+      end)
+      srv:close()
+      assert.is_nil(lock)
+      assert.matches("^fluxalock: connect 127%.0%.0%.1:%d+: timed out", err)
+      assert.is_true(took >= 0.39 and took < 1.2, ("took %.2f s"):format(took))
+    end)
+
+    it("a server that answers garbage and closes: 'server did not answer TLS'", function()
+      local socket = require "socket"
+      local probe = assert(socket.bind("127.0.0.1", 0))
+      local _, port = probe:getsockname()
+      probe:close()
+      local child = R.spawn(([[
+        local socket = require "socket"
+        local srv = assert(socket.bind("127.0.0.1", %d))
+        io.stdout:write("ready\n") io.stdout:flush()
+        while true do
+          local a = srv:accept()
+          a:send("-ERR this is not TLS\r\n")
+          a:close()
+        end
+      ]]):format(port))
+      R.until_true(function() return child:output():find("ready", 1, true) end, 10, "the listener")
+      local lock, err = locker(("rediss://127.0.0.1:%d"):format(port), { ca_file = c.ca }):obtain("garbage", 5)
+      child:signal("KILL")
+      assert.is_nil(lock)
+      assert.equal(("fluxalock: connect 127.0.0.1:%d: server did not answer TLS"):format(port), err)
+    end)
+  end)
+
+  describe("lost connections", function()
+    local own
+    before_each(function() own = T.start() end)
+    after_each(function() own:stop() end)
+
+    it("the server closing an idle connection (timeout 1) is a reconnect, not an error", function()
+      local l = locker(own.tls_url, { ca_file = c.ca })
+      works(l, "idle-1", own)
+      assert.equal(1, tcp_clients(own))
+      own:cli("CONFIG", "SET", "timeout", "1")
+      R.until_true(function() return tcp_clients(own) == 0 end, 10, "the server's idle close")
+      own:cli("CONFIG", "SET", "timeout", "0")
+      local before = l:stats().reconnects
+      works(l, "idle-2", own)
+      assert.equal(before + 1, l:stats().reconnects)
+    end)
+
+    it("CLIENT KILL is a reconnect", function()
+      local l = locker(own.tls_url, { ca_file = c.ca })
+      works(l, "kill-1", own)
+      own:cli("CLIENT", "KILL", "TYPE", "normal")
+      R.until_true(function() return tcp_clients(own) == 0 end, 10, "the kill")
+      works(l, "kill-2", own)
+      assert.equal(1, tcp_clients(own))
+    end)
+
+    it("Redis killed: nil, 'fluxalock: ...'; restarted: it works again", function()
+      local l = locker(own.tls_url, { ca_file = c.ca })
+      works(l, "restart-1", own)
+      own:kill()
+      local lock, err = l:obtain("restart-2", 5)
+      assert.is_nil(lock)
+      assert.matches("^fluxalock: %a+ 127%.0%.0%.1:%d+: ", err)
+      own:restart()
+      works(l, "restart-3", own)
+    end)
+  end)
+
+  describe("large messages", function()
+    it("carries replies and requests over 64 KiB", function()
+      local p = core.pool { host = "127.0.0.1", port = server.port, tls = core.tls { ca_file = c.ca } }
+      local big = ("0123456789abcdef"):rep(16384) -- 256 KiB
+      assert.equal("OK", p:call { "SET", "big", big })
+      assert.equal(big, p:call { "GET", "big" })
+      local l = locker(nil, { ca_file = c.ca })
+      local key = ("k"):rep(100 * 1024) -- the obtain request alone is over 64 KiB
+      local lock = assert(l:obtain(key, 5))
+      assert.is_true(lock:release())
+      p:close()
+    end)
+  end)
+end)
