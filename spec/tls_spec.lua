@@ -252,4 +252,96 @@ describe("TLS", function()
       p:close()
     end)
   end)
+
+  describe("every pool kind", function()
+    it("Redlock: each node over TLS", function()
+      local nodes = { T.start(), T.start(), T.start() }
+      local l = fl.locker { redlock = { nodes[1].tls_url, nodes[2].tls_url, nodes[3].tls_url },
+                            tls = { ca_file = c.ca } }
+      local lock, err = l:obtain("redlocked", 5)
+      assert.is_truthy(lock, err)
+      for _, n in ipairs(nodes) do assert.equal("1", n:cli("EXISTS", "redlocked")) end
+      assert.is_true(lock:release())
+      for _, n in ipairs(nodes) do n:stop() end
+    end)
+
+    it("Sentinel: the sentinel and the master over TLS", function()
+      local master = T.start()
+      local s = T.sentinel(master, "tlsmaster")
+      local l = fl.locker { sentinels = { "127.0.0.1:" .. s.port }, master = "tlsmaster",
+                            tls = { ca_file = c.ca } }
+      local lock, err = l:obtain("sentineled", 5)
+      s:stop()
+      assert.is_truthy(lock, err)
+      assert.equal("1", master:cli("EXISTS", "sentineled"))
+      assert.is_true(lock:release())
+      master:stop()
+    end)
+
+    it("Cluster: the seed and the nodes CLUSTER SLOTS names, over TLS", function()
+      local node = T.start { args = { "--cluster-enabled", "yes", "--tls-cluster", "yes" } }
+      node:cli("CLUSTER", "ADDSLOTSRANGE", "0", "16383")
+      R.until_true(function() return node:cli("CLUSTER", "INFO"):find("cluster_state:ok", 1, true) end,
+        10, "the one-node cluster")
+      local l = fl.locker { cluster = { "127.0.0.1:" .. node.port }, tls = { ca_file = c.ca } }
+      local lock, err = l:obtain("clustered", 5)
+      assert.is_truthy(lock, err)
+      assert.equal("1", node:cli("EXISTS", "clustered"))
+      assert.is_true(lock:release())
+      node:stop()
+    end)
+  end)
+
+  it("renews a lock over TLS (the renewal thread's own connection)", function()
+    local own = T.start()
+    local l = locker(own.tls_url, { ca_file = c.ca })
+    local lock = assert(l:obtain("renewed", 0.6, 0, { renew = true }))
+    R.sleep(1.5) -- 2.5 ttls: only renewals keep it
+    assert.is_true(lock:held())
+    assert.is_true(tonumber(own:cli("PTTL", "renewed")) > 0)
+    assert.is_true(lock:release())
+    assert.equal("0", own:cli("EXISTS", "renewed"))
+    own:stop()
+  end)
+
+  it("1000 coroutines under a luv host over TLS, the loop kept turning", function()
+    local H = require "support.hosts"
+    -- a burst of 1000 connects: a backlog for all, and time for 1000
+    -- handshakes on a small machine
+    local own = T.start { args = { "--tcp-backlog", "1024" } }
+    local d = H.luv()
+    fl.configure { host = "luv", pools = { many = { url = own.tls_url, tls = { ca_file = c.ca },
+                                                    connect_timeout = 10, timeout = 5 } } }
+    local l = fl.locker "many"
+    local done, failed, n = 0, {}, 1000
+    local hb = H.heartbeat(d, 0.005, function() return done + #failed < n end)
+    local peak = 0
+    for i = 1, n do
+      d.spawn(function()
+        local lock, err = l:obtain("many:" .. i % 100, 10, 8)
+        if not lock then
+          failed[#failed + 1] = tostring(err)
+          return
+        end
+        d.sleep(0.001) -- held across a yield to the loop
+        local open = l._pool:connections()
+        if open > peak then peak = open end
+        assert(lock:release())
+        done = done + 1
+      end)
+    end
+    d.run()
+    fl.configure { host = false }
+    assert.same({}, d.errors)
+    assert.same({}, failed)
+    assert.equal(n, done)
+    -- the connections the pool holds open are the server's TLS clients
+    assert.equal((l._pool:connections()), tcp_clients(own))
+    assert.is_true(peak > 1, "the coroutines never overlapped")
+    -- the loop kept turning while the requests ran: a blocking connect or
+    -- handshake would hold it for the whole run (the handshakes' own CPU,
+    -- about a millisecond each, is spent inside loop turns, so no gap bound)
+    assert.is_true(hb.beats >= 3, ("the heartbeat ran %d times"):format(hb.beats))
+    own:stop()
+  end)
 end)

@@ -100,4 +100,54 @@ function T.start(opts)
   return s
 end
 
+-- T.sentinel(master, name) -> a Redis Sentinel speaking TLS only, watching
+-- the TLS server 'master' as 'name' (quorum 1), over TLS too; :stop()
+function T.sentinel(master, name)
+  local c = T.certs()
+  local dir = R.sh("mktemp -d /tmp/fluxalock-tls-sentinel.XXXXXX"):gsub("%s+$", "")
+  for _ = 1, 20 do
+    local p = math.random(20000, 59999)
+    local f = assert(io.open(dir .. "/sentinel.conf", "w"))
+    f:write(table.concat({
+      "port 0", "tls-port " .. p, "bind 127.0.0.1", "protected-mode no", "daemonize yes",
+      "dir " .. dir, "pidfile " .. dir .. "/s.pid", "logfile " .. dir .. "/s.log",
+      "tls-cert-file " .. c.server, "tls-key-file " .. c.server_key, "tls-ca-cert-file " .. c.ca,
+      "tls-auth-clients no", "tls-replication yes",
+      ("sentinel monitor %s 127.0.0.1 %d 1"):format(name, master.port),
+    }, "\n") .. "\n")
+    f:close()
+    os.remove(dir .. "/s.pid")
+    R.sh(("redis-server %s --sentinel >/dev/null 2>&1"):format(R.quote(dir .. "/sentinel.conf")))
+    local node = { port = p, dir = dir }
+    local function cli(...)
+      local args = { "redis-cli", "--tls", "--cacert", c.ca, "-h", "127.0.0.1", "-p", p, ... }
+      for k, a in ipairs(args) do args[k] = R.quote(a) end
+      return (R.sh(table.concat(args, " ") .. " 2>&1"):gsub("\n$", ""))
+    end
+    node.cli = function(_, ...) return cli(...) end
+    local ok = pcall(R.until_true, function()
+      local h = io.open(dir .. "/s.pid")
+      if not h then return false end
+      node.pid = tonumber(h:read("l"))
+      h:close()
+      return node.pid and cli("SENTINEL", "get-master-addr-by-name", name):find(tostring(master.port), 1, true)
+    end, 10, "a TLS sentinel")
+    if ok then
+      function node.stop(self)
+        if not self.pid then return end
+        local pid = self.pid
+        os.execute(("kill -TERM %d 2>/dev/null"):format(pid))
+        R.until_true(function() return not R.alive(pid) end, 10, "sentinel exit")
+        self.pid = nil
+      end
+      local tf = os.getenv("FLUXALOCK_TEST_PIDS")
+      local h = tf and io.open(tf, "a")
+      if h then h:write(node.pid, "\n") h:close() end
+      return node
+    end
+    if node.pid and R.alive(node.pid) then os.execute("kill -KILL " .. node.pid) end
+  end
+  error("could not start a TLS sentinel in " .. dir)
+end
+
 return T
