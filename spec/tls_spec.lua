@@ -344,4 +344,72 @@ describe("TLS", function()
     assert.is_true(hb.beats >= 3, ("the heartbeat ran %d times"):format(hb.beats))
     own:stop()
   end)
+
+  describe("host names (our own DNS server, in a mount namespace)", function()
+    local dns
+    after_each(function() if dns then dns:stop() end dns = nil end)
+
+    -- "<err>|<seconds>" of one obtain in the isolated child
+    local function one(url, extra)
+      return T.isolated(dns, ([[
+        local fl, core = require "fluxalock", require "fluxalock.core"
+        local t0 = core.now()
+        local lock, err = fl.locker { url = %q, connect_timeout = 0.5, %s }:obtain("named", 5)
+        if lock then lock:release() end
+        io.write(tostring(lock and "ok" or err), "|", core.now() - t0)
+      ]]):format(url, extra or ""))
+    end
+
+    it("a name the DNS server does not answer fails within connect_timeout", function()
+      dns = T.dns "silent"
+      local out = one "redis://never.fluxalock.test:6379/0"
+      local err, took = out:match("^(.*)|([%d.]+)$")
+      assert.matches("^fluxalock: connect never%.fluxalock%.test:6379: timed out", err)
+      assert.is_true(tonumber(took) >= 0.45 and tonumber(took) < 1.5, out)
+    end)
+
+    it("a name that does not exist: nil, 'fluxalock: connect ...: cannot resolve'", function()
+      dns = T.dns "nxdomain"
+      local out = one "redis://nosuch.fluxalock.test:6379/0"
+      assert.matches("^fluxalock: connect nosuch%.fluxalock%.test:6379: cannot resolve 'nosuch%.fluxalock%.test': ", out)
+    end)
+
+    it("a name that resolves slowly connects, over TLS too (server_name checked)", function()
+      dns = T.dns("answer", 0.1)
+      local out = one(("rediss://db.fluxalock.test:%d/0"):format(server.port),
+        ("tls = { ca_file = %q, server_name = 'localhost' }"):format(c.ca))
+      assert.matches("^ok|", out)
+      -- and the name itself is what the certificate is checked against
+      out = one(("rediss://db.fluxalock.test:%d/0"):format(server.port), ("tls = { ca_file = %q }"):format(c.ca))
+      assert.matches("^fluxalock: connect db%.fluxalock%.test:%d+: hostname mismatch", out)
+    end)
+
+    it("under a luv host, a heartbeat keeps running while a name resolves", function()
+      dns = T.dns("answer", 0.3) -- A then AAAA: about 0.6 s
+      local out = T.isolated(dns, ([[
+        local fl, core = require "fluxalock", require "fluxalock.core"
+        local H = require "support.hosts"
+        local d = H.luv()
+        fl.configure { host = "luv", pools = { named = { url = "rediss://db.fluxalock.test:%d/0",
+          connect_timeout = 5, tls = { ca_file = %q, server_name = "localhost" } } } }
+        local result, t0
+        local hb = H.heartbeat(d, 0.01, function() return result == nil end)
+        d.spawn(function()
+          t0 = core.now()
+          local lock, err = fl.locker("named"):obtain("named", 5)
+          result = lock and "ok" or err
+          if lock then lock:release() end
+          result = result .. "|" .. (core.now() - t0)
+        end)
+        d.run()
+        io.write(result, "|", hb.max, "|", hb.beats, "|", #d.errors)
+      ]]):format(server.port, c.ca))
+      local res, took, max, beats, errs = out:match("^(%a+)|([%d.]+)|([%d.e-]+)|(%d+)|(%d+)$")
+      assert.equal("ok", res, out)
+      assert.equal("0", errs, out)
+      assert.is_true(tonumber(took) > 0.3, out) -- the lookup really was slow
+      assert.is_true(tonumber(beats) >= 10, out) -- and the loop ran meanwhile
+      assert.is_true(tonumber(max) < 0.1, out)
+    end)
+  end)
 end)

@@ -150,4 +150,64 @@ function T.sentinel(master, name)
   error("could not start a TLS sentinel in " .. dir)
 end
 
+-- ---- host names, hermetically ---------------------------------------------
+
+-- T.dns(mode [, delay]) -> a DNS server of ours on a loopback address, port
+-- 53, in a child process: "silent" answers nothing, "nxdomain" says no such
+-- name, "answer" gives 127.0.0.1 for any A query after 'delay' seconds (and
+-- no AAAA).  :stop().  Only processes run by T.isolated() ask it.
+function T.dns(mode, delay)
+  local ip = ("127.53.%d.%d"):format(math.random(0, 255), math.random(1, 254))
+  local proc = R.spawn(([=[
+    local socket = require "socket"
+    local mode, delay = %q, %s
+    local u = assert(socket.udp())
+    assert(u:setsockname(%q, 53))
+    io.stdout:write("ready\n") io.stdout:flush()
+    while true do
+      local q, ip, port = u:receivefrom()
+      if q and #q > 12 and mode ~= "silent" then
+        local i = 13
+        while q:byte(i) and q:byte(i) ~= 0 do i = i + q:byte(i) + 1 end
+        local qtype = (q:byte(i + 1) or 0) * 256 + (q:byte(i + 2) or 0)
+        local id, question = q:sub(1, 2), q:sub(13, i + 4)
+        if mode == "nxdomain" then -- response, recursion available, NXDOMAIN
+          u:sendto(id .. "\129\131\0\1\0\0\0\0\0\0" .. question, ip, port)
+        else
+          socket.sleep(delay)
+          if qtype == 1 then -- one A record: 127.0.0.1, ttl 60
+            u:sendto(id .. "\129\128\0\1\0\1\0\0\0\0" .. question ..
+              "\192\12\0\1\0\1\0\0\0\60\0\4\127\0\0\1", ip, port)
+          else
+            u:sendto(id .. "\129\128\0\1\0\0\0\0\0\0" .. question, ip, port)
+          end
+        end
+      end
+    end
+  ]=]):format(mode, tostring(delay or 0), ip))
+  R.until_true(function() return proc:output():find("ready", 1, true) end, 10, "the DNS server")
+  local conf = proc.dir .. "/resolv.conf"
+  local f = assert(io.open(conf, "w"))
+  f:write("nameserver ", ip, "\noptions timeout:5 attempts:1\n")
+  f:close()
+  return { ip = ip, resolv = conf, stop = function() proc:signal("KILL") end }
+end
+
+-- T.isolated(dns, code) -> the output of Lua code run in a child process
+-- whose /etc/resolv.conf (in a mount namespace of its own) names only our
+-- DNS server: the real network is never asked
+function T.isolated(dns, code)
+  local dir = R.sh("mktemp -d /tmp/fluxalock-tls-dns.XXXXXX"):gsub("%s+$", "")
+  local file = dir .. "/main.lua"
+  local f = assert(io.open(file, "w"))
+  f:write(code)
+  f:close()
+  local root = R.sh("pwd"):gsub("%s+$", "")
+  local inner = ("mount --bind %s /etc/resolv.conf && LUA_PATH=%s LUA_CPATH=%s exec lua5.4 %s")
+    :format(R.quote(dns.resolv),
+      R.quote(root .. "/lua/?.lua;" .. root .. "/spec/?.lua;;"), R.quote(root .. "/?.so;;"),
+      R.quote(file))
+  return (R.sh("timeout 60 unshare --mount sh -c " .. R.quote(inner) .. " 2>&1"))
+end
+
 return T
