@@ -260,7 +260,9 @@ describe("TLS", function()
                             tls = { ca_file = c.ca } }
       local lock, err = l:obtain("redlocked", 5)
       assert.is_truthy(lock, err)
-      for _, n in ipairs(nodes) do assert.equal("1", n:cli("EXISTS", "redlocked")) end
+      local holding = 0 -- a majority at least (the last node may not have been awaited)
+      for _, n in ipairs(nodes) do holding = holding + tonumber(n:cli("EXISTS", "redlocked")) end
+      assert.is_true(holding >= 2, holding .. " nodes hold it")
       assert.is_true(lock:release())
       for _, n in ipairs(nodes) do n:stop() end
     end)
