@@ -74,7 +74,7 @@ static int bio_create(BIO *b) {
   return 1;
 }
 
-/* made once per process and kept (OpenSSL's own habit for its methods) */
+/* made once per load of this library, on first use */
 static void bio_setup(void) {
   BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "fluxalock");
   if (!m) return;
@@ -84,6 +84,14 @@ static void bio_setup(void) {
   BIO_meth_set_ctrl(m, bio_ctrl);
   BIO_meth_set_create(m, bio_create);
   bio_method = m;
+}
+
+/* lua_close unloads this library (dlclose): its method goes with it, or
+   the pointer, and with it the allocation, would be lost */
+static void bio_unload(void) __attribute__((destructor));
+static void bio_unload(void) {
+  BIO_meth_free(bio_method);
+  bio_method = NULL;
 }
 
 /* ---- settings ------------------------------------------------------------ */
