@@ -238,6 +238,11 @@ static int tls_step(fl_net *n) {
   int st, r;
   if (n->secure) return FL_DONE;
   if ((st = fl_tcp_step(n)) != FL_DONE) return st;
+  if (!n->tls->server_name && !n->host && n->tls->verify == FL_VERIFY_FULL) {
+    /* a Unix socket has no host name: "full" would check the chain only */
+    snprintf(n->err, sizeof n->err, "hostname mismatch: no name to check (set tls.server_name)");
+    return FL_ERR;
+  }
   if (!n->ssl && attach(n) != 0) {
     snprintf(n->err, sizeof n->err, "TLS setup failed: %s", reason("out of memory"));
     return FL_ERR;

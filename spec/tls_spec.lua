@@ -110,6 +110,13 @@ describe("TLS", function()
         assert.matches("certificate verify failed", err, 1, true)
       end)
 
+      it("over a Unix socket, 'full' without server_name refuses: no name to check", function()
+        local lock, err = fl.locker({ path = server.socket, tls = { ca_file = c.ca } }):obtain("unix", 5)
+        assert.is_nil(lock)
+        assert.equal("fluxalock: connect unix:" .. server.socket ..
+          ": hostname mismatch: no name to check (set tls.server_name)", err)
+      end)
+
       it("with verify = 'none' checks nothing", function()
         works(locker(other.tls_url, { verify = "none" }), "none", other)
       end)
