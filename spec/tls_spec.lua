@@ -421,4 +421,47 @@ describe("TLS", function()
       assert.is_true(tonumber(max) < 0.1, out)
     end)
   end)
+
+  describe("through a TCP proxy (spec/support/proxy.lua)", function()
+    local P = require "support.proxy"
+    local px
+    before_each(function() px = P.start(server.port, "pass") end)
+    after_each(function() px:stop() end)
+
+    local function via(extra)
+      local o = { url = ("rediss://127.0.0.1:%d/0"):format(px.port), tls = { ca_file = c.ca },
+                  connect_timeout = 1, timeout = 1 }
+      for k, v in pairs(extra or {}) do o[k] = v end
+      return fl.locker(o)
+    end
+
+    it("an idle connection reset without close_notify is replaced: no call fails", function()
+      local l = via()
+      works(l, "cut-1")
+      local before = px:count()
+      px:cut()
+      works(l, "cut-2")
+      assert.equal(before + 1, px:count()) -- a new connection, made silently
+    end)
+
+    it("a handshake and replies split into single bytes still work", function()
+      px:mode("onebyte")
+      works(via { connect_timeout = 20, timeout = 20 }, "onebyte")
+    end)
+
+    it("a peer that stalls the handshake fails within connect_timeout", function()
+      px:mode("stall")
+      local took, lock, err = timed(function() return via { connect_timeout = 0.4 }:obtain("stall", 5) end)
+      assert.is_nil(lock)
+      assert.matches("^fluxalock: connect 127%.0%.0%.1:%d+: timed out", err)
+      assert.is_true(took < 1.2, ("took %.2f s"):format(took))
+    end)
+
+    it("a web server instead: 'server did not answer TLS'", function()
+      px:mode("http")
+      local lock, err = via():obtain("http", 5)
+      assert.is_nil(lock)
+      assert.equal(("fluxalock: connect 127.0.0.1:%d: server did not answer TLS"):format(px.port), err)
+    end)
+  end)
 end)
