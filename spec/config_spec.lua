@@ -26,6 +26,30 @@ describe("a pool URL", function()
     assert.is_nil(o.path)
   end)
 
+  it("rediss:// turns TLS on (verify 'full'), port 6379 as for redis://", function()
+    local o = parse("rediss://:pw@cache.example.org/2")
+    assert.same({ "cache.example.org", 6379, 2, "pw" }, { o.host, o.port, o.db, o.password })
+    assert.same({ verify = "full" }, o.tls)
+    assert.is_nil(parse("redis://cache.example.org").tls)
+  end)
+
+  it("takes TLS keys from a rediss:// query, %-escaped; the tls table overrides them", function()
+    local o = parse("rediss://h:6380/0?server_name=r%2Eexample&verify=ca")
+    assert.same({ server_name = "r.example", verify = "ca" }, o.tls)
+    o = config.pool("p", { url = "rediss://h?verify=ca&server_name=a", tls = { verify = "none" } })
+    assert.same({ server_name = "a", verify = "none" }, o.tls)
+    o = config.pool("p", { url = "redis://h", tls = true }) -- tls alone turns it on too
+    assert.same({ verify = "full" }, o.tls)
+  end)
+
+  it("gives every Redlock node the pool's tls, and TLS to its rediss:// nodes", function()
+    local o = config.pool("p", { redlock = { "rediss://a", "redis://b" } })
+    assert.same({ verify = "full" }, o.nodes[1].tls)
+    assert.is_nil(o.nodes[2].tls)
+    o = config.pool("p", { redlock = { "redis://a", "redis://b" }, tls = { verify = "ca" } })
+    assert.same({ verify = "ca" }, o.nodes[2].tls)
+  end)
+
   it("defaults port 6379 and db 0", function()
     local o = parse("redis://example.org")
     assert.same({ "example.org", 6379, 0 }, { o.host, o.port, o.db })
@@ -233,6 +257,15 @@ describe("configure", function()
     local l2 = fluxalock.locker("same")
     assert.not_equal(l1, l2)
     assert.equal(l2, fluxalock.locker("same"))
+  end)
+
+  it("replaces the locker when a tls setting changes, keeps it when it is the same", function()
+    fluxalock.configure { pools = { t = { url = "rediss://127.0.0.1:7006", tls = { verify = "ca" } } } }
+    local l1 = fluxalock.locker("t")
+    fluxalock.configure { pools = { t = "rediss://127.0.0.1:7006?verify=ca" } }
+    assert.equal(l1, fluxalock.locker("t"))
+    fluxalock.configure { pools = { t = { url = "rediss://127.0.0.1:7006", tls = { verify = "none" } } } }
+    assert.not_equal(l1, fluxalock.locker("t"))
   end)
 
   it("leaves pools it does not mention alone", function()

@@ -64,7 +64,20 @@ local function unescape(s)
   return (s:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
 end
 
--- redis://[[user]:password@]host[:port][/db]
+-- the TLS keys of a redis(s):// query string, into o.tls
+local function tls_query(pool, o, query)
+  for k, v in query:gmatch("([^&=]+)=([^&]*)") do
+    if not TLS_KEYS[k] then fail(pool, "url", ("has an unknown query parameter '%s'"):format(k)) end
+    if not o.tls then fail(pool, "url", ("has '%s', a TLS setting: use rediss://"):format(k)) end
+    o.tls[k] = unescape(v)
+  end
+  if query ~= "" and not query:find("=", 1, true) then
+    fail(pool, "url", "has a malformed query (expected ?key=value&...)")
+  end
+end
+
+-- redis://[[user]:password@]host[:port][/db], rediss://... the same over TLS
+-- (with ?ca_file=...&verify=... from TLS_KEYS)
 -- unix:///path/to/redis.sock[?db=N]
 -- Returns a table of options, or raises "pool 'name': ..." on a bad URL.
 function M.parse_url(url, pool)
@@ -97,14 +110,7 @@ function M.parse_url(url, pool)
   local query
   rest, query = rest:match("^([^?]*)%??(.*)$")
   if scheme == "rediss" then o.tls = {} end
-  for k, v in query:gmatch("([^&=]+)=([^&]*)") do
-    if not TLS_KEYS[k] then fail(pool, "url", ("has an unknown query parameter '%s'"):format(k)) end
-    if not o.tls then fail(pool, "url", ("has '%s', a TLS setting: use rediss://"):format(k)) end
-    o.tls[k] = unescape(v)
-  end
-  if query ~= "" and not query:find("=", 1, true) then
-    fail(pool, "url", "has a malformed query (expected ?key=value&...)")
-  end
+  tls_query(pool, o, query)
   local userinfo, hostpart = rest:match("^(.*)@([^@]*)$")
   if not userinfo then hostpart = rest end
   if userinfo then
