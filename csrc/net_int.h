@@ -27,6 +27,7 @@ struct fl_net {
   int port;
   double deadline;
   fl_resolve *rq;     /* a host name being resolved, or NULL */
+  struct addrinfo *ai, *next; /* the addresses, and the next to try */
   char *host;         /* NULL for a Unix socket */
   fl_tls *tls;        /* one reference, or NULL for plain */
   void *ssl;          /* SSL *, once the TCP connect is done */

@@ -46,17 +46,22 @@ static int unix_start(fl_net *n, const char *path) {
   return 0;
 }
 
-/* connect to the first address of ai (freed here) */
-static int addr_start(fl_net *n, struct addrinfo *ai) {
-  int r = -1;
-  n->fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (n->fd >= 0 && (connect(n->fd, ai->ai_addr, ai->ai_addrlen) == 0 || errno == EINPROGRESS))
-    r = 0;
-  else
-    fail(n, strerror(errno));
-  freeaddrinfo(ai);
+/* connect to the next address that takes a connect: a name may give ::1
+   before 127.0.0.1 (localhost), and a server listen on one of them only */
+static int addr_start(fl_net *n) {
+  int e = 0;
   n->events = POLLOUT;
-  return r;
+  while (n->next) {
+    struct addrinfo *a = n->next;
+    n->next = a->ai_next;
+    if (n->fd >= 0) close(n->fd);
+    n->fd = socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (n->fd >= 0 && (connect(n->fd, a->ai_addr, a->ai_addrlen) == 0 || errno == EINPROGRESS))
+      return 0;
+    e = errno;
+  }
+  fail(n, strerror(e ? e : ECONNREFUSED));
+  return -1;
 }
 
 /* a numeric address connects now; a name goes to the resolver thread */
@@ -67,7 +72,10 @@ static int tcp_start(fl_net *n) {
   hints.ai_socktype = SOCK_STREAM;
   hints.ai_flags = AI_NUMERICHOST; /* never blocks: no lookup */
   snprintf(port, sizeof port, "%d", n->port);
-  if (getaddrinfo(n->host, port, &hints, &ai) == 0 && ai) return addr_start(n, ai);
+  if (getaddrinfo(n->host, port, &hints, &ai) == 0 && ai) {
+    n->ai = n->next = ai;
+    return addr_start(n);
+  }
   if (!(n->rq = fl_resolve_start(n->host, n->port))) {
     fail(n, "cannot start the name resolver");
     return -1;
@@ -110,7 +118,8 @@ static int step_resolve(fl_net *n) {
     snprintf(n->err, sizeof n->err, "cannot resolve '%s': %s", n->host, why);
     return FL_ERR;
   }
-  return addr_start(n, ai) == 0 ? FL_WAIT : FL_ERR;
+  n->ai = n->next = ai;
+  return addr_start(n) == 0 ? FL_WAIT : FL_ERR;
 }
 
 int fl_tcp_step(fl_net *n) {
@@ -126,6 +135,7 @@ int fl_tcp_step(fl_net *n) {
   pf.events = POLLOUT;
   if (poll(&pf, 1, 0) <= 0) return fl_now() > n->deadline ? FL_ERR : FL_WAIT;
   getsockopt(n->fd, SOL_SOCKET, SO_ERROR, &e, &len);
+  if (e && n->next) return addr_start(n) == 0 ? FL_WAIT : FL_ERR; /* the next address */
   if (e) {
     fail(n, strerror(e));
     return FL_ERR;
@@ -177,6 +187,7 @@ void fl_net_close(fl_net *n) {
   if (!n) return;
   if (n->f) n->f->close(n);
   fl_resolve_drop(n->rq);
+  if (n->ai) freeaddrinfo(n->ai);
   if (n->fd >= 0) close(n->fd);
   fl_tls_unref(n->tls);
   free(n->host);

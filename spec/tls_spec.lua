@@ -393,6 +393,21 @@ describe("TLS", function()
       assert.matches("^fluxalock: connect db%.fluxalock%.test:%d+: hostname mismatch", out)
     end)
 
+    it("a name whose first address refuses (::1) connects to the next (127.0.0.1)", function()
+      dns = T.dns("dual", 0)
+      local plain = R.start() -- listens on 127.0.0.1 only
+      local out = T.isolated(dns, ([[
+        local socket = require "socket"
+        local first = assert(socket.dns.getaddrinfo("db.fluxalock.test"))[1]
+        local fl = require "fluxalock"
+        local lock, err = fl.locker { url = "redis://db.fluxalock.test:%d/0" }:obtain("dual", 5)
+        if lock then lock:release() end
+        io.write(first.addr, "|", lock and "ok" or err)
+      ]]):format(plain.port))
+      plain:stop()
+      assert.equal("::1|ok", out) -- the system tries ::1 first; that one refuses
+    end)
+
     it("under a luv host, a heartbeat keeps running while a name resolves", function()
       dns = T.dns("answer", 0.3) -- A then AAAA: about 0.6 s
       local out = T.isolated(dns, ([[

@@ -155,7 +155,7 @@ end
 -- T.dns(mode [, delay]) -> a DNS server of ours on a loopback address, port
 -- 53, in a child process: "silent" answers nothing, "nxdomain" says no such
 -- name, "answer" gives 127.0.0.1 for any A query after 'delay' seconds (and
--- no AAAA).  :stop().  Only processes run by T.isolated() ask it.
+-- no AAAA; "dual" answers AAAA with ::1 too).  :stop().  Only processes run by T.isolated() ask it.
 function T.dns(mode, delay)
   local ip = ("127.53.%d.%d"):format(math.random(0, 255), math.random(1, 254))
   local proc = R.spawn(([=[
@@ -178,6 +178,9 @@ function T.dns(mode, delay)
           if qtype == 1 then -- one A record: 127.0.0.1, ttl 60
             u:sendto(id .. "\129\128\0\1\0\1\0\0\0\0" .. question ..
               "\192\12\0\1\0\1\0\0\0\60\0\4\127\0\0\1", ip, port)
+          elseif qtype == 28 and mode == "dual" then -- and ::1 for AAAA
+            u:sendto(id .. "\129\128\0\1\0\1\0\0\0\0" .. question ..
+              "\192\12\0\28\0\1\0\0\0\60\0\16" .. ("\0"):rep(15) .. "\1", ip, port)
           else
             u:sendto(id .. "\129\128\0\1\0\0\0\0\0\0" .. question, ip, port)
           end
