@@ -313,6 +313,35 @@ describe("TLS", function()
     own:stop()
   end)
 
+  it("under a cqueues host too: 100 coroutines over TLS", function()
+    local H = require "support.hosts"
+    local own = T.start()
+    local d = H.cqueues()
+    fl.configure { host = "cqueues", pools = { cq = { url = own.tls_url, tls = { ca_file = c.ca },
+                                                      connect_timeout = 5, timeout = 5 } } }
+    local l = fl.locker "cq"
+    local done, failed = 0, {}
+    for i = 1, 100 do
+      d.spawn(function()
+        local lock, err = l:obtain("cq:" .. i % 10, 10, 8)
+        if not lock then
+          failed[#failed + 1] = tostring(err)
+          return
+        end
+        d.sleep(0.001)
+        assert(lock:release())
+        done = done + 1
+      end)
+    end
+    d.run()
+    fl.configure { host = false }
+    assert.same({}, d.errors)
+    assert.same({}, failed)
+    assert.equal(100, done)
+    assert.equal((l._pool:connections()), tcp_clients(own))
+    own:stop()
+  end)
+
   it("1000 coroutines under a luv host over TLS, the loop kept turning", function()
     local H = require "support.hosts"
     -- a burst of 1000 connects: a backlog for all, and time for 1000
