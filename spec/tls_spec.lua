@@ -80,6 +80,17 @@ describe("TLS", function()
       assert.matches("^fluxalock: connect 127%.0%.0%.1:%d+: certificate verify failed: ", err)
     end)
 
+    it("speaks TLS 1.2 to a server that has nothing newer, and nothing older", function()
+      local v12 = T.start { args = { "--tls-protocols", "TLSv1.2" } }
+      works(locker(v12.tls_url, { ca_file = c.ca }), "tls12", v12)
+      v12:stop()
+      local v11 = T.start { args = { "--tls-protocols", "TLSv1.1" } }
+      local lock, err = locker(v11.tls_url, { ca_file = c.ca }):obtain("tls11", 5)
+      v11:stop()
+      assert.is_nil(lock)
+      assert.matches("^fluxalock: connect 127%.0%.0%.1:%d+: TLS handshake failed: ", err)
+    end)
+
     it("refuses an expired certificate", function()
       local old = T.start { cert = c.expired, key = c.expired_key }
       local lock, err = locker(old.tls_url, { ca_file = c.ca }):obtain("expired", 5)
