@@ -57,6 +57,19 @@ describe("TLS", function()
       works(locker(nil, { ca_file = c.ca }), "by-ip")
     end)
 
+    it("keeps its one connection across calls (the server counts the connections)", function()
+      local function received()
+        return tonumber(server:cli("INFO", "stats"):match("total_connections_received:(%d+)"))
+      end
+      local l = locker(nil, { ca_file = c.ca })
+      works(l, "reuse-0")
+      local before = received()
+      for i = 1, 20 do works(l, "reuse-" .. i) end
+      -- the cli's own connections: one per EXISTS in works(), one for INFO
+      assert.equal(before + 21, received())
+      assert.equal(0, l:stats().reconnects)
+    end)
+
     it("connects by name (localhost, SNI and the name checked)", function()
       works(locker(("rediss://localhost:%d/0"):format(server.port), { ca_file = c.ca }), "by-name")
     end)
