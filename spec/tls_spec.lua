@@ -79,6 +79,10 @@ describe("TLS", function()
         "by-query")
     end)
 
+    it("trusts the CAs of a hashed directory (ca_path)", function()
+      works(locker(nil, { ca_path = c.ca_dir }), "by-ca-path")
+    end)
+
     it("refuses a certificate from a CA it does not trust (the system store)", function()
       local lock, err = locker(nil, true):obtain("untrusted", 5)
       assert.is_nil(lock)

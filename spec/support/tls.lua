@@ -78,6 +78,10 @@ commonName = supplied
   f = assert(io.open(c.ca)) local root = f:read("a") f:close()
   c.chain = d .. "/chain.crt"
   write(c.chain, leaf .. root)
+  -- a hashed directory holding the CA alone (for ca_path)
+  c.ca_dir = d .. "/cadir"
+  run(("mkdir -p %s && cp %s %s/ && openssl rehash %s"):format(R.quote(c.ca_dir), R.quote(c.ca),
+    R.quote(c.ca_dir), R.quote(c.ca_dir)))
   made = c
   return c
 end
