@@ -329,6 +329,15 @@ describe("TLS", function()
     end)
   end)
 
+  it("the fluxalock command takes a rediss:// URL (and exits 69 when it does not verify)", function()
+    local url = server.tls_url .. "?ca_file=" .. c.ca
+    local out = R.sh(("bin/fluxalock -u %s cmd-key sh -c 'echo held $FLUXALOCK_KEY' 2>&1; echo rc=$?")
+      :format(R.quote(url)))
+    assert.equal("held cmd-key\nrc=0\n", out)
+    out = R.sh(("bin/fluxalock -u %s cmd-key true 2>&1; echo rc=$?"):format(R.quote(server.tls_url)))
+    assert.matches("^fluxalock: connect 127%.0%.0%.1:%d+: certificate verify failed: [^\n]+\nrc=69\n$", out)
+  end)
+
   it("renews a lock over TLS (the renewal thread's own connection)", function()
     local own = T.start()
     local l = locker(own.tls_url, { ca_file = c.ca })
