@@ -91,6 +91,7 @@ describe("TLS", function()
 
     it("refuses a server whose certificate another CA signed", function()
       local other = T.start { cert = c.wrong, key = c.wrong_key }
+      finally(function() other:stop() end) -- also when an assertion fails
       local lock, err = locker(other.tls_url, { ca_file = c.ca }):obtain("wrong-ca", 5)
       other:stop()
       assert.is_nil(lock)
@@ -99,9 +100,11 @@ describe("TLS", function()
 
     it("speaks TLS 1.2 to a server that has nothing newer, and nothing older", function()
       local v12 = T.start { args = { "--tls-protocols", "TLSv1.2" } }
+      finally(function() v12:stop() end) -- also when an assertion fails
       works(locker(v12.tls_url, { ca_file = c.ca }), "tls12", v12)
       v12:stop()
       local v11 = T.start { args = { "--tls-protocols", "TLSv1.1" } }
+      finally(function() v11:stop() end) -- also when an assertion fails
       local lock, err = locker(v11.tls_url, { ca_file = c.ca }):obtain("tls11", 5)
       v11:stop()
       assert.is_nil(lock)
@@ -110,6 +113,7 @@ describe("TLS", function()
 
     it("refuses an expired certificate", function()
       local old = T.start { cert = c.expired, key = c.expired_key }
+      finally(function() old:stop() end) -- also when an assertion fails
       local lock, err = locker(old.tls_url, { ca_file = c.ca }):obtain("expired", 5)
       old:stop()
       assert.is_nil(lock)
@@ -179,6 +183,7 @@ describe("TLS", function()
   describe("the wrong protocol, or none", function()
     it("rediss:// to a plain port fails within connect_timeout", function()
       local plain = R.start()
+      finally(function() plain:stop() end) -- also when an assertion fails
       local took, lock, err = timed(function()
         return locker(("rediss://127.0.0.1:%d"):format(plain.port), { ca_file = c.ca },
           { connect_timeout = 0.5 }):obtain("to-plain", 5)
@@ -291,6 +296,7 @@ describe("TLS", function()
   describe("every pool kind", function()
     it("Redlock: each node over TLS", function()
       local nodes = { T.start(), T.start(), T.start() }
+      finally(function() for _, x in ipairs(nodes) do x:stop() end end)
       local l = fl.locker { redlock = { nodes[1].tls_url, nodes[2].tls_url, nodes[3].tls_url },
                             tls = { ca_file = c.ca } }
       local lock, err = l:obtain("redlocked", 5)
@@ -304,7 +310,9 @@ describe("TLS", function()
 
     it("Sentinel: the sentinel and the master over TLS", function()
       local master = T.start()
+      finally(function() master:stop() end) -- also when an assertion fails
       local s = T.sentinel(master, "tlsmaster")
+      finally(function() s:stop() end) -- also when an assertion fails
       local l = fl.locker { sentinels = { "127.0.0.1:" .. s.port }, master = "tlsmaster",
                             tls = { ca_file = c.ca } }
       local lock, err = l:obtain("sentineled", 5)
@@ -317,6 +325,7 @@ describe("TLS", function()
 
     it("Cluster: the seed and the nodes CLUSTER SLOTS names, over TLS", function()
       local node = T.start { args = { "--cluster-enabled", "yes", "--tls-cluster", "yes" } }
+      finally(function() node:stop() end) -- also when an assertion fails
       node:cli("CLUSTER", "ADDSLOTSRANGE", "0", "16383")
       R.until_true(function() return node:cli("CLUSTER", "INFO"):find("cluster_state:ok", 1, true) end,
         10, "the one-node cluster")
@@ -340,6 +349,7 @@ describe("TLS", function()
 
   it("renews a lock over TLS (the renewal thread's own connection)", function()
     local own = T.start()
+    finally(function() own:stop() end) -- also when an assertion fails
     local l = locker(own.tls_url, { ca_file = c.ca })
     local lock = assert(l:obtain("renewed", 0.6, 0, { renew = true }))
     R.sleep(1.5) -- 2.5 ttls: only renewals keep it
@@ -353,7 +363,9 @@ describe("TLS", function()
   it("under a cqueues host too: 100 coroutines over TLS", function()
     local H = require "support.hosts"
     local own = T.start()
+    finally(function() own:stop() end) -- also when an assertion fails
     local d = H.cqueues()
+    finally(function() fl.configure { host = false } end)
     fl.configure { host = "cqueues", pools = { cq = { url = own.tls_url, tls = { ca_file = c.ca },
                                                       connect_timeout = 5, timeout = 5 } } }
     local l = fl.locker "cq"
@@ -384,7 +396,9 @@ describe("TLS", function()
     -- a burst of 1000 connects: a backlog for all, and time for 1000
     -- handshakes on a small machine
     local own = T.start { args = { "--tcp-backlog", "1024" } }
+    finally(function() own:stop() end) -- also when an assertion fails
     local d = H.luv()
+    finally(function() fl.configure { host = false } end)
     fl.configure { host = "luv", pools = { many = { url = own.tls_url, tls = { ca_file = c.ca },
                                                     connect_timeout = 10, timeout = 5 } } }
     local l = fl.locker "many"
@@ -462,6 +476,7 @@ describe("TLS", function()
     it("a name whose first address refuses (::1) connects to the next (127.0.0.1)", function()
       dns = T.dns("dual", 0)
       local plain = R.start() -- listens on 127.0.0.1 only
+      finally(function() plain:stop() end) -- also when an assertion fails
       local out = T.isolated(dns, ([[
         local socket = require "socket"
         local first = assert(socket.dns.getaddrinfo("db.fluxalock.test"))[1]
