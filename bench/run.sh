@@ -3,7 +3,8 @@
 # also kept in $BENCH_OUT/table.md), then plot the W3 handoff latencies
 # (bench/plot.gp -> $BENCH_OUT/handoff.png; docs/handoff.png is a copy),
 # then W1/W3 for the pool kinds (bench/poolkinds.lua -> poolkinds.md),
-# then what 100 renewed locks cost (bench/renew.lua -> renew.md).
+# then what 100 renewed locks cost (bench/renew.lua -> renew.md), then W1/W3
+# over TLS beside plain TCP (bench/tls.lua -> tls.md).
 set -eu
 cd "$(dirname "$0")/.."
 export LUA_PATH="lua/?.lua;lua/?/init.lua;spec/?.lua;;" LUA_CPATH="./?.so;;"
@@ -21,3 +22,7 @@ echo "bench: 100 renewed locks: refresh requests/s and W1 beside them" >&2
 lua5.4 bench/renew.lua > "$out/renew.md"
 echo
 cat "$out/renew.md"
+echo "bench: W1/W3 over TLS beside plain TCP" >&2
+lua5.4 bench/tls.lua > "$out/tls.md"
+echo
+cat "$out/tls.md"

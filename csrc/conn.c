@@ -1,5 +1,5 @@
 /*
- * fl_conn: one hiredis context, driven in non-blocking steps.
+ * fl_conn: one connection, driven in non-blocking steps.
  *
  * The socket is always non-blocking.  fl_conn_step() never waits: it does
  * what the socket allows and answers FL_DONE, FL_ERR, or FL_WAIT with the
@@ -13,10 +13,10 @@
  * failure or timeout drops the connection (a late reply must never be read as
  * the answer to a later command); the next request reconnects.
  *
- * Requests are encoded and sent here with send(MSG_NOSIGNAL); hiredis only
- * connects and parses replies.  Its own writer uses write(2), and a write to
- * a socket the server reset raises SIGPIPE, which would kill the host
- * process.
+ * The connection is the transport of net.h (TCP, Unix socket or TLS, and
+ * a host name resolved without blocking); requests are encoded here, and
+ * replies parsed by a hiredis reader.  Bytes the transport holds (TLS) are
+ * invisible to poll: a read goes on until the transport would block.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
@@ -29,6 +29,7 @@
 #include <time.h>
 
 #include "fluxalock.h"
+#include "net.h"
 
 double fl_now(void) {
   struct timespec ts;
@@ -49,8 +50,10 @@ static void drop_reply(fl_conn *c) {
 
 void fl_conn_disconnect(fl_conn *c) {
   drop_reply(c);
-  if (c->ctx) redisFree(c->ctx);
-  c->ctx = NULL;
+  if (c->net) fl_net_close(c->net);
+  if (c->rd) redisReaderFree(c->rd);
+  c->net = NULL;
+  c->rd = NULL;
   c->connecting = 0;
   c->doomed = 0;
 }
@@ -81,7 +84,8 @@ static int fail(fl_conn *c, const char *op, const char *fmt, ...) {
    instead of failing the call that happens to come first. */
 static int stale(fl_conn *c) {
   struct pollfd pfd;
-  pfd.fd = c->ctx->fd;
+  if (fl_net_pending(c->net)) return 1; /* TLS data nobody asked for */
+  pfd.fd = fl_net_fd(c->net);
   pfd.events = POLLIN;
   pfd.revents = 0;
   return poll(&pfd, 1, 0) != 0;
@@ -161,11 +165,11 @@ void fl_reader_cap(redisReader *r) {
 
 static int connect_ctx(fl_conn *c) {
   const fl_opts *o = &c->pool->o;
-  c->ctx = o->path ? redisConnectUnixNonBlock(o->path)
-                   : redisConnectNonBlock(o->host, o->port);
-  if (!c->ctx) return fail(c, "connect", "out of memory");
-  if (c->ctx->err) return fail(c, "connect", "%s", c->ctx->errstr);
-  fl_reader_cap(c->ctx->reader);
+  c->net = fl_net_open(o, fl_now() + o->connect_timeout);
+  c->rd = redisReaderCreate();
+  if (!c->net || !c->rd) return fail(c, "connect", "out of memory");
+  if (*fl_net_error(c->net)) return fail(c, "connect", "%s", fl_net_error(c->net));
+  fl_reader_cap(c->rd);
   c->connecting = 1;
   c->handshake = 0;
   c->gen = c->pool->gen;
@@ -233,8 +237,8 @@ int fl_conn_begin(fl_conn *c, const char *op, double extra) {
   c->outlen = c->outpos = 0;
   drop_reply(c);
   /* a connection to where the pool pointed before a retarget is not reused */
-  if (c->ctx && (c->gen != c->pool->gen || stale(c))) fl_conn_disconnect(c);
-  if (!c->ctx) {
+  if (c->net && (c->gen != c->pool->gen || stale(c))) fl_conn_disconnect(c);
+  if (!c->net) {
     if (connect_ctx(c) == FL_ERR) return FL_ERR;
     c->deadline = now + c->pool->o.connect_timeout;
   } else {
@@ -264,19 +268,19 @@ int fl_conn_begin(fl_conn *c, const char *op, double extra) {
   return FL_WAIT;
 }
 
+/* the transport's reason, or "timed out" when its deadline passed */
+static const char *why(fl_conn *c) {
+  const char *e = fl_net_error(c->net);
+  return *e ? e : "timed out";
+}
+
 static int step_connect(fl_conn *c) {
-  struct pollfd pfd;
-  int err = 0;
-  socklen_t len = sizeof err;
-  pfd.fd = c->ctx->fd;
-  pfd.events = POLLOUT;
-  pfd.revents = 0;
-  if (poll(&pfd, 1, 0) == 0) {
-    c->events = POLLOUT;
+  int st = fl_net_step(c->net); /* resolve, connect, TLS handshake */
+  if (st == FL_WAIT) {
+    c->events = fl_net_events(c->net);
     return FL_WAIT;
   }
-  if (getsockopt(c->ctx->fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
-  if (err) return fail(c, "connect", "%s", strerror(err));
+  if (st == FL_ERR) return fail(c, "connect", "%s", why(c));
   c->connecting = 0;
   if (c->ever) c->pool->n.reconnects++; /* connected again (stats.c) */
   c->ever = 1;
@@ -358,7 +362,7 @@ static int on_reply(fl_conn *c, redisReply *r) {
 }
 
 int fl_conn_step(fl_conn *c) {
-  if (!c->ctx) return fail(c, c->op, "not connected");
+  if (!c->net) return fail(c, c->op, "not connected");
   if (c->connecting) {
     int r = step_connect(c);
     if (r != FL_DONE) return r;
@@ -367,15 +371,11 @@ int fl_conn_step(fl_conn *c) {
   }
   while (!c->written) {
     while (c->outpos < c->outlen) {
-      ssize_t n = send(c->ctx->fd, c->out + c->outpos, c->outlen - c->outpos,
-                       MSG_NOSIGNAL);
-      if (n < 0) {
-        if (errno == EINTR) continue;
-        if (errno == EAGAIN || errno == EWOULDBLOCK) {
-          c->events = POLLOUT;
-          return FL_WAIT;
-        }
-        return fail(c, c->op, "%s", strerror(errno));
+      long n = fl_net_send(c->net, c->out + c->outpos, c->outlen - c->outpos);
+      if (n < 0) return fail(c, c->op, "%s", why(c));
+      if (n == 0) { /* POLLOUT, or POLLIN for TLS that must read first */
+        c->events = fl_net_events(c->net);
+        return FL_WAIT;
       }
       c->outpos += (size_t)n;
     }
@@ -386,26 +386,30 @@ int fl_conn_step(fl_conn *c) {
   }
   for (;;) {
     void *r = NULL;
-    int got;
-    if (redisReaderGetReply(c->ctx->reader, &r) != REDIS_OK)
+    char buf[16384];
+    long got;
+    if (redisReaderGetReply(c->rd, &r) != REDIS_OK)
       /* 0.14 reports a refused array (fl_reader_cap) as "Out of memory" */
       return fail(c, c->op, "protocol error: %s",
-                  strcmp(c->ctx->reader->errstr, "Out of memory") == 0
+                  strcmp(c->rd->errstr, "Out of memory") == 0
                       ? "reply too large (or out of memory)"
-                      : c->ctx->reader->errstr);
+                      : c->rd->errstr);
     if (r) {
       int st = on_reply(c, r);
       if (st != FL_WAIT) return st;
       if (!c->written) return fl_conn_step(c); /* NOSCRIPT: write the EVAL */
       continue;
     }
-    got = (int)c->ctx->reader->len - (int)c->ctx->reader->pos;
-    if (redisBufferRead(c->ctx) != REDIS_OK)
-      return fail(c, c->op, "%s", c->ctx->errstr);
-    if ((int)c->ctx->reader->len - (int)c->ctx->reader->pos == got) {
-      c->events = POLLIN; /* nothing new: the socket would block */
+    /* read until the transport would block: TLS may hold decrypted bytes
+       that poll cannot see */
+    if ((got = fl_net_recv(c->net, buf, sizeof buf)) < 0)
+      return fail(c, c->op, "%s", why(c));
+    if (got == 0) { /* POLLIN, or POLLOUT for TLS that must write first */
+      c->events = fl_net_events(c->net);
       return FL_WAIT;
     }
+    if (redisReaderFeed(c->rd, buf, (size_t)got) != REDIS_OK)
+      return fail(c, c->op, "protocol error: %s", c->rd->errstr);
   }
 }
 
@@ -429,7 +433,7 @@ int fl_conn_timeout(fl_conn *c) {
 static int wait_poll(fl_conn *c, double left) {
   struct pollfd pfd;
   int ms = (int)(left * 1000.0) + 1; /* round up: never wake before */
-  pfd.fd = c->ctx->fd;
+  pfd.fd = fl_net_fd(c->net);
   pfd.events = (short)c->events;
   pfd.revents = 0;
   if (poll(&pfd, 1, ms) < 0 && errno != EINTR)
@@ -461,7 +465,7 @@ int fl_run(lua_State *L, fl_conn *c, int hostidx, lua_KFunction k,
     if (hostidx && lua_type(L, hostidx) == LUA_TFUNCTION) {
       /* the host decides what a wait outside a coroutine means */
       lua_pushvalue(L, hostidx);
-      lua_pushinteger(L, c->ctx->fd);
+      lua_pushinteger(L, fl_net_fd(c->net));
       lua_pushstring(L, c->events == POLLOUT ? "w" : "r");
       lua_pushnumber(L, left);
       st = lua_pcallk(L, 3, 0, 0, ctx, k);

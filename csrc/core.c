@@ -8,6 +8,7 @@
 #include <time.h>
 
 #include "fluxalock.h"
+#include "net.h"
 
 #ifndef FLUXALOCK_VERSION
 #define FLUXALOCK_VERSION "0.2.0"
@@ -32,6 +33,7 @@ int luaopen_fluxalock_core(lua_State *L) {
   fl_pool_open(L);
   fl_stats_open(L);
   fl_lock_open(L);
+  fl_tls_open(L);
   lua_pushcfunction(L, core_sleep);
   lua_setfield(L, -2, "sleep");
   lua_pushcfunction(L, fl_renew_start);

@@ -2,7 +2,7 @@
  * fluxalock: shared declarations of the C core.
  *
  * Objects (one file each):
- *   conn.c   fl_conn: one hiredis context driven in non-blocking steps
+ *   conn.c   fl_conn: one connection (net.h) driven in non-blocking steps
  *   pool.c   fl_pool: options + connections of one Redis, the Pool userdata
  *   lock.c   the fluxalock.Lock userdata
  *   token.c  random tokens from the kernel CSPRNG
@@ -78,11 +78,13 @@ typedef struct fl_opts {
   int replicas;      /* > 0: obtain/refresh wait for this many replicas */
   double replica_timeout; /* seconds, for that WAIT */
   char where[256];   /* "host:port" or "unix:path", for messages */
+  struct fl_tls *tls; /* NULL, or TLS settings (one reference: net.h) */
 } fl_opts;
 
 typedef struct fl_conn {
   struct fl_pool *pool;
-  redisContext *ctx;   /* NULL while disconnected */
+  struct fl_net *net; /* the transport (net.h); NULL while disconnected */
+  redisReader *rd;     /* parses its replies */
   int busy;            /* a request is in flight */
   int connecting;      /* non-blocking connect not yet confirmed */
   int written;         /* output buffer flushed */

@@ -35,6 +35,7 @@
 #include <string.h>
 
 #include "fluxalock.h"
+#include "net.h"
 
 #define MAX_HOPS 5
 #define HOST 5 /* stack slots shared by every group request */
@@ -135,6 +136,7 @@ static int cluster_node(fl_pool *g, const char *host, int port) {
   n->o.prefix = dup(g->o.prefix);
   n->o.port = port;
   n->o.cluster = 1;
+  n->o.tls = fl_tls_ref(g->o.tls); /* nodes speak TLS when the seeds do */
   snprintf(n->o.where, sizeof n->o.where, strchr(host, ':') ? "[%s]:%d" : "%s:%d",
            host, port);
   if (!n->o.host || !n->o.prefix || (g->o.username && !n->o.username) ||
@@ -582,7 +584,7 @@ static int fan_drive(lua_State *L, fan *f, lua_KFunction k) {
         double d = l->c->deadline;
         if (l->c->limit > 0 && l->c->limit < d) d = l->c->limit;
         if (d < until) until = d;
-        pfd[np].fd = l->c->ctx->fd;
+        pfd[np].fd = fl_net_fd(l->c->net);
         pfd[np].events = (short)l->c->events;
         pfd[np].revents = 0;
         np++;
@@ -599,12 +601,12 @@ static int fan_drive(lua_State *L, fan *f, lua_KFunction k) {
     if (!active) return 0;
     if (!wc) /* all pausing: an idle socket of theirs paces the pause */
       for (i = 0; i < f->nlegs && !wc; i++)
-        if (f->legs[i].st == LEG_PAUSE && f->legs[i].c && f->legs[i].c->ctx) wc = f->legs[i].c;
+        if (f->legs[i].st == LEG_PAUSE && f->legs[i].c && f->legs[i].c->net) wc = f->legs[i].c;
     if (until < now) until = now;
     if (f->hidx && wc && lua_type(L, f->hidx) == LUA_TFUNCTION) {
       int st;
       lua_pushvalue(L, f->hidx);
-      lua_pushinteger(L, wc->ctx->fd);
+      lua_pushinteger(L, fl_net_fd(wc->net));
       lua_pushstring(L, wmode);
       lua_pushnumber(L, until - now);
       st = lua_pcallk(L, 3, 0, 0, (lua_KContext)f, k);
@@ -920,7 +922,7 @@ int fl_multi_await(lua_State *L) {
     for (i = 0; i < g->nnodes && pick < 0; i++) {
       int j = (int)((g->rotate + (unsigned long)i) % (unsigned long)g->nnodes), k;
       for (k = 0; k < g->nodes[j]->nconns; k++)
-        if (g->nodes[j]->conns[k]->ctx && !g->nodes[j]->conns[k]->busy) pick = j;
+        if (g->nodes[j]->conns[k]->net && !g->nodes[j]->conns[k]->busy) pick = j;
     }
     g->rotate++;
     f->legs[0].node = g->nodes[pick < 0 ? 0 : pick];

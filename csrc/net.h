@@ -1,8 +1,12 @@
 /*
- * net.h: the non-blocking transport (plain TCP and Unix sockets here).
+ * net.h: the non-blocking transport: plain TCP, Unix sockets and TLS.
  * fl_net_open starts a connection; fl_net_step moves it on (FL_DONE once
  * usable, FL_WAIT: poll fl_net_fd for fl_net_events, FL_ERR); then
  * fl_net_send/fl_net_recv move bytes (>0, 0 would block, -1 error/EOF).
+ * Re-read fl_net_fd after every step: while a host name resolves, it is the
+ * resolver's descriptor.  fl_net_events may ask for POLLOUT on a read (TLS),
+ * and fl_net_pending() > 0 means bytes wait inside the transport, which
+ * poll cannot see: read them before waiting.
  */
 #ifndef FLUXALOCK_NET_H
 #define FLUXALOCK_NET_H
@@ -22,5 +26,25 @@ long fl_net_recv(fl_net *n, void *buf, size_t len);
 int fl_net_pending(const fl_net *n);
 const char *fl_net_error(const fl_net *n);
 void fl_net_close(fl_net *n);
+
+/* TLS settings of a pool: one SSL_CTX (CA, client certificate and key loaded
+   once), shared by reference between the pool's options and every copy of
+   them (the renewal thread's too; the count is atomic). */
+typedef struct fl_tls fl_tls;
+enum { FL_VERIFY_FULL = 0, FL_VERIFY_CA = 1, FL_VERIFY_NONE = 2 };
+
+typedef struct fl_tls_conf {
+  const char *ca_file, *ca_path, *cert_file, *key_file, *server_name;
+  int verify; /* FL_VERIFY_* */
+} fl_tls_conf;
+
+/* NULL on failure: err says why, *bad names the option at fault */
+fl_tls *fl_tls_new(const fl_tls_conf *cf, char *err, size_t errlen, const char **bad);
+fl_tls *fl_tls_ref(fl_tls *t); /* NULL stays NULL */
+void fl_tls_unref(fl_tls *t);
+
+/* net_lua.c: core.tls{...} -> a TLS object; fl_totls: its settings, or NULL */
+void fl_tls_open(lua_State *L); /* sets core.tls in the table at the top */
+fl_tls *fl_totls(lua_State *L, int idx);
 
 #endif

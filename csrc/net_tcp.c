@@ -1,5 +1,8 @@
 /*
- * Plain TCP and Unix-socket transport behind net.h, non-blocking.
+ * The transport behind net.h: plain TCP and Unix sockets, non-blocking,
+ * and the dispatch to the layer a connection uses (TCP, or TLS over it:
+ * net_tls.c).  Numeric addresses connect at once; a host name is resolved
+ * on a thread (net_resolve.c) while the caller waits on its fd.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
@@ -13,40 +16,72 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include "net.h"
+#include "net_int.h"
 
-struct fl_net {
-  int fd, connected, events;
-  double deadline;
-  char err[128];
-};
+static int tcp_pending(const fl_net *n) { (void)n; return 0; }
+static void tcp_close(fl_net *n) { (void)n; }
 
-static void fail(fl_net *n, const char *what, int e) {
-  snprintf(n->err, sizeof n->err, "%s: %s", what, strerror(e));
+static const fl_net_funcs tcp_funcs = {fl_tcp_step, fl_tcp_send, fl_tcp_recv,
+                                       tcp_pending, tcp_close};
+
+static void fail(fl_net *n, const char *why) {
+  if (!n->err[0]) snprintf(n->err, sizeof n->err, "%s", why);
 }
 
-static int start(fl_net *n, const fl_opts *o) {
+static int unix_start(fl_net *n, const char *path) {
+  struct sockaddr_un sa;
+  if (strlen(path) >= sizeof sa.sun_path) {
+    fail(n, "socket path too long");
+    return -1;
+  }
+  memset(&sa, 0, sizeof sa);
+  sa.sun_family = AF_UNIX;
+  memcpy(sa.sun_path, path, strlen(path) + 1);
+  if ((n->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)) < 0 ||
+      (connect(n->fd, (struct sockaddr *)&sa, sizeof sa) != 0 && errno != EINPROGRESS &&
+       errno != EAGAIN)) {
+    fail(n, strerror(errno));
+    return -1;
+  }
+  return 0;
+}
+
+/* connect to the next address that takes a connect: a name may give ::1
+   before 127.0.0.1 (localhost), and a server listen on one of them only */
+static int addr_start(fl_net *n) {
+  int e = 0;
+  n->events = POLLOUT;
+  while (n->next) {
+    struct addrinfo *a = n->next;
+    n->next = a->ai_next;
+    if (n->fd >= 0) close(n->fd);
+    n->fd = socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (n->fd >= 0 && (connect(n->fd, a->ai_addr, a->ai_addrlen) == 0 || errno == EINPROGRESS))
+      return 0;
+    e = errno;
+  }
+  fail(n, strerror(e ? e : ECONNREFUSED));
+  return -1;
+}
+
+/* a numeric address connects now; a name goes to the resolver thread */
+static int tcp_start(fl_net *n) {
   struct addrinfo hints, *ai = NULL;
   char port[16];
-  int r;
-  if (o->path) {
-    struct sockaddr_un sa;
-    if (strlen(o->path) >= sizeof sa.sun_path) return -1;
-    memset(&sa, 0, sizeof sa);
-    sa.sun_family = AF_UNIX;
-    memcpy(sa.sun_path, o->path, strlen(o->path) + 1);
-    if ((n->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)) < 0) return -1;
-    return connect(n->fd, (struct sockaddr *)&sa, sizeof sa) == 0 || errno == EINPROGRESS ||
-                   errno == EAGAIN ? 0 : -1;
-  }
   memset(&hints, 0, sizeof hints);
   hints.ai_socktype = SOCK_STREAM;
-  snprintf(port, sizeof port, "%d", o->port);
-  if (getaddrinfo(o->host, port, &hints, &ai) != 0 || !ai) return -1;
-  n->fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  r = n->fd < 0 ? -1 : connect(n->fd, ai->ai_addr, ai->ai_addrlen) == 0 || errno == EINPROGRESS ? 0 : -1;
-  freeaddrinfo(ai);
-  return r;
+  hints.ai_flags = AI_NUMERICHOST; /* never blocks: no lookup */
+  snprintf(port, sizeof port, "%d", n->port);
+  if (getaddrinfo(n->host, port, &hints, &ai) == 0 && ai) {
+    n->ai = n->next = ai;
+    return addr_start(n);
+  }
+  if (!(n->rq = fl_resolve_start(n->host, n->port))) {
+    fail(n, "cannot start the name resolver");
+    return -1;
+  }
+  n->events = POLLIN; /* on the resolver's fd */
+  return 0;
 }
 
 fl_net *fl_net_open(const fl_opts *o, double deadline) {
@@ -55,22 +90,54 @@ fl_net *fl_net_open(const fl_opts *o, double deadline) {
   n->fd = -1;
   n->deadline = deadline;
   n->events = POLLOUT;
-  if (start(n, o) != 0) fail(n, "connect", errno);
+  n->port = o->port;
+  n->f = o->tls ? &fl_tls_funcs : &tcp_funcs;
+  n->tls = fl_tls_ref(o->tls);
+  if (o->host && !(n->host = malloc(strlen(o->host) + 1))) {
+    fl_net_close(n);
+    return NULL;
+  }
+  if (n->host) memcpy(n->host, o->host, strlen(o->host) + 1);
+  if (o->path) unix_start(n, o->path);
+  else tcp_start(n);
   return n;
 }
 
-int fl_net_step(fl_net *n) {
+/* the resolver answered (or not yet) */
+static int step_resolve(fl_net *n) {
+  struct addrinfo *ai;
+  const char *why;
+  if (!fl_resolve_take(n->rq, &ai, &why)) {
+    if (fl_now() <= n->deadline) return FL_WAIT;
+    snprintf(n->err, sizeof n->err, "timed out resolving '%s'", n->host);
+    return FL_ERR;
+  }
+  fl_resolve_drop(n->rq);
+  n->rq = NULL;
+  if (!ai) {
+    snprintf(n->err, sizeof n->err, "cannot resolve '%s': %s", n->host, why);
+    return FL_ERR;
+  }
+  n->ai = n->next = ai;
+  return addr_start(n) == 0 ? FL_WAIT : FL_ERR;
+}
+
+int fl_tcp_step(fl_net *n) {
   struct pollfd pf;
   int e = 0;
   socklen_t len = sizeof e;
-  if (n->err[0] || n->fd < 0) return FL_ERR;
+  if (n->err[0]) return FL_ERR;
   if (n->connected) return FL_DONE;
+  if (n->rq && step_resolve(n) != FL_WAIT) return FL_ERR;
+  if (n->rq) return FL_WAIT;
+  if (n->fd < 0) return FL_ERR;
   pf.fd = n->fd;
   pf.events = POLLOUT;
   if (poll(&pf, 1, 0) <= 0) return fl_now() > n->deadline ? FL_ERR : FL_WAIT;
   getsockopt(n->fd, SOL_SOCKET, SO_ERROR, &e, &len);
+  if (e && n->next) return addr_start(n) == 0 ? FL_WAIT : FL_ERR; /* the next address */
   if (e) {
-    fail(n, "connect", e);
+    fail(n, strerror(e));
     return FL_ERR;
   }
   n->connected = 1;
@@ -78,26 +145,51 @@ int fl_net_step(fl_net *n) {
   return FL_DONE;
 }
 
-int fl_net_fd(const fl_net *n) { return n->fd; }
+int fl_net_step(fl_net *n) { return n->f->step(n); }
+int fl_net_fd(const fl_net *n) { return n->rq ? fl_resolve_fd(n->rq) : n->fd; }
 int fl_net_events(const fl_net *n) { return n->events; }
-int fl_net_pending(const fl_net *n) { (void)n; return 0; }
+int fl_net_pending(const fl_net *n) { return n->f->pending(n); }
 const char *fl_net_error(const fl_net *n) { return n->err; }
+long fl_net_send(fl_net *n, const void *buf, size_t len) { return n->f->send(n, buf, len); }
+long fl_net_recv(fl_net *n, void *buf, size_t len) { return n->f->recv(n, buf, len); }
 
-long fl_net_send(fl_net *n, const void *buf, size_t len) {
-  ssize_t k = send(n->fd, buf, len, MSG_NOSIGNAL);
+long fl_tcp_send(fl_net *n, const void *buf, size_t len) {
+  ssize_t k;
+  do k = send(n->fd, buf, len, MSG_NOSIGNAL); /* no SIGPIPE on a reset */
+  while (k < 0 && errno == EINTR);
   if (k >= 0) return (long)k;
-  return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? 0 : -1;
+  if (errno == EAGAIN || errno == EWOULDBLOCK) {
+    n->events = POLLOUT;
+    return 0;
+  }
+  fail(n, strerror(errno));
+  return -1;
 }
 
-long fl_net_recv(fl_net *n, void *buf, size_t len) {
-  ssize_t k = recv(n->fd, buf, len, 0);
+long fl_tcp_recv(fl_net *n, void *buf, size_t len) {
+  ssize_t k;
+  do k = recv(n->fd, buf, len, 0);
+  while (k < 0 && errno == EINTR);
   if (k > 0) return (long)k;
-  if (k == 0) return -1;
-  return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? 0 : -1;
+  if (k == 0) {
+    fail(n, "Server closed the connection");
+    return -1;
+  }
+  if (errno == EAGAIN || errno == EWOULDBLOCK) {
+    n->events = POLLIN;
+    return 0;
+  }
+  fail(n, strerror(errno));
+  return -1;
 }
 
 void fl_net_close(fl_net *n) {
   if (!n) return;
+  if (n->f) n->f->close(n);
+  fl_resolve_drop(n->rq);
+  if (n->ai) freeaddrinfo(n->ai);
   if (n->fd >= 0) close(n->fd);
+  fl_tls_unref(n->tls);
+  free(n->host);
   free(n);
 }

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "fluxalock.h"
+#include "net.h"
 
 typedef struct pool_ud {
   fl_pool *p;
@@ -33,7 +34,9 @@ void fl_opts_free(fl_opts *o) {
     free(o->password);
   }
   free(o->prefix);
+  fl_tls_unref(o->tls);
   o->host = o->path = o->username = o->password = o->prefix = NULL;
+  o->tls = NULL;
 }
 
 static int sdup(char **dst, const char *s) {
@@ -51,6 +54,7 @@ static int sdup(char **dst, const char *s) {
    copied here and freed in fl_opts_free. */
 int fl_opts_copy(fl_opts *dst, const fl_opts *src) {
   *dst = *src; /* the scalars and where[] */
+  fl_tls_ref(dst->tls); /* shared, counted */
   if (sdup(&dst->host, src->host) | sdup(&dst->path, src->path) |
       sdup(&dst->username, src->username) | sdup(&dst->password, src->password) |
       sdup(&dst->prefix, src->prefix)) {
@@ -188,6 +192,9 @@ static int pool_new(lua_State *L) {
   o->timeout = optnum(L, 1, "timeout", 1);
   o->replicas = (int)optnum(L, 1, "replicas", 0);
   o->replica_timeout = optnum(L, 1, "replica_timeout", o->timeout);
+  lua_getfield(L, 1, "tls"); /* a TLS object (core.tls), or nil */
+  o->tls = fl_tls_ref(fl_totls(L, -1));
+  lua_pop(L, 1);
   if (!o->prefix) o->prefix = calloc(1, 1);
   if (!o->host && !o->path) {
     o->host = malloc(10);
@@ -245,10 +252,10 @@ static int pool_close(lua_State *L) {
 static int pool_connections(lua_State *L) {
   fl_pool *p = checkpool(L);
   int i, j, open = 0, total = p->nconns;
-  for (i = 0; i < p->nconns; i++) open += p->conns[i]->ctx != NULL;
+  for (i = 0; i < p->nconns; i++) open += p->conns[i]->net != NULL;
   for (j = 0; j < p->nnodes; j++) { /* a group: its nodes' connections */
     total += p->nodes[j]->nconns;
-    for (i = 0; i < p->nodes[j]->nconns; i++) open += p->nodes[j]->conns[i]->ctx != NULL;
+    for (i = 0; i < p->nodes[j]->nconns; i++) open += p->nodes[j]->conns[i]->net != NULL;
   }
   lua_pushinteger(L, open);
   lua_pushinteger(L, total);

@@ -89,6 +89,7 @@
 #include <unistd.h>
 
 #include "renew.h"
+#include "net.h"
 
 typedef struct thr {      /* one run of the renewal thread */
   rn_io io;
@@ -501,6 +502,7 @@ static int sentinels(lua_State *L, int at, fl_renewal *e) {
     o->timeout = e->targets[0].timeout;
     o->port = (int)lua_tointeger(L, at + 3 + 2 * i);
     snprintf(o->where, sizeof o->where, "%s:%d", h, o->port);
+    o->tls = fl_tls_ref(e->targets[0].tls); /* sentinels: the pool's TLS too */
     if (!(o->host = dupn(h, len))) return -1;
     if (pw && !(o->password = dupn(pw, strlen(pw)))) return -1;
   }

@@ -52,10 +52,10 @@ static int streq(const char *a, const char *b) {
   return a == b || (a && b && strcmp(a, b) == 0);
 }
 
-/* the same server, reached the same way (a TLS option, once there is one,
-   must be compared here too) */
+/* the same server, reached the same way (the same TLS settings: copies
+   of a pool's options share its fl_tls) */
 static int same_target(const fl_opts *a, const fl_opts *b) {
-  return a->port == b->port && a->db == b->db && streq(a->host, b->host) &&
+  return a->port == b->port && a->db == b->db && a->tls == b->tls && streq(a->host, b->host) &&
          streq(a->path, b->path) && streq(a->username, b->username) &&
          streq(a->password, b->password);
 }

@@ -23,7 +23,7 @@ build() {
       -o "$out/config_fuzz" fuzz/config_fuzz.c -llua5.4 ;;
   reply)
     $CLANG $flags -I"$LUA_INC" -o "$out/reply_fuzz" fuzz/reply_fuzz.c csrc/*.c \
-      -llua5.4 -lhiredis -lpthread -lm ;;
+      -llua5.4 -lhiredis -lssl -lcrypto -lpthread -lm ;;
   *) echo "fuzz: unknown target $1" >&2; return 1 ;;
   esac
 }

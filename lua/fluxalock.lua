@@ -97,7 +97,32 @@ Locker.__index = Locker
 
 -- the engine of a pool: a core Pool (one server, a Redlock group, a
 -- cluster) or, for Sentinel, a Lua object with the same methods
-local function new_pool(o)
+-- TLS settings (config.lua) become core TLS objects: the CA, certificate
+-- and key files are loaded once per pool, here, and shared by its
+-- connections (sentinels, cluster nodes and the renewal thread's too)
+local function tls_object(name, t)
+  local obj, err, key = core.tls(t)
+  if not obj then
+    key = key == "tls" and "tls" or "tls." .. key
+    error(("fluxalock: pool '%s': option '%s' %s"):format(name, key, err), 0)
+  end
+  return obj
+end
+
+local function with_tls(name, o)
+  if not o.tls and not o.nodes then return o end
+  local c = {}
+  for k, v in pairs(o) do c[k] = v end
+  if o.tls then c.tls = tls_object(name, o.tls) end
+  if o.nodes then
+    c.nodes = {}
+    for i, n in ipairs(o.nodes) do c.nodes[i] = with_tls(name, n) end
+  end
+  return c
+end
+
+local function new_pool(name, o)
+  o = with_tls(name, o)
   if o.kind == "sentinels" then return require("fluxalock.sentinel").pool(o) end
   if o.kind == "redlock" then return require("fluxalock.redlock").pool(o) end
   if o.kind == "cluster" then return require("fluxalock.cluster").pool(o) end
@@ -151,7 +176,7 @@ local function apply_log(l)
 end
 
 local function new_locker(name, o)
-  local pool = new_pool(o)
+  local pool = new_pool(name, o)
   if host_wait then pool:sethost(host_wait) end
   local l = setmetatable({
     name = name,

@@ -62,9 +62,10 @@ build = {
       sources = {
         "csrc/core.c", "csrc/conn.c", "csrc/pool.c", "csrc/lock.c",
         "csrc/token.c", "csrc/keys.c", "csrc/multi.c", "csrc/renew.c",
-        "csrc/renew_io.c", "csrc/net_tcp.c", "csrc/stats.c",
+        "csrc/renew_io.c", "csrc/net_tcp.c", "csrc/net_tls.c",
+        "csrc/net_resolve.c", "csrc/net_lua.c", "csrc/stats.c",
       },
-      libraries = { "hiredis" },
+      libraries = { "hiredis", "ssl", "crypto" },
       incdirs = { "$(HIREDIS_INCDIR)" },
       libdirs = { "$(HIREDIS_LIBDIR)" },
       defines = { "_FILE_OFFSET_BITS=64" },

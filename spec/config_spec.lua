@@ -26,6 +26,30 @@ describe("a pool URL", function()
     assert.is_nil(o.path)
   end)
 
+  it("rediss:// turns TLS on (verify 'full'), port 6379 as for redis://", function()
+    local o = parse("rediss://:pw@cache.example.org/2")
+    assert.same({ "cache.example.org", 6379, 2, "pw" }, { o.host, o.port, o.db, o.password })
+    assert.same({ verify = "full" }, o.tls)
+    assert.is_nil(parse("redis://cache.example.org").tls)
+  end)
+
+  it("takes TLS keys from a rediss:// query, %-escaped; the tls table overrides them", function()
+    local o = parse("rediss://h:6380/0?server_name=r%2Eexample&verify=ca")
+    assert.same({ server_name = "r.example", verify = "ca" }, o.tls)
+    o = config.pool("p", { url = "rediss://h?verify=ca&server_name=a", tls = { verify = "none" } })
+    assert.same({ server_name = "a", verify = "none" }, o.tls)
+    o = config.pool("p", { url = "redis://h", tls = true }) -- tls alone turns it on too
+    assert.same({ verify = "full" }, o.tls)
+  end)
+
+  it("gives every Redlock node the pool's tls, and TLS to its rediss:// nodes", function()
+    local o = config.pool("p", { redlock = { "rediss://a", "redis://b" } })
+    assert.same({ verify = "full" }, o.nodes[1].tls)
+    assert.is_nil(o.nodes[2].tls)
+    o = config.pool("p", { redlock = { "redis://a", "redis://b" }, tls = { verify = "ca" } })
+    assert.same({ verify = "ca" }, o.nodes[2].tls)
+  end)
+
   it("defaults port 6379 and db 0", function()
     local o = parse("redis://example.org")
     assert.same({ "example.org", 6379, 0 }, { o.host, o.port, o.db })
@@ -88,7 +112,16 @@ describe("configure rejects", function()
   -- each case: a pool definition, and the option its error must name
   local cases = {
     { "a bad scheme", "http://h:1", "url" },
-    { "TLS", "rediss://h:1", "url" },
+    { "an unknown rediss:// query parameter", "rediss://h:1?cafile=/x", "url" },
+    { "a TLS query parameter on redis://", "redis://h:1?verify=ca", "url" },
+    { "tls that is neither true nor a table", { tls = "yes" }, "tls" },
+    { "an unknown tls key", { tls = { cafile = "/x" } }, "tls" },
+    { "a tls key that is not a string", { tls = { ca_file = 1 } }, "tls.ca_file" },
+    { "a tls verify mode not known", { tls = { verify = "strict" } }, "tls.verify" },
+    { "a rediss:// verify mode not known", "rediss://h:1?verify=off", "tls.verify" },
+    { "a cert_file without its key_file", { tls = { cert_file = "/etc/hostname" } }, "tls.cert_file" },
+    { "a key_file without its cert_file", { tls = { key_file = "/etc/hostname" } }, "tls.key_file" },
+    { "a ca_file that cannot be read", { tls = { ca_file = "/nonexistent/ca.pem" } }, "tls.ca_file" },
     { "a malformed port", "redis://h:12x", "url" },
     { "a port out of range", "redis://h:70000", "port" },
     { "a db that is not a number", "redis://h/one", "url" },
@@ -154,7 +187,7 @@ describe("no error message carries a password", function()
     "redis://:" .. secret .. "@h/db",
     "redis://" .. secret .. "@h:1:2",
     "http://alice:" .. secret .. "@h",
-    "rediss://:" .. secret .. "@h",
+    "rediss://:" .. secret .. "@h:bad",
     -- a password holding the URL's own separators, unescaped
     "redis://alice:" .. secret .. "/x@h:bad",
     "redis://alice:x@" .. secret .. "@h:bad",
@@ -224,6 +257,15 @@ describe("configure", function()
     local l2 = fluxalock.locker("same")
     assert.not_equal(l1, l2)
     assert.equal(l2, fluxalock.locker("same"))
+  end)
+
+  it("replaces the locker when a tls setting changes, keeps it when it is the same", function()
+    fluxalock.configure { pools = { t = { url = "rediss://127.0.0.1:7006", tls = { verify = "ca" } } } }
+    local l1 = fluxalock.locker("t")
+    fluxalock.configure { pools = { t = "rediss://127.0.0.1:7006?verify=ca" } }
+    assert.equal(l1, fluxalock.locker("t"))
+    fluxalock.configure { pools = { t = { url = "rediss://127.0.0.1:7006", tls = { verify = "none" } } } }
+    assert.not_equal(l1, fluxalock.locker("t"))
   end)
 
   it("leaves pools it does not mention alone", function()

@@ -31,7 +31,8 @@ function Pool:refresh()
   for _, addr in ipairs(self.group:info().nodes) do
     local host, port = config.hostport(addr)
     local p = core.pool { host = host, port = port, username = o.username, password = o.password,
-                          connect_timeout = o.connect_timeout, timeout = o.timeout }
+                          connect_timeout = o.connect_timeout, timeout = o.timeout,
+                          tls = o.tls }
     if self.host then p:sethost(self.host) end
     if self.log then p:setlog(self.log) end
     local slots, err = p:call { "CLUSTER", "SLOTS" }

@@ -31,6 +31,7 @@ local OPTIONS = {
   replicas = "integer",        -- obtain/refresh WAIT for this many replicas
   replica_timeout = "duration",
   log = "log",                 -- fn(event) | false: this pool's debug log
+  tls = "tls",                 -- true | { ca_file=, ..., verify= } (docs/tls.md)
 }
 local KINDS = { "sentinels", "redlock", "cluster" }
 M.OPTIONS = OPTIONS
@@ -46,6 +47,12 @@ M.DEFAULTS = {
 
 local MAX_SECONDS = 1e9
 
+-- the keys of a 'tls' table (and of a rediss:// query string)
+local TLS_KEYS = { ca_file = true, ca_path = true, cert_file = true, key_file = true,
+                   server_name = true, verify = true }
+local VERIFY = { full = true, ca = true, none = true }
+M.TLS_KEYS = TLS_KEYS
+
 local function fail(pool, key, msg)
   if key then
     error(("pool '%s': option '%s' %s"):format(pool, key, msg), 0)
@@ -57,7 +64,20 @@ local function unescape(s)
   return (s:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
 end
 
--- redis://[[user]:password@]host[:port][/db]
+-- the TLS keys of a redis(s):// query string, into o.tls
+local function tls_query(pool, o, query)
+  for k, v in query:gmatch("([^&=]+)=([^&]*)") do
+    if not TLS_KEYS[k] then fail(pool, "url", ("has an unknown query parameter '%s'"):format(k)) end
+    if not o.tls then fail(pool, "url", ("has '%s', a TLS setting: use rediss://"):format(k)) end
+    o.tls[k] = unescape(v)
+  end
+  if query ~= "" and not query:find("=", 1, true) then
+    fail(pool, "url", "has a malformed query (expected ?key=value&...)")
+  end
+end
+
+-- redis://[[user]:password@]host[:port][/db], rediss://... the same over TLS
+-- (with ?ca_file=...&verify=... from TLS_KEYS)
 -- unix:///path/to/redis.sock[?db=N]
 -- Returns a table of options, or raises "pool 'name': ..." on a bad URL.
 function M.parse_url(url, pool)
@@ -84,11 +104,13 @@ function M.parse_url(url, pool)
       fail(pool, "url", "has a malformed query (expected ?db=N)")
     end
     return o
-  elseif scheme == "rediss" then
-    fail(pool, "url", "uses TLS (rediss://), which fluxalock does not support")
-  elseif scheme ~= "redis" then
-    fail(pool, "url", ("has an unsupported scheme '%s' (redis:// or unix://)"):format(scheme))
+  elseif scheme ~= "redis" and scheme ~= "rediss" then
+    fail(pool, "url", ("has an unsupported scheme '%s' (redis://, rediss:// or unix://)"):format(scheme))
   end
+  local query
+  rest, query = rest:match("^([^?]*)%??(.*)$")
+  if scheme == "rediss" then o.tls = {} end
+  tls_query(pool, o, query)
   local userinfo, hostpart = rest:match("^(.*)@([^@]*)$")
   if not userinfo then hostpart = rest end
   if userinfo then
@@ -133,6 +155,45 @@ local function check_duration(pool, key, v)
   if v > MAX_SECONDS then fail(pool, key, "must not exceed 1e9 seconds") end
 end
 
+-- 'tls' = true or a table of TLS_KEYS (strings; verify one of VERIFY)
+function M.check_tls(pool, v)
+  if v == true then return end
+  if type(v) ~= "table" then fail(pool, "tls", "must be true or a table, got " .. tostring(type(v))) end
+  for k, x in pairs(v) do
+    if not TLS_KEYS[k] then fail(pool, "tls", ("has an unknown key '%s'"):format(tostring(k))) end
+    local opt = "tls." .. k
+    if type(x) ~= "string" then fail(pool, opt, "must be a string, got " .. type(x)) end
+    if x == "" or x:find("\0", 1, true) then fail(pool, opt, "must be a non-empty string without NUL") end
+    if k == "verify" and not VERIFY[x] then
+      fail(pool, opt, ("must be \"full\", \"ca\" or \"none\", got '%s'"):format(x))
+    end
+  end
+end
+
+-- the TLS settings of a pool: the URL's (rediss://, ?query) overridden by
+-- the 'tls' option; nil when TLS is off.  Files are checked here, so a
+-- missing or unreadable one raises at configure, naming the option.
+local function merge_tls(pool, from_url, given)
+  if not from_url and not given then return nil end
+  local t = {}
+  for k, v in pairs(from_url or {}) do t[k] = v end
+  if type(given) == "table" then for k, v in pairs(given) do t[k] = v end end
+  M.check_tls(pool, t)
+  if (t.cert_file ~= nil) ~= (t.key_file ~= nil) then
+    if t.cert_file then fail(pool, "tls.cert_file", "needs 'key_file' (the certificate's key)") end
+    fail(pool, "tls.key_file", "needs 'cert_file' (the key's certificate)")
+  end
+  for _, k in ipairs { "ca_file", "cert_file", "key_file" } do
+    if t[k] then
+      local f, err = io.open(t[k], "r")
+      if not f then fail(pool, "tls." .. k, "cannot be read: " .. tostring(err)) end
+      f:close()
+    end
+  end
+  t.verify = t.verify or "full"
+  return t
+end
+
 local function check_value(pool, key, v)
   local kind = OPTIONS[key]
   if not kind then fail(pool, key, "is not a known option") end
@@ -157,6 +218,8 @@ local function check_value(pool, key, v)
     if type(v) ~= "number" or not tointeger(v) then
       fail(pool, key, "must be an integer, got " .. (type(v) == "number" and tostring(v) or type(v)))
     end
+  elseif kind == "tls" then
+    M.check_tls(pool, v)
   elseif kind == "log" then
     if v ~= false and type(v) ~= "function" then
       fail(pool, key, "must be a function or false, got " .. type(v))
@@ -184,13 +247,19 @@ function M.pool(name, spec, defaults)
   local o = {}
   for k, v in pairs(M.DEFAULTS) do o[k] = v end
   for k, v in pairs(defaults or {}) do o[k] = v end
+  local url_tls
   if given.url then
-    for k, v in pairs(M.parse_url(given.url, name)) do o[k] = v end
+    local u = M.parse_url(given.url, name)
+    for k, v in pairs(u) do o[k] = v end
+    url_tls = u.tls
   end
   for k, v in pairs(given) do
     if k ~= "url" then o[k] = v end
   end
   o.url = nil
+  local given_tls = given.tls
+  if given_tls == nil and defaults then given_tls = defaults.tls end
+  o.tls = merge_tls(name, url_tls, given_tls)
   -- a socket path wins over host/port unless host/port were given explicitly
   if o.path and (given.host or given.port) and not given.path then o.path = nil end
   if o.path then o.host, o.port = nil, nil end
@@ -246,7 +315,10 @@ function M.kind(name, o, given)
       for k, v in pairs(o) do
         if k ~= "redlock" and k ~= "host" and k ~= "port" and k ~= "path" then n[k] = v end
       end
-      for k, v in pairs(M.parse_url(url, ("%s' node '%d"):format(name, i))) do n[k] = v end
+      local node = ("%s' node '%d"):format(name, i)
+      local u = M.parse_url(url, node)
+      for k, v in pairs(u) do n[k] = v end
+      n.tls = merge_tls(node, u.tls, o.tls) -- the pool's 'tls' on every node
       if n.path then n.host, n.port = nil, nil else
         n.host, n.port = n.host or M.DEFAULTS.host, n.port or M.DEFAULTS.port
       end
@@ -277,6 +349,11 @@ function M.signature(o)
   for i, k in ipairs(keys) do
     local v = o[k]
     if k == "nodes" or k == "log" then v = "" -- derived from 'redlock'; log: changed in place
+    elseif k == "tls" then
+      local t = {}
+      for tk, tv in pairs(v) do t[#t + 1] = tk .. "\2" .. tv end
+      table.sort(t)
+      v = table.concat(t, "\1")
     elseif type(v) == "table" then v = table.concat(v, "\1") end
     parts[i] = k .. "=" .. tostring(v)
   end

@@ -35,7 +35,8 @@ function M.pool(o)
   for i, s in ipairs(o.sentinels) do
     local host, port = config.hostport(s)
     self.sentinels[i] = { host = host, port = port, password = o.sentinel_password,
-                          connect_timeout = o.connect_timeout, timeout = o.timeout }
+                          connect_timeout = o.connect_timeout, timeout = o.timeout,
+                          tls = o.tls } -- sentinels speak TLS when the pool does
   end
   self.group:group("sentinel", { self.core }, "sentinel:" .. o.master)
   self.group:setrecover(function()

@@ -118,7 +118,8 @@ function Server:_launch(port)
     else
       for _, a in ipairs { "--appendonly", "no" } do args[#args + 1] = a end
     end
-    for _, a in ipairs(self.opts.args or {}) do args[#args + 1] = a end
+    -- "{port}" is the port being tried (spec/support/tls.lua: --tls-port)
+    for _, a in ipairs(self.opts.args or {}) do args[#args + 1] = a == "{port}" and p or a end
     for i, a in ipairs(args) do args[i] = q(a) end
     os.remove(self.dir .. "/redis.pid")
     sh(table.concat(args, " ") .. " >/dev/null 2>&1")
