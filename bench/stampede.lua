@@ -19,9 +19,11 @@
 -- fluxalock, which is subtracted (for node: N pending async functions).
 --
 -- Environment: STAMPEDE_N (default "100,1000,10000"), STAMPEDE_WAIT (30),
+-- STAMPEDE_BUDGET (seconds for the whole part, default 900),
 -- STAMPEDE_IMPLS (default "fluxalock,node-redlock,redis-semaphore"),
 -- STAMPEDE_LIB (the fluxalock tree the runs load, default this one: its lua/
--- and its built .so), STAMPEDE_NPM (where bench/run.sh installed the node
+-- and its built .so), STAMPEDE_CORE (a description of that core for the
+-- table's first line and the plot), STAMPEDE_NPM (where bench/run.sh installed the node
 -- peers, default build/bench-peers), BENCH_OUT (default bench/out).
 -- Prints a markdown table; writes $BENCH_OUT/stampede-*.dat for
 -- bench/stampede.gp.
@@ -34,6 +36,9 @@ local OUT = os.getenv("BENCH_OUT") or "bench/out"
 local WAIT = tonumber(os.getenv("STAMPEDE_WAIT")) or 30
 local HOLD = 0.001
 local LIMIT = WAIT + 30
+-- the whole W6/W7 part: runs that would start after this many seconds are
+-- left out (and listed), so a collapsing core cannot stretch make bench
+local BUDGET = tonumber(os.getenv("STAMPEDE_BUDGET")) or 900
 -- seconds between two CLIENT LIST samples (STAMPEDE_SAMPLE_MS=0: none, to
 -- see what the sampling itself costs)
 local SAMPLE = (tonumber(os.getenv("STAMPEDE_SAMPLE_MS")) or 20) / 1000
@@ -80,7 +85,8 @@ local MYID = "id=" .. assert(sampler:call { "CLIENT", "ID" }) .. " "
 -- connections on the server other than the sampler's, and how long asking took
 local function connections()
   local t = core.now()
-  local list = assert(sampler:call { "CLIENT", "LIST" })
+  local list = sampler:call { "CLIENT", "LIST" }
+  if not list then return 0, core.now() - t end
   local n = 0
   for line in list:gmatch("[^\n]+") do
     if line:sub(1, #MYID) ~= MYID then n = n + 1 end
@@ -93,8 +99,9 @@ end
 -- connections to go); O(1) for the server, where CLIENT LIST costs a line
 -- per client and, with 10,000 clients, slowed the runs it measured
 local function counted()
-  local info = assert(sampler:call { "INFO", "clients" })
-  return tonumber(info:match("connected_clients:(%d+)")) - 1
+  local info = sampler:call { "INFO", "clients" } -- a sample lost to a busy server is skipped
+  local n = info and tonumber(info:match("connected_clients:(%d+)"))
+  return n and n - 1 or 0
 end
 
 local function parse(path)
@@ -120,7 +127,7 @@ local function run(cmd, mode, n)
   seq = seq + 1
   local out = ("%s/stampede-run%d.txt"):format(OUT, seq)
   os.remove(out)
-  assert(sampler:call { "FLUSHALL" })
+  assert(sampler:call { "FLUSHALL" }) -- between runs the server is idle: this must work
   -- the previous run's connections are gone before this one starts
   local settle = core.now() + 10
   while connections() > 0 and core.now() < settle do core.sleep(0.05) end
@@ -184,11 +191,17 @@ local ran, failure = pcall(function()
       for k = 1, #IMPLS do
         local im = IMPLS[(k + si - 2) % #IMPLS + 1] -- the order rotates with N
         local t = core.now()
+        if t - t_begin > BUDGET then
+          notes[#notes + 1] = ("%s N=%d %s not run: the %g s budget (STAMPEDE_BUDGET) was spent"):format(
+            mode:upper(), n, im.name, BUDGET)
+          goto next
+        end
         local res, most, why = run(im.cmd, mode, n)
         rows[mode][n][im.name] = { res = res, most = most, why = why }
         io.stderr:write(("bench: %s N=%d %s: %s, %.1f s\n"):format(mode:upper(), n, im.name,
           res and ("%d of %d obtained, %d connections"):format(res.obtained, n, most) or "no figures",
           core.now() - t))
+        ::next::
       end
     end
   end
@@ -236,10 +249,19 @@ local function fmt(v, digits)
   return ("%.3f"):format(v)
 end
 
+-- which fluxalock ran: the branch and commit of STAMPEDE_LIB (and whether
+-- core (csrc/, lua/) had uncommitted changes), then STAMPEDE_CORE, a free description
 local function lib_label()
-  local head = sh(("git -C %s log -1 --format='%%h %%cd' --date=format:'%%Y-%%m-%%d' 2>/dev/null"):format(q(LIB)))
-  local branch = sh(("git -C %s rev-parse --abbrev-ref HEAD 2>/dev/null"):format(q(LIB)))
-  return ("%s at %s"):format(branch:gsub("%s+$", ""), head:gsub("%s+$", ""))
+  local git = "git -C " .. q(LIB)
+  local head = sh(git .. " log -1 --format='%h %cd' --date=format:'%Y-%m-%d' 2>/dev/null"):gsub("%s+$", "")
+  local label = LIB
+  if head ~= "" then
+    local branch = sh(git .. " rev-parse --abbrev-ref HEAD 2>/dev/null"):gsub("%s+$", "")
+    local dirty = sh(git .. " status --porcelain -- csrc lua 2>/dev/null"):find("%S") -- the core only
+    label = ("%s at %s%s"):format(branch, head, dirty and " + uncommitted changes" or "")
+  end
+  local what = os.getenv("STAMPEDE_CORE")
+  return what and what ~= "" and ("%s (%s)"):format(label, what) or label
 end
 
 local cpu = (sh("grep -m1 'model name' /proc/cpuinfo"):match(":%s*(.-)%s*$") or "?")
@@ -277,12 +299,19 @@ for _, mode in ipairs { "w6", "w7" } do
             f.failures[i].n, f.failures[i].msg)
         end
       else
-        print(("| %s | %d | %s | no figures | | | %d | | | | |"):format(LABEL[mode], n, im.name, r and r.most or 0))
-        notes[#notes + 1] = ("%s N=%d %s left no figures: %s"):format(mode:upper(), n, im.name,
-          r and r.why or "not run")
+        print(("| %s | %d | %s | %s | | | %s | | | | |"):format(LABEL[mode], n, im.name,
+          r and "no figures" or "not run", r and r.most or ""))
+        if r then
+          notes[#notes + 1] = ("%s N=%d %s left no figures: %s"):format(mode:upper(), n, im.name, r.why)
+        end
       end
     end
   end
+end
+do
+  local f = assert(io.open(OUT .. "/stampede-core.txt", "w"))
+  f:write(lib_label(), ", ", os.date("!%Y-%m-%d"))
+  f:close()
 end
 for name, lines in pairs(dat) do
   local f = assert(io.open(("%s/stampede-%s.dat"):format(OUT, name), "w"))
