@@ -7,7 +7,7 @@
 -- same workloads (bench/peers/stampede.js).  Each run is its own process
 -- with a time limit (WAIT + 30 s): a run that collapses is counted, not
 -- waited for.  While it runs, this process counts the server's clients
--- other than itself from its own connection: INFO clients every 20 ms, and
+-- other than itself from its own connection: INFO clients every 5 ms, and
 -- CLIENT LIST (each line not its own) every 0.5 s, or less often when
 -- CLIENT LIST takes more than a fifth of that; the most seen is reported.
 --
@@ -19,6 +19,7 @@
 -- fluxalock, which is subtracted (for node: N pending async functions).
 --
 -- Environment: STAMPEDE_N (default "100,1000,10000"), STAMPEDE_WAIT (30),
+-- STAMPEDE_SAMPLE_MS (5),
 -- STAMPEDE_BUDGET (seconds for the whole part, default 900),
 -- STAMPEDE_IMPLS (default "fluxalock,node-redlock,redis-semaphore"),
 -- STAMPEDE_LIB (the fluxalock tree the runs load, default this one: its lua/
@@ -39,11 +40,12 @@ local LIMIT = WAIT + 30
 -- the whole W6/W7 part: runs that would start after this many seconds are
 -- left out (and listed), so a collapsing core cannot stretch make bench
 local BUDGET = tonumber(os.getenv("STAMPEDE_BUDGET")) or 900
--- seconds between two CLIENT LIST samples (STAMPEDE_SAMPLE_MS=0: none, to
--- see what the sampling itself costs)
-local SAMPLE = (tonumber(os.getenv("STAMPEDE_SAMPLE_MS")) or 20) / 1000
+-- seconds between two samples of the connections (STAMPEDE_SAMPLE_MS=0:
+-- none, to see what the sampling itself costs); INFO clients is O(1) for
+-- the server, so it is asked often enough to see a W7 run of 10 ms
+local SAMPLE = (tonumber(os.getenv("STAMPEDE_SAMPLE_MS")) or 5) / 1000
 if SAMPLE <= 0 then SAMPLE = nil end
-local LIST_EVERY = 25 -- INFO clients every sample, CLIENT LIST every 25th (0.5 s)
+local LIST_EVERY = math.max(1, math.floor(0.5 / (SAMPLE or 0.5))) -- CLIENT LIST every 0.5 s
 local LIB = os.getenv("STAMPEDE_LIB") or ROOT
 local NPM = os.getenv("STAMPEDE_NPM") or (ROOT .. "/build/bench-peers")
 local SIZES = {}
@@ -54,7 +56,8 @@ for name in (os.getenv("STAMPEDE_IMPLS") or "fluxalock,node-redlock,redis-semaph
 end
 
 local LUAENV = ("env LUA_PATH=%s LUA_CPATH=%s"):format(
-  q(LIB .. "/lua/?.lua;" .. LIB .. "/lua/?/init.lua;;"), q(LIB .. "/?.so;;"))
+  q(LIB .. "/lua/?.lua;" .. LIB .. "/lua/?/init.lua;;"),
+  q(LIB .. "/?.so;" .. ROOT .. "/bench/out/?.so;;")) -- bench/out: stampede_heap.so
 local NODE = ("env NODE_PATH=%s node --expose-gc %s"):format(q(NPM .. "/node_modules"),
   q(ROOT .. "/bench/peers/stampede.js"))
 local IMPLS, skipped = {}, {}
@@ -229,10 +232,14 @@ local function fig(mode, n, name)
   if mode == "w6" and x.obtained > 0 then f.handoff = (x.span - x.obtained * HOLD) / x.obtained * 1000 end
   f.unfinished = x.unfinished
   local b = bare[n][name == "fluxalock" and "lua" or "node"]
-  if x.mem_waiting > 0 then
-    f.mem = (x.mem_rss - b.rss_per * x.mem_waiting) / x.mem_waiting
-    f.mem_heap = (x.mem_lua - b.lua_per * x.mem_waiting) / x.mem_waiting
+  local w = x.mem_waiting
+  if w > 0 then
+    -- beyond what w bare coroutines (pending async functions) cost
+    f.mem_rss = (x.mem_rss - b.rss_per * w) / w
+    f.mem_heap = (x.mem_lua - b.lua_per * w) / w
+    if x.mem_live and b.live_per then f.mem = (x.mem_live - b.live_per * w) / w end
   end
+  f.short = x.elapsed < 2 * (SAMPLE or 0.02)
   f.failures = x.failures
   f.hold = x.obtained > 0 and x.held / x.obtained * 1000 or nil
   return f, r
@@ -272,20 +279,21 @@ print(("W6/W7, %s UTC, fluxalock core: %s; %s, %s cores, redis %s, node %s; one 
 print()
 print("| workload | N | implementation | completion s | ms per handoff beyond the hold | mean hold ms "
   .. "| most connections | acquisitions/s | p99 ms to acquire | obtained / N "
-  .. "| B per waiting coroutine (of it Lua/JS heap) |")
+  .. "| B per waiting coroutine: live heap (Lua/JS heap; resident set) |")
 print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 local LABEL = { w6 = "W6 stampede, 1 key", w7 = "W7 fan-out, N keys" }
-local dat = {}
+local dat, short = {}, false
 for _, mode in ipairs { "w6", "w7" } do
   for _, n in ipairs(SIZES) do
     for _, im in ipairs(IMPLS) do
       local f, r = fig(mode, n, im.name)
       if f then
         local got = ("%d / %d"):format(f.obtained, n)
-        print(("| %s | %d | %s | %s | %s | %s | %d | %s | %s | %s | %s (%s) |"):format(LABEL[mode], n,
+        print(("| %s | %d | %s | %s | %s | %s | %d%s | %s | %s | %s | %s (%s; %s) |"):format(LABEL[mode], n,
           im.name, fmt(f.completion), mode == "w6" and fmt(f.handoff) or "", mode == "w6" and fmt(f.hold) or "",
-          f.conns, fmt(f.acq, 0), fmt(f.p99), f.all and got or "**" .. got .. "**", fmt(f.mem, 0),
-          fmt(f.mem_heap, 0)))
+          f.conns, f.short and " †" or "", fmt(f.acq, 0), fmt(f.p99), f.all and got or "**" .. got .. "**",
+          fmt(f.mem, 0), fmt(f.mem_heap, 0), fmt(f.mem_rss, 0)))
+        short = short or f.short
         if f.unfinished > 0 then
           notes[#notes + 1] = ("%s N=%d %s: %d still waiting when the %d s limit ended the run"):format(
             mode:upper(), n, im.name, f.unfinished, LIMIT)
@@ -360,6 +368,10 @@ for _, f in ipairs { x6 or false, x7 or false } do
   end
 end
 for _, s in ipairs(skipped) do notes[#notes + 1] = "skipped: " .. s end
+if short then
+  table.insert(notes, 1, ("†: the run took less than two %g ms samples: its count can miss the peak"):format(
+    (SAMPLE or 0.02) * 1000))
+end
 if #notes > 0 then
   print()
   for _, s in ipairs(notes) do print("- " .. s) end

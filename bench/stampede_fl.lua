@@ -17,14 +17,17 @@ local WAIT, HOLD = tonumber(arg[5]) or 30, tonumber(arg[6]) or 0.001
 local TTL = WAIT + 10 -- obtain refuses a wait longer than the ttl
 local now = core.now
 
--- the heap now: Lua's own count and the process's resident set (Lua's
--- allocations are part of it, and so is every C allocation of the library)
+-- the heap now: Lua's own count, the bytes malloc has handed out and not
+-- had back (bench/stampede_heap.c, built by make bench: Lua's allocations
+-- are part of it, and so is every C allocation of the library), and the
+-- process's resident set (a high-water mark: malloc keeps freed pages)
+local has_live, live_heap = pcall(require, "stampede_heap")
 local function heap()
   collectgarbage("collect")
   local f = assert(io.open("/proc/self/status"))
   local rss = tonumber(f:read("a"):match("VmRSS:%s*(%d+)")) * 1024
   f:close()
-  return collectgarbage("count") * 1024, rss
+  return collectgarbage("count") * 1024, rss, has_live and live_heap() or 0 / 0
 end
 
 local function write(res, failures)
@@ -39,7 +42,7 @@ local function write(res, failures)
   os.rename(OUT .. ".tmp", OUT)
 end
 
-local lua0, rss0 = heap()
+local lua0, rss0, live0 = heap()
 
 if mode == "bare" then
   local cos = {}
@@ -47,16 +50,17 @@ if mode == "bare" then
     cos[i] = coroutine.create(function() coroutine.yield() end)
     coroutine.resume(cos[i])
   end
-  local lua1, rss1 = heap()
+  local lua1, rss1, live1 = heap()
   for i = 1, N do coroutine.resume(cos[i]) end
-  write { lua_per = (lua1 - lua0) / N, rss_per = (rss1 - rss0) / N }
+  write { lua_per = (lua1 - lua0) / N, rss_per = (rss1 - rss0) / N, live_per = (live1 - live0) / N }
   os.exit(0)
 end
 
 fluxalock.configure { host = "luv", pools = { default = ("redis://127.0.0.1:%d/0"):format(PORT) } }
 local locker = fluxalock.locker()
 
-local st = { obtained = 0, failed = 0, returned = 0, held = 0, mem_lua = 0, mem_rss = 0, mem_waiting = 0 }
+local st = { obtained = 0, failed = 0, returned = 0, held = 0, mem_lua = 0, mem_rss = 0, mem_live = 0,
+  mem_waiting = 0 }
 local failures, acquire = {}, {}
 local t0, last_release = 0, 0
 
@@ -65,9 +69,10 @@ local t0, last_release = 0, 0
 local function sample_heap()
   local waiting = N - st.returned
   if waiting <= 0 then return end
-  local lua1, rss1 = heap()
-  if st.mem_waiting == 0 or (rss1 - rss0) / waiting > st.mem_rss / st.mem_waiting then
-    st.mem_lua, st.mem_rss, st.mem_waiting = lua1 - lua0, rss1 - rss0, waiting
+  local lua1, rss1, live1 = heap()
+  local used = has_live and live1 - live0 or rss1 - rss0
+  if st.mem_waiting == 0 or used / waiting > (has_live and st.mem_live or st.mem_rss) / st.mem_waiting then
+    st.mem_lua, st.mem_rss, st.mem_live, st.mem_waiting = lua1 - lua0, rss1 - rss0, live1 - live0, waiting
   end
 end
 
@@ -92,7 +97,7 @@ local function finish()
   write({
     n = N, obtained = st.obtained, failed = st.failed, unfinished = N - st.returned,
     elapsed = elapsed, span = span, held = st.held, p99_ms = p99 * 1000,
-    mem_lua = st.mem_lua, mem_rss = st.mem_rss, mem_waiting = st.mem_waiting,
+    mem_lua = st.mem_lua, mem_rss = st.mem_rss, mem_live = st.mem_live, mem_waiting = st.mem_waiting,
   }, failures)
 end
 
@@ -148,7 +153,7 @@ end)
 local warm = coroutine.create(function()
   local lock = assert(locker:obtain("warm-up", TTL))
   assert(lock:release())
-  lua0, rss0 = heap() -- the library loaded, its connection open
+  lua0, rss0, live0 = heap() -- the library loaded, its connection open
   t0 = now()
   for i = 1, N do
     local co = coroutine.create(body)

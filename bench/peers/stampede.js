@@ -18,10 +18,12 @@ const N = Number(nArg), WAIT = Number(waitArg || 30), HOLD = Number(holdArg || 0
 const TTL = WAIT + 10;
 const now = () => Number(process.hrtime.bigint()) / 1e9;
 
+// the V8 heap in use, the resident set, and what is live: the V8 heap and
+// the memory outside it that V8 objects hold (buffers)
 function heap() {
   global.gc();
   const m = process.memoryUsage();
-  return [m.heapUsed, m.rss];
+  return [m.heapUsed, m.rss, m.heapUsed + m.external];
 }
 
 function write(res, failures) {
@@ -31,17 +33,17 @@ function write(res, failures) {
   fs.renameSync(out + ".tmp", out);
 }
 
-let [js0, rss0] = heap();
+let [js0, rss0, live0] = heap();
 
 if (mode === "bare") {
   let release;
   const gate = new Promise((r) => { release = r; });
   const all = [];
   for (let i = 0; i < N; i++) all.push((async () => { await gate; })());
-  const [js1, rss1] = heap();
+  const [js1, rss1, live1] = heap();
   release();
   Promise.all(all).then(() => {
-    write({ lua_per: (js1 - js0) / N, rss_per: (rss1 - rss0) / N });
+    write({ lua_per: (js1 - js0) / N, rss_per: (rss1 - rss0) / N, live_per: (live1 - live0) / N });
     process.exit(0);
   });
 } else {
@@ -64,7 +66,7 @@ if (mode === "bare") {
     };
   }
 
-  const st = { obtained: 0, failed: 0, returned: 0, held: 0, mem_lua: 0, mem_rss: 0, mem_waiting: 0 };
+  const st = { obtained: 0, failed: 0, returned: 0, held: 0, mem_lua: 0, mem_rss: 0, mem_live: 0, mem_waiting: 0 };
   const failures = {}, acquire = [];
   let t0 = 0, lastRelease = 0;
   const sleep = (s) => new Promise((r) => setTimeout(r, Math.max(1, Math.round(s * 1000))));
@@ -72,9 +74,9 @@ if (mode === "bare") {
   const sampleHeap = () => {
     const waiting = N - st.returned;
     if (waiting <= 0) return;
-    const [js1, rss1] = heap();
-    if (st.mem_waiting === 0 || (rss1 - rss0) / waiting > st.mem_rss / st.mem_waiting) {
-      st.mem_lua = js1 - js0; st.mem_rss = rss1 - rss0; st.mem_waiting = waiting;
+    const [js1, rss1, live1] = heap();
+    if (st.mem_waiting === 0 || (live1 - live0) / waiting > st.mem_live / st.mem_waiting) {
+      st.mem_lua = js1 - js0; st.mem_rss = rss1 - rss0; st.mem_live = live1 - live0; st.mem_waiting = waiting;
     }
   };
   const fail = (err) => {
@@ -90,7 +92,7 @@ if (mode === "bare") {
       n: N, obtained: st.obtained, failed: st.failed, unfinished: N - st.returned,
       elapsed: t - t0, span: (mode === "w6" && lastRelease > 0 ? lastRelease : t) - t0,
       held: st.held, p99_ms: p99 * 1000,
-      mem_lua: st.mem_lua, mem_rss: st.mem_rss, mem_waiting: st.mem_waiting,
+      mem_lua: st.mem_lua, mem_rss: st.mem_rss, mem_live: st.mem_live, mem_waiting: st.mem_waiting,
     }, failures);
   };
   process.on("SIGTERM", () => { finish(); process.exit(0); });
@@ -122,7 +124,7 @@ if (mode === "bare") {
   redis.once("ready", () => {
     // the connection is open first: fluxalock's runs include their connects,
     // ioredis would otherwise queue everything behind its own
-    [js0, rss0] = heap(); // the libraries loaded, the connection open
+    [js0, rss0, live0] = heap(); // the libraries loaded, the connection open
     t0 = now();
     const all = [];
     for (let i = 1; i <= N; i++) all.push(body(i).finally(() => { st.returned++; }));
