@@ -65,10 +65,11 @@ local failures, acquire = {}, {}
 local t0, last_release = 0, 0
 
 -- the heap with 'waiting' coroutines inside obtain; the largest per-waiter
--- figure of the samples is kept
+-- figure of the samples is kept, of samples with at least half of them
+-- waiting (with a few left, fixed costs would pass for theirs)
 local function sample_heap()
   local waiting = N - st.returned
-  if waiting <= 0 then return end
+  if waiting <= 0 or waiting < N / 2 then return end
   local lua1, rss1, live1 = heap()
   local used = has_live and live1 - live0 or rss1 - rss0
   if st.mem_waiting == 0 or used / waiting > (has_live and st.mem_live or st.mem_rss) / st.mem_waiting then

@@ -73,7 +73,7 @@ if (mode === "bare") {
 
   const sampleHeap = () => {
     const waiting = N - st.returned;
-    if (waiting <= 0) return;
+    if (waiting <= 0 || waiting < N / 2) return; // as stampede_fl.lua: half of them waiting at least
     const [js1, rss1, live1] = heap();
     if (st.mem_waiting === 0 || (live1 - live0) / waiting > st.mem_live / st.mem_waiting) {
       st.mem_lua = js1 - js0; st.mem_rss = rss1 - rss0; st.mem_live = live1 - live0; st.mem_waiting = waiting;
