@@ -368,6 +368,10 @@ for _, f in ipairs { x6 or false, x7 or false } do
   end
 end
 for _, s in ipairs(skipped) do notes[#notes + 1] = "skipped: " .. s end
+local heap_so = io.open(ROOT .. "/bench/out/stampede_heap.so")
+if heap_so then heap_so:close() else
+  notes[#notes + 1] = "the live heap was not measured: make bench builds bench/out/stampede_heap.so"
+end
 if short then
   table.insert(notes, 1, ("†: the run took less than two %g ms samples: its count can miss the peak"):format(
     (SAMPLE or 0.02) * 1000))
