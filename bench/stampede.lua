@@ -268,7 +268,9 @@ local function lib_label()
     label = ("%s at %s%s"):format(branch, head, dirty and " + uncommitted changes" or "")
   end
   local what = os.getenv("STAMPEDE_CORE")
-  return what and what ~= "" and ("%s (%s)"):format(label, what) or label
+  if not what or what == "" then return label end
+  if head == "" then return what end -- a copy without git: the description says what it is
+  return ("%s (%s)"):format(label, what)
 end
 
 local cpu = (sh("grep -m1 'model name' /proc/cpuinfo"):match(":%s*(.-)%s*$") or "?")
