@@ -225,6 +225,7 @@ local function fig(mode, n, name)
   f.all = x.obtained == n and x.unfinished == 0
   f.acq = x.span > 0 and x.obtained / x.span or 0 / 0
   f.p99 = x.p99_ms
+  f.release_max = x.release_max_ms
   f.conns = r.most
   -- the nominal hold, as the issue defines it: a hold timer that fires
   -- late (a busy loop) counts against the handoff; the mean measured hold
@@ -280,9 +281,9 @@ print(("W6/W7, %s UTC, fluxalock core: %s; %s, %s cores, redis %s, node %s; one 
   sh("node --version 2>/dev/null"):gsub("%s+$", ""), WAIT, HOLD * 1000, load_before, load_after))
 print()
 print("| workload | N | implementation | completion s | ms per handoff beyond the hold | mean hold ms "
-  .. "| most connections | acquisitions/s | p99 ms to acquire | obtained / N "
+  .. "| most connections | acquisitions/s | p99 ms to acquire | slowest release ms | obtained / N "
   .. "| B per waiting coroutine: live heap (Lua/JS heap; resident set) |")
-print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 local LABEL = { w6 = "W6 stampede, 1 key", w7 = "W7 fan-out, N keys" }
 local dat, short = {}, false
 for _, mode in ipairs { "w6", "w7" } do
@@ -291,10 +292,10 @@ for _, mode in ipairs { "w6", "w7" } do
       local f, r = fig(mode, n, im.name)
       if f then
         local got = ("%d / %d"):format(f.obtained, n)
-        print(("| %s | %d | %s | %s | %s | %s | %d%s | %s | %s | %s | %s (%s; %s) |"):format(LABEL[mode], n,
+        print(("| %s | %d | %s | %s | %s | %s | %d%s | %s | %s | %s | %s | %s (%s; %s) |"):format(LABEL[mode], n,
           im.name, fmt(f.completion), mode == "w6" and fmt(f.handoff) or "", mode == "w6" and fmt(f.hold) or "",
-          f.conns, f.short and " †" or "", fmt(f.acq, 0), fmt(f.p99), f.all and got or "**" .. got .. "**",
-          fmt(f.mem, 0), fmt(f.mem_heap, 0), fmt(f.mem_rss, 0)))
+          f.conns, f.short and " †" or "", fmt(f.acq, 0), fmt(f.p99), fmt(f.release_max),
+          f.all and got or "**" .. got .. "**", fmt(f.mem, 0), fmt(f.mem_heap, 0), fmt(f.mem_rss, 0)))
         short = short or f.short
         if f.unfinished > 0 then
           notes[#notes + 1] = ("%s N=%d %s: %d still waiting when the %d s limit ended the run"):format(
@@ -309,7 +310,7 @@ for _, mode in ipairs { "w6", "w7" } do
             f.failures[i].n, f.failures[i].msg)
         end
       else
-        print(("| %s | %d | %s | %s | | | %s | | | | |"):format(LABEL[mode], n, im.name,
+        print(("| %s | %d | %s | %s | | | %s | | | | | |"):format(LABEL[mode], n, im.name,
           r and "no figures" or "not run", r and r.most or ""))
         if r then
           notes[#notes + 1] = ("%s N=%d %s left no figures: %s"):format(mode:upper(), n, im.name, r.why)

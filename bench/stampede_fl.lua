@@ -60,7 +60,7 @@ fluxalock.configure { host = "luv", pools = { default = ("redis://127.0.0.1:%d/0
 local locker = fluxalock.locker()
 
 local st = { obtained = 0, failed = 0, returned = 0, held = 0, mem_lua = 0, mem_rss = 0, mem_live = 0,
-  mem_waiting = 0 }
+  mem_waiting = 0, release_max = 0 }
 local failures, acquire = {}, {}
 local t0, last_release = 0, 0
 
@@ -97,7 +97,7 @@ local function finish()
   local span = (mode == "w6" and last_release > 0 and last_release or now()) - t0
   write({
     n = N, obtained = st.obtained, failed = st.failed, unfinished = N - st.returned,
-    elapsed = elapsed, span = span, held = st.held, p99_ms = p99 * 1000,
+    elapsed = elapsed, span = span, held = st.held, p99_ms = p99 * 1000, release_max_ms = st.release_max * 1000,
     mem_lua = st.mem_lua, mem_rss = st.mem_rss, mem_live = st.mem_live, mem_waiting = st.mem_waiting,
   }, failures)
 end
@@ -125,6 +125,7 @@ local function body(i)
     local tr = now()
     st.held = st.held + (tr - tb)
     local ok, rerr = lock:release()
+    st.release_max = math.max(st.release_max, now() - tr)
     if mode == "w6" then last_release = math.max(last_release, tr) end
     if not ok then fail("release: " .. tostring(rerr)) end
   else

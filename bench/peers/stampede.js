@@ -66,7 +66,8 @@ if (mode === "bare") {
     };
   }
 
-  const st = { obtained: 0, failed: 0, returned: 0, held: 0, mem_lua: 0, mem_rss: 0, mem_live: 0, mem_waiting: 0 };
+  const st = { obtained: 0, failed: 0, returned: 0, held: 0, mem_lua: 0, mem_rss: 0, mem_live: 0, mem_waiting: 0,
+    release_max: 0 };
   const failures = {}, acquire = [];
   let t0 = 0, lastRelease = 0;
   const sleep = (s) => new Promise((r) => setTimeout(r, Math.max(1, Math.round(s * 1000))));
@@ -91,7 +92,7 @@ if (mode === "bare") {
     write({
       n: N, obtained: st.obtained, failed: st.failed, unfinished: N - st.returned,
       elapsed: t - t0, span: (mode === "w6" && lastRelease > 0 ? lastRelease : t) - t0,
-      held: st.held, p99_ms: p99 * 1000,
+      held: st.held, p99_ms: p99 * 1000, release_max_ms: st.release_max * 1000,
       mem_lua: st.mem_lua, mem_rss: st.mem_rss, mem_live: st.mem_live, mem_waiting: st.mem_waiting,
     }, failures);
   };
@@ -119,6 +120,7 @@ if (mode === "bare") {
     st.held += tr - tb;
     if (mode === "w6") lastRelease = Math.max(lastRelease, tr);
     try { await release(); } catch (e) { fail("release: " + (e && e.message)); }
+    st.release_max = Math.max(st.release_max, now() - tr);
   };
 
   redis.once("ready", () => {
