@@ -62,12 +62,17 @@ BENCH_PACKAGES = python3-redis gnuplot-nox
 
 bench:
 	@sh tools/deps.sh $(BENCH_PACKAGES)
-	@$(MAKE) --no-print-directory all bench/out/floor
+	@$(MAKE) --no-print-directory all bench/out/floor bench/out/stampede_heap.so
 	@sh bench/run.sh
 
 bench/out/floor: bench/floor.c
 	@mkdir -p bench/out
 	$(CC) $(OPT) $(WARN) -I$(HIREDIS_INCDIR) -o $@ bench/floor.c -L$(HIREDIS_LIBDIR) $(LIBS)
+
+# W6/W7's live C heap figure (bench/stampede_fl.lua)
+bench/out/stampede_heap.so: bench/stampede_heap.c
+	@mkdir -p bench/out
+	$(CC) $(CFLAGS) -o $@ bench/stampede_heap.c -shared
 
 lint:
 	luacheck lua spec examples bench bin/fluxalock

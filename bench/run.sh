@@ -4,7 +4,10 @@
 # (bench/plot.gp -> $BENCH_OUT/handoff.png; docs/handoff.png is a copy),
 # then W1/W3 for the pool kinds (bench/poolkinds.lua -> poolkinds.md),
 # then what 100 renewed locks cost (bench/renew.lua -> renew.md), then W1/W3
-# over TLS beside plain TCP (bench/tls.lua -> tls.md).
+# over TLS beside plain TCP (bench/tls.lua -> tls.md), then
+# W6/W7, 100 to 10,000 coroutines in one luv process beside node-redlock and
+# redis-semaphore (bench/stampede.lua -> stampede.md; bench/stampede.gp ->
+# stampede.png, docs/stampede.png is a copy).
 set -eu
 cd "$(dirname "$0")/.."
 export LUA_PATH="lua/?.lua;lua/?/init.lua;spec/?.lua;;" LUA_CPATH="./?.so;;"
@@ -26,3 +29,13 @@ echo "bench: W1/W3 over TLS beside plain TCP" >&2
 lua5.4 bench/tls.lua > "$out/tls.md"
 echo
 cat "$out/tls.md"
+echo "bench: W6/W7: 100 to 10,000 coroutines under luv, beside node-redlock and redis-semaphore" >&2
+sh bench/peers/install.sh || echo "bench: the node peers could not be installed: W6/W7 run fluxalock alone" >&2
+# 0.1's core opens a connection per waiting coroutine: the fd limit (and the
+# bench's redis-server's maxclients, set from it) must not be what is measured
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+lua5.4 bench/stampede.lua > "$out/stampede.md"
+echo
+cat "$out/stampede.md"
+gnuplot -e "dir='$out'" bench/stampede.gp
+echo "bench: plot in $out/stampede.png" >&2
