@@ -91,6 +91,27 @@ static int script_result(lua_State *L, fl_conn *c, int st, long long *n) {
 
 /* ---- release / __close ----------------------------------------------------- */
 
+#define NOTIFY "fluxalock.notify"
+
+/* core.setnotify(fn | nil): fn(full key) after every release of this
+   process, so the Lua layer hands the key to its next local waiter */
+static int lock_setnotify(lua_State *L) {
+  if (!lua_isnoneornil(L, 1)) luaL_checktype(L, 1, LUA_TFUNCTION);
+  lua_settop(L, 1);
+  lua_setfield(L, LUA_REGISTRYINDEX, NOTIFY);
+  return 0;
+}
+
+/* tell the Lua layer lk's key was released (never raises, never yields) */
+void fl_notify(lua_State *L, const fl_lock *lk) {
+  if (!lk || lua_getfield(L, LUA_REGISTRYINDEX, NOTIFY) != LUA_TFUNCTION) {
+    lua_pop(L, 1);
+    return;
+  }
+  lua_pushlstring(L, lk->key, lk->keylen);
+  if (lua_pcall(L, 1, 0, 0) != LUA_OK) lua_pop(L, 1);
+}
+
 static int release_start(lua_State *L, fl_lock *lk, lua_KFunction k, int *st,
                          fl_conn **cp) {
   int hidx;
@@ -128,7 +149,9 @@ static int done(lua_State *L, fl_conn *c, int op, int nres) {
 }
 
 static int release_finish(lua_State *L, fl_conn *c, int st) {
-  return done(L, c, FL_OP_RELEASE, release_result(L, c, st));
+  int n = done(L, c, FL_OP_RELEASE, release_result(L, c, st));
+  fl_notify(L, lua_touserdata(L, 1));
+  return n;
 }
 
 static int release_k(lua_State *L, int status, lua_KContext ctx) {
@@ -403,5 +426,7 @@ int fl_lock_open(lua_State *L) {
   luaL_newlib(L, meth);
   lua_setfield(L, -2, "__index");
   lua_pop(L, 1);
+  lua_pushcfunction(L, lock_setnotify);
+  lua_setfield(L, -2, "setnotify");
   return 0;
 }

@@ -88,15 +88,8 @@ void fl_multi_free(fl_pool *p) {
 }
 
 void fl_multi_close(fl_pool *p) {
-  int i, j;
-  for (j = 0; j < p->nnodes; j++) {
-    fl_pool_flush(p->nodes[j]);
-    for (i = 0; i < p->nodes[j]->nconns; i++)
-      if (!p->nodes[j]->conns[i]->busy) {
-        fl_conn_disconnect(p->nodes[j]->conns[i]);
-        p->nodes[j]->conns[i]->ever = 0; /* on purpose: no reconnect (stats.c) */
-      }
-  }
+  int j;
+  for (j = 0; j < p->nnodes; j++) fl_pool_close_idle(p->nodes[j]);
 }
 
 static int add_node(fl_pool *g, fl_pool *n) {
@@ -135,6 +128,8 @@ static int cluster_node(fl_pool *g, const char *host, int port) {
   n->o.prefix = dup(g->o.prefix);
   n->o.port = port;
   n->o.cluster = 1;
+  n->maxconn = g->maxconn;
+  n->has_park = g->has_park;
   snprintf(n->o.where, sizeof n->o.where, strchr(host, ':') ? "[%s]:%d" : "%s:%d",
            host, port);
   if (!n->o.host || !n->o.prefix || (g->o.username && !n->o.username) ||
@@ -154,7 +149,7 @@ int fl_multi_group(lua_State *L) {
   int i, n;
   luaL_checktype(L, 3, LUA_TTABLE);
   n = (int)luaL_len(L, 3);
-  luaL_argcheck(L, g->kind == FL_SINGLE && g->nconns == 0, 1, "pool already in use");
+  luaL_argcheck(L, g->kind == FL_SINGLE && g->nlinks == 0, 1, "pool already in use");
   luaL_argcheck(L, n >= 1, 3, "at least one node");
   snprintf(g->o.where, sizeof g->o.where, "%s", where);
   if (strcmp(kind, "redlock") == 0) {
@@ -303,6 +298,7 @@ static void leg_start(fan *f, leg *l) {
     leg_fail_msg(l, "fluxalock: out of memory");
     return;
   }
+  c->wkey = f; /* a reply for any leg wakes the fan's coroutine */
   if (op == FL_OP_OBTAIN || op == FL_OP_AWAIT || op == FL_OP_RELEASE || op == FL_OP_CLOSE) {
     comp = fl_companion(c, f->key, f->keylen, op == FL_OP_OBTAIN ? "fence" : "wake:",
                         op != FL_OP_OBTAIN, &complen);
@@ -436,7 +432,8 @@ static void leg_reply(fan *f, leg *l) {
       fl_conn_end(c);
       l->st = LEG_PAUSE;
       l->resume = now + pause;
-      return; /* keeps l->c: its idle socket paces the pause under a host */
+      l->c = NULL;
+      return;
     }
   }
   if (r->type == REDIS_REPLY_ERROR) {
@@ -505,8 +502,11 @@ static void leg_step(fan *f, leg *l, double now) {
   if (st == FL_WAIT) {
     now = fl_now();
     if (l->c->limit > 0 && now >= l->c->limit) { /* the wait's hard end */
-      fl_conn_disconnect(l->c);
-      l->c->ever = 0; /* on purpose: no reconnect (stats.c) */
+      /* a BLPOP still blocked holds its link until the server answers */
+      if (l->c->link) {
+        fl_link_close(l->c->link, "abandoned");
+        l->c->link->ever = 0; /* on purpose: no reconnect (stats.c) */
+      }
       fl_conn_end(l->c);
       l->c = NULL;
       l->st = LEG_LATE;
@@ -535,7 +535,7 @@ static void fail_running(fan *f, const char *why) {
     if (l->st != LEG_RUN && l->st != LEG_PAUSE) continue;
     snprintf(msg, sizeof msg, "fluxalock: %s %s: host wait: %s", opname(f->op),
              l->node->o.where, why);
-    if (l->c) fl_conn_disconnect(l->c);
+    if (l->c) fl_conn_detach(l->c);
     leg_fail_msg(l, msg);
   }
 }
@@ -555,24 +555,64 @@ static void settle_early(fan *f) {
     leg *l = &f->legs[i];
     char msg[FL_ERRLEN];
     if (l->st != LEG_RUN && l->st != LEG_PAUSE) continue;
-    if (l->c) { /* a late reply must not be read later */
-      fl_conn_disconnect(l->c);
-      l->c->ever = 0; /* dropped on purpose: its next connect is no reconnect */
-    }
+    if (l->c) fl_conn_detach(l->c); /* its late reply is dropped */
     snprintf(msg, sizeof msg, "fluxalock: %s %s: not awaited (a majority answered)",
              opname(f->op), l->node->o.where);
     leg_fail_msg(l, msg);
   }
 }
 
+/* deliver the wake-ups the legs' links collected (other coroutines' replies) */
+static void fan_wakes(lua_State *L, fan *f) {
+  int i;
+  if (!f->hidx) return;
+  for (i = 0; i < f->g->nnodes; i++) fl_wake_flush(L, f->g->nodes[i], f->hidx);
+}
+
+/* one wait of the fan under a host: on a leg's socket when the fan may be
+   that link's reader, else parked on the fan until a reader wakes it */
+static int fan_wait(lua_State *L, fan *f, double now, double left, lua_KFunction k) {
+  int i;
+  fl_conn *wc = NULL;
+  double t = left;
+  for (i = 0; i < f->nlegs && !wc; i++) {
+    leg *l = &f->legs[i];
+    if (l->st == LEG_RUN && fl_conn_fd(l->c) >= 0 &&
+        (!l->c->pool->has_park || fl_conn_claim(l->c, now, left)))
+      wc = l->c;
+  }
+  for (i = 0; i < f->nlegs; i++) /* one link at a time: the others go on */
+    if (f->legs[i].st == LEG_RUN && f->legs[i].c != wc) {
+      fl_conn_unclaim(f->legs[i].c);
+      if (f->legs[i].c->link && f->legs[i].c->link->rdl + 0.05 - now < t)
+        t = f->legs[i].c->link->rdl + 0.05 - now;
+    }
+  fan_wakes(L, f);
+  if (wc) {
+    lua_getfield(L, f->hidx, "wait");
+    lua_pushinteger(L, fl_conn_fd(wc));
+    lua_pushstring(L, wc->events == POLLOUT ? "w" : "r");
+    lua_pushnumber(L, left);
+    return lua_pcallk(L, 3, 0, 0, (lua_KContext)f, k);
+  }
+  if (lua_getfield(L, f->hidx, "park") != LUA_TFUNCTION) {
+    /* a wait-only host and nothing to wait on (all legs pausing): short */
+    lua_pop(L, 1);
+    poll(NULL, 0, (int)(left * 1000.0) + 1);
+    return LUA_OK;
+  }
+  lua_pushlightuserdata(L, f);
+  lua_pushnumber(L, t > 0.001 ? t : 0.001);
+  return lua_pcallk(L, 2, 0, 0, (lua_KContext)f, k);
+}
+
 /* run every leg to its end; 0 when done (may yield through the host) */
 static int fan_drive(lua_State *L, fan *f, lua_KFunction k) {
+  int host = f->hidx && lua_type(L, f->hidx) == LUA_TTABLE;
   for (;;) {
     struct pollfd pfd[FL_MAXNODES];
     int i, np = 0, active = 0;
     double now = fl_now(), until = now + 3600;
-    fl_conn *wc = NULL;
-    const char *wmode = "r";
     for (i = 0; i < f->nlegs; i++) leg_step(f, &f->legs[i], now);
     settle_early(f);
     now = fl_now();
@@ -582,13 +622,11 @@ static int fan_drive(lua_State *L, fan *f, lua_KFunction k) {
         double d = l->c->deadline;
         if (l->c->limit > 0 && l->c->limit < d) d = l->c->limit;
         if (d < until) until = d;
-        pfd[np].fd = l->c->ctx->fd;
-        pfd[np].events = (short)l->c->events;
-        pfd[np].revents = 0;
-        np++;
-        if (!wc) {
-          wc = l->c;
-          wmode = l->c->events == POLLOUT ? "w" : "r";
+        if (fl_conn_fd(l->c) >= 0 && np < FL_MAXNODES) {
+          pfd[np].fd = fl_conn_fd(l->c);
+          pfd[np].events = (short)l->c->events;
+          pfd[np].revents = 0;
+          np++;
         }
         active++;
       } else if (l->st == LEG_PAUSE) {
@@ -596,22 +634,18 @@ static int fan_drive(lua_State *L, fan *f, lua_KFunction k) {
         active++;
       }
     }
-    if (!active) return 0;
-    if (!wc) /* all pausing: an idle socket of theirs paces the pause */
-      for (i = 0; i < f->nlegs && !wc; i++)
-        if (f->legs[i].st == LEG_PAUSE && f->legs[i].c && f->legs[i].c->ctx) wc = f->legs[i].c;
+    if (!active) {
+      if (host) fan_wakes(L, f);
+      return 0;
+    }
     if (until < now) until = now;
-    if (f->hidx && wc && lua_type(L, f->hidx) == LUA_TFUNCTION) {
-      int st;
-      lua_pushvalue(L, f->hidx);
-      lua_pushinteger(L, wc->ctx->fd);
-      lua_pushstring(L, wmode);
-      lua_pushnumber(L, until - now);
-      st = lua_pcallk(L, 3, 0, 0, (lua_KContext)f, k);
+    if (host) {
+      int st = fan_wait(L, f, now, until - now, k);
       if (st != LUA_OK) {
         const char *m = lua_tostring(L, -1);
         fail_running(f, m ? m : "error");
         lua_pop(L, 1);
+        fan_wakes(L, f);
         return 0;
       }
     } else {
@@ -804,6 +838,7 @@ static int fan_done(lua_State *L, fan *f, int r) {
                       the stack to the lock): read it before fl_done */
   fl_lock *lk = op == FL_OP_OBTAIN || op == FL_OP_AWAIT ? NULL : lua_touserdata(L, LOCK);
   fl_done(L, f->g, lk, op, f->key, f->keylen, f->start, r, f->poolidx);
+  if (op == FL_OP_RELEASE || op == FL_OP_CLOSE) fl_notify(L, lk);
   return op == FL_OP_CLOSE ? 0 : r;
 }
 
@@ -919,8 +954,9 @@ int fl_multi_await(lua_State *L) {
     int pick = -1;
     for (i = 0; i < g->nnodes && pick < 0; i++) {
       int j = (int)((g->rotate + (unsigned long)i) % (unsigned long)g->nnodes), k;
-      for (k = 0; k < g->nodes[j]->nconns; k++)
-        if (g->nodes[j]->conns[k]->ctx && !g->nodes[j]->conns[k]->busy) pick = j;
+      for (k = 0; k < g->nodes[j]->nlinks; k++)
+        if (g->nodes[j]->links[k]->state == FL_LK_READY && fl_link_idle(g->nodes[j]->links[k]))
+          pick = j;
     }
     g->rotate++;
     f->legs[0].node = g->nodes[pick < 0 ? 0 : pick];

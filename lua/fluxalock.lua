@@ -11,7 +11,7 @@ local core = require "fluxalock.core"
 local config = require "fluxalock.config"
 
 local type, error, getmetatable, setmetatable = type, error, getmetatable, setmetatable
-local min, now = math.min, core.now
+local min, now, random = math.min, core.now, math.random
 
 local M = {
   NOT_OBTAINED = "not obtained",
@@ -25,7 +25,7 @@ local pools = {}            -- name -> normalized options (configured)
 local defaults = nil        -- configure{defaults = ...}
 local lockers = {}          -- name -> Locker of a configured pool
 local by_url = setmetatable({}, { __mode = "v" }) -- URL -> Locker
-local host_wait = nil       -- the event-loop host's wait function, or nil
+local host_wait = nil       -- the event-loop host (a table: wait [, park, unpark]), or nil
 local log_fn = nil          -- configure{log = fn}
 local all = setmetatable({}, { __mode = "k" }) -- every Locker (the log follows configure)
 -- FLUXALOCK_DEBUG (read once, at require): every event also goes to stderr
@@ -158,11 +158,12 @@ local function new_locker(name, o)
     _pool = pool,
     _where = config.where(o),
     _step = o.retry_step,
+    _prefix = o.prefix or "",
     _max = o.retry_max,
     _log = o.log,
     -- what the Lua layer counts (stats(); the C core counts the rest)
     _obtained = 0, _not_obtained = 0, _errors = 0,
-    _waited = 0, _wait_seconds = 0.0, _wait_max = 0.0,
+    _waited = 0, _wait_seconds = 0.0, _wait_max = 0.0, _waiting = 0,
   }, Locker)
   all[l] = true
   if log_fn or DEBUG or o.log then apply_log(l) end
@@ -201,6 +202,101 @@ local function wait_for(self, pool, key, ms, deadline)
   return lock, sent
 end
 
+-- ---- waiting under a host: a local FIFO per key ------------------------------
+--
+-- Under a host, the waiters of one key in this process queue up (API.md:
+-- first come, first served).  Only the head tries at Redis; the others are
+-- parked (host.park) until they become the head.  A release in this process
+-- (core.setnotify) unparks the head at once; a release elsewhere, an expired
+-- lock or a lost wake-up is noticed by the head's backoff steps (linear,
+-- jittered, capped at retry_max).  A waiting obtain holds no connection.
+
+local queues = {}   -- full key (prefix .. key) -> { first = i, last = j, [i] = waiter | false }
+local idle_fd       -- a descriptor that never becomes ready: a wait-only host's sleep
+
+-- park w for 'secs' (until unparked, or the time is up)
+local function park(w, secs)
+  local h = host_wait
+  if h.park then return h.park(w, secs) end
+  -- a wait-only host cannot be woken by us: sleep the step on a silent fd
+  idle_fd = idle_fd or core.idlefd()
+  return h.wait(idle_fd, "r", secs)
+end
+
+local function unpark(w)
+  local h = host_wait
+  if h and h.unpark then h.unpark(w) end
+end
+
+local function head(q)
+  while q.first <= q.last and not q[q.first] do
+    q[q.first] = nil
+    q.first = q.first + 1
+  end
+  return q[q.first]
+end
+
+-- a local release of 'full': its head tries at once
+local function released(full)
+  local q = queues[full]
+  local w = q and head(q)
+  if w then
+    w.kicked = true
+    unpark(w)
+  end
+end
+
+local function leave(full, q, w)
+  q[w.at] = false
+  local nxt = head(q)
+  if nxt then
+    unpark(nxt) -- its turn: it starts its own backoff steps
+  else
+    queues[full] = nil
+  end
+end
+
+-- the local queue's way of waiting; -> as wait_for
+local function wait_queued(self, pool, key, ms, deadline, full)
+  local q = queues[full]
+  if not q then
+    q = { first = 1, last = 0 }
+    queues[full] = q
+  end
+  local w = {}
+  self._waiting = self._waiting + 1
+  q.last = q.last + 1
+  q[q.last] = w
+  w.at = q.last
+  local step, smax, pause = self._step, self._max, 0
+  local lock, err, sent = false, nil, nil
+  while true do
+    local left = deadline - now()
+    if head(q) ~= w then
+      if left <= 0 then break end
+      -- a host that cannot unpark: look again each backoff cap
+      park(w, host_wait.unpark and left or min(left, smax))
+    else
+      if w.kicked then
+        w.kicked = false
+      elseif left > 0 then
+        pause = min(pause + step, smax)
+        -- jitter: waiters of other processes do not step in lockstep
+        park(w, min(pause * (0.5 + random() * 0.5), left))
+        w.kicked = false
+      end
+      sent = now()
+      lock, err = pool:obtain(key, ms)
+      if lock ~= false or now() >= deadline then break end
+    end
+  end
+  leave(full, q, w)
+  self._waiting = self._waiting - 1
+  if lock == nil then return nil, err end
+  if not lock then return false end
+  return lock, sent
+end
+
 --- locker:obtain(key, ttl [, wait [, opts]]) -> lock | nil, "not obtained" | nil, message
 -- opts.renew = true | seconds: keep the lock alive until it is released
 function Locker.obtain(self, key, ttl, wait, opts)
@@ -225,11 +321,20 @@ function Locker.obtain(self, key, ttl, wait, opts)
   local every = renew_interval(opts, ttl, ms)
   local pool = self._pool
   local sent = now() -- the renewal's first deadline counts from the send
-  local lock, err = pool:obtain(key, ms)
+  local full = host_wait and wait > 0 and self._prefix .. key
+  local lock, err = false, nil
+  -- waiters already queued for this key: a newcomer queues behind them
+  if not (full and queues[full]) then lock, err = pool:obtain(key, ms) end
   if lock == false and wait > 0 then
     local t0 = sent
     local wsent
-    lock, wsent = wait_for(self, pool, key, ms, t0 + wait)
+    if full then
+      lock, wsent = wait_queued(self, pool, key, ms, t0 + wait, full)
+    else
+      self._waiting = self._waiting + 1
+      lock, wsent = wait_for(self, pool, key, ms, t0 + wait)
+      self._waiting = self._waiting - 1
+    end
     if lock then sent = wsent else err = wsent end
     local took = now() - t0
     self._waited = self._waited + 1
@@ -260,6 +365,7 @@ function Locker.stats(self)
   t.obtained, t.not_obtained = self._obtained, self._not_obtained
   t.errors = t.errors + self._errors
   t.waited, t.wait_seconds, t.wait_max = self._waited, self._wait_seconds, self._wait_max
+  t.waiting = self._waiting -- obtains of this locker waiting right now
   return t
 end
 
@@ -321,6 +427,8 @@ function M.configure(cfg)
   if wait ~= host_wait then
     host_wait = wait
     for _, l in pairs(by_url) do l._pool:sethost(wait) end
+    -- a release in this process hands its key to the next local waiter
+    core.setnotify(wait and released or nil)
   end
   for l in pairs(all) do apply_log(l) end
   return true

@@ -31,6 +31,7 @@ local OPTIONS = {
   replicas = "integer",        -- obtain/refresh WAIT for this many replicas
   replica_timeout = "duration",
   log = "log",                 -- fn(event) | false: this pool's debug log
+  max_connections = "integer", -- the most connections to one server (API.md)
 }
 local KINDS = { "sentinels", "redlock", "cluster" }
 M.OPTIONS = OPTIONS
@@ -42,6 +43,8 @@ M.DEFAULTS = {
   -- capped at retry_max.  Waiters are woken by the release itself, so these
   -- only bound how late an expired lock (holder crashed) is noticed.
   retry_step = 0.005, retry_max = 0.1,
+  -- requests of any number of coroutines share this many connections
+  max_connections = 4,
 }
 
 local MAX_SECONDS = 1e9
@@ -156,6 +159,9 @@ local function check_value(pool, key, v)
     -- math.tointeger also converts numeric strings ("6379"): ask for a number
     if type(v) ~= "number" or not tointeger(v) then
       fail(pool, key, "must be an integer, got " .. (type(v) == "number" and tostring(v) or type(v)))
+    end
+    if key == "max_connections" and (v < 1 or v > 1024) then
+      fail(pool, key, "must be from 1 to 1024, got " .. tostring(v))
     end
   elseif kind == "log" then
     if v ~= false and type(v) ~= "function" then
