@@ -305,6 +305,7 @@ static int flush(fl_link *k, int *sent) {
 /* read and dispatch until the transport would block */
 static void read_all(fl_link *k, void *self) {
   char buf[16384];
+  int drained = 0;
   for (;;) {
     void *r = NULL;
     long n;
@@ -321,6 +322,7 @@ static void read_all(fl_link *k, void *self) {
       if (dispatch(k, r, self) != 0) return;
       continue;
     }
+    if (drained) return;
     n = fl_net_recv(k->net, buf, sizeof buf);
     if (n == 0) return; /* would block */
     if (n < 0) {
@@ -332,6 +334,9 @@ static void read_all(fl_link *k, void *self) {
       close_as(k, NULL, "out of memory");
       return;
     }
+    /* a short read drained the socket: parse what came, and leave the next
+       recv to the next readiness (saves an EAGAIN per request) */
+    if ((size_t)n < sizeof buf && fl_net_pending(k->net) <= 0) drained = 1;
   }
 }
 
