@@ -69,7 +69,7 @@ static void release_io(fl_link *k) {
    (shut down, so that wait ends at once) until that reader is back: an
    event loop must not have a descriptor it watches closed under it */
 void fl_link_reap(fl_link *k) {
-  if (k->state == FL_LK_CLOSED && k->net) release_io(k);
+  if (k->state == FL_LK_CLOSED && k->net && !k->reader && !k->watched) release_io(k);
 }
 
 /* close k; every request on it fails with "<op> <where>: why" (op: its
@@ -89,7 +89,7 @@ static void close_as(fl_link *k, const char *op, const char *why) {
   k->qhead = 0;
   k->handshake = 0;
   k->doomed = 0;
-  if (k->reader && k->net) { /* see fl_link_reap */
+  if ((k->reader || k->watched) && k->net) { /* see fl_link_reap */
     shutdown(fl_net_fd(k->net), SHUT_RDWR);
     return;
   }
@@ -102,6 +102,7 @@ void fl_link_close(fl_link *k, const char *why) { close_as(k, NULL, why); }
 void fl_link_free(fl_link *k) {
   if (!k) return;
   k->reader = NULL;
+  k->watched = 0;
   close_as(k, NULL, "pool closed");
   free(k->out);
   free(k->q);
@@ -211,6 +212,10 @@ static void connected(fl_link *k) {
   double now = fl_now();
   int i;
   k->state = FL_LK_READY;
+  if (k->push) { /* the subscription: channels again, no reconnect count */
+    fl_sub_connected(k);
+    return;
+  }
   if (k->ever) p->n.reconnects++; /* connected again (stats.c) */
   k->ever = 1;
   k->progress = now;
@@ -253,6 +258,10 @@ static int dispatch(fl_link *k, redisReply *r, void *self) {
   fl_conn *c;
   int st;
   if (k->handshake > 0) return on_handshake(k, r);
+  if (k->push) { /* a subscription: no FIFO */
+    fl_sub_message(k, r);
+    return 0;
+  }
   if (k->qlen == 0) { /* nobody asked: not Redis, or out of step */
     freeReplyObject(r);
     close_as(k, NULL, "unexpected reply");

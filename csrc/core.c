@@ -42,6 +42,7 @@ int luaopen_fluxalock_core(lua_State *L) {
   lua_newtable(L);
   fl_pool_open(L);
   fl_stats_open(L);
+  fl_sub_open(L);
   fl_lock_open(L);
   lua_pushcfunction(L, core_sleep);
   lua_setfield(L, -2, "sleep");

@@ -133,6 +133,8 @@ typedef struct fl_link {
   int doomed;          /* the server will close it: no new requests */
   int ever;            /* connected before: a connect is a reconnect */
   int events;          /* what the transport waits for */
+  int push;            /* a subscription: every reply is a message (wake.c) */
+  int watched;         /* a waiter outside the FIFO waits on the socket */
   unsigned gen;        /* the pool's target generation at connect */
   char *out;           /* RESP bytes not yet sent */
   size_t outlen, outpos, outcap;
@@ -163,6 +165,7 @@ typedef struct fl_pool {
   fl_conn *freereqs, *allreqs;
   void **wakes;  /* park keys to unpark at the next chance (conn.c) */
   int nwakes, wakecap;
+  struct fl_sub *sub; /* the wake-up subscription, or NULL (wake.c) */
   fl_pending *pending;
   /* a group (multi.c): the lock lives on nodes, not on this pool's server */
   int kind;                /* FL_SINGLE, FL_REDLOCK, FL_CLUSTER, FL_SENTINEL */
@@ -216,6 +219,14 @@ int fl_push_error(lua_State *L, fl_conn *c);
 int fl_push_reply_error(lua_State *L, fl_conn *c);
 int fl_conn_timeout(fl_conn *c);
 
+/* wake.c: one subscription per pool to the wake-up channels of its waiters */
+void fl_sub_free(fl_pool *p);
+void fl_sub_connected(fl_link *k);
+void fl_sub_message(fl_link *k, redisReply *r);
+void fl_sub_open(lua_State *L);
+#define FL_WAKE_ID_LEN 16
+const char *fl_wake_id(void);
+
 /* pool.c */
 fl_pool *fl_pool_ref(fl_pool *p);
 void fl_pool_unref(fl_pool *p);
@@ -251,7 +262,7 @@ lua_Integer fl_checkms(lua_State *L, int arg, const char *what);
 void fl_cmd_release(fl_cmd *cmd, const char *key, size_t keylen,
                     const char *wake, size_t wakelen, const char *token);
 int fl_lock_open(lua_State *L);
-void fl_notify(lua_State *L, const fl_lock *lk);
+void fl_notify(lua_State *L, int lockidx);
 
 /* renew.c: the renewal thread (its own connections, never the Lua state) */
 int fl_renew_start(lua_State *L);  /* core.renew(lock, ttl_ms, every_ms, sent_at) */

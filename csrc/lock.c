@@ -50,6 +50,9 @@ void fl_cmd_release(fl_cmd *cmd, const char *key, size_t keylen,
   /* a wake-up nobody takes is gone after 1 s: at worst one waiter that
      arrives later tries once for nothing */
   fl_cmd_arg(cmd, "1000", 4);
+  /* the message names this process: its own subscription skips it (the
+     release already woke the local waiter) */
+  fl_cmd_arg(cmd, fl_wake_id(), FL_WAKE_ID_LEN);
 }
 
 static fl_lock *checklock(lua_State *L) {
@@ -102,14 +105,17 @@ static int lock_setnotify(lua_State *L) {
   return 0;
 }
 
-/* tell the Lua layer lk's key was released (never raises, never yields) */
-void fl_notify(lua_State *L, const fl_lock *lk) {
+/* tell the Lua layer that the key of the lock at lockidx was released:
+   notify(full key, the Pool userdata that made it); never raises or yields */
+void fl_notify(lua_State *L, int lockidx) {
+  const fl_lock *lk = luaL_testudata(L, lockidx, FL_LOCK_MT);
   if (!lk || lua_getfield(L, LUA_REGISTRYINDEX, NOTIFY) != LUA_TFUNCTION) {
-    lua_pop(L, 1);
+    if (lk) lua_pop(L, 1);
     return;
   }
   lua_pushlstring(L, lk->key, lk->keylen);
-  if (lua_pcall(L, 1, 0, 0) != LUA_OK) lua_pop(L, 1);
+  lua_getiuservalue(L, lockidx, 1);
+  if (lua_pcall(L, 2, 0, 0) != LUA_OK) lua_pop(L, 1);
 }
 
 static int release_start(lua_State *L, fl_lock *lk, lua_KFunction k, int *st,
@@ -150,7 +156,7 @@ static int done(lua_State *L, fl_conn *c, int op, int nres) {
 
 static int release_finish(lua_State *L, fl_conn *c, int st) {
   int n = done(L, c, FL_OP_RELEASE, release_result(L, c, st));
-  fl_notify(L, lua_touserdata(L, 1));
+  fl_notify(L, 1);
   return n;
 }
 

@@ -838,7 +838,7 @@ static int fan_done(lua_State *L, fan *f, int r) {
                       the stack to the lock): read it before fl_done */
   fl_lock *lk = op == FL_OP_OBTAIN || op == FL_OP_AWAIT ? NULL : lua_touserdata(L, LOCK);
   fl_done(L, f->g, lk, op, f->key, f->keylen, f->start, r, f->poolidx);
-  if (op == FL_OP_RELEASE || op == FL_OP_CLOSE) fl_notify(L, lk);
+  if (op == FL_OP_RELEASE || op == FL_OP_CLOSE) fl_notify(L, LOCK);
   return op == FL_OP_CLOSE ? 0 : r;
 }
 

@@ -68,6 +68,7 @@ void fl_pool_unref(fl_pool *p) {
     p->pending = d->next;
     free(d);
   }
+  fl_sub_free(p);
   for (i = 0; i < p->nlinks; i++) fl_link_free(p->links[i]);
   free(p->links);
   while (p->allreqs) {

@@ -207,11 +207,23 @@ end
 -- Under a host, the waiters of one key in this process queue up (API.md:
 -- first come, first served).  Only the head tries at Redis; the others are
 -- parked (host.park) until they become the head.  A release in this process
--- (core.setnotify) unparks the head at once; a release elsewhere, an expired
--- lock or a lost wake-up is noticed by the head's backoff steps (linear,
--- jittered, capped at retry_max).  A waiting obtain holds no connection.
+-- (core.setnotify) unparks the head at once; a release in another process
+-- publishes on the key's wake-up channel, which the pool's one subscription
+-- (csrc/wake.c) turns into the same wake-up; an expired lock, a lock of
+-- another library or a lost message is noticed by the head's backoff steps
+-- (linear, jittered, capped at retry_max).  A waiting obtain holds no
+-- connection.
 
-local queues = {}   -- full key (prefix .. key) -> { first = i, last = j, [i] = waiter | false }
+-- the core pool whose locks a locker's pool makes (Cluster and Sentinel
+-- pools are Lua objects around a core group)
+local function core_of(pool)
+  if type(pool) == "table" then return pool.group end
+  return pool
+end
+
+-- core pool -> { [full key] = queue, chans = { [channel] = full key } };
+-- a queue is { first = i, last = j, [i] = waiter | false, chan = channel }
+local queues = setmetatable({}, { __mode = "k" })
 local idle_fd       -- a descriptor that never becomes ready: a wait-only host's sleep
 
 -- park w for 'secs' (until unparked, or the time is up)
@@ -236,9 +248,12 @@ local function head(q)
   return q[q.first]
 end
 
--- a local release of 'full': its head tries at once
-local function released(full)
-  local q = queues[full]
+-- a release of 'full' (a full key, or its wake-up channel) by a lock of
+-- pool 'cp': the head of its queue tries at once
+local function released(full, cp)
+  local qs = queues[cp]
+  if not qs then return end
+  local q = qs[full] or qs[qs.chans[full] or false]
   local w = q and head(q)
   if w then
     w.kicked = true
@@ -246,23 +261,44 @@ local function released(full)
   end
 end
 
-local function leave(full, q, w)
+local function leave(qs, full, q, w)
   q[w.at] = false
   local nxt = head(q)
   if nxt then
     unpark(nxt) -- its turn: it starts its own backoff steps
   else
-    queues[full] = nil
+    qs[full] = nil
+    if q.chan then
+      qs.chans[q.chan] = nil
+      q.cp:unwatch(q.chan)
+    end
   end
+end
+
+local function queue_of(pool, key, full)
+  local cp = core_of(pool)
+  local qs = queues[cp]
+  if not qs then
+    qs = { chans = {} }
+    queues[cp] = qs
+  end
+  local q = qs[full]
+  if not q then
+    q = { first = 1, last = 0, cp = cp }
+    -- a single-server pool under a parking host subscribes to the key's
+    -- wake-up channel while the key has waiters here
+    if type(pool) ~= "table" and host_wait.park and pool:info().kind == "single" then
+      q.chan = pool:watch(key)
+      qs.chans[q.chan] = full
+    end
+    qs[full] = q
+  end
+  return qs, q
 end
 
 -- the local queue's way of waiting; -> as wait_for
 local function wait_queued(self, pool, key, ms, deadline, full)
-  local q = queues[full]
-  if not q then
-    q = { first = 1, last = 0 }
-    queues[full] = q
-  end
+  local qs, q = queue_of(pool, key, full)
   local w = {}
   self._waiting = self._waiting + 1
   q.last = q.last + 1
@@ -282,7 +318,8 @@ local function wait_queued(self, pool, key, ms, deadline, full)
       elseif left > 0 then
         pause = min(pause + step, smax)
         -- jitter: waiters of other processes do not step in lockstep
-        park(w, min(pause * (0.5 + random() * 0.5), left))
+        local t = min(pause * (0.5 + random() * 0.5), left)
+        if q.chan then pool:subwait(w, t) else park(w, t) end
         w.kicked = false
       end
       sent = now()
@@ -290,7 +327,7 @@ local function wait_queued(self, pool, key, ms, deadline, full)
       if lock ~= false or now() >= deadline then break end
     end
   end
-  leave(full, q, w)
+  leave(qs, full, q, w)
   self._waiting = self._waiting - 1
   if lock == nil then return nil, err end
   if not lock then return false end
@@ -324,7 +361,8 @@ function Locker.obtain(self, key, ttl, wait, opts)
   local full = host_wait and wait > 0 and self._prefix .. key
   local lock, err = false, nil
   -- waiters already queued for this key: a newcomer queues behind them
-  if not (full and queues[full]) then lock, err = pool:obtain(key, ms) end
+  local qs = full and queues[core_of(pool)]
+  if not (qs and qs[full]) then lock, err = pool:obtain(key, ms) end
   if lock == false and wait > 0 then
     local t0 = sent
     local wsent

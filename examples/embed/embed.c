@@ -61,16 +61,7 @@ static double now(void) {
   return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-/* embed.wait(fd, events, timeout): the fluxalock host contract */
-static int l_wait(lua_State *L) {
-  luaL_checkinteger(L, 1);
-  luaL_checkstring(L, 2);
-  luaL_checknumber(L, 3);
-  if (!lua_isyieldable(L))
-    return luaL_error(L, "cannot wait outside a coroutine of the embed loop");
-  lua_settop(L, 3);
-  return lua_yield(L, 3); /* the loop reads fd, events, timeout */
-}
+
 
 /* embed.sleep(seconds): yield to the loop for a while */
 static int l_sleep(lua_State *L) {
@@ -132,6 +123,26 @@ static int l_unpark(lua_State *L) {
   return 0;
 }
 
+/* embed.wait(fd, events, timeout [, key]): the fluxalock host contract;
+   with a key, embed.unpark(key) ends the wait too */
+static int l_wait(lua_State *L) {
+  luaL_checkinteger(L, 1);
+  luaL_checkstring(L, 2);
+  luaL_checknumber(L, 3);
+  if (!lua_isyieldable(L))
+    return luaL_error(L, "cannot wait outside a coroutine of the embed loop");
+  if (lua_isnoneornil(L, 4)) {
+    lua_settop(L, 3);
+    return lua_yield(L, 3); /* the loop reads fd, events, timeout */
+  }
+  lua_settop(L, 4);
+  lua_pushvalue(L, 4);
+  lua_pushthread(L);
+  lua_settable(L, lua_upvalueindex(1));
+  lua_rotate(L, 1, 1); /* the key first, below what the loop reads */
+  return lua_yieldk(L, 3, 0, park_k);
+}
+
 /* holders per key live in a table (upvalue 1) */
 static int l_enter(lua_State *L) {
   lua_Integer n;
@@ -159,9 +170,12 @@ static int l_leave(lua_State *L) {
 }
 
 static void open_embed(lua_State *L) {
-  static const luaL_Reg f[] = {{"wait", l_wait}, {"sleep", l_sleep}, {NULL, NULL}};
+  static const luaL_Reg f[] = {{"sleep", l_sleep}, {NULL, NULL}};
   luaL_newlib(L, f);
   lua_newtable(L); /* parked coroutines by key */
+  lua_pushvalue(L, -1);
+  lua_pushcclosure(L, l_wait, 1);
+  lua_setfield(L, -3, "wait");
   lua_pushvalue(L, -1);
   lua_pushcclosure(L, l_park, 1);
   lua_setfield(L, -3, "park");

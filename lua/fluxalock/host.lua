@@ -3,7 +3,8 @@
 -- A host is a table of functions the C core and the Lua layer call from
 -- inside a request's coroutine (docs/hosts.md):
 --
---     wait(fd, events, seconds)  -- events: "r" or "w"; required
+--     wait(fd, events, seconds [, key])  -- events: "r" or "w"; required;
+--                                -- with a key, unpark(key) may end it early
 --     park(key, seconds)         -- sleep until unpark(key) or the time is up
 --     unpark(key)                -- wake the coroutine parked on key, if any;
 --                                -- never resumes it from inside the caller
@@ -57,9 +58,16 @@ local function cqueues_host()
     end
   end
   local h = {}
-  function h.wait(fd, events, timeout)
+  function h.wait(fd, events, timeout, key)
     inside()
-    poll({ pollfd = fd, events = events }, timeout)
+    if key ~= nil then -- unpark(key) ends this wait too
+      local cv = condition.new()
+      parked[key] = cv
+      poll({ pollfd = fd, events = events }, cv, timeout)
+      if parked[key] == cv then parked[key] = nil end
+    else
+      poll({ pollfd = fd, events = events }, timeout)
+    end
     -- cqueues keeps its own record of a polled descriptor; the core may
     -- close this one (reconnect) before the next wait, and a closed fd
     -- still on record makes the whole loop fail ("Bad file descriptor")
@@ -100,8 +108,24 @@ local function luv_host()
       error("cannot wait outside a coroutine under host 'luv'", 0)
     end
   end
+  -- key -> the wake-up of the coroutine parked (or waiting) on it; unpark
+  -- hands it to one 0 ms timer that runs the wake-ups at the loop's next
+  -- turn (a resume from inside the unparking coroutine would nest, and
+  -- chains of them would overflow the C stack)
+  local parked, ready, kick = {}, {}, nil
+  local function later(fn)
+    ready[#ready + 1] = fn
+    if not kick then kick = new_timer() end
+    if #ready == 1 then
+      kick:start(0, 0, function()
+        local list = ready
+        ready = {}
+        for i = 1, #list do list[i]() end
+      end)
+    end
+  end
   local h = {}
-  function h.wait(fd, events, timeout)
+  function h.wait(fd, events, timeout, key)
     inside()
     local co = running()
     local poll, err = new_poll(fd)
@@ -133,57 +157,40 @@ local function luv_host()
     poll:start(events == "w" and "w" or "r", wake)
     -- ms resolution; one more ms so the timer never fires before 'timeout'
     timer:start(math.floor(timeout * 1000) + 1, 0, wake)
+    if key ~= nil then parked[key] = wake end -- unpark(key) ends this wait too
     yield()
+    if key ~= nil and parked[key] == wake then parked[key] = nil end
     -- resumed by someone else (the host's own scheduler): stop watching; the
     -- core checks the socket again and calls wait again if needed
     stop()
   end
-  -- parked coroutines: key -> record; unpark puts the record on a ready
-  -- list that one 0 ms timer resumes at the loop's next turn (a resume from
-  -- inside the unparking coroutine would nest, and chains would overflow)
-  local parked, ready, kick = {}, {}, nil
-  local function run_ready()
-    local list = ready
-    ready = {}
-    for i = 1, #list do
-      local rec = list[i]
-      if rec.yielded and coroutine.status(rec.co) == "suspended" then resume_or_raise(rec.co) end
-    end
-  end
   function h.park(key, timeout)
     inside()
-    local rec = { co = running(), key = key }
-    local timer = new_timer()
-    rec.timer = timer
-    parked[key] = rec
-    timer:start(math.floor(timeout * 1000) + 1, 0, function()
-      if parked[key] == rec then parked[key] = nil end
-      if not rec.fired then
-        rec.fired = true
-        timer:close()
-        if rec.yielded then resume_or_raise(rec.co) end
-      end
-    end)
-    rec.yielded = true
+    local co, timer, yielded, fired = running(), new_timer(), false, false
+    local function wake()
+      if fired then return end
+      fired = true
+      timer:stop()
+      timer:close()
+      if yielded and coroutine.status(co) == "suspended" then resume_or_raise(co) end
+    end
+    parked[key] = wake
+    timer:start(math.floor(timeout * 1000) + 1, 0, wake)
+    yielded = true
     yield()
-    rec.yielded = false
-    if parked[key] == rec then parked[key] = nil end
-    if not rec.fired then -- resumed by someone else: forget the timer
-      rec.fired = true
+    yielded = false
+    if parked[key] == wake then parked[key] = nil end
+    if not fired then -- resumed by someone else: forget the timer
+      fired = true
       timer:stop()
       timer:close()
     end
   end
   function h.unpark(key)
-    local rec = parked[key]
-    if not rec or rec.fired then return end
+    local wake = parked[key]
+    if not wake then return end
     parked[key] = nil
-    rec.fired = true
-    rec.timer:stop()
-    rec.timer:close()
-    ready[#ready + 1] = rec
-    if not kick then kick = new_timer() end
-    if #ready == 1 then kick:start(0, 0, run_ready) end
+    later(wake)
   end
   return h
 end
