@@ -296,10 +296,25 @@ local function queue_of(pool, key, full)
   return qs, q
 end
 
+-- a head that stopped taking its turns: its coroutine was closed, or was
+-- abandoned (never resumed) past the end of its own step; it would hold
+-- the queue up for ever
+local function stale(h)
+  return coroutine.status(h.co) == "dead" or now() > h.alive + 1
+end
+
+-- the waiter right behind the head: it watches for a stale head
+local function second(q, w)
+  for i = q.first + 1, q.last do
+    if q[i] then return q[i] == w end
+  end
+  return false
+end
+
 -- the local queue's way of waiting; -> as wait_for
 local function wait_queued(self, pool, key, ms, deadline, full)
   local qs, q = queue_of(pool, key, full)
-  local w = {}
+  local w = { co = coroutine.running(), alive = now() + 5 }
   self._waiting = self._waiting + 1
   q.last = q.last + 1
   q[q.last] = w
@@ -308,10 +323,21 @@ local function wait_queued(self, pool, key, ms, deadline, full)
   local lock, err, sent = false, nil, nil
   while true do
     local left = deadline - now()
-    if head(q) ~= w then
+    if q[w.at] ~= w then -- skipped as stale while held up: to the tail again
+      q.last = q.last + 1
+      q[q.last] = w
+      w.at = q.last
+    end
+    local h = head(q)
+    if h ~= w then
       if left <= 0 then break end
-      -- a host that cannot unpark: look again each backoff cap
-      park(w, host_wait.unpark and left or min(left, smax))
+      if stale(h) then
+        q[h.at] = false -- skipped: the next one takes its turn
+      else
+        -- a host that cannot unpark: look again each backoff cap; the
+        -- second in line looks at the head now and then
+        park(w, host_wait.unpark and (second(q, w) and min(left, 1) or left) or min(left, smax))
+      end
     else
       if w.kicked then
         w.kicked = false
@@ -319,9 +345,11 @@ local function wait_queued(self, pool, key, ms, deadline, full)
         pause = min(pause + step, smax)
         -- jitter: waiters of other processes do not step in lockstep
         local t = min(pause * (0.5 + random() * 0.5), left)
+        w.alive = now() + t
         if q.chan then pool:subwait(w, t) else park(w, t) end
         w.kicked = false
       end
+      w.alive = now() + 5 -- the try may take a command's timeout
       sent = now()
       lock, err = pool:obtain(key, ms)
       if lock ~= false or now() >= deadline then break end

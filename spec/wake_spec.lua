@@ -88,4 +88,33 @@ describe("the wake-up subscription under host 'luv'", function()
     uv.run()
     assert.equal(1, select(2, seen:gsub("sub=1", "")), seen)
   end)
+
+  it("skips a waiter whose coroutine was closed while it waited: the next one gets the key", function()
+    local fl = R.fluxalock(server, { retry_step = 0.01, retry_max = 0.05 })
+    local holder = assert(fl.locker():obtain("wake:closed", 30))
+    fl.configure { host = "luv" }
+    local locker = fl.locker()
+    -- the first waiter is the head of the key's queue when it is closed
+    local first = coroutine.create(function() locker:obtain("wake:closed", 30, 20) end)
+    assert(coroutine.resume(first))
+    local got, err
+    local t = uv.new_timer()
+    t:start(5, 5, function()
+      if locker:stats().waiting < 1 then return end
+      t:close()
+      assert(coroutine.close(first))
+      coroutine.wrap(function()
+        local lock
+        lock, err = locker:obtain("wake:closed", 30, 5)
+        got = lock and lock:release()
+      end)()
+      local r = uv.new_timer()
+      r:start(100, 0, function()
+        r:close()
+        coroutine.wrap(function() assert.is_true(holder:release()) end)()
+      end)
+    end)
+    uv.run()
+    assert.is_true(got, err)
+  end)
 end)

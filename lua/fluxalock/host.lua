@@ -152,7 +152,8 @@ local function luv_host()
       return true
     end
     local function wake()
-      if stop() then resume_or_raise(co) end
+      -- a coroutine closed meanwhile (coroutine.close) is not resumed
+      if stop() and coroutine.status(co) == "suspended" then resume_or_raise(co) end
     end
     poll:start(events == "w" and "w" or "r", wake)
     -- ms resolution; one more ms so the timer never fires before 'timeout'
