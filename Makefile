@@ -19,7 +19,7 @@ LDFLAGS += -shared -L$(HIREDIS_LIBDIR)
 LIBS    = -lhiredis
 
 SRC = csrc/core.c csrc/conn.c csrc/conn_io.c csrc/wake.c csrc/pool.c csrc/lock.c csrc/token.c csrc/keys.c \
-      csrc/multi.c csrc/renew.c csrc/renew_io.c csrc/net_tcp.c csrc/stats.c
+      csrc/multi.c csrc/group.c csrc/renew.c csrc/renew_io.c csrc/net_tcp.c csrc/stats.c
 OBJ = $(SRC:.c=.o)
 LIB = fluxalock/core.so
 # the process handling of the fluxalock command (bin/fluxalock): its own

@@ -311,6 +311,12 @@ static int flush(fl_link *k, int *sent) {
   return 0;
 }
 
+/* send what is queued, if the link is up (never reads, never waits) */
+void fl_link_send(fl_link *k) {
+  int sent = 0;
+  if (k->state == FL_LK_READY) flush(k, &sent);
+}
+
 /* read and dispatch until the transport would block */
 static void read_all(fl_link *k, void *self) {
   char buf[16384];

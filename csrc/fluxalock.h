@@ -2,8 +2,14 @@
  * fluxalock: shared declarations of the C core.
  *
  * Objects (one file each):
- *   conn.c   fl_conn: one hiredis context driven in non-blocking steps
- *   pool.c   fl_pool: options + connections of one Redis, the Pool userdata
+ *   conn.c   fl_conn: a request queued on a shared link, and the one place
+ *            that waits (poll(2), or the host's wait/park)
+ *   conn_io.c fl_link: one socket (net.h) and its FIFO of requests, replies
+ *            matched in order by a hiredis reader
+ *   wake.c   the wake-up subscription of a pool under a host
+ *   pool.c   fl_pool: options + links of one Redis, the Pool userdata
+ *   multi.c  the requests of Redlock, Cluster and Sentinel pools (group.c:
+ *            the group object)
  *   lock.c   the fluxalock.Lock userdata
  *   token.c  random tokens from the kernel CSPRNG
  *   renew.c  the renewal thread that keeps renewed locks alive (renew_io.c:
@@ -200,6 +206,7 @@ void fl_conn_free(fl_conn *c);
 void fl_link_free(fl_link *k);
 void fl_link_close(fl_link *k, const char *why);
 int fl_link_idle(const fl_link *k);
+void fl_link_send(fl_link *k);
 void fl_conn_disconnect(fl_conn *c);
 void fl_conn_detach(fl_conn *c);
 int fl_conn_fd(const fl_conn *c);
@@ -239,6 +246,10 @@ int fl_pool_open(lua_State *L);
 fl_pool *fl_checkpool(lua_State *L, int idx);
 void fl_opts_free(fl_opts *o);
 int fl_opts_copy(fl_opts *dst, const fl_opts *src);
+
+/* group.c: the group object of a Redlock, Cluster or Sentinel pool */
+int fl_group_node(fl_pool *g, const char *host, int port);
+fl_pool *fl_group_slot_node(fl_pool *g, const char *lkey, size_t len);
 
 /* multi.c: Redlock groups and clusters */
 void fl_multi_free(fl_pool *p);

@@ -61,7 +61,7 @@ build = {
     ["fluxalock.core"] = {
       sources = {
         "csrc/core.c", "csrc/conn.c", "csrc/conn_io.c", "csrc/wake.c", "csrc/pool.c", "csrc/lock.c",
-        "csrc/token.c", "csrc/keys.c", "csrc/multi.c", "csrc/renew.c",
+        "csrc/token.c", "csrc/keys.c", "csrc/multi.c", "csrc/group.c", "csrc/renew.c",
         "csrc/renew_io.c", "csrc/net_tcp.c", "csrc/stats.c",
       },
       libraries = { "hiredis" },
