@@ -18,9 +18,9 @@ CFLAGS  += $(OPT) $(WARN) -fPIC -I$(LUA_INCDIR) -I$(HIREDIS_INCDIR)
 LDFLAGS += -shared -L$(HIREDIS_LIBDIR)
 LIBS    = -lhiredis -lssl -lcrypto
 
-SRC = csrc/core.c csrc/conn.c csrc/pool.c csrc/lock.c csrc/token.c csrc/keys.c \
-      csrc/multi.c csrc/renew.c csrc/renew_io.c csrc/net_tcp.c csrc/net_tls.c \
-      csrc/net_resolve.c csrc/net_lua.c csrc/stats.c
+SRC = csrc/core.c csrc/conn.c csrc/conn_io.c csrc/wake.c csrc/pool.c csrc/lock.c \
+      csrc/token.c csrc/keys.c csrc/multi.c csrc/group.c csrc/renew.c csrc/renew_io.c \
+      csrc/net_tcp.c csrc/net_tls.c csrc/net_resolve.c csrc/net_lua.c csrc/stats.c
 OBJ = $(SRC:.c=.o)
 LIB = fluxalock/core.so
 # the process handling of the fluxalock command (bin/fluxalock): its own
@@ -31,7 +31,7 @@ PROC = fluxalock/proc.so
 
 all: $(LIB) $(PROC) bin/fluxalock
 
-$(LIB): $(SRC) csrc/fluxalock.h csrc/renew.h csrc/net.h csrc/net_int.h
+$(LIB): $(SRC) csrc/fluxalock.h csrc/conn.h csrc/renew.h csrc/net.h csrc/net_int.h
 	@mkdir -p fluxalock
 	$(CC) $(CFLAGS) -o $@ $(SRC) $(LDFLAGS) $(LIBS)
 

@@ -1,22 +1,21 @@
 /*
- * fl_conn: one connection, driven in non-blocking steps.
+ * Requests (fl_conn) on shared links (fl_link): hiredis async.c's habit.
  *
- * The socket is always non-blocking.  fl_conn_step() never waits: it does
- * what the socket allows and answers FL_DONE, FL_ERR, or FL_WAIT with the
- * events it needs (c->events) and the deadline (c->deadline).  fl_run() is
- * the one place that waits: with poll(2) for plain scripts, or through the
- * pool's host function (an event loop's "wait for this fd") with a
- * lua_pcallk continuation, so the same steps serve both.
+ * A link is one socket (a transport of net.h) and a FIFO of entries, one
+ * per request queued on it; replies are matched to entries in order.  A
+ * request whose caller gives up (timed out, abandoned) leaves a ghost entry
+ * that keeps its place: its late replies are dropped when they come, so one
+ * slow call costs neither the socket nor the requests behind it.  A link
+ * that fails (I/O error, EOF, protocol error) fails every request on it;
+ * the next request reconnects.
  *
- * A request is pipelined in one write: AUTH/SELECT when the connection is
- * new, the releases that __gc deferred, then the main command.  Any I/O
- * failure or timeout drops the connection (a late reply must never be read as
- * the answer to a later command); the next request reconnects.
- *
- * The connection is the transport of net.h (TCP, Unix socket or TLS, and
- * a host name resolved without blocking); requests are encoded here, and
- * replies parsed by a hiredis reader.  Bytes the transport holds (TLS) are
- * invisible to poll: a read goes on until the transport would block.
+ * fl_conn_step() never waits: it moves the request's link on (connect,
+ * write, read and dispatch) and answers FL_DONE, FL_ERR, or FL_WAIT with
+ * the events its link needs.  fl_run() is the one place that waits: poll(2)
+ * in a plain script, or the host: one coroutine per link (its reader) waits
+ * on the socket through host.wait, the others park (host.park) and are
+ * unparked when the reader has dispatched their replies (conn_io.c has the
+ * byte-level half).
  */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
@@ -25,10 +24,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <time.h>
 
-#include "fluxalock.h"
+#include "conn.h"
 #include "net.h"
 
 double fl_now(void) {
@@ -37,182 +35,209 @@ double fl_now(void) {
   return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-fl_conn *fl_conn_new(fl_pool *p) {
-  fl_conn *c = calloc(1, sizeof *c);
-  if (c) c->pool = p;
-  return c;
-}
-
 static void drop_reply(fl_conn *c) {
   if (c->reply) freeReplyObject(c->reply);
   c->reply = NULL;
 }
 
-void fl_conn_disconnect(fl_conn *c) {
-  drop_reply(c);
-  if (c->net) fl_net_close(c->net);
-  if (c->rd) redisReaderFree(c->rd);
-  c->net = NULL;
-  c->rd = NULL;
-  c->connecting = 0;
-  c->doomed = 0;
-}
-
 void fl_conn_free(fl_conn *c) {
   if (!c) return;
-  fl_conn_disconnect(c);
+  drop_reply(c);
   free(c->scratch);
-  free(c->out);
+  free(c->args);
   free(c);
 }
 
-/* record "fluxalock: <op> <where>: <why>" and drop the connection */
-static int fail(fl_conn *c, const char *op, const char *fmt, ...) {
+/* ---- wake-ups ---------------------------------------------------------------- */
+
+/* remember to unpark key's coroutine (at the next fl_wake_flush) */
+void fl_wake(fl_pool *p, void *key) {
+  if (!p->has_park || !key) return;
+  if (p->nwakes == p->wakecap) {
+    int cap = p->wakecap ? 2 * p->wakecap : 16;
+    void **a = realloc(p->wakes, (size_t)cap * sizeof *a);
+    if (!a) return; /* the parked one wakes at its own timeout */
+    p->wakes = a;
+    p->wakecap = cap;
+  }
+  p->wakes[p->nwakes++] = key;
+}
+
+/* call host.unpark(key) for every wake-up collected; never yields */
+void fl_wake_flush(lua_State *L, fl_pool *p, int hostidx) {
+  int i, n = p->nwakes;
+  if (!n) return;
+  p->nwakes = 0;
+  if (!L || !hostidx || lua_type(L, hostidx) != LUA_TTABLE) return;
+  for (i = 0; i < n; i++) {
+    if (lua_getfield(L, hostidx, "unpark") != LUA_TFUNCTION) {
+      lua_pop(L, 1);
+      return;
+    }
+    lua_pushlightuserdata(L, p->wakes[i]);
+    if (lua_pcall(L, 1, 0, 0) != LUA_OK) lua_pop(L, 1); /* best effort */
+  }
+}
+
+/* ---- the reader role ----------------------------------------------------------- */
+
+#define GRACE 0.05 /* a reader not back this long after its wait: abandoned */
+
+/* may c's coroutine wait on the link's socket?  Else it parks */
+int fl_conn_claim(fl_conn *c, double now, double left) {
+  fl_link *k = c->link;
+  if (!k) return 1;
+  if (k->reader && k->reader != c && now < k->rdl + GRACE) return 0;
+  k->reader = c;
+  k->rdl = now + left;
+  return 1;
+}
+
+/* c no longer waits on its link: the next live request takes the role */
+void fl_conn_unclaim(fl_conn *c) {
+  fl_link *k = c->link;
+  int i;
+  if (!k || k->reader != c) return;
+  k->reader = NULL;
+  fl_link_reap(k);
+  for (i = 0; i < k->qlen; i++) {
+    fl_conn *o = k->q[(k->qhead + i) % k->qcap].c;
+    if (o && o != c && o->state == FL_RQ_QUEUED) {
+      fl_wake(k->pool, o->wkey);
+      return;
+    }
+  }
+}
+
+/* ---- failures ------------------------------------------------------------------ */
+
+/* "fluxalock: <op> <where>: <why>" into c->err; c fails */
+void fl_conn_fail(fl_conn *c, const char *op, const char *fmt, ...) {
   char why[FL_ERRLEN / 2];
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(why, sizeof why, fmt, ap);
   va_end(ap);
-  snprintf(c->err, sizeof c->err, "fluxalock: %s %s: %s", op,
-           c->pool->o.where, why);
-  fl_conn_disconnect(c);
+  snprintf(c->err, sizeof c->err, "fluxalock: %s %s: %s", op, c->pool->o.where, why);
+  drop_reply(c);
+  c->state = FL_RQ_ERR;
+}
+
+/* c gives up on its entry: a ghost keeps the place of its replies */
+void fl_conn_detach(fl_conn *c) {
+  fl_link *k = c->link;
+  int i;
+  if (!k || c->state != FL_RQ_QUEUED) return;
+  for (i = 0; i < k->qlen; i++) {
+    fl_entry *e = &k->q[(k->qhead + i) % k->qcap];
+    if (e->c == c) {
+      e->c = NULL;
+      e->ghost = c->expect;
+    }
+  }
+  if (k->reader == c) fl_conn_unclaim(c);
+  c->state = FL_RQ_ERR;
+}
+
+/* the request ran out of time */
+int fl_conn_timeout(fl_conn *c) {
+  fl_link *k = c->link;
+  int connecting = k && k->state == FL_LK_CONNECTING;
+  double now = fl_now();
+  fl_conn_detach(c);
+  fl_conn_fail(c, connecting ? "connect" : c->op, "timed out");
+  /* nothing came back for a whole timeout: the server is gone or frozen,
+     and whatever is queued behind would wait for nothing */
+  if (k && k->qlen > 0 && now - k->progress >= c->pool->o.timeout)
+    fl_link_close(k, "timed out");
   return FL_ERR;
 }
 
-/* is an idle connection still usable?  A server that went away leaves the
-   socket readable (EOF) while we owe it nothing: reconnect before writing,
-   instead of failing the call that happens to come first. */
-static int stale(fl_conn *c) {
-  struct pollfd pfd;
-  if (fl_net_pending(c->net)) return 1; /* TLS data nobody asked for */
-  pfd.fd = fl_net_fd(c->net);
-  pfd.events = POLLIN;
-  pfd.revents = 0;
-  return poll(&pfd, 1, 0) != 0;
+/* drop c's link (a reply that makes no sense: not Redis?) */
+void fl_conn_disconnect(fl_conn *c) {
+  if (c->link && c->link->state != FL_LK_CLOSED) fl_link_close(c->link, "connection dropped");
 }
 
-/* RESP: *<argc>\r\n then $<len>\r\n<bytes>\r\n per argument */
-static int out_argv(fl_conn *c, int argc, const char *const *argv,
-                    const size_t *len) {
-  size_t need = 16, n;
-  int i;
-  for (i = 0; i < argc; i++) need += len[i] + 32;
-  if (c->outlen + need > c->outcap) {
-    size_t cap = c->outcap ? c->outcap : 256;
-    char *o;
-    while (cap < c->outlen + need) cap *= 2;
-    if (!(o = realloc(c->out, cap))) return REDIS_ERR;
-    c->out = o;
-    c->outcap = cap;
-  }
-  n = c->outlen;
-  n += (size_t)sprintf(c->out + n, "*%d\r\n", argc);
-  for (i = 0; i < argc; i++) {
-    n += (size_t)sprintf(c->out + n, "$%lu\r\n", (unsigned long)len[i]);
-    memcpy(c->out + n, argv[i], len[i]);
-    n += len[i];
-    c->out[n++] = '\r';
-    c->out[n++] = '\n';
-  }
-  c->outlen = n;
-  return REDIS_OK;
-}
+/* ---- requests -------------------------------------------------------------------- */
 
-static int append_cmd(fl_conn *c, fl_cmd *cmd) {
-  return out_argv(c, cmd->argc, cmd->argv, cmd->argvlen);
+static int append_cmd(fl_link *k, fl_cmd *cmd) {
+  return fl_link_out(k, cmd->argc, cmd->argv, cmd->argvlen);
 }
 
 /* the EVAL form of an EVALSHA command, for NOSCRIPT and deferred releases */
-static int append_eval(fl_conn *c, fl_cmd *cmd) {
+static int append_eval(fl_link *k, fl_cmd *cmd) {
   fl_cmd e = *cmd;
   e.argv[0] = "EVAL";
   e.argvlen[0] = 4;
   e.argv[1] = fl_scripts[cmd->script].body;
   e.argvlen[1] = strlen(fl_scripts[cmd->script].body);
-  return append_cmd(c, &e);
-}
-
-/*
- * Replies never need big arrays (the largest is a CLUSTER SLOTS map), but
- * hiredis allocates an array's element table as soon as it reads the header:
- * a server answering "*322222222" (garbage, or not Redis at all) would make
- * us reserve gigabytes before a single element arrived.  hiredis 1.x has a
- * limit for that; 0.14 has none, so its array constructor is wrapped.
- */
-#define MAX_ELEMENTS (1 << 20)
-
-#if HIREDIS_MAJOR >= 1
-void fl_reader_cap(redisReader *r) { r->maxelements = MAX_ELEMENTS; }
-#else
-static redisReplyObjectFunctions capped;
-static void *(*plain_array)(const redisReadTask *, int);
-
-static void *capped_array(const redisReadTask *t, int n) {
-  return n > MAX_ELEMENTS ? NULL : plain_array(t, n); /* NULL: a reader error */
-}
-
-/* the first call (from the Lua thread: renew.c makes one before it starts
-   its thread) sets up the shared table */
-void fl_reader_cap(redisReader *r) {
-  if (!plain_array) { /* the same default functions for every reader */
-    capped = *r->fn;
-    plain_array = capped.createArray;
-    capped.createArray = capped_array;
-  }
-  r->fn = &capped;
-}
-#endif
-
-static int connect_ctx(fl_conn *c) {
-  const fl_opts *o = &c->pool->o;
-  c->net = fl_net_open(o, fl_now() + o->connect_timeout);
-  c->rd = redisReaderCreate();
-  if (!c->net || !c->rd) return fail(c, "connect", "out of memory");
-  if (*fl_net_error(c->net)) return fail(c, "connect", "%s", fl_net_error(c->net));
-  fl_reader_cap(c->rd);
-  c->connecting = 1;
-  c->handshake = 0;
-  c->gen = c->pool->gen;
-  if (o->password) {
-    const char *argv[3] = {"AUTH", o->username, o->password};
-    size_t len[3] = {4, 0, strlen(o->password)};
-    int n = 2;
-    if (o->username) { /* ACL user */
-      len[1] = strlen(o->username);
-      argv[2] = o->password;
-      n = 3;
-    } else {
-      argv[1] = o->password;
-      len[1] = len[2];
-    }
-    if (out_argv(c, n, argv, len) != REDIS_OK)
-      return fail(c, "connect", "out of memory");
-    c->handshake++;
-  }
-  if (o->db) {
-    char db[24];
-    const char *argv[2] = {"SELECT", db};
-    size_t len[2] = {6, 0};
-    len[1] = (size_t)snprintf(db, sizeof db, "%d", o->db);
-    if (out_argv(c, 2, argv, len) != REDIS_OK)
-      return fail(c, "connect", "out of memory");
-    c->handshake++;
-  }
-  return FL_DONE;
+  return append_cmd(k, &e);
 }
 
 /* queue the releases that __gc deferred in front of this request */
 static int append_pending(fl_conn *c) {
   fl_pool *p = c->pool;
-  c->pending = 0;
   while (p->pending) {
     fl_pending *d = p->pending;
     fl_cmd cmd;
     fl_cmd_release(&cmd, d->key, d->keylen, d->wake, d->wakelen, d->token);
-    if (append_eval(c, &cmd) != REDIS_OK) return -1;
+    if (append_eval(c->link, &cmd) != 0) return -1;
     p->pending = d->next;
     free(d);
     c->pending++;
+  }
+  return 0;
+}
+
+static int append_asking(fl_conn *c) {
+  const char *a[1] = {"ASKING"};
+  size_t al[1] = {6};
+  c->pending++; /* its +OK is skipped like a deferred release's */
+  return fl_link_out(c->link, 1, a, al);
+}
+
+static int append_wait(fl_conn *c) {
+  const char *a[3] = {"WAIT", c->waitarg[0], c->waitarg[1]};
+  size_t al[3];
+  al[0] = 4;
+  al[1] = strlen(c->waitarg[0]);
+  al[2] = strlen(c->waitarg[1]);
+  return fl_link_out(c->link, 3, a, al);
+}
+
+/* the commands of c, appended to its link's output */
+static int append_request(fl_conn *c) {
+  const fl_opts *o = &c->pool->o;
+  if (append_pending(c) != 0) return -1;
+  if (c->asking && append_asking(c) != 0) return -1;
+  if (append_cmd(c->link, &c->cmd) != 0) return -1;
+  if (c->post) {
+    snprintf(c->waitarg[0], sizeof c->waitarg[0], "%d", o->replicas);
+    snprintf(c->waitarg[1], sizeof c->waitarg[1], "%lld",
+             (long long)(o->replica_timeout * 1000.0 + 0.5));
+    if (append_wait(c) != 0) return -1;
+  }
+  return 0;
+}
+
+/* c->cmd's arguments copied into c: a NOSCRIPT retry re-encodes them
+   later, when the caller's memory (its Lock, its stack) may be gone with an
+   abandoned coroutine.  The script words (EVALSHA, sha, nkeys) are static */
+static int own_args(fl_conn *c) {
+  fl_cmd *cmd = &c->cmd;
+  int i, first = cmd->script >= 0 ? 3 : 0;
+  size_t need = 0, at = 0;
+  for (i = first; i < cmd->argc; i++) need += cmd->argvlen[i];
+  if (need > c->argcap) {
+    char *b = realloc(c->args, need);
+    if (!b) return -1;
+    c->args = b;
+    c->argcap = need;
+  }
+  for (i = first; i < cmd->argc; i++) {
+    if (cmd->argvlen[i]) memcpy(c->args + at, cmd->argv[i], cmd->argvlen[i]);
+    cmd->argv[i] = c->args + at;
+    at += cmd->argvlen[i];
   }
   return 0;
 }
@@ -221,6 +246,7 @@ static int append_pending(fl_conn *c) {
 int fl_conn_begin(fl_conn *c, const char *op, double extra) {
   double now = fl_now();
   const fl_opts *o = &c->pool->o;
+  fl_link *k;
   /* a lock written (obtain, refresh) is confirmed by WAIT when asked to:
      pipelined on the same connection, as WAIT counts this client's writes */
   c->post = o->replicas > 0 &&
@@ -230,61 +256,38 @@ int fl_conn_begin(fl_conn *c, const char *op, double extra) {
   c->op = op;
   c->t0 = now; /* stats.c: the log's 'seconds' */
   c->busy = 1;
-  c->retried = 0;
-  c->rewait = 0;
-  c->written = 0;
+  c->retried = c->pending = 0;
   c->limit = 0;
-  c->outlen = c->outpos = 0;
-  drop_reply(c);
-  /* a connection to where the pool pointed before a retarget is not reused */
-  if (c->net && (c->gen != c->pool->gen || stale(c))) fl_conn_disconnect(c);
-  if (!c->net) {
-    if (connect_ctx(c) == FL_ERR) return FL_ERR;
-    c->deadline = now + c->pool->o.connect_timeout;
-  } else {
-    c->handshake = 0;
-    c->deadline = now + c->pool->o.timeout + extra;
-  }
   c->extra = extra;
-  if (append_pending(c) != 0) return fail(c, op, "out of memory");
-  if (c->asking) { /* cluster ASK: the next command is for an importing slot */
-    const char *a[1] = {"ASKING"};
-    size_t al[1] = {6};
-    if (out_argv(c, 1, a, al) != REDIS_OK)
-      return fail(c, op, "out of memory");
-    c->pending++; /* its +OK is skipped like a deferred release's */
+  c->state = FL_RQ_IDLE;
+  if (!c->wkey) c->wkey = c;
+  drop_reply(c);
+  if (own_args(c) != 0) {
+    c->link = NULL;
+    fl_conn_fail(c, op, "out of memory");
+    return FL_ERR;
   }
-  if (append_cmd(c, &c->cmd) != REDIS_OK) return fail(c, op, "out of memory");
-  if (c->post) {
-    const char *a[3] = {"WAIT", c->waitarg[0], c->waitarg[1]};
-    size_t al[3] = {4, 0, 0};
-    al[1] = (size_t)snprintf(c->waitarg[0], sizeof c->waitarg[0], "%d", o->replicas);
-    al[2] = (size_t)snprintf(c->waitarg[1], sizeof c->waitarg[1], "%lld",
-                             (long long)(o->replica_timeout * 1000.0 + 0.5));
-    if (out_argv(c, 3, a, al) != REDIS_OK)
-      return fail(c, op, "out of memory");
+  if (!(k = fl_link_for(c->pool, now))) {
+    c->link = NULL;
+    fl_conn_fail(c, "connect", "out of memory");
+    return FL_ERR;
   }
-  c->expect = c->handshake + c->pending + 1 + c->post;
+  c->link = k;
+  if (k->state == FL_LK_CLOSED && fl_link_connect(k, now) != 0) {
+    fl_conn_fail(c, "connect", "%s", k->out ? "out of memory" : "cannot connect");
+    return FL_ERR;
+  }
+  c->connwait = k->state == FL_LK_CONNECTING;
+  c->deadline = now + (c->connwait ? o->connect_timeout : o->timeout + extra);
+  if (append_request(c) != 0 || fl_link_push(k, c) != 0) {
+    /* what was appended is sent unanswered: the link cannot be trusted */
+    fl_link_close(k, "out of memory");
+    fl_conn_fail(c, op, "out of memory");
+    return FL_ERR;
+  }
+  c->expect = c->pending + 1 + c->post;
+  c->state = FL_RQ_QUEUED;
   return FL_WAIT;
-}
-
-/* the transport's reason, or "timed out" when its deadline passed */
-static const char *why(fl_conn *c) {
-  const char *e = fl_net_error(c->net);
-  return *e ? e : "timed out";
-}
-
-static int step_connect(fl_conn *c) {
-  int st = fl_net_step(c->net); /* resolve, connect, TLS handshake */
-  if (st == FL_WAIT) {
-    c->events = fl_net_events(c->net);
-    return FL_WAIT;
-  }
-  if (st == FL_ERR) return fail(c, "connect", "%s", why(c));
-  c->connecting = 0;
-  if (c->ever) c->pool->n.reconnects++; /* connected again (stats.c) */
-  c->ever = 1;
-  return FL_DONE;
 }
 
 static int is_error(const redisReply *r, const char *prefix) {
@@ -292,60 +295,35 @@ static int is_error(const redisReply *r, const char *prefix) {
          strncmp(r->str, prefix, strlen(prefix)) == 0;
 }
 
-/* one reply has arrived; FL_DONE when it was the main one */
-static int on_reply(fl_conn *c, redisReply *r) {
+/* NOSCRIPT: the server lost its script cache (SCRIPT FLUSH, restart): send
+   the body once, at the link's tail; EVAL caches it again */
+static int retry_eval(fl_conn *c) {
+  const fl_opts *o = &c->pool->o;
+  c->retried = 1;
+  /* a round trip of its own, after the WAIT that may follow the failed
+     EVALSHA (it waits for nothing, and may take all of replica_timeout) */
+  c->deadline = fl_now() + o->timeout + c->extra + (c->post ? o->replica_timeout : 0);
+  c->pending = 0;
+  if (c->asking && append_asking(c) != 0) return -1;
+  if (append_eval(c->link, &c->cmd) != 0) return -1;
+  if (c->post && append_wait(c) != 0) return -1;
+  c->expect = c->pending + 1 + c->post;
+  return 0;
+}
+
+/* one reply of c's; FL_DONE when it was the main one (and WAIT's),
+   FL_LATE when c moves to the link's tail (NOSCRIPT), else FL_WAIT */
+int fl_conn_on_reply(fl_conn *c, redisReply *r) {
   c->expect--;
-  if (c->handshake > 0) {
-    /* AUTH comes first when there is a password, then SELECT */
-    int is_auth = c->pool->o.password && c->handshake == 1 + (c->pool->o.db != 0);
-    c->handshake--;
-    if (r->type == REDIS_REPLY_ERROR) {
-      char msg[FL_ERRLEN];
-      snprintf(msg, sizeof msg, "%s", r->str ? r->str : "error");
-      freeReplyObject(r);
-      if (is_auth) return fail(c, "auth", "%s", msg);
-      return fail(c, "select", "db %d: %s", c->pool->o.db, msg);
-    }
-    freeReplyObject(r);
-    return FL_WAIT;
-  }
-  if (c->pending > 0) { /* deferred release: best effort, answer ignored */
+  if (c->pending > 0) { /* deferred release, ASKING: answer ignored */
     c->pending--;
-    if (c->rewait) { /* the WAIT of a NOSCRIPT round: the retry starts now */
-      c->rewait = 0;
-      c->deadline = fl_now() + c->pool->o.timeout + c->extra;
-    }
     freeReplyObject(r);
     return FL_WAIT;
   }
-  if (c->cmd.script >= 0 && !c->retried && is_error(r, "NOSCRIPT")) {
-    /* the server lost its script cache (SCRIPT FLUSH, restart): send the
-       body once; EVAL caches it again for the EVALSHAs that follow */
+  if (c->cmd.script >= 0 && !c->retried && !c->reply && is_error(r, "NOSCRIPT")) {
     freeReplyObject(r);
-    c->retried = 1;
-    /* a round trip of its own: the retry gets the command's timeout, from
-       now or, when a WAIT follows the failed EVALSHA, from that WAIT's end
-       (it waits for nothing, and may take all of replica_timeout) */
-    c->deadline = fl_now() + c->pool->o.timeout + c->extra;
-    c->rewait = c->post;
-    c->outlen = c->outpos = 0; /* all before was sent */
-    c->pending = c->post; /* the WAIT after the failed EVALSHA: skipped */
-    if (c->asking) { /* the EVAL needs its own ASKING */
-      const char *a[1] = {"ASKING"};
-      size_t al[1] = {6};
-      if (out_argv(c, 1, a, al) != REDIS_OK) return fail(c, c->op, "out of memory");
-      c->pending++;
-    }
-    if (append_eval(c, &c->cmd) != REDIS_OK) return fail(c, c->op, "out of memory");
-    if (c->post) {
-      const char *a[3] = {"WAIT", c->waitarg[0], c->waitarg[1]};
-      size_t al[3] = {4, strlen(c->waitarg[0]), strlen(c->waitarg[1])};
-      if (out_argv(c, 3, a, al) != REDIS_OK)
-        return fail(c, c->op, "out of memory");
-    }
-    c->expect = c->pending + 1 + c->post;
-    c->written = 0;
-    return FL_WAIT;
+    if (retry_eval(c) != 0) return FL_ERR;
+    return FL_LATE;
   }
   if (c->reply) { /* the main reply is in: this is WAIT's */
     c->acked = r->type == REDIS_REPLY_INTEGER ? r->integer : -1;
@@ -353,128 +331,123 @@ static int on_reply(fl_conn *c, redisReply *r) {
     return FL_DONE;
   }
   /* Redis answers a malformed request (a key above proto-max-bulk-len, say)
-     with this error and then closes the connection: a next request sent on
-     it would race that close */
-  if (is_error(r, "ERR Protocol error")) c->doomed = 1;
+     with this error and then closes the connection */
+  if (is_error(r, "ERR Protocol error")) c->link->doomed = 1;
   c->reply = r;
-  /* a WAIT follows, unless the server is about to close the connection */
-  return c->post && !c->doomed ? FL_WAIT : FL_DONE;
+  if (c->post && c->expect > 0 && !c->link->doomed) return FL_WAIT;
+  return FL_DONE;
 }
 
 int fl_conn_step(fl_conn *c) {
-  if (!c->net) return fail(c, c->op, "not connected");
-  if (c->connecting) {
-    int r = step_connect(c);
-    if (r != FL_DONE) return r;
-    /* connected: the command's own time starts now */
-    c->deadline = fl_now() + c->pool->o.timeout + c->extra;
+  fl_link *k = c->link;
+  /* under a parking host only the link's reader moves it: a request behind
+     a live reader leaves its bytes and its reply to that reader, so what
+     one loop turn produced goes out in one write */
+  if (c->state == FL_RQ_QUEUED && k &&
+      !(c->pool->has_park && k->reader && k->reader != c && fl_now() < k->rdl + GRACE)) {
+    fl_link_drive(k, c->wkey);
+    c->events = k->events;
   }
-  while (!c->written) {
-    while (c->outpos < c->outlen) {
-      long n = fl_net_send(c->net, c->out + c->outpos, c->outlen - c->outpos);
-      if (n < 0) return fail(c, c->op, "%s", why(c));
-      if (n == 0) { /* POLLOUT, or POLLIN for TLS that must read first */
-        c->events = fl_net_events(c->net);
-        return FL_WAIT;
-      }
-      c->outpos += (size_t)n;
-    }
-    c->written = 1;
-    /* the answer cannot be there yet: wait before trying to read */
-    c->events = POLLIN;
-    return FL_WAIT;
+  if (c->state == FL_RQ_DONE) return FL_DONE;
+  if (c->state == FL_RQ_ERR) return FL_ERR;
+  if (c->state != FL_RQ_QUEUED) {
+    fl_conn_fail(c, c->op ? c->op : "request", "not queued");
+    return FL_ERR;
   }
-  for (;;) {
-    void *r = NULL;
-    char buf[16384];
-    long got;
-    if (redisReaderGetReply(c->rd, &r) != REDIS_OK)
-      /* 0.14 reports a refused array (fl_reader_cap) as "Out of memory" */
-      return fail(c, c->op, "protocol error: %s",
-                  strcmp(c->rd->errstr, "Out of memory") == 0
-                      ? "reply too large (or out of memory)"
-                      : c->rd->errstr);
-    if (r) {
-      int st = on_reply(c, r);
-      if (st != FL_WAIT) return st;
-      if (!c->written) return fl_conn_step(c); /* NOSCRIPT: write the EVAL */
-      continue;
-    }
-    /* read until the transport would block: TLS may hold decrypted bytes
-       that poll cannot see */
-    if ((got = fl_net_recv(c->net, buf, sizeof buf)) < 0)
-      return fail(c, c->op, "%s", why(c));
-    if (got == 0) { /* POLLIN, or POLLOUT for TLS that must write first */
-      c->events = fl_net_events(c->net);
-      return FL_WAIT;
-    }
-    if (redisReaderFeed(c->rd, buf, (size_t)got) != REDIS_OK)
-      return fail(c, c->op, "protocol error: %s", c->rd->errstr);
-  }
+  return FL_WAIT;
 }
 
 void fl_conn_end(fl_conn *c) {
+  fl_pool *p = c->pool;
   drop_reply(c);
-  c->busy = 0;
+  if (c->state == FL_RQ_QUEUED) fl_conn_detach(c);
+  fl_conn_unclaim(c);
+  c->state = FL_RQ_IDLE;
   c->asking = 0;
-  if (c->doomed) fl_conn_disconnect(c);
-  if (c->outcap > 65536) { /* a huge key passed: do not keep its buffer */
-    free(c->out);
-    c->out = NULL;
-    c->outcap = c->outlen = c->outpos = 0;
+  if (c->link && c->link->doomed && fl_link_idle(c->link)) fl_link_close(c->link, "closed");
+  if (c->busy) { /* back to the pool's free requests */
+    c->busy = 0;
+    c->nextfree = p->freereqs;
+    p->freereqs = c;
   }
 }
 
-/* the request ran out of time (for drivers other than fl_run) */
-int fl_conn_timeout(fl_conn *c) {
-  return fail(c, c->connecting ? "connect" : c->op, "timed out");
+int fl_conn_fd(const fl_conn *c) {
+  return c->link && c->link->net ? fl_net_fd(c->link->net) : -1;
 }
+
+/* ---- waiting ------------------------------------------------------------------- */
 
 static int wait_poll(fl_conn *c, double left) {
   struct pollfd pfd;
   int ms = (int)(left * 1000.0) + 1; /* round up: never wake before */
-  pfd.fd = fl_net_fd(c->net);
+  pfd.fd = fl_conn_fd(c);
   pfd.events = (short)c->events;
   pfd.revents = 0;
-  if (poll(&pfd, 1, ms) < 0 && errno != EINTR)
-    return fail(c, c->op, "poll: %s", strerror(errno));
+  if (poll(&pfd, 1, ms) < 0 && errno != EINTR) {
+    fl_conn_detach(c);
+    fl_conn_fail(c, c->op, "poll: %s", strerror(errno));
+    return FL_ERR;
+  }
   return FL_WAIT;
 }
 
 /*
- * Drive c's request to the end.  hostidx is the stack index of the host's
- * wait function, or 0 to wait with poll(2).  When the host function yields,
- * Lua later calls k, which calls fl_run again with the pcall status.
+ * One wait of c's coroutine through the host table at hostidx: on the
+ * link's socket (host.wait) when c is its reader, else parked (host.park,
+ * on c->wkey) until a reader unparks it or the reader's own wait is over.
+ * Returns lua_pcallk's status (k runs instead when the host yields).
+ */
+int fl_host_wait(lua_State *L, fl_conn *c, int hostidx, double left,
+                 lua_KContext ctx, lua_KFunction k) {
+  double now = fl_now();
+  fl_wake_flush(L, c->pool, hostidx); /* before this coroutine sleeps */
+  if (c->pool->has_park && !fl_conn_claim(c, now, left)) {
+    double t = c->link->rdl + GRACE - now;
+    lua_getfield(L, hostidx, "park");
+    lua_pushlightuserdata(L, c->wkey);
+    lua_pushnumber(L, t < left ? t : left);
+    return lua_pcallk(L, 2, 0, 0, ctx, k);
+  }
+  lua_getfield(L, hostidx, "wait");
+  lua_pushinteger(L, fl_conn_fd(c));
+  lua_pushstring(L, c->events == POLLOUT ? "w" : "r");
+  lua_pushnumber(L, left);
+  return lua_pcallk(L, 3, 0, 0, ctx, k);
+}
+
+/* c is done with waiting: hand the reader role on, deliver wake-ups */
+static int leave(lua_State *L, fl_conn *c, int hostidx, int st) {
+  fl_conn_unclaim(c);
+  fl_wake_flush(L, c->pool, hostidx);
+  return st;
+}
+
+/*
+ * Drive c's request to the end.  hostidx is the stack index of the host
+ * table, or 0 to wait with poll(2).  When the host yields, Lua later calls
+ * k, which calls fl_run again with the pcall status.
  */
 int fl_run(lua_State *L, fl_conn *c, int hostidx, lua_KFunction k,
            lua_KContext ctx) {
+  int host = hostidx && lua_type(L, hostidx) == LUA_TTABLE;
   for (;;) {
     int st = fl_conn_step(c);
     double left, now;
-    if (st != FL_WAIT) return st;
+    if (st != FL_WAIT) return leave(L, c, host ? hostidx : 0, st);
     now = fl_now();
     if (c->limit > 0 && now >= c->limit) { /* see fl_conn.limit */
-      fl_conn_disconnect(c);
-      c->ever = 0; /* on purpose: its next connect is no reconnect */
-      return FL_LATE;
+      /* a blocked command (BLPOP) holds its link until the server answers */
+      if (c->extra > 0 && c->link) fl_link_close(c->link, "abandoned");
+      fl_conn_detach(c);
+      return leave(L, c, host ? hostidx : 0, FL_LATE);
     }
     left = c->deadline - now;
-    if (left <= 0)
-      return fail(c, c->connecting ? "connect" : c->op, "timed out");
+    if (left <= 0) return leave(L, c, host ? hostidx : 0, fl_conn_timeout(c));
     if (c->limit > 0 && c->limit - now < left) left = c->limit - now;
-    if (hostidx && lua_type(L, hostidx) == LUA_TFUNCTION) {
-      /* the host decides what a wait outside a coroutine means */
-      lua_pushvalue(L, hostidx);
-      lua_pushinteger(L, fl_net_fd(c->net));
-      lua_pushstring(L, c->events == POLLOUT ? "w" : "r");
-      lua_pushnumber(L, left);
-      st = lua_pcallk(L, 3, 0, 0, ctx, k);
-      if (st != LUA_OK) { /* the host's wait raised: fail the request */
-        const char *m = lua_tostring(L, -1);
-        fail(c, c->op, "host wait: %s", m ? m : "error");
-        lua_pop(L, 1);
-        return FL_ERR;
-      }
+    if (host) {
+      st = fl_host_wait(L, c, hostidx, left, ctx, k);
+      if (st != LUA_OK) return leave(L, c, hostidx, fl_resume(L, c, st));
     } else if (wait_poll(c, left) == FL_ERR) {
       return FL_ERR;
     }
@@ -485,14 +458,15 @@ int fl_run(lua_State *L, fl_conn *c, int hostidx, lua_KFunction k,
 int fl_resume(lua_State *L, fl_conn *c, int status) {
   if (status != LUA_OK && status != LUA_YIELD) {
     const char *m = lua_tostring(L, -1);
-    fail(c, c->op, "host wait: %s", m ? m : "error");
+    fl_conn_detach(c);
+    fl_conn_fail(c, c->op, "host wait: %s", m ? m : "error");
     lua_pop(L, 1);
     return FL_ERR;
   }
   return FL_WAIT;
 }
 
-/* nil, message; the connection is idle again */
+/* nil, message; the request is over */
 int fl_push_error(lua_State *L, fl_conn *c) {
   char msg[FL_ERRLEN];
   memcpy(msg, c->err, sizeof msg);

@@ -5,6 +5,8 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
+#include <string.h>
+#include <unistd.h>
 #include <time.h>
 
 #include "fluxalock.h"
@@ -27,15 +29,27 @@ static int core_sleep(lua_State *L) {
   return 0;
 }
 
+/* core.idlefd() -> a descriptor that never becomes readable (the read end
+   of a pipe nobody writes): a wait-only host sleeps on it */
+static int core_idlefd(lua_State *L) {
+  static int fds[2] = {-1, -1};
+  if (fds[0] < 0 && pipe(fds) != 0) return luaL_error(L, "fluxalock: pipe: %s", strerror(errno));
+  lua_pushinteger(L, fds[0]);
+  return 1;
+}
+
 int luaopen_fluxalock_core(lua_State *L) {
   fl_scripts_init();
   lua_newtable(L);
   fl_pool_open(L);
   fl_stats_open(L);
+  fl_sub_open(L);
   fl_lock_open(L);
   fl_tls_open(L);
   lua_pushcfunction(L, core_sleep);
   lua_setfield(L, -2, "sleep");
+  lua_pushcfunction(L, core_idlefd);
+  lua_setfield(L, -2, "idlefd");
   lua_pushcfunction(L, fl_renew_start);
   lua_setfield(L, -2, "renew");
   lua_pushcfunction(L, fl_renew_fd); /* internal: for the fluxalock command */

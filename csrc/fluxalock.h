@@ -2,8 +2,14 @@
  * fluxalock: shared declarations of the C core.
  *
  * Objects (one file each):
- *   conn.c   fl_conn: one connection (net.h) driven in non-blocking steps
- *   pool.c   fl_pool: options + connections of one Redis, the Pool userdata
+ *   conn.c   fl_conn: a request queued on a shared link, and the one place
+ *            that waits (poll(2), or the host's wait/park)
+ *   conn_io.c fl_link: one socket (net.h) and its FIFO of requests, replies
+ *            matched in order by a hiredis reader
+ *   wake.c   the wake-up subscription of a pool under a host
+ *   pool.c   fl_pool: options + links of one Redis, the Pool userdata
+ *   multi.c  the requests of Redlock, Cluster and Sentinel pools (group.c:
+ *            the group object)
  *   lock.c   the fluxalock.Lock userdata
  *   token.c  random tokens from the kernel CSPRNG
  *   renew.c  the renewal thread that keeps renewed locks alive (renew_io.c:
@@ -81,23 +87,24 @@ typedef struct fl_opts {
   struct fl_tls *tls; /* NULL, or TLS settings (one reference: net.h) */
 } fl_opts;
 
+/* a request: one coroutine's command(s) queued on a shared link */
+enum { FL_RQ_IDLE, FL_RQ_QUEUED, FL_RQ_DONE, FL_RQ_ERR };
+
 typedef struct fl_conn {
   struct fl_pool *pool;
-  struct fl_net *net; /* the transport (net.h); NULL while disconnected */
-  redisReader *rd;     /* parses its replies */
-  int busy;            /* a request is in flight */
-  int connecting;      /* non-blocking connect not yet confirmed */
-  int written;         /* output buffer flushed */
-  int expect;          /* replies still to read, main one last */
-  int handshake;       /* of them, AUTH/SELECT replies first */
-  int pending;         /* then deferred releases */
+  struct fl_link *link; /* where it is queued (kept after the end, for
+                           fl_conn_disconnect) */
+  struct fl_conn *nextfree, *nextall;
+  void *wkey;          /* what its coroutine parks on: itself, or a fan */
+  int busy;            /* begun and not yet ended */
+  int state;           /* FL_RQ_* */
+  int expect;          /* replies still to come, main one last */
+  int pending;         /* of them, deferred releases / ASKING first */
   int retried;         /* NOSCRIPT fallback done */
-  int doomed;          /* the server will close it: drop it at the end */
+  int connwait;        /* its deadline is the link's connect time */
   int events;          /* when FL_WAIT: POLLIN/POLLOUT */
-  unsigned gen;        /* the pool's target generation at connect */
   int asking;          /* send ASKING before the command (cluster ASK) */
   int post;            /* a WAIT for replicas follows the main command */
-  int rewait;          /* NOSCRIPT: the next skipped reply is the old WAIT */
   long long acked;     /* replicas that acknowledged (WAIT's answer) */
   char waitarg[2][24]; /* WAIT's arguments */
   double deadline;     /* monotonic seconds */
@@ -107,17 +114,45 @@ typedef struct fl_conn {
                           outlive its obtain) */
   const char *op;      /* "obtain", "release", ... for messages */
   fl_cmd cmd;
-  redisReply *reply;   /* main reply once FL_DONE, owned by the conn */
-  char *out;           /* the request, RESP-encoded, sent by us (not by
-                          hiredis, whose write(2) can raise SIGPIPE) */
-  size_t outlen, outpos, outcap;
-  char num[2][32];     /* numeric arguments of the request in flight */
-  char *scratch;       /* companion key of the request in flight */
+  redisReply *reply;   /* main reply once FL_DONE, owned by the request */
+  char num[2][32];     /* numeric arguments of the request */
+  char *scratch;       /* companion key of the request */
   size_t scratchcap;
+  char *args;          /* the command's arguments, owned (conn.c own_args) */
+  size_t argcap;
   char err[FL_ERRLEN];
   double t0;           /* when the request began (for the debug log) */
-  int ever;            /* it was connected before: a connect is a reconnect */
 } fl_conn;
+
+/* one socket shared by many requests: a FIFO of entries, replies matched
+   in order (conn.c) */
+typedef struct fl_entry {
+  fl_conn *c;  /* NULL: its request gave up; 'ghost' replies are dropped */
+  int ghost;
+} fl_entry;
+
+typedef struct fl_link {
+  struct fl_pool *pool;
+  struct fl_net *net;  /* NULL while closed */
+  redisReader *rd;
+  int state;           /* FL_LK_* */
+  int handshake;       /* AUTH/SELECT replies still due */
+  int doomed;          /* the server will close it: no new requests */
+  int ever;            /* connected before: a connect is a reconnect */
+  int events;          /* what the transport waits for */
+  int push;            /* a subscription: every reply is a message (wake.c) */
+  int watched;         /* a waiter outside the FIFO waits on the socket */
+  unsigned gen;        /* the pool's target generation at connect */
+  char *out;           /* RESP bytes not yet sent */
+  size_t outlen, outpos, outcap;
+  fl_entry *q;         /* ring of entries */
+  int qhead, qlen, qcap;
+  fl_conn *reader;     /* the request whose coroutine waits on the fd */
+  double rdl;          /* until when the reader waits */
+  double progress;     /* last time the link moved (a reply, or work queued) */
+} fl_link;
+
+enum { FL_LK_CLOSED, FL_LK_CONNECTING, FL_LK_READY };
 
 /* what only C sees, counted with plain increments (stats.c reads them);
    a group's node pools count their own reconnects */
@@ -130,8 +165,14 @@ typedef struct fl_pool {
   int has_host;  /* waits go through a Lua host function */
   unsigned gen;  /* bumped by retarget: older connections are dropped */
   fl_opts o;
-  fl_conn **conns;
-  int nconns, cap;
+  fl_link **links;
+  int nlinks, linkcap;
+  int maxconn;   /* max_connections */
+  int has_park;  /* the host can park and unpark coroutines */
+  fl_conn *freereqs, *allreqs;
+  void **wakes;  /* park keys to unpark at the next chance (conn.c) */
+  int nwakes, wakecap;
+  struct fl_sub *sub; /* the wake-up subscription, or NULL (wake.c) */
   fl_pending *pending;
   /* a group (multi.c): the lock lives on nodes, not on this pool's server */
   int kind;                /* FL_SINGLE, FL_REDLOCK, FL_CLUSTER, FL_SENTINEL */
@@ -162,9 +203,19 @@ typedef struct fl_lock {
 
 /* conn.c */
 double fl_now(void);
-fl_conn *fl_conn_new(fl_pool *p);
 void fl_conn_free(fl_conn *c);
+void fl_link_free(fl_link *k);
+void fl_link_close(fl_link *k, const char *why);
+int fl_link_idle(const fl_link *k);
+void fl_link_send(fl_link *k);
 void fl_conn_disconnect(fl_conn *c);
+void fl_conn_detach(fl_conn *c);
+int fl_conn_fd(const fl_conn *c);
+int fl_conn_claim(fl_conn *c, double now, double left);
+void fl_conn_unclaim(fl_conn *c);
+void fl_wake_flush(lua_State *L, fl_pool *p, int hostidx);
+int fl_host_wait(lua_State *L, fl_conn *c, int hostidx, double left,
+                 lua_KContext ctx, lua_KFunction k);
 int fl_conn_begin(fl_conn *c, const char *op, double extra);
 int fl_conn_step(fl_conn *c);
 void fl_conn_end(fl_conn *c);
@@ -176,6 +227,14 @@ int fl_push_error(lua_State *L, fl_conn *c);
 int fl_push_reply_error(lua_State *L, fl_conn *c);
 int fl_conn_timeout(fl_conn *c);
 
+/* wake.c: one subscription per pool to the wake-up channels of its waiters */
+void fl_sub_free(fl_pool *p);
+void fl_sub_connected(fl_link *k);
+void fl_sub_message(fl_link *k, redisReply *r);
+void fl_sub_open(lua_State *L);
+#define FL_WAKE_ID_LEN 16
+const char *fl_wake_id(void);
+
 /* pool.c */
 fl_pool *fl_pool_ref(fl_pool *p);
 void fl_pool_unref(fl_pool *p);
@@ -183,10 +242,15 @@ fl_conn *fl_pool_conn(fl_pool *p);
 void fl_pool_defer(fl_pool *p, const char *key, size_t keylen,
                    const char *wake, size_t wakelen, const char *token);
 void fl_pool_flush(fl_pool *p);
+void fl_pool_close_idle(fl_pool *p);
 int fl_pool_open(lua_State *L);
 fl_pool *fl_checkpool(lua_State *L, int idx);
 void fl_opts_free(fl_opts *o);
 int fl_opts_copy(fl_opts *dst, const fl_opts *src);
+
+/* group.c: the group object of a Redlock, Cluster or Sentinel pool */
+int fl_group_node(fl_pool *g, const char *host, int port);
+fl_pool *fl_group_slot_node(fl_pool *g, const char *lkey, size_t len);
 
 /* multi.c: Redlock groups and clusters */
 void fl_multi_free(fl_pool *p);
@@ -210,6 +274,7 @@ lua_Integer fl_checkms(lua_State *L, int arg, const char *what);
 void fl_cmd_release(fl_cmd *cmd, const char *key, size_t keylen,
                     const char *wake, size_t wakelen, const char *token);
 int fl_lock_open(lua_State *L);
+void fl_notify(lua_State *L, int lockidx);
 
 /* renew.c: the renewal thread (its own connections, never the Lua state) */
 int fl_renew_start(lua_State *L);  /* core.renew(lock, ttl_ms, every_ms, sent_at) */

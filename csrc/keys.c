@@ -31,6 +31,8 @@
  * the release deletes it first (a list with an element has no blocked
  * waiter, so nothing is lost), with DEL rather than LTRIM so that the
  * minimal ACL of 0.1 (docs/reliability.md) still covers the scripts.
+ * It also publishes on the wake-up key's name, for the waiters of event-loop
+ * hosts (wake.c); redis.pcall, since that ACL grants no channel.
  * release, ttl and refresh also accept token .. "+": fluxalock 0.1's
  * waiters appended "+" to the holder's value, and a fleet upgrading from
  * 0.1 runs both for a while.  No user data is ever part of a script body:
@@ -44,13 +46,15 @@ fl_script fl_scripts[FL_NSCRIPTS] = {
     "end\n"
     "return 0\n", "" },
   { "release",
-    /* KEYS: lock, wake. ARGV: token, wake-up lifetime in ms */
+    /* KEYS: lock, wake. ARGV: token, wake-up lifetime in ms, the
+       releasing process's wake-up id (wake.c) */
     "local v = redis.call('get', KEYS[1])\n"
     "if v ~= ARGV[1] and v ~= ARGV[1] .. '+' then return 0 end\n"
     "redis.call('del', KEYS[1])\n"
     "redis.call('del', KEYS[2])\n"
     "redis.call('lpush', KEYS[2], '1')\n"
     "redis.call('pexpire', KEYS[2], ARGV[2])\n"
+    "redis.pcall('publish', KEYS[2], ARGV[3] or '1')\n"
     "return 1\n", "" },
   { "ttl",
     /* KEYS: lock. ARGV: token. -> ms left, or -1 when not held */

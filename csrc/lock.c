@@ -50,6 +50,9 @@ void fl_cmd_release(fl_cmd *cmd, const char *key, size_t keylen,
   /* a wake-up nobody takes is gone after 1 s: at worst one waiter that
      arrives later tries once for nothing */
   fl_cmd_arg(cmd, "1000", 4);
+  /* the message names this process: its own subscription skips it (the
+     release already woke the local waiter) */
+  fl_cmd_arg(cmd, fl_wake_id(), FL_WAKE_ID_LEN);
 }
 
 static fl_lock *checklock(lua_State *L) {
@@ -91,6 +94,30 @@ static int script_result(lua_State *L, fl_conn *c, int st, long long *n) {
 
 /* ---- release / __close ----------------------------------------------------- */
 
+#define NOTIFY "fluxalock.notify"
+
+/* core.setnotify(fn | nil): fn(full key) after every release of this
+   process, so the Lua layer hands the key to its next local waiter */
+static int lock_setnotify(lua_State *L) {
+  if (!lua_isnoneornil(L, 1)) luaL_checktype(L, 1, LUA_TFUNCTION);
+  lua_settop(L, 1);
+  lua_setfield(L, LUA_REGISTRYINDEX, NOTIFY);
+  return 0;
+}
+
+/* tell the Lua layer that the key of the lock at lockidx was released:
+   notify(full key, the Pool userdata that made it); never raises or yields */
+void fl_notify(lua_State *L, int lockidx) {
+  const fl_lock *lk = luaL_testudata(L, lockidx, FL_LOCK_MT);
+  if (!lk || lua_getfield(L, LUA_REGISTRYINDEX, NOTIFY) != LUA_TFUNCTION) {
+    if (lk) lua_pop(L, 1);
+    return;
+  }
+  lua_pushlstring(L, lk->key, lk->keylen);
+  lua_getiuservalue(L, lockidx, 1);
+  if (lua_pcall(L, 2, 0, 0) != LUA_OK) lua_pop(L, 1);
+}
+
 static int release_start(lua_State *L, fl_lock *lk, lua_KFunction k, int *st,
                          fl_conn **cp) {
   int hidx;
@@ -128,7 +155,9 @@ static int done(lua_State *L, fl_conn *c, int op, int nres) {
 }
 
 static int release_finish(lua_State *L, fl_conn *c, int st) {
-  return done(L, c, FL_OP_RELEASE, release_result(L, c, st));
+  int n = done(L, c, FL_OP_RELEASE, release_result(L, c, st));
+  fl_notify(L, 1);
+  return n;
 }
 
 static int release_k(lua_State *L, int status, lua_KContext ctx) {
@@ -403,5 +432,7 @@ int fl_lock_open(lua_State *L) {
   luaL_newlib(L, meth);
   lua_setfield(L, -2, "__index");
   lua_pop(L, 1);
+  lua_pushcfunction(L, lock_setnotify);
+  lua_setfield(L, -2, "setnotify");
   return 0;
 }

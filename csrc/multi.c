@@ -76,212 +76,7 @@ static const char *opname(int op) {
   return names[op];
 }
 
-/* ---- the group object ------------------------------------------------------ */
-
-void fl_multi_free(fl_pool *p) {
-  int i;
-  for (i = 0; i < p->nnodes; i++) fl_pool_unref(p->nodes[i]);
-  free(p->nodes);
-  free(p->slots);
-  p->nodes = NULL;
-  p->slots = NULL;
-  p->nnodes = 0;
-}
-
-void fl_multi_close(fl_pool *p) {
-  int i, j;
-  for (j = 0; j < p->nnodes; j++) {
-    fl_pool_flush(p->nodes[j]);
-    for (i = 0; i < p->nodes[j]->nconns; i++)
-      if (!p->nodes[j]->conns[i]->busy) {
-        fl_conn_disconnect(p->nodes[j]->conns[i]);
-        p->nodes[j]->conns[i]->ever = 0; /* on purpose: no reconnect (stats.c) */
-      }
-  }
-}
-
-static int add_node(fl_pool *g, fl_pool *n) {
-  if (g->nnodes == g->nodecap) {
-    int cap = g->nodecap ? 2 * g->nodecap : 4;
-    fl_pool **a = realloc(g->nodes, (size_t)cap * sizeof *a);
-    if (!a) return -1;
-    g->nodes = a;
-    g->nodecap = cap;
-  }
-  g->nodes[g->nnodes++] = n;
-  return g->nnodes - 1;
-}
-
-static char *dup(const char *s) {
-  char *r;
-  if (!s) return NULL;
-  if ((r = malloc(strlen(s) + 1))) memcpy(r, s, strlen(s) + 1);
-  return r;
-}
-
-/* the cluster node at host:port, made from the group's options if new;
-   -1 when out of memory */
-static int cluster_node(fl_pool *g, const char *host, int port) {
-  fl_pool *n;
-  int i;
-  for (i = 0; i < g->nnodes; i++)
-    if (g->nodes[i]->o.port == port && strcmp(g->nodes[i]->o.host, host) == 0) return i;
-  if (!(n = calloc(1, sizeof *n))) return -1;
-  n->refs = 1;
-  n->o = g->o; /* scalars; the strings are copied below */
-  n->o.path = NULL;
-  n->o.host = dup(host);
-  n->o.username = dup(g->o.username);
-  n->o.password = dup(g->o.password);
-  n->o.prefix = dup(g->o.prefix);
-  n->o.port = port;
-  n->o.cluster = 1;
-  n->o.tls = fl_tls_ref(g->o.tls); /* nodes speak TLS when the seeds do */
-  snprintf(n->o.where, sizeof n->o.where, strchr(host, ':') ? "[%s]:%d" : "%s:%d",
-           host, port);
-  if (!n->o.host || !n->o.prefix || (g->o.username && !n->o.username) ||
-      (g->o.password && !n->o.password) || (i = add_node(g, n)) < 0) {
-    fl_pool_unref(n);
-    return -1;
-  }
-  return i;
-}
-
-/* pool:group("redlock", {pool, ...}, where) or pool:group("cluster",
-   {"host:port", ...}, where): turn a fresh pool into a group */
-int fl_multi_group(lua_State *L) {
-  fl_pool *g = fl_checkpool(L, 1);
-  const char *kind = luaL_checkstring(L, 2);
-  const char *where = luaL_checkstring(L, 4);
-  int i, n;
-  luaL_checktype(L, 3, LUA_TTABLE);
-  n = (int)luaL_len(L, 3);
-  luaL_argcheck(L, g->kind == FL_SINGLE && g->nconns == 0, 1, "pool already in use");
-  luaL_argcheck(L, n >= 1, 3, "at least one node");
-  snprintf(g->o.where, sizeof g->o.where, "%s", where);
-  if (strcmp(kind, "redlock") == 0) {
-    luaL_argcheck(L, n <= FL_MAXNODES, 3, "at most 16 Redlock nodes");
-    for (i = 1; i <= n; i++) {
-      lua_rawgeti(L, 3, i);
-      if (add_node(g, fl_pool_ref(fl_checkpool(L, -1))) < 0) {
-        fl_pool_unref(fl_checkpool(L, -1));
-        return luaL_error(L, "fluxalock: out of memory");
-      }
-      lua_pop(L, 1);
-    }
-    g->kind = FL_REDLOCK;
-  } else if (strcmp(kind, "sentinel") == 0) {
-    luaL_argcheck(L, n == 1, 3, "one node");
-    lua_rawgeti(L, 3, 1);
-    if (add_node(g, fl_pool_ref(fl_checkpool(L, -1))) < 0) {
-      fl_pool_unref(fl_checkpool(L, -1));
-      return luaL_error(L, "fluxalock: out of memory");
-    }
-    lua_pop(L, 1);
-    g->kind = FL_SENTINEL;
-  } else if (strcmp(kind, "cluster") == 0) {
-    if (!(g->slots = calloc(16384, sizeof *g->slots)))
-      return luaL_error(L, "fluxalock: out of memory");
-    g->o.cluster = 1;
-    g->kind = FL_CLUSTER;
-    for (i = 1; i <= n; i++) {
-      char host[256];
-      int port;
-      lua_rawgeti(L, 3, i);
-      lua_rawgeti(L, -1, 1);
-      lua_rawgeti(L, -2, 2);
-      snprintf(host, sizeof host, "%s", luaL_checkstring(L, -2));
-      port = (int)luaL_checkinteger(L, -1);
-      if (cluster_node(g, host, port) < 0) return luaL_error(L, "fluxalock: out of memory");
-      lua_pop(L, 3);
-    }
-  } else {
-    return luaL_argerror(L, 2, "'redlock', 'cluster' or 'sentinel' expected");
-  }
-  return 0;
-}
-
-/* pool:setslots(reply of CLUSTER SLOTS) -> number of slots mapped */
-int fl_multi_setslots(lua_State *L) {
-  fl_pool *g = fl_checkpool(L, 1);
-  int i, n, mapped = 0;
-  luaL_argcheck(L, g->kind == FL_CLUSTER, 1, "not a cluster pool");
-  luaL_checktype(L, 2, LUA_TTABLE);
-  n = (int)luaL_len(L, 2);
-  for (i = 1; i <= n; i++) {
-    lua_Integer from, to, s;
-    int port, idx;
-    char host[256];
-    lua_rawgeti(L, 2, i);
-    if (!lua_istable(L, -1)) return luaL_argerror(L, 2, "CLUSTER SLOTS entries expected");
-    lua_rawgeti(L, -1, 1);
-    lua_rawgeti(L, -2, 2);
-    lua_rawgeti(L, -3, 3);
-    from = lua_tointeger(L, -3);
-    to = lua_tointeger(L, -2);
-    if (!lua_istable(L, -1) || from < 0 || to > 16383 || from > to)
-      return luaL_argerror(L, 2, "CLUSTER SLOTS entries expected");
-    lua_rawgeti(L, -1, 1);
-    lua_rawgeti(L, -2, 2);
-    snprintf(host, sizeof host, "%s", lua_tostring(L, -2) ? lua_tostring(L, -2) : "");
-    port = (int)lua_tointeger(L, -1);
-    if (!host[0]) snprintf(host, sizeof host, "127.0.0.1");
-    if (port < 1 || port > 65535) return luaL_argerror(L, 2, "bad port in CLUSTER SLOTS");
-    if ((idx = cluster_node(g, host, port)) < 0) return luaL_error(L, "fluxalock: out of memory");
-    for (s = from; s <= to; s++) g->slots[s] = (unsigned short)(idx + 1);
-    mapped += (int)(to - from + 1);
-    lua_pop(L, 6);
-  }
-  lua_pushinteger(L, mapped);
-  return 1;
-}
-
-/* pool:info() -> { kind=, nodes = {"host:port", ...}, moved=, asked= } */
-int fl_multi_info(lua_State *L) {
-  fl_pool *g = fl_checkpool(L, 1);
-  int i;
-  static const char *kinds[] = {"single", "redlock", "cluster", "sentinel"};
-  lua_createtable(L, 0, 4);
-  lua_pushstring(L, kinds[g->kind]);
-  lua_setfield(L, -2, "kind");
-  lua_createtable(L, g->nnodes, 0);
-  for (i = 0; i < g->nnodes; i++) {
-    lua_pushstring(L, g->nodes[i]->o.where);
-    lua_rawseti(L, -2, i + 1);
-  }
-  lua_setfield(L, -2, "nodes");
-  lua_pushinteger(L, (lua_Integer)g->moved);
-  lua_setfield(L, -2, "moved");
-  lua_pushinteger(L, (lua_Integer)g->asked);
-  lua_setfield(L, -2, "asked");
-  return 1;
-}
-
-/* pool:setrecover(fn): fn() -> true when the pool points at a (new)
-   master; called when a lock's request failed (Sentinel) */
-int fl_multi_setrecover(lua_State *L) {
-  fl_pool *g = fl_checkpool(L, 1);
-  luaL_argcheck(L, g->kind == FL_SENTINEL, 1, "not a sentinel pool");
-  luaL_checktype(L, 2, LUA_TFUNCTION);
-  lua_settop(L, 2);
-  lua_setiuservalue(L, 1, 2);
-  return 0;
-}
-
-/* pool:redirects() -> moved, asked (cheap: for the cluster layer's checks) */
-int fl_multi_redirects(lua_State *L) {
-  fl_pool *g = fl_checkpool(L, 1);
-  lua_pushinteger(L, (lua_Integer)g->moved);
-  lua_pushinteger(L, (lua_Integer)g->asked);
-  return 2;
-}
-
 /* ---- legs ------------------------------------------------------------------ */
-
-static fl_pool *slot_node(fl_pool *g, const char *lkey, size_t len) {
-  unsigned short i = g->slots[fl_slot(lkey, len)];
-  return g->nodes[i ? i - 1 : 0];
-}
 
 static void leg_fail_msg(leg *l, const char *msg) {
   size_t n = strlen(msg);
@@ -305,6 +100,7 @@ static void leg_start(fan *f, leg *l) {
     leg_fail_msg(l, "fluxalock: out of memory");
     return;
   }
+  c->wkey = f; /* a reply for any leg wakes the fan's coroutine */
   if (op == FL_OP_OBTAIN || op == FL_OP_AWAIT || op == FL_OP_RELEASE || op == FL_OP_CLOSE) {
     comp = fl_companion(c, f->key, f->keylen, op == FL_OP_OBTAIN ? "fence" : "wake:",
                         op != FL_OP_OBTAIN, &complen);
@@ -413,7 +209,7 @@ static void leg_reply(fan *f, leg *l) {
       return;
     }
     fl_conn_end(c);
-    if ((idx = cluster_node(g, host, port)) < 0) {
+    if ((idx = fl_group_node(g, host, port)) < 0) {
       leg_fail_msg(l, "fluxalock: out of memory");
       return;
     }
@@ -438,7 +234,8 @@ static void leg_reply(fan *f, leg *l) {
       fl_conn_end(c);
       l->st = LEG_PAUSE;
       l->resume = now + pause;
-      return; /* keeps l->c: its idle socket paces the pause under a host */
+      l->c = NULL;
+      return;
     }
   }
   if (r->type == REDIS_REPLY_ERROR) {
@@ -507,8 +304,11 @@ static void leg_step(fan *f, leg *l, double now) {
   if (st == FL_WAIT) {
     now = fl_now();
     if (l->c->limit > 0 && now >= l->c->limit) { /* the wait's hard end */
-      fl_conn_disconnect(l->c);
-      l->c->ever = 0; /* on purpose: no reconnect (stats.c) */
+      /* a BLPOP still blocked holds its link until the server answers */
+      if (l->c->link) {
+        fl_link_close(l->c->link, "abandoned");
+        l->c->link->ever = 0; /* on purpose: no reconnect (stats.c) */
+      }
       fl_conn_end(l->c);
       l->c = NULL;
       l->st = LEG_LATE;
@@ -537,7 +337,7 @@ static void fail_running(fan *f, const char *why) {
     if (l->st != LEG_RUN && l->st != LEG_PAUSE) continue;
     snprintf(msg, sizeof msg, "fluxalock: %s %s: host wait: %s", opname(f->op),
              l->node->o.where, why);
-    if (l->c) fl_conn_disconnect(l->c);
+    if (l->c) fl_conn_detach(l->c);
     leg_fail_msg(l, msg);
   }
 }
@@ -557,9 +357,11 @@ static void settle_early(fan *f) {
     leg *l = &f->legs[i];
     char msg[FL_ERRLEN];
     if (l->st != LEG_RUN && l->st != LEG_PAUSE) continue;
-    if (l->c) { /* a late reply must not be read later */
-      fl_conn_disconnect(l->c);
-      l->c->ever = 0; /* dropped on purpose: its next connect is no reconnect */
+    if (l->c) {
+      /* its command still goes out (a release the majority did not need
+         must still reach its node), its late reply is dropped */
+      if (l->c->link) fl_link_send(l->c->link);
+      fl_conn_detach(l->c);
     }
     snprintf(msg, sizeof msg, "fluxalock: %s %s: not awaited (a majority answered)",
              opname(f->op), l->node->o.where);
@@ -567,14 +369,57 @@ static void settle_early(fan *f) {
   }
 }
 
+/* deliver the wake-ups the legs' links collected (other coroutines' replies) */
+static void fan_wakes(lua_State *L, fan *f) {
+  int i;
+  if (!f->hidx) return;
+  for (i = 0; i < f->g->nnodes; i++) fl_wake_flush(L, f->g->nodes[i], f->hidx);
+}
+
+/* one wait of the fan under a host: on a leg's socket when the fan may be
+   that link's reader, else parked on the fan until a reader wakes it */
+static int fan_wait(lua_State *L, fan *f, double now, double left, lua_KFunction k) {
+  int i;
+  fl_conn *wc = NULL;
+  double t = left;
+  for (i = 0; i < f->nlegs && !wc; i++) {
+    leg *l = &f->legs[i];
+    if (l->st == LEG_RUN && fl_conn_fd(l->c) >= 0 &&
+        (!l->c->pool->has_park || fl_conn_claim(l->c, now, left)))
+      wc = l->c;
+  }
+  for (i = 0; i < f->nlegs; i++) /* one link at a time: the others go on */
+    if (f->legs[i].st == LEG_RUN && f->legs[i].c != wc) {
+      fl_conn_unclaim(f->legs[i].c);
+      if (f->legs[i].c->link && f->legs[i].c->link->rdl + 0.05 - now < t)
+        t = f->legs[i].c->link->rdl + 0.05 - now;
+    }
+  fan_wakes(L, f);
+  if (wc) {
+    lua_getfield(L, f->hidx, "wait");
+    lua_pushinteger(L, fl_conn_fd(wc));
+    lua_pushstring(L, wc->events == POLLOUT ? "w" : "r");
+    lua_pushnumber(L, left);
+    return lua_pcallk(L, 3, 0, 0, (lua_KContext)f, k);
+  }
+  if (lua_getfield(L, f->hidx, "park") != LUA_TFUNCTION) {
+    /* a wait-only host and nothing to wait on (all legs pausing): short */
+    lua_pop(L, 1);
+    poll(NULL, 0, (int)(left * 1000.0) + 1);
+    return LUA_OK;
+  }
+  lua_pushlightuserdata(L, f);
+  lua_pushnumber(L, t > 0.001 ? t : 0.001);
+  return lua_pcallk(L, 2, 0, 0, (lua_KContext)f, k);
+}
+
 /* run every leg to its end; 0 when done (may yield through the host) */
 static int fan_drive(lua_State *L, fan *f, lua_KFunction k) {
+  int host = f->hidx && lua_type(L, f->hidx) == LUA_TTABLE;
   for (;;) {
     struct pollfd pfd[FL_MAXNODES];
     int i, np = 0, active = 0;
     double now = fl_now(), until = now + 3600;
-    fl_conn *wc = NULL;
-    const char *wmode = "r";
     for (i = 0; i < f->nlegs; i++) leg_step(f, &f->legs[i], now);
     settle_early(f);
     now = fl_now();
@@ -584,13 +429,11 @@ static int fan_drive(lua_State *L, fan *f, lua_KFunction k) {
         double d = l->c->deadline;
         if (l->c->limit > 0 && l->c->limit < d) d = l->c->limit;
         if (d < until) until = d;
-        pfd[np].fd = fl_net_fd(l->c->net);
-        pfd[np].events = (short)l->c->events;
-        pfd[np].revents = 0;
-        np++;
-        if (!wc) {
-          wc = l->c;
-          wmode = l->c->events == POLLOUT ? "w" : "r";
+        if (fl_conn_fd(l->c) >= 0 && np < FL_MAXNODES) {
+          pfd[np].fd = fl_conn_fd(l->c);
+          pfd[np].events = (short)l->c->events;
+          pfd[np].revents = 0;
+          np++;
         }
         active++;
       } else if (l->st == LEG_PAUSE) {
@@ -598,22 +441,18 @@ static int fan_drive(lua_State *L, fan *f, lua_KFunction k) {
         active++;
       }
     }
-    if (!active) return 0;
-    if (!wc) /* all pausing: an idle socket of theirs paces the pause */
-      for (i = 0; i < f->nlegs && !wc; i++)
-        if (f->legs[i].st == LEG_PAUSE && f->legs[i].c && f->legs[i].c->net) wc = f->legs[i].c;
+    if (!active) {
+      if (host) fan_wakes(L, f);
+      return 0;
+    }
     if (until < now) until = now;
-    if (f->hidx && wc && lua_type(L, f->hidx) == LUA_TFUNCTION) {
-      int st;
-      lua_pushvalue(L, f->hidx);
-      lua_pushinteger(L, fl_net_fd(wc->net));
-      lua_pushstring(L, wmode);
-      lua_pushnumber(L, until - now);
-      st = lua_pcallk(L, 3, 0, 0, (lua_KContext)f, k);
+    if (host) {
+      int st = fan_wait(L, f, now, until - now, k);
       if (st != LUA_OK) {
         const char *m = lua_tostring(L, -1);
         fail_running(f, m ? m : "error");
         lua_pop(L, 1);
+        fan_wakes(L, f);
         return 0;
       }
     } else {
@@ -806,6 +645,7 @@ static int fan_done(lua_State *L, fan *f, int r) {
                       the stack to the lock): read it before fl_done */
   fl_lock *lk = op == FL_OP_OBTAIN || op == FL_OP_AWAIT ? NULL : lua_touserdata(L, LOCK);
   fl_done(L, f->g, lk, op, f->key, f->keylen, f->start, r, f->poolidx);
+  if (op == FL_OP_RELEASE || op == FL_OP_CLOSE) fl_notify(L, LOCK);
   return op == FL_OP_CLOSE ? 0 : r;
 }
 
@@ -864,7 +704,7 @@ static fan *fan_new(lua_State *L, fl_pool *g, int op, int pooludx) {
 
 static void fan_start(fan *f) {
   int i;
-  if (f->g->kind == FL_CLUSTER) f->legs[0].node = slot_node(f->g, f->lkey, f->lkeylen);
+  if (f->g->kind == FL_CLUSTER) f->legs[0].node = fl_group_slot_node(f->g, f->lkey, f->lkeylen);
   for (i = 0; i < f->nlegs; i++) leg_start(f, &f->legs[i]);
 }
 
@@ -921,8 +761,9 @@ int fl_multi_await(lua_State *L) {
     int pick = -1;
     for (i = 0; i < g->nnodes && pick < 0; i++) {
       int j = (int)((g->rotate + (unsigned long)i) % (unsigned long)g->nnodes), k;
-      for (k = 0; k < g->nodes[j]->nconns; k++)
-        if (g->nodes[j]->conns[k]->net && !g->nodes[j]->conns[k]->busy) pick = j;
+      for (k = 0; k < g->nodes[j]->nlinks; k++)
+        if (g->nodes[j]->links[k]->state == FL_LK_READY && fl_link_idle(g->nodes[j]->links[k]))
+          pick = j;
     }
     g->rotate++;
     f->legs[0].node = g->nodes[pick < 0 ? 0 : pick];
@@ -964,7 +805,7 @@ void fl_multi_gc(fl_lock *lk) {
     fl_pool *n = g->nodes[i];
     size_t wakelen;
     char *wake;
-    if (g->kind == FL_CLUSTER && n != slot_node(g, lk->key, lk->keylen)) continue;
+    if (g->kind == FL_CLUSTER && n != fl_group_slot_node(g, lk->key, lk->keylen)) continue;
     wake = fl_companion_dup(&n->o, lk->key + lk->prefixlen, lk->keylen - lk->prefixlen,
                             "wake:", &wakelen);
     if (!wake) continue;

@@ -2,10 +2,9 @@
  * fl_pool: the options and connections of one Redis server, and the
  * fluxalock.Pool userdata the Lua layer drives (obtain, await).
  *
- * A plain script uses one connection.  Under an event-loop host a request
- * can be suspended while another coroutine starts one, so a busy connection
- * is never shared: the pool opens another (two coroutines never interleave
- * commands on one hiredis context).
+ * A pool opens at most max_connections links (conn_io.c) to its server and
+ * pipelines the requests of any number of coroutines over them.  A plain
+ * script has one request at a time, so it uses one.
  */
 #include <stdlib.h>
 #include <stdio.h>
@@ -73,29 +72,46 @@ void fl_pool_unref(fl_pool *p) {
     p->pending = d->next;
     free(d);
   }
-  for (i = 0; i < p->nconns; i++) fl_conn_free(p->conns[i]);
-  free(p->conns);
+  fl_sub_free(p);
+  for (i = 0; i < p->nlinks; i++) fl_link_free(p->links[i]);
+  free(p->links);
+  while (p->allreqs) {
+    fl_conn *c = p->allreqs;
+    p->allreqs = c->nextall;
+    fl_conn_free(c);
+  }
+  free(p->wakes);
   fl_multi_free(p);
   fl_renew_pool_free(p);
   fl_opts_free(&p->o);
   free(p);
 }
 
+/* a request object (free, or a new one): requests are cheap, links are not */
 fl_conn *fl_pool_conn(fl_pool *p) {
-  int i;
-  fl_conn *c;
-  for (i = 0; i < p->nconns; i++)
-    if (!p->conns[i]->busy) return p->conns[i];
-  if (p->nconns == p->cap) {
-    int cap = p->cap ? 2 * p->cap : 2;
-    fl_conn **a = realloc(p->conns, (size_t)cap * sizeof *a);
-    if (!a) return NULL;
-    p->conns = a;
-    p->cap = cap;
+  fl_conn *c = p->freereqs;
+  if (c) {
+    p->freereqs = c->nextfree;
+  } else {
+    if (!(c = calloc(1, sizeof *c))) return NULL;
+    c->pool = p;
+    c->nextall = p->allreqs;
+    p->allreqs = c;
   }
-  if (!(c = fl_conn_new(p))) return NULL;
-  p->conns[p->nconns++] = c;
+  c->nextfree = NULL;
+  c->busy = 1;
+  c->wkey = c;
+  c->link = NULL;
+  c->asking = 0;
   return c;
+}
+
+/* no request of p in flight (a __gc release must not cut into one) */
+static int pool_quiet(const fl_pool *p) {
+  int i;
+  for (i = 0; i < p->nlinks; i++)
+    if (!fl_link_idle(p->links[i])) return 0;
+  return 1;
 }
 
 void fl_pool_defer(fl_pool *p, const char *key, size_t keylen,
@@ -116,7 +132,7 @@ void fl_pool_defer(fl_pool *p, const char *key, size_t keylen,
 /* send deferred releases now, blocking (bounded by the pool's timeouts) */
 void fl_pool_flush(fl_pool *p) {
   fl_conn *c;
-  if (!p->pending || !(c = fl_pool_conn(p))) return;
+  if (!p->pending || !pool_quiet(p) || !(c = fl_pool_conn(p))) return;
   c->cmd.argc = 0;
   c->cmd.script = -1;
   fl_cmd_arg(&c->cmd, "PING", 4);
@@ -195,6 +211,8 @@ static int pool_new(lua_State *L) {
   lua_getfield(L, 1, "tls"); /* a TLS object (core.tls), or nil */
   o->tls = fl_tls_ref(fl_totls(L, -1));
   lua_pop(L, 1);
+  p->maxconn = (int)optnum(L, 1, "max_connections", 4);
+  if (p->maxconn < 1) p->maxconn = 1;
   if (!o->prefix) o->prefix = calloc(1, 1);
   if (!o->host && !o->path) {
     o->host = malloc(10);
@@ -224,39 +242,61 @@ static int pool_gc(lua_State *L) {
   return 0;
 }
 
-/* pool:sethost(fn | nil): waits go through fn(fd, "r"|"w", seconds) */
+/* pool:sethost(host | nil): waits go through host.wait(fd, "r"|"w",
+   seconds); a host that also has park(key, seconds) and unpark(key) lets
+   coroutines share the pool's links (docs/hosts.md) */
 static int pool_sethost(lua_State *L) {
   fl_pool *p = checkpool(L);
-  if (!lua_isnoneornil(L, 2)) luaL_checktype(L, 2, LUA_TFUNCTION);
+  if (!lua_isnoneornil(L, 2)) luaL_checktype(L, 2, LUA_TTABLE);
   lua_settop(L, 2);
   p->has_host = !lua_isnil(L, 2);
+  p->has_park = 0;
+  if (p->has_host) {
+    lua_getfield(L, 2, "wait");
+    luaL_argcheck(L, lua_isfunction(L, -1), 2, "host.wait must be a function");
+    p->has_park = lua_getfield(L, 2, "park") == LUA_TFUNCTION &&
+                  lua_getfield(L, 2, "unpark") == LUA_TFUNCTION;
+    lua_settop(L, 2);
+  }
+  { /* a group's nodes share its host (their requests are the fan's legs) */
+    int j;
+    for (j = 0; j < p->nnodes; j++) p->nodes[j]->has_park = p->has_park;
+  }
   lua_setiuservalue(L, 1, 1);
   return 0;
+}
+
+/* drop p's idle links; the next call reconnects */
+void fl_pool_close_idle(fl_pool *p) {
+  int i;
+  fl_pool_flush(p);
+  for (i = 0; i < p->nlinks; i++)
+    if (fl_link_idle(p->links[i]) && p->links[i]->state != FL_LK_CLOSED) {
+      fl_link_close(p->links[i], "closed");
+      p->links[i]->ever = 0; /* closed on purpose: the next connect is no reconnect */
+    }
 }
 
 /* pool:close(): drop idle connections; the next call reconnects */
 static int pool_close(lua_State *L) {
   fl_pool *p = checkpool(L);
-  int i;
-  fl_pool_flush(p);
-  for (i = 0; i < p->nconns; i++)
-    if (!p->conns[i]->busy) {
-      fl_conn_disconnect(p->conns[i]);
-      p->conns[i]->ever = 0; /* closed on purpose: the next connect is no reconnect */
-    }
+  fl_pool_close_idle(p);
   fl_multi_close(p);
   return 0;
+}
+
+static void count_links(const fl_pool *p, int *open, int *total) {
+  int i;
+  *total += p->nlinks;
+  for (i = 0; i < p->nlinks; i++) *open += p->links[i]->state != FL_LK_CLOSED;
 }
 
 /* pool:connections() -> open, total */
 static int pool_connections(lua_State *L) {
   fl_pool *p = checkpool(L);
-  int i, j, open = 0, total = p->nconns;
-  for (i = 0; i < p->nconns; i++) open += p->conns[i]->net != NULL;
-  for (j = 0; j < p->nnodes; j++) { /* a group: its nodes' connections */
-    total += p->nodes[j]->nconns;
-    for (i = 0; i < p->nodes[j]->nconns; i++) open += p->nodes[j]->conns[i]->net != NULL;
-  }
+  int j, open = 0, total = 0;
+  count_links(p, &open, &total);
+  for (j = 0; j < p->nnodes; j++) count_links(p->nodes[j], &open, &total);
   lua_pushinteger(L, open);
   lua_pushinteger(L, total);
   return 2;
@@ -293,8 +333,8 @@ static int pool_retarget(lua_State *L) {
   snprintf(p->o.where, sizeof p->o.where, strchr(h, ':') ? "[%s]:%d" : "%s:%d",
            h, p->o.port);
   p->gen++;
-  for (i = 0; i < p->nconns; i++)
-    if (!p->conns[i]->busy) fl_conn_disconnect(p->conns[i]);
+  for (i = 0; i < p->nlinks; i++)
+    if (fl_link_idle(p->links[i])) fl_link_close(p->links[i], "retargeted");
   lua_pushboolean(L, 1);
   return 1;
 }

@@ -11,7 +11,7 @@ local core = require "fluxalock.core"
 local config = require "fluxalock.config"
 
 local type, error, getmetatable, setmetatable = type, error, getmetatable, setmetatable
-local min, now = math.min, core.now
+local min, now, random = math.min, core.now, math.random
 
 local M = {
   NOT_OBTAINED = "not obtained",
@@ -25,7 +25,7 @@ local pools = {}            -- name -> normalized options (configured)
 local defaults = nil        -- configure{defaults = ...}
 local lockers = {}          -- name -> Locker of a configured pool
 local by_url = setmetatable({}, { __mode = "v" }) -- URL -> Locker
-local host_wait = nil       -- the event-loop host's wait function, or nil
+local host_wait = nil       -- the event-loop host (a table: wait [, park, unpark]), or nil
 local log_fn = nil          -- configure{log = fn}
 local all = setmetatable({}, { __mode = "k" }) -- every Locker (the log follows configure)
 -- FLUXALOCK_DEBUG (read once, at require): every event also goes to stderr
@@ -183,11 +183,12 @@ local function new_locker(name, o)
     _pool = pool,
     _where = config.where(o),
     _step = o.retry_step,
+    _prefix = o.prefix or "",
     _max = o.retry_max,
     _log = o.log,
     -- what the Lua layer counts (stats(); the C core counts the rest)
     _obtained = 0, _not_obtained = 0, _errors = 0,
-    _waited = 0, _wait_seconds = 0.0, _wait_max = 0.0,
+    _waited = 0, _wait_seconds = 0.0, _wait_max = 0.0, _waiting = 0,
   }, Locker)
   all[l] = true
   if log_fn or DEBUG or o.log then apply_log(l) end
@@ -226,6 +227,166 @@ local function wait_for(self, pool, key, ms, deadline)
   return lock, sent
 end
 
+-- ---- waiting under a host: a local FIFO per key ------------------------------
+--
+-- Under a host, the waiters of one key in this process queue up (API.md:
+-- first come, first served).  Only the head tries at Redis; the others are
+-- parked (host.park) until they become the head.  A release in this process
+-- (core.setnotify) unparks the head at once; a release in another process
+-- publishes on the key's wake-up channel, which the pool's one subscription
+-- (csrc/wake.c) turns into the same wake-up; an expired lock, a lock of
+-- another library or a lost message is noticed by the head's backoff steps
+-- (linear, jittered, capped at retry_max).  A waiting obtain holds no
+-- connection.
+
+-- the core pool whose locks a locker's pool makes (Cluster and Sentinel
+-- pools are Lua objects around a core group)
+local function core_of(pool)
+  if type(pool) == "table" then return pool.group end
+  return pool
+end
+
+-- core pool -> { [full key] = queue, chans = { [channel] = full key } };
+-- a queue is { first = i, last = j, [i] = waiter | false, chan = channel }
+local queues = setmetatable({}, { __mode = "k" })
+local idle_fd       -- a descriptor that never becomes ready: a wait-only host's sleep
+
+-- park w for 'secs' (until unparked, or the time is up)
+local function park(w, secs)
+  local h = host_wait
+  if h.park then return h.park(w, secs) end
+  -- a wait-only host cannot be woken by us: sleep the step on a silent fd
+  idle_fd = idle_fd or core.idlefd()
+  return h.wait(idle_fd, "r", secs)
+end
+
+local function unpark(w)
+  local h = host_wait
+  if h and h.unpark then h.unpark(w) end
+end
+
+local function head(q)
+  while q.first <= q.last and not q[q.first] do
+    q[q.first] = nil
+    q.first = q.first + 1
+  end
+  return q[q.first]
+end
+
+-- a release of 'full' (a full key, or its wake-up channel) by a lock of
+-- pool 'cp': the head of its queue tries at once
+local function released(full, cp)
+  local qs = queues[cp]
+  if not qs then return end
+  local q = qs[full] or qs[qs.chans[full] or false]
+  local w = q and head(q)
+  if w then
+    w.kicked = true
+    unpark(w)
+  end
+end
+
+local function leave(qs, full, q, w)
+  q[w.at] = false
+  local nxt = head(q)
+  if nxt then
+    unpark(nxt) -- its turn: it starts its own backoff steps
+  else
+    qs[full] = nil
+    if q.chan then
+      qs.chans[q.chan] = nil
+      q.cp:unwatch(q.chan)
+    end
+  end
+end
+
+local function queue_of(pool, key, full)
+  local cp = core_of(pool)
+  local qs = queues[cp]
+  if not qs then
+    qs = { chans = {} }
+    queues[cp] = qs
+  end
+  local q = qs[full]
+  if not q then
+    q = { first = 1, last = 0, cp = cp }
+    -- a single-server pool under a parking host subscribes to the key's
+    -- wake-up channel while the key has waiters here
+    if type(pool) ~= "table" and host_wait.park and pool:info().kind == "single" then
+      q.chan = pool:watch(key)
+      qs.chans[q.chan] = full
+    end
+    qs[full] = q
+  end
+  return qs, q
+end
+
+-- a head that stopped taking its turns: its coroutine was closed, or was
+-- abandoned (never resumed) past the end of its own step; it would hold
+-- the queue up for ever
+local function stale(h)
+  return coroutine.status(h.co) == "dead" or now() > h.alive + 1
+end
+
+-- the waiter right behind the head: it watches for a stale head
+local function second(q, w)
+  for i = q.first + 1, q.last do
+    if q[i] then return q[i] == w end
+  end
+  return false
+end
+
+-- the local queue's way of waiting; -> as wait_for
+local function wait_queued(self, pool, key, ms, deadline, full)
+  local qs, q = queue_of(pool, key, full)
+  local w = { co = coroutine.running(), alive = now() + 5 }
+  self._waiting = self._waiting + 1
+  q.last = q.last + 1
+  q[q.last] = w
+  w.at = q.last
+  local step, smax, pause = self._step, self._max, 0
+  local lock, err, sent = false, nil, nil
+  while true do
+    local left = deadline - now()
+    if q[w.at] ~= w then -- skipped as stale while held up: to the tail again
+      q.last = q.last + 1
+      q[q.last] = w
+      w.at = q.last
+    end
+    local h = head(q)
+    if h ~= w then
+      if left <= 0 then break end
+      if stale(h) then
+        q[h.at] = false -- skipped: the next one takes its turn
+      else
+        -- a host that cannot unpark: look again each backoff cap; the
+        -- second in line looks at the head now and then
+        park(w, host_wait.unpark and (second(q, w) and min(left, 1) or left) or min(left, smax))
+      end
+    else
+      if w.kicked then
+        w.kicked = false
+      elseif left > 0 then
+        pause = min(pause + step, smax)
+        -- jitter: waiters of other processes do not step in lockstep
+        local t = min(pause * (0.5 + random() * 0.5), left)
+        w.alive = now() + t
+        if q.chan then pool:subwait(w, t) else park(w, t) end
+        w.kicked = false
+      end
+      w.alive = now() + 5 -- the try may take a command's timeout
+      sent = now()
+      lock, err = pool:obtain(key, ms)
+      if lock ~= false or now() >= deadline then break end
+    end
+  end
+  leave(qs, full, q, w)
+  self._waiting = self._waiting - 1
+  if lock == nil then return nil, err end
+  if not lock then return false end
+  return lock, sent
+end
+
 --- locker:obtain(key, ttl [, wait [, opts]]) -> lock | nil, "not obtained" | nil, message
 -- opts.renew = true | seconds: keep the lock alive until it is released
 function Locker.obtain(self, key, ttl, wait, opts)
@@ -250,11 +411,21 @@ function Locker.obtain(self, key, ttl, wait, opts)
   local every = renew_interval(opts, ttl, ms)
   local pool = self._pool
   local sent = now() -- the renewal's first deadline counts from the send
-  local lock, err = pool:obtain(key, ms)
+  local full = host_wait and wait > 0 and self._prefix .. key
+  local lock, err = false, nil
+  -- waiters already queued for this key: a newcomer queues behind them
+  local qs = full and queues[core_of(pool)]
+  if not (qs and qs[full]) then lock, err = pool:obtain(key, ms) end
   if lock == false and wait > 0 then
     local t0 = sent
     local wsent
-    lock, wsent = wait_for(self, pool, key, ms, t0 + wait)
+    if full then
+      lock, wsent = wait_queued(self, pool, key, ms, t0 + wait, full)
+    else
+      self._waiting = self._waiting + 1
+      lock, wsent = wait_for(self, pool, key, ms, t0 + wait)
+      self._waiting = self._waiting - 1
+    end
     if lock then sent = wsent else err = wsent end
     local took = now() - t0
     self._waited = self._waited + 1
@@ -285,6 +456,7 @@ function Locker.stats(self)
   t.obtained, t.not_obtained = self._obtained, self._not_obtained
   t.errors = t.errors + self._errors
   t.waited, t.wait_seconds, t.wait_max = self._waited, self._wait_seconds, self._wait_max
+  t.waiting = self._waiting -- obtains of this locker waiting right now
   return t
 end
 
@@ -346,6 +518,8 @@ function M.configure(cfg)
   if wait ~= host_wait then
     host_wait = wait
     for _, l in pairs(by_url) do l._pool:sethost(wait) end
+    -- a release in this process hands its key to the next local waiter
+    core.setnotify(wait and released or nil)
   end
   for l in pairs(all) do apply_log(l) end
   return true

@@ -60,10 +60,11 @@ build = {
     ["fluxalock.redlock"] = "lua/fluxalock/redlock.lua",
     ["fluxalock.core"] = {
       sources = {
-        "csrc/core.c", "csrc/conn.c", "csrc/pool.c", "csrc/lock.c",
-        "csrc/token.c", "csrc/keys.c", "csrc/multi.c", "csrc/renew.c",
-        "csrc/renew_io.c", "csrc/net_tcp.c", "csrc/net_tls.c",
-        "csrc/net_resolve.c", "csrc/net_lua.c", "csrc/stats.c",
+        "csrc/core.c", "csrc/conn.c", "csrc/conn_io.c", "csrc/wake.c",
+        "csrc/pool.c", "csrc/lock.c", "csrc/token.c", "csrc/keys.c",
+        "csrc/multi.c", "csrc/group.c", "csrc/renew.c", "csrc/renew_io.c",
+        "csrc/net_tcp.c", "csrc/net_tls.c", "csrc/net_resolve.c",
+        "csrc/net_lua.c", "csrc/stats.c",
       },
       libraries = { "hiredis", "ssl", "crypto" },
       incdirs = { "$(HIREDIS_INCDIR)" },

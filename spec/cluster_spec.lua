@@ -141,9 +141,10 @@ describe("a cluster pool", function()
 
   it("runs under an event-loop host: coroutines contend, requests yield", function()
     local cqueues = require "cqueues"
-    local cq_wait = require("fluxalock.host").resolve("cqueues")
+    local cq_host = require("fluxalock.host").resolve("cqueues")
     local waits = 0
-    fluxalock.configure { host = { wait = function(...) waits = waits + 1 return cq_wait(...) end } }
+    fluxalock.configure { host = { wait = function(...) waits = waits + 1 return cq_host.wait(...) end,
+                                   park = cq_host.park, unpark = cq_host.unpark } }
     local l = fluxalock.locker() -- the same locker: its pools now wait through the host
     assert.equal(locker, l)
     local cq = cqueues.new()

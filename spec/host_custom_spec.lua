@@ -55,7 +55,7 @@ describe("a custom host", function()
     assert.has_error(function() fluxalock.configure { host = "tokio" } end, "fluxalock.configure: host: unknown host "
       .. [['tokio' ("cqueues", "luv", "blocking", false, or a table { wait = function })]])
     assert.has_error(function() fluxalock.configure { host = { wiat = function() end } } end,
-      "fluxalock.configure: host: unknown key 'wiat' in the host table (only 'wait')")
+      "fluxalock.configure: host: unknown key 'wiat' in the host table (only 'wait', 'park', 'unpark')")
     assert.has_error(function() fluxalock.configure { host = { wait = true } } end,
       "fluxalock.configure: host: key 'wait' must be a function wait(fd, events, timeout), got boolean")
     assert.has_error(function() fluxalock.configure { host = 42 } end,

@@ -156,9 +156,10 @@ describe("a redlock pool", function()
 
   it("runs under an event-loop host: coroutines contend, each fan-out yields", function()
     local cqueues = require "cqueues"
-    local cq_wait = require("fluxalock.host").resolve("cqueues")
+    local cq_host = require("fluxalock.host").resolve("cqueues")
     local waits = 0
-    fluxalock.configure { host = { wait = function(...) waits = waits + 1 return cq_wait(...) end } }
+    fluxalock.configure { host = { wait = function(...) waits = waits + 1 return cq_host.wait(...) end,
+                                   park = cq_host.park, unpark = cq_host.unpark } }
     local cq = cqueues.new()
     local inside, overlaps, got = 0, 0, 0
     for _ = 1, 3 do

@@ -9,12 +9,16 @@
  * of one lua_State that gets (copy number, script name) as '...'.  The
  * program configures fluxalock with a custom host before starting them:
  *
- *   fluxalock.configure { host = { wait = embed.wait } }
+ *   fluxalock.configure { host = { wait = embed.wait, park = embed.park,
+ *                                  unpark = embed.unpark } }
  *
  * embed.wait(fd, events, timeout) yields the coroutine to this loop, which
  * polls the fd (with every other waiting coroutine's fd) and resumes it when
  * the fd is ready or the timeout has passed.  embed.sleep(seconds) yields the
- * same way without a fd.  embed.enter(key) / embed.leave(key) count the
+ * same way without a fd.  embed.park(key, timeout) sleeps until
+ * embed.unpark(key) marks the coroutine parked on key ready (the loop
+ * resumes it, never unpark itself), or the timeout has passed: that is what
+ * lets fluxalock's coroutines share a few connections.  embed.enter(key) / embed.leave(key) count the
  * coroutines inside a critical section per key; two at once is an overlap.
  *
  * The program checks its own result: it exits 0 only when every coroutine
@@ -57,16 +61,7 @@ static double now(void) {
   return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-/* embed.wait(fd, events, timeout): the fluxalock host contract */
-static int l_wait(lua_State *L) {
-  luaL_checkinteger(L, 1);
-  luaL_checkstring(L, 2);
-  luaL_checknumber(L, 3);
-  if (!lua_isyieldable(L))
-    return luaL_error(L, "cannot wait outside a coroutine of the embed loop");
-  lua_settop(L, 3);
-  return lua_yield(L, 3); /* the loop reads fd, events, timeout */
-}
+
 
 /* embed.sleep(seconds): yield to the loop for a while */
 static int l_sleep(lua_State *L) {
@@ -78,6 +73,74 @@ static int l_sleep(lua_State *L) {
   lua_pushliteral(L, "");
   lua_pushnumber(L, s);
   return lua_yield(L, 3);
+}
+
+/* after a park: forget the key unless someone else parked on it since */
+static int park_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  (void)ctx;
+  lua_pushvalue(L, 1);
+  lua_gettable(L, lua_upvalueindex(1));
+  if (lua_tothread(L, -1) == L) {
+    lua_pushvalue(L, 1);
+    lua_pushnil(L);
+    lua_settable(L, lua_upvalueindex(1));
+  }
+  return 0;
+}
+
+/* embed.park(key, timeout): parked[key] = this coroutine, then sleep */
+static int l_park(lua_State *L) {
+  lua_Number s;
+  luaL_checkany(L, 1);
+  s = luaL_checknumber(L, 2);
+  if (!lua_isyieldable(L))
+    return luaL_error(L, "cannot park outside a coroutine of the embed loop");
+  lua_settop(L, 1);
+  lua_pushvalue(L, 1);
+  lua_pushthread(L);
+  lua_settable(L, lua_upvalueindex(1));
+  lua_pushinteger(L, -1); /* the key stays below what the loop reads */
+  lua_pushliteral(L, "");
+  lua_pushnumber(L, s);
+  return lua_yieldk(L, 3, 0, park_k);
+}
+
+/* embed.unpark(key): the coroutine parked on key is ready for the loop */
+static int l_unpark(lua_State *L) {
+  lua_State *t;
+  int i;
+  luaL_checkany(L, 1);
+  lua_settop(L, 1);
+  lua_pushvalue(L, 1);
+  lua_gettable(L, lua_upvalueindex(1));
+  if (!(t = lua_tothread(L, -1))) return 0;
+  lua_pushvalue(L, 1);
+  lua_pushnil(L);
+  lua_settable(L, lua_upvalueindex(1));
+  for (i = 0; i < ntask; i++)
+    if (task[i].L == t && !task[i].done) task[i].ready = 1;
+  return 0;
+}
+
+/* embed.wait(fd, events, timeout [, key]): the fluxalock host contract;
+   with a key, embed.unpark(key) ends the wait too */
+static int l_wait(lua_State *L) {
+  luaL_checkinteger(L, 1);
+  luaL_checkstring(L, 2);
+  luaL_checknumber(L, 3);
+  if (!lua_isyieldable(L))
+    return luaL_error(L, "cannot wait outside a coroutine of the embed loop");
+  if (lua_isnoneornil(L, 4)) {
+    lua_settop(L, 3);
+    return lua_yield(L, 3); /* the loop reads fd, events, timeout */
+  }
+  lua_settop(L, 4);
+  lua_pushvalue(L, 4);
+  lua_pushthread(L);
+  lua_settable(L, lua_upvalueindex(1));
+  lua_rotate(L, 1, 1); /* the key first, below what the loop reads */
+  return lua_yieldk(L, 3, 0, park_k);
 }
 
 /* holders per key live in a table (upvalue 1) */
@@ -107,8 +170,17 @@ static int l_leave(lua_State *L) {
 }
 
 static void open_embed(lua_State *L) {
-  static const luaL_Reg f[] = {{"wait", l_wait}, {"sleep", l_sleep}, {NULL, NULL}};
+  static const luaL_Reg f[] = {{"sleep", l_sleep}, {NULL, NULL}};
   luaL_newlib(L, f);
+  lua_newtable(L); /* parked coroutines by key */
+  lua_pushvalue(L, -1);
+  lua_pushcclosure(L, l_wait, 1);
+  lua_setfield(L, -3, "wait");
+  lua_pushvalue(L, -1);
+  lua_pushcclosure(L, l_park, 1);
+  lua_setfield(L, -3, "park");
+  lua_pushcclosure(L, l_unpark, 1);
+  lua_setfield(L, -2, "unpark");
   lua_newtable(L); /* holders */
   lua_pushvalue(L, -1);
   lua_pushcclosure(L, l_enter, 1);
@@ -122,7 +194,8 @@ static void open_embed(lua_State *L) {
 static int setup(lua_State *L) {
   static const char code[] =
       "local fluxalock = require 'fluxalock'\n"
-      "fluxalock.configure { host = { wait = embed.wait } }\n";
+      "fluxalock.configure { host = { wait = embed.wait, park = embed.park,\n"
+      "                               unpark = embed.unpark } }\n";
   if (luaL_loadbuffer(L, code, sizeof code - 1, "=setup") != LUA_OK ||
       lua_pcall(L, 0, 0, 0) != LUA_OK) {
     fprintf(stderr, "embed: %s\n", lua_tostring(L, -1));
@@ -200,13 +273,14 @@ static int run(lua_State *L, double *stall) {
   static int who[MAX_COS];
   int failed = 0;
   for (;;) {
-    int i, n = 0, live = 0, ms;
+    int i, n = 0, live = 0, ms, ready = 0;
     double t, first = -1;
     for (i = 0; i < ntask; i++) /* resume everything that is ready */
       if (task[i].ready && !task[i].done && step(L, &task[i], stall) != 0) failed++;
     for (i = 0; i < ntask; i++) {
       if (task[i].done) continue;
       live++;
+      ready |= task[i].ready; /* unparked during this round */
       if (first < 0 || task[i].deadline < first) first = task[i].deadline;
       if (task[i].fd >= 0) {
         pfd[n].fd = task[i].fd;
@@ -217,7 +291,7 @@ static int run(lua_State *L, double *stall) {
     }
     if (!live) return failed;
     t = first - now();
-    ms = t <= 0 ? 0 : (int)(t * 1000.0) + 1;
+    ms = t <= 0 || ready ? 0 : (int)(t * 1000.0) + 1;
     if (poll(pfd, (nfds_t)n, ms) < 0 && errno != EINTR) {
       perror("embed: poll");
       return failed + 1;

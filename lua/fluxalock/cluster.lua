@@ -25,8 +25,20 @@ function M.pool(o)
   return setmetatable({ group = group, o = o, stale = true, moved = 0, reloads = 0 }, Pool)
 end
 
--- load the slot map from the first node that answers; true | nil, message
+-- load the slot map from the first node that answers; true | nil, message.
+-- Under a host many coroutines find the map stale at once: one loads it
+-- (over one extra connection), the others go on with the map they have
+-- (a MOVED still takes them to the right node)
 function Pool:refresh()
+  if self.refreshing then return true end
+  self.refreshing = true
+  local ok, res, err = pcall(self.load, self)
+  self.refreshing = false
+  if not ok then error(res, 0) end
+  return res, err
+end
+
+function Pool:load()
   local o, errs = self.o, {}
   for _, addr in ipairs(self.group:info().nodes) do
     local host, port = config.hostport(addr)

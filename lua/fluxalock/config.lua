@@ -32,6 +32,7 @@ local OPTIONS = {
   replica_timeout = "duration",
   log = "log",                 -- fn(event) | false: this pool's debug log
   tls = "tls",                 -- true | { ca_file=, ..., verify= } (docs/tls.md)
+  max_connections = "integer", -- the most connections to one server (API.md)
 }
 local KINDS = { "sentinels", "redlock", "cluster" }
 M.OPTIONS = OPTIONS
@@ -43,6 +44,8 @@ M.DEFAULTS = {
   -- capped at retry_max.  Waiters are woken by the release itself, so these
   -- only bound how late an expired lock (holder crashed) is noticed.
   retry_step = 0.005, retry_max = 0.1,
+  -- requests of any number of coroutines share this many connections
+  max_connections = 4,
 }
 
 local MAX_SECONDS = 1e9
@@ -217,6 +220,9 @@ local function check_value(pool, key, v)
     -- math.tointeger also converts numeric strings ("6379"): ask for a number
     if type(v) ~= "number" or not tointeger(v) then
       fail(pool, key, "must be an integer, got " .. (type(v) == "number" and tostring(v) or type(v)))
+    end
+    if key == "max_connections" and (v < 1 or v > 1024) then
+      fail(pool, key, "must be from 1 to 1024, got " .. tostring(v))
     end
   elseif kind == "tls" then
     M.check_tls(pool, v)

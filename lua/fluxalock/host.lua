@@ -1,23 +1,32 @@
 -- fluxalock.host: the event-loop host adapters.
 --
--- The C core does all its network waiting in one place: when a pool has a
--- host wait function it calls
+-- A host is a table of functions the C core and the Lua layer call from
+-- inside a request's coroutine (docs/hosts.md):
 --
---     wait(fd, events, seconds)      -- events: "r" or "w"
+--     wait(fd, events, seconds [, key])  -- events: "r" or "w"; required;
+--                                -- with a key, unpark(key) may end it early
+--     park(key, seconds)         -- sleep until unpark(key) or the time is up
+--     unpark(key)                -- wake the coroutine parked on key, if any;
+--                                -- never resumes it from inside the caller
 --
--- and that function may yield the running coroutine; it returns once the
--- descriptor is ready or the time is up (either is fine: the core checks the
--- socket and its own deadline again).  A backoff pause of a waiting obtain is
--- a BLPOP on a socket, so it is such a wait too.  An error raised by wait()
--- ends the request with nil, "fluxalock: <op> <where>: host wait: <msg>".
+-- wait may yield the running coroutine; it returns once the descriptor is
+-- ready or the time is up (either is fine: the core checks the socket and
+-- its own deadline again), and returning early is allowed.  park likewise.
+-- With park and unpark, the coroutines of a pool share its few connections:
+-- one coroutine per connection waits on the socket and unparks the others
+-- when their replies are in, and waiting obtains queue per key and are
+-- handed the lock by the release.  A host that gives only wait still works:
+-- every coroutine then waits on the shared socket itself, and a waiting
+-- obtain sleeps its backoff steps.  An error raised by wait or park ends
+-- the request with nil, "fluxalock: <op> <where>: host wait: <msg>".
 --
 -- Outside a yieldable coroutine the adapters raise (so the call returns
 -- nil, "... host wait: cannot wait outside a ... coroutine under host '...'")
 -- instead of quietly blocking the whole loop.
 --
---   resolve("cqueues")          wait through cqueues.poll (inside a cqueue)
---   resolve("luv")              wait with uv.new_poll + uv.new_timer
---   resolve{ wait = fn }        a custom host (an embedding C program, ...)
+--   resolve("cqueues")          cqueues.poll and condition variables (inside a cqueue)
+--   resolve("luv")              uv poll handles and timers, resumes from callbacks
+--   resolve{ wait = fn [, park = fn, unpark = fn] }   a custom host
 --   resolve("blocking"|false)   nil: plain poll(2) in the C core
 
 local type, error, pcall, require, tostring = type, error, pcall, require, tostring
@@ -35,43 +44,98 @@ local function need(modname, host)
 end
 
 -- cqueues: a pollable object ({pollfd, events}) handed to cqueues.poll, which
--- yields to the cqueue that runs this coroutine.
-local function cqueues_wait()
+-- yields to the cqueue that runs this coroutine; a parked coroutine waits on
+-- a condition variable of its own.
+local function cqueues_host()
   local cqueues = need("cqueues", "cqueues")
+  local condition = need("cqueues.condition", "cqueues")
   local poll, cq_running, cancel = cqueues.poll, cqueues.running, cqueues.cancel
-  return function(fd, events, timeout)
+  local parked = {} -- key -> condition variable
+  local function inside()
     -- outside a cqueue, cqueues.poll would step a private loop: that blocks
     if not cq_running() or not isyieldable() then
       error("cannot wait outside a cqueues coroutine under host 'cqueues'", 0)
     end
-    poll({ pollfd = fd, events = events }, timeout)
+  end
+  local h = {}
+  function h.wait(fd, events, timeout, key)
+    inside()
+    if key ~= nil then -- unpark(key) ends this wait too
+      local cv = condition.new()
+      parked[key] = cv
+      poll({ pollfd = fd, events = events }, cv, timeout)
+      if parked[key] == cv then parked[key] = nil end
+    else
+      poll({ pollfd = fd, events = events }, timeout)
+    end
     -- cqueues keeps its own record of a polled descriptor; the core may
     -- close this one (reconnect) before the next wait, and a closed fd
     -- still on record makes the whole loop fail ("Bad file descriptor")
     cancel(fd)
   end
+  function h.park(key, timeout)
+    inside()
+    local cv = condition.new()
+    parked[key] = cv
+    cv:wait(timeout)
+    if parked[key] == cv then parked[key] = nil end
+  end
+  function h.unpark(key)
+    local cv = parked[key]
+    if cv then
+      parked[key] = nil
+      cv:signal() -- the waiter runs at the cqueue's next step, not in here
+    end
+  end
+  return h
 end
 
 -- luv: a poll handle on the fd and a timer; whichever fires first resumes
 -- this coroutine.  Both handles are closed before wait returns, so the core
 -- may close or reuse the descriptor right after.
-local function luv_wait()
+local function luv_host()
   local uv = need("luv", "luv")
   local new_poll, new_timer, walk = uv.new_poll, uv.new_timer, uv.walk
-  return function(fd, events, timeout)
-    local co, main = running()
+  local function resume_or_raise(co)
+    local ok, msg = resume(co)
+    -- the coroutine ended with an error: raise it from the callback,
+    -- as any luv program that resumes coroutines from callbacks does
+    if not ok then error(debug.traceback(co, tostring(msg)), 0) end
+  end
+  local function inside()
+    local _, main = running()
     if main or not isyieldable() then
       error("cannot wait outside a coroutine under host 'luv'", 0)
     end
+  end
+  -- key -> the wake-up of the coroutine parked (or waiting) on it; unpark
+  -- hands it to one 0 ms timer that runs the wake-ups at the loop's next
+  -- turn (a resume from inside the unparking coroutine would nest, and
+  -- chains of them would overflow the C stack)
+  local parked, ready, kick = {}, {}, nil
+  local function later(fn)
+    ready[#ready + 1] = fn
+    if not kick then kick = new_timer() end
+    if #ready == 1 then
+      kick:start(0, 0, function()
+        local list = ready
+        ready = {}
+        for i = 1, #list do list[i]() end
+      end)
+    end
+  end
+  local h = {}
+  function h.wait(fd, events, timeout, key)
+    inside()
+    local co = running()
     local poll, err = new_poll(fd)
     if not poll and tostring(err):find("EEXIST", 1, true) then
       -- libuv takes one poll handle per descriptor.  One still open on fd
       -- is stale: a wait whose coroutine was abandoned (never resumed) or
-      -- whose loop stopped on an error left it, and the core reuses a
-      -- descriptor number only for a new connection, never while a wait of
-      -- its own is on it.  Close it and watch again
-      walk(function(h)
-        if not h:is_closing() and h:get_type() == "poll" and h:fileno() == fd then h:close() end
+      -- whose loop stopped on an error left it, and the core lets one
+      -- coroutine at a time wait on a socket.  Close it and watch again
+      walk(function(hd)
+        if not hd:is_closing() and hd:get_type() == "poll" and hd:fileno() == fd then hd:close() end
       end)
       poll, err = new_poll(fd)
     end
@@ -88,27 +152,54 @@ local function luv_wait()
       return true
     end
     local function wake()
-      if stop() then
-        local ok, msg = resume(co)
-        -- the coroutine ended with an error: raise it from the callback,
-        -- as any luv program that resumes coroutines from callbacks does
-        if not ok then error(debug.traceback(co, tostring(msg)), 0) end
-      end
+      -- a coroutine closed meanwhile (coroutine.close) is not resumed
+      if stop() and coroutine.status(co) == "suspended" then resume_or_raise(co) end
     end
     poll:start(events == "w" and "w" or "r", wake)
     -- ms resolution; one more ms so the timer never fires before 'timeout'
     timer:start(math.floor(timeout * 1000) + 1, 0, wake)
+    if key ~= nil then parked[key] = wake end -- unpark(key) ends this wait too
     yield()
+    if key ~= nil and parked[key] == wake then parked[key] = nil end
     -- resumed by someone else (the host's own scheduler): stop watching; the
     -- core checks the socket again and calls wait again if needed
     stop()
   end
+  function h.park(key, timeout)
+    inside()
+    local co, timer, yielded, fired = running(), new_timer(), false, false
+    local function wake()
+      if fired then return end
+      fired = true
+      timer:stop()
+      timer:close()
+      if yielded and coroutine.status(co) == "suspended" then resume_or_raise(co) end
+    end
+    parked[key] = wake
+    timer:start(math.floor(timeout * 1000) + 1, 0, wake)
+    yielded = true
+    yield()
+    yielded = false
+    if parked[key] == wake then parked[key] = nil end
+    if not fired then -- resumed by someone else: forget the timer
+      fired = true
+      timer:stop()
+      timer:close()
+    end
+  end
+  function h.unpark(key)
+    local wake = parked[key]
+    if not wake then return end
+    parked[key] = nil
+    later(wake)
+  end
+  return h
 end
 
-local adapters = { cqueues = cqueues_wait, luv = luv_wait }
+local adapters = { cqueues = cqueues_host, luv = luv_host }
 local cache = {}
 
---- resolve(v) -> wait function, or nil for plain blocking poll(2).
+--- resolve(v) -> host table (wait [, park, unpark]), or nil for plain blocking poll(2).
 --- Raises a message (no position) on an invalid v.
 function M.resolve(v)
   if v == nil or v == false or v == "blocking" then return nil end
@@ -123,14 +214,22 @@ function M.resolve(v)
     return cache[v]
   elseif tv == "table" then
     for k in pairs(v) do
-      if k ~= "wait" then
-        error(("host: unknown key '%s' in the host table (only 'wait')"):format(tostring(k)), 0)
+      if k ~= "wait" and k ~= "park" and k ~= "unpark" then
+        error(("host: unknown key '%s' in the host table (only 'wait', 'park', 'unpark')"):format(tostring(k)), 0)
       end
     end
     if type(v.wait) ~= "function" then
       error(("host: key 'wait' must be a function wait(fd, events, timeout), got %s"):format(type(v.wait)), 0)
     end
-    return v.wait
+    for _, k in ipairs { "park", "unpark" } do
+      if v[k] ~= nil and type(v[k]) ~= "function" then
+        error(("host: key '%s' must be a function, got %s"):format(k, type(v[k])), 0)
+      end
+    end
+    if (v.park == nil) ~= (v.unpark == nil) then
+      error("host: keys 'park' and 'unpark' go together", 0)
+    end
+    return { wait = v.wait, park = v.park, unpark = v.unpark }
   end
   error(("host: string, false or table expected, got %s"):format(tv), 0)
 end

@@ -157,7 +157,6 @@ end
 function H.outage(d, fluxalock, server, opts)
   local n, wait = opts.n or 20, opts.wait or 2
   local locker = fluxalock.locker()
-  local counts = counter_pool(server, d)
   local res = { ends = {}, late = {}, after = nil }
   local phase = "waiting"
   d.spawn(function()
@@ -173,13 +172,9 @@ function H.outage(d, fluxalock, server, opts)
         if took > wait + 1 + 0.5 then res.late[#res.late + 1] = took end
       end)
     end
-    -- the real signal: every waiter is blocked in BLPOP on the server
-    while true do
-      local info = counts:call { "INFO", "clients" }
-      local blocked = info and tonumber(info:match("blocked_clients:(%d+)"))
-      if blocked and blocked >= n then break end
-      d.sleep(0.01)
-    end
+    -- the real signal: every waiter is queued in the locker (a waiting
+    -- obtain holds no connection under a host: the server cannot see it)
+    while locker:stats().waiting < n do d.sleep(0.01) end
     server:signal("KILL")
     phase = "down"
     -- a new obtain while the server is down fails at once, no hang

@@ -1,0 +1,23 @@
+/*
+ * conn.h: what conn.c (requests, waiting) and conn_io.c (links: the
+ * socket, its FIFO and its bytes) share; nothing else includes it.
+ */
+#ifndef FLUXALOCK_CONN_H
+#define FLUXALOCK_CONN_H
+
+#include "fluxalock.h"
+
+/* conn_io.c */
+fl_link *fl_link_for(fl_pool *p, double now);
+int fl_link_connect(fl_link *k, double now);
+int fl_link_out(fl_link *k, int argc, const char *const *argv, const size_t *len);
+int fl_link_push(fl_link *k, fl_conn *c);
+void fl_link_drive(fl_link *k, void *self);
+void fl_link_reap(fl_link *k);
+
+/* conn.c */
+void fl_wake(fl_pool *p, void *key);
+void fl_conn_fail(fl_conn *c, const char *op, const char *fmt, ...);
+int fl_conn_on_reply(fl_conn *c, redisReply *r);
+
+#endif

@@ -1,0 +1,120 @@
+-- The wake-up subscription (csrc/wake.c): under a host, a waiter is woken
+-- by a release in another process through one message, not by its backoff
+-- steps.  The pools here have slow backoff steps (the first pause is
+-- 0.5-1 s, with jitter), so a waiter that obtains well before its first
+-- step can only have been woken.
+local R = require "support.redis"
+local core = require "fluxalock.core"
+local uv = require "luv"
+
+local STEP = 1 -- the first backoff pause is 0.5-1 s (jitter)
+
+-- a plain process: waits for the file 'go', releases 'key' (held by a
+-- lock it obtained), prints when
+local RELEASER = [[
+local fluxalock = require "fluxalock"
+local core = require "fluxalock.core"
+fluxalock.configure { pools = { default = os.getenv("URL") } }
+local lock = assert(fluxalock.locker():obtain(os.getenv("KEY"), 30))
+io.open(os.getenv("HELD"), "w"):close()
+while not io.open(os.getenv("GO")) do core.sleep(0.005) end
+assert(lock:release())
+print(("released=%.6f"):format(core.now()))
+]]
+
+describe("the wake-up subscription under host 'luv'", function()
+  local server, dir
+  before_each(function()
+    server = R.start()
+    dir = R.sh("mktemp -d /tmp/fluxalock-wake.XXXXXX"):gsub("%s+$", "")
+  end)
+  after_each(function()
+    local fl = require "fluxalock"
+    fl.configure { host = false }
+    if server then server:stop() end
+    R.sh("rm -rf " .. R.quote(dir))
+  end)
+
+  it("wakes a waiter when another process releases, before its first backoff step", function()
+    local held, go = dir .. "/held", dir .. "/go"
+    local proc = R.spawn(RELEASER, { URL = server.url, KEY = "wake:other", HELD = held, GO = go })
+    R.until_true(function() local f = io.open(held) if f then f:close() end return f ~= nil end,
+      10, "the other process to hold the lock")
+    local fl = R.fluxalock(server, { retry_step = STEP, retry_max = STEP })
+    fl.configure { host = "luv" }
+    local got, err, got_at
+    coroutine.wrap(function()
+      local lock
+      lock, err = fl.locker():obtain("wake:other", 30, 10)
+      got_at = core.now()
+      got = lock and lock:release()
+    end)()
+    -- the waiter is queued (and has passed its try) before the release
+    local t = uv.new_timer()
+    t:start(50, 0, function()
+      t:close()
+      io.open(go, "w"):close()
+    end)
+    uv.run()
+    local out = proc:wait(10)
+    local released = tonumber(out:match("released=([%d.]+)"))
+    assert(got, err)
+    assert(released, out)
+    -- the release came 50 ms after the wait began: a backoff step would
+    -- have ended 0.45 s after it at the earliest
+    assert.is_true(got_at - released < 0.2,
+      ("woken %.0f ms after the release"):format((got_at - released) * 1000))
+  end)
+
+  it("subscribes over one connection of its own (a client in pub/sub mode) while a key has waiters", function()
+    local fl = R.fluxalock(server, { retry_step = STEP, retry_max = STEP })
+    local holder = assert(fl.locker():obtain("wake:count", 30))
+    fl.configure { host = "luv" }
+    local locker = fl.locker()
+    local seen
+    coroutine.wrap(function()
+      local lock = assert(locker:obtain("wake:count", 30, 10))
+      assert.is_true(lock:release())
+    end)()
+    -- from the server: the subscriber is a client in pub/sub mode
+    local t, t0 = uv.new_timer(), core.now()
+    t:start(10, 10, function()
+      local list = server:cli("CLIENT", "LIST")
+      if not list:find("sub=1", 1, true) and core.now() - t0 < 5 then return end
+      t:close()
+      seen = list
+      coroutine.wrap(function() assert.is_true(holder:release()) end)()
+    end)
+    uv.run()
+    assert.equal(1, select(2, seen:gsub("sub=1", "")), seen)
+  end)
+
+  it("skips a waiter whose coroutine was closed while it waited: the next one gets the key", function()
+    local fl = R.fluxalock(server, { retry_step = 0.01, retry_max = 0.05 })
+    local holder = assert(fl.locker():obtain("wake:closed", 30))
+    fl.configure { host = "luv" }
+    local locker = fl.locker()
+    -- the first waiter is the head of the key's queue when it is closed
+    local first = coroutine.create(function() locker:obtain("wake:closed", 30, 20) end)
+    assert(coroutine.resume(first))
+    local got, err
+    local t = uv.new_timer()
+    t:start(5, 5, function()
+      if locker:stats().waiting < 1 then return end
+      t:close()
+      assert(coroutine.close(first))
+      coroutine.wrap(function()
+        local lock
+        lock, err = locker:obtain("wake:closed", 30, 5)
+        got = lock and lock:release()
+      end)()
+      local r = uv.new_timer()
+      r:start(100, 0, function()
+        r:close()
+        coroutine.wrap(function() assert.is_true(holder:release()) end)()
+      end)
+    end)
+    uv.run()
+    assert.is_true(got, err)
+  end)
+end)
