@@ -293,11 +293,11 @@ describe("many coroutines, few connections", function()
     local t0 = core.now()
     for i = 1, 200 do
       d.spawn(function()
-        local lock, err = locker:obtain("others:" .. (i % 20), 7, 10)
+        local lock, err = locker:obtain("others:" .. (i % 20), 12, 10)
         if not lock then res.bad[#res.bad + 1] = "obtain: " .. tostring(err) return end
-        -- its own answer, not another request's: ttl 7 s, not the abandoned one's 30
+        -- its own answer, not another request's: ttl 12 s, not the abandoned one's 30
         local left, terr = lock:ttl()
-        if not (type(left) == "number" and left > 5 and left <= 7) then
+        if not (type(left) == "number" and left > 9 and left <= 12) then
           res.bad[#res.bad + 1] = "ttl: " .. tostring(left) .. " " .. tostring(terr)
         end
         d.sleep(0.001)
