@@ -350,6 +350,36 @@ describe("many coroutines, few connections", function()
   end)
 end)
 
+describe("many coroutines, few connections per node", function()
+  for _, max in ipairs { 4, 1 } do
+    it(("a Redlock pool of 3 servers under host 'luv' (max_connections = %d): 600 coroutines on 6 keys, "
+      .. "at most %d connections to each server"):format(max, max + 1), function()
+      local servers, samplers = {}, {}
+      local ok, st = pcall(function()
+        local urls = {}
+        for i = 1, 3 do
+          servers[i] = R.start()
+          urls[i] = servers[i].url
+        end
+        for i = 1, 3 do samplers[i] = S.sampler(servers[i], max + 1) end
+        return S.child(servers[1], [[
+          local d = S.drivers.luv()
+          local fl = require "fluxalock"
+          fl.configure { host = d.host, pools = { default = { redlock = ARGS.urls, max_connections = ARGS.max } } }
+          return S.stampede(d, fl.locker(), S.counter(SERVER, d), ARGS)
+        ]], { urls = urls, max = max ~= 4 and max or nil, n = 600, k = 6, ttl = BIG, wait = BIG })
+      end)
+      for i = 1, 3 do if samplers[i] then samplers[i].stop() end end
+      for i = 1, 3 do if servers[i] then servers[i]:stop() end end
+      for i = 1, 3 do
+        if samplers[i] and samplers[i].max then assert(samplers[i].max <= max + 1, "server " .. i .. ": " .. report(samplers[i])) end
+      end
+      assert(ok, st)
+      for i = 1, 3 do check_stampede(assert, st, samplers[i], 600, max + 1) end
+    end)
+  end
+end)
+
 describe("the pool option max_connections", function()
   local fluxalock = require "fluxalock"
 
