@@ -205,6 +205,8 @@ function S.sampler(server, trip)
     local max, samples, errors, tripped = out:match("sampler max=(%d+) samples=(%d+) errors=(%d+) tripped=(%a+)")
     s.max, s.samples, s.errors, s.tripped = tonumber(max), tonumber(samples), tonumber(errors), tripped == "true"
     s.report = out
+    -- a sampler that failed counts as over any bound (the specs check max)
+    if not s.max then s.max, s.samples, s.report = math.huge, 0, "the sampler failed: " .. out:sub(1, 2000) end
     return s.max, s.samples
   end
   return s
