@@ -135,7 +135,7 @@ describe("many coroutines, few connections", function()
     f:close()
     local server = R.start()
     local sampler, code
-    local run = pcall(function()
+    local run, err = pcall(function()
       sampler = S.sampler(server, 5)
       local o, _, c = R.sh(("FLUXALOCK_URL=%s LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='./?.so;;' "
         .. "timeout 180 examples/embed/embed -n 1000 %s 2>&1"):format(R.quote(server.url), R.quote(script)))
@@ -144,7 +144,7 @@ describe("many coroutines, few connections", function()
     if sampler then sampler.stop() end
     server:stop()
     R.sh("rm -rf " .. R.quote(dir))
-    assert.is_true(run)
+    assert(run, err)
     assert.is_true(sampler.max <= 5, report(sampler))
     assert.equal(0, code, out)
     assert.matches("embed: 1000 coroutines, 0 failed, 1000 critical sections, 0 overlaps", out)
