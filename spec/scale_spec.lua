@@ -155,50 +155,82 @@ describe("many coroutines, few connections", function()
     assert.is_true(sampler.max >= 1 and sampler.samples >= 3, report(sampler))
   end)
 
-  for _, name in ipairs { "luv", "cqueues" } do
-    it("under host '" .. name .. "', waiters of one key get it in the order they came, "
-      .. "except one whose own wait ran out", function()
-      local server = R.start()
-      local ok, res = pcall(S.child, server, [[
-        local d = S.drivers[ARGS.host]()
-        local fl = R.fluxalock(SERVER)
-        fl.configure { host = d.host }
-        local locker = fl.locker()
-        local order, res = {}, {}
+  -- waiters arrive 10 ms apart on a held key; the fifth gives up after
+  -- 0.3 s, before the holder releases.  The holder is in this process, or
+  -- in another (a plain process, released when the waiters say so)
+  local FIFO = [[
+    local d = S.drivers[ARGS.host]()
+    local fl = R.fluxalock(SERVER)
+    fl.configure { host = d.host }
+    local locker = fl.locker()
+    local order, res = {}, {}
+    d.spawn(function()
+      local holder = not ARGS.release and assert(locker:obtain("fifo", 60))
+      for i = 1, ARGS.n do
         d.spawn(function()
-          local holder = assert(locker:obtain("fifo", 60))
-          for i = 1, ARGS.n do
-            d.spawn(function()
-              local wait = i == ARGS.short and 0.3 or 60
-              local t0 = core.now()
-              local lock, err = locker:obtain("fifo", 60, wait)
-              res[i] = { ok = lock ~= nil, err = err, took = core.now() - t0 }
-              if lock then
-                order[#order + 1] = i
-                d.sleep(0.001)
-                res[i].released = lock:release()
-              end
-            end)
-            -- arrivals 10 ms apart: this is the order the waiters come in
-            d.sleep(0.01)
+          local wait = i == ARGS.short and 0.3 or 60
+          local t0 = core.now()
+          local lock, err = locker:obtain("fifo", 60, wait)
+          res[i] = { ok = lock ~= nil, err = err, took = core.now() - t0 }
+          if lock then
+            order[#order + 1] = i
+            d.sleep(0.001)
+            res[i].released = lock:release()
           end
-          while not res[ARGS.short] do d.sleep(0.01) end -- the real signal: it gave up
-          holder:release()
         end)
-        return { finished = d.run(120), order = order, res = res, errors = d.errors }
-      ]], { host = name, n = 20, short = 5 })
-      server:stop()
-      assert(ok, res)
-      assert.is_true(res.finished)
-      assert.same({}, res.errors)
-      local want = {}
-      for i = 1, 20 do if i ~= 5 then want[#want + 1] = i end end
-      assert.same(want, res.order)
-      assert.is_false(res.res[5].ok)
-      assert.equal("not obtained", res.res[5].err)
-      assert.is_true(res.res[5].took >= 0.3 and res.res[5].took < 10, "gave up after " .. res.res[5].took)
-      for _, i in ipairs(want) do assert.is_true(res.res[i].released) end
+        -- arrivals 10 ms apart: this is the order the waiters come in
+        d.sleep(0.01)
+      end
+      while not res[ARGS.short] do d.sleep(0.01) end -- the real signal: it gave up
+      if holder then holder:release() else io.open(ARGS.release, "w"):close() end
     end)
+    return { finished = d.run(120), order = order, res = res, errors = d.errors }
+  ]]
+  local HOLDER = [[
+    local core = require "fluxalock.core"
+    local fluxalock = require "fluxalock"
+    fluxalock.configure { pools = { default = { path = os.getenv("SOCK") } } }
+    local lock = assert(fluxalock.locker():obtain("fifo", 60))
+    io.open(os.getenv("READY"), "w"):close()
+    local f
+    repeat core.sleep(0.005) f = io.open(os.getenv("RELEASE")) until f
+    f:close()
+    print("holder released=" .. tostring(lock:release()))
+  ]]
+  for _, name in ipairs { "luv", "cqueues" } do
+    for _, where in ipairs { "this process", "another process" } do
+      it(("under host '%s', waiters of one key held in %s get it in the order they came, "
+        .. "except one whose own wait ran out"):format(name, where), function()
+        local server = R.start()
+        local holder
+        local ok, res = pcall(function()
+          local args = { host = name, n = 20, short = 5 }
+          if where == "another process" then
+            args.release = server.dir .. "/release"
+            holder = R.spawn(HOLDER, { SOCK = server.socket, READY = server.dir .. "/ready", RELEASE = args.release })
+            R.until_true(function()
+              local f = io.open(server.dir .. "/ready")
+              if f then f:close() end
+              return f ~= nil or not R.alive(holder.pid)
+            end, 20, "the holder process to obtain the lock")
+          end
+          return S.child(server, FIFO, args)
+        end)
+        local held = holder and holder:wait(30)
+        server:stop()
+        assert(ok, res)
+        if holder then assert.matches("holder released=true", held) end
+        assert.is_true(res.finished)
+        assert.same({}, res.errors)
+        local want = {}
+        for i = 1, 20 do if i ~= 5 then want[#want + 1] = i end end
+        assert.same(want, res.order)
+        assert.is_false(res.res[5].ok)
+        assert.equal("not obtained", res.res[5].err)
+        assert.is_true(res.res[5].took >= 0.3 and res.res[5].took < 10, "gave up after " .. res.res[5].took)
+        for _, i in ipairs(want) do assert.is_true(res.res[i].released) end
+      end)
+    end
   end
 
   for _, name in ipairs { "luv", "cqueues" } do
