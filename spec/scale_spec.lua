@@ -311,6 +311,72 @@ describe("many coroutines, few connections", function()
     end)
   end
 
+  -- Redis stops answering (SIGSTOP) with requests on the pool's only
+  -- connection: each of them ends by its own deadline; once Redis answers
+  -- again, their late replies must not be taken for later requests' answers
+  local STALL = [[
+    local d = S.drivers[ARGS.host]()
+    local fl = R.fluxalock(SERVER, { max_connections = 1, timeout = 0.5, connect_timeout = 0.5 })
+    fl.configure { host = d.host }
+    local locker = fl.locker()
+    local res = { stalled = {}, after = 0, bad = {} }
+    local function bad(what) if #res.bad < 10 then res.bad[#res.bad + 1] = what end end
+    d.spawn(function()
+      for i = 1, 20 do -- the connection is open and in use
+        local lock = assert(locker:obtain("warm:" .. i, 10))
+        assert(lock:release())
+      end
+      os.execute("kill -STOP " .. SERVER.pid)
+      for i = 1, ARGS.n do
+        d.spawn(function()
+          local t0 = core.now()
+          local lock, err = locker:obtain("stalled:" .. i, 30)
+          res.stalled[#res.stalled + 1] = { ok = lock ~= nil, err = err, took = core.now() - t0 }
+        end)
+      end
+      while #res.stalled < ARGS.n do d.sleep(0.01) end -- the real signal: every one returned
+      os.execute("kill -CONT " .. SERVER.pid)
+      for i = 1, ARGS.n do
+        d.spawn(function()
+          local lock, err = locker:obtain("after:" .. i, 12)
+          if not lock then bad("obtain: " .. tostring(err)) return end
+          -- its own answer: ttl 12 s (a stalled request's reply would be
+          -- "OK", a number of another key, or nil)
+          local left, terr = lock:ttl()
+          if not (type(left) == "number" and left > 9 and left <= 12) then
+            bad("ttl: " .. tostring(left) .. " " .. tostring(terr))
+          end
+          local rok, rerr = lock:release()
+          if rok ~= true then bad("release: " .. tostring(rok) .. " " .. tostring(rerr)) end
+          res.after = res.after + 1
+        end)
+      end
+    end)
+    res.finished = d.run(60)
+    res.errors = d.errors
+    return res
+  ]]
+  for _, name in ipairs { "luv", "cqueues" } do
+    it("under host '" .. name .. "', Redis stalled past the timeout: the stalled calls end by their own "
+      .. "deadline, and their late replies never answer a later call", function()
+      local server = R.start()
+      local ok, res = pcall(S.child, server, STALL, { host = name, n = 50 })
+      server:stop() -- also resumes a server left stopped
+      assert(ok, res)
+      assert.is_true(res.finished)
+      assert.same({}, res.errors)
+      assert.equal(50, #res.stalled)
+      for _, c in ipairs(res.stalled) do
+        assert.is_false(c.ok)
+        assert.matches("^fluxalock: ", c.err)
+        -- its deadline is its command timeout, 0.5 s; 1 s of slack
+        assert.is_true(c.took <= 1.5, ("a stalled call took %.2f s"):format(c.took))
+      end
+      assert.same({}, res.bad)
+      assert.equal(50, res.after)
+    end)
+  end
+
   -- the abandoned coroutine is resumed until its first wait in the host
   -- (its request is on the pool's only connection), then 'fate' is applied
   local ABANDON = [[
