@@ -483,6 +483,52 @@ describe("many coroutines, few connections per node", function()
   end
 end)
 
+-- a stampede of a Cluster or Sentinel pool under luv, each node of 'nodes'
+-- sampled; the Redis counters live on a server of their own
+local function per_node(nodes, pool, n, k)
+  local counters = R.start()
+  local samplers = {}
+  local ok, st = pcall(function()
+    for i, node in ipairs(nodes) do samplers[i] = S.sampler(node, 5) end
+    return S.child(counters, [[
+      local d = S.drivers.luv()
+      local fl = require "fluxalock"
+      fl.configure { host = d.host, pools = { default = ARGS.pool } }
+      return S.stampede(d, fl.locker(), S.counter(SERVER, d), ARGS)
+    ]], { pool = pool, n = n, k = k, ttl = BIG, wait = BIG })
+  end)
+  for i = 1, #nodes do if samplers[i] then samplers[i].stop() end end
+  counters:stop()
+  return ok, st, samplers
+end
+
+describe("many coroutines, few connections per node of a Cluster and a Sentinel pool", function()
+  local T = require "support.topology"
+
+  it("a Cluster pool of 3 masters under host 'luv': 600 coroutines on 30 keys, "
+    .. "at most 5 connections to each node", function()
+    local cluster = T.cluster()
+    local ok, st, samplers = per_node(cluster.nodes, { cluster = cluster.seeds }, 600, 30)
+    cluster:stop()
+    for i = 1, #samplers do assert(samplers[i].max <= 5, "node " .. i .. ": " .. report(samplers[i])) end
+    assert(ok, st)
+    check_stampede(assert, st, { max = 1, samples = 3 }, 600, 5) -- the bound is checked per node above
+    local used = 0
+    for i = 1, #samplers do if samplers[i].max >= 1 then used = used + 1 end end
+    assert.is_true(used >= 3, "the keys reached " .. used .. " nodes") -- every master served some
+  end)
+
+  it("a Sentinel pool under host 'luv': 600 coroutines on 6 keys, at most 5 connections to the master", function()
+    local NAME = "scale-master"
+    local master, replica, _, addrs, stop = T.replicated(NAME)
+    local ok, st, samplers = per_node({ master, replica }, { sentinels = addrs, master = NAME }, 600, 6)
+    stop()
+    for i = 1, 2 do assert(samplers[i].max <= 5, (i == 1 and "master: " or "replica: ") .. report(samplers[i])) end
+    assert(ok, st)
+    check_stampede(assert, st, samplers[1], 600, 5)
+  end)
+end)
+
 describe("the pool option max_connections", function()
   local fluxalock = require "fluxalock"
 

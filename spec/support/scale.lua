@@ -145,7 +145,7 @@ function S.counter(server, d)
 end
 
 -- The sampler: a separate plain process that runs CLIENT LIST (over the
--- Unix socket) every 2 ms and keeps the most TCP clients it saw on the
+-- Unix socket, or TCP for a server without one) every 2 ms and keeps the most TCP clients it saw on the
 -- server's port, with the list at that moment.  It runs while the loop of
 -- the spec is busy, so a blocked or busy loop does not stop the counting.
 -- With 'trip' set it SIGKILLs the server (by its PID) once it sees more than
@@ -155,8 +155,20 @@ local SAMPLER = [[
 local core = require "fluxalock.core"
 local sock, port, stop, ready = os.getenv("SOCK"), os.getenv("PORT"), os.getenv("STOP"), os.getenv("READY")
 local trip, pid = tonumber(os.getenv("TRIP")), os.getenv("PID")
-local p = core.pool { path = sock, timeout = 10, connect_timeout = 10 }
+-- over the Unix socket when the server has one, else over TCP: then this
+-- connection's own line is left out of the count
+local p = sock ~= "" and core.pool { path = sock, timeout = 10, connect_timeout = 10 }
+  or core.pool { host = "127.0.0.1", port = tonumber(port), timeout = 10, connect_timeout = 10 }
+local own = sock == "" and tostring(assert(p:call { "CLIENT", "ID" })) or nil
 local pat = " laddr=127.0.0.1:" .. port .. " "
+-- not the pool's: a replica's link (flags S or M) and a sentinel's (named so)
+local function counted(line)
+  if not line:find(pat, 1, true) then return false end
+  if own and line:find("^id=" .. own .. " ") then return false end
+  local flags = line:match(" flags=(%S*)") or ""
+  if flags:find("[SM]") or line:find(" name=sentinel%-") then return false end
+  return true
+end
 local max, samples, errors, at, tripped = 0, 0, 0, "", false
 local function exists(f)
   local h = io.open(f)
@@ -169,7 +181,7 @@ repeat
   if type(list) == "string" then
     local n = 0
     for line in list:gmatch("[^\n]+") do
-      if line:find(pat, 1, true) then n = n + 1 end
+      if counted(line) then n = n + 1 end
     end
     samples = samples + 1
     if n > max then max, at = n, list end
@@ -190,7 +202,7 @@ io.write(at)
 function S.sampler(server, trip)
   local dir = R.sh("mktemp -d /tmp/fluxalock-sampler.XXXXXX"):gsub("%s+$", "")
   local s = { stopfile = dir .. "/stop", readyfile = dir .. "/ready", dir = dir }
-  s.proc = R.spawn(SAMPLER, { SOCK = server.socket, PORT = tostring(server.port), STOP = s.stopfile,
+  s.proc = R.spawn(SAMPLER, { SOCK = server.socket or "", PORT = tostring(server.port), STOP = s.stopfile,
     READY = s.readyfile, TRIP = trip and tostring(trip) or "", PID = tostring(server.pid) })
   R.until_true(function()
     local f = io.open(s.readyfile)
