@@ -6,7 +6,10 @@
 -- The pool under test always connects over TCP, and everything else the
 -- specs run (redis-cli, the sampler, the Redis counters of the critical
 -- sections, plain contenders) goes through the server's Unix socket, so
--- the TCP clients in CLIENT LIST are exactly the pool under test.
+-- the TCP clients in CLIENT LIST are exactly the pool under test.  (Cluster
+-- and Sentinel nodes have no socket: the sampler leaves out its own line
+-- and the nodes' links to each other, and the counters get a server of
+-- their own.)
 local core = require "fluxalock.core"
 local R = require "support.redis"
 
@@ -145,8 +148,9 @@ function S.counter(server, d)
 end
 
 -- The sampler: a separate plain process that runs CLIENT LIST (over the
--- Unix socket, or TCP for a server without one) every 2 ms and keeps the most TCP clients it saw on the
--- server's port, with the list at that moment.  It runs while the loop of
+-- Unix socket, or TCP for a server without one) every 2 ms and keeps the
+-- most TCP clients it saw on the server's port, with the list at that
+-- moment.  It runs while the loop of
 -- the spec is busy, so a blocked or busy loop does not stop the counting.
 -- With 'trip' set it SIGKILLs the server (by its PID) once it sees more than
 -- 'trip' connections: a pool over its bound then fails fast instead of
