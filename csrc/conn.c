@@ -93,11 +93,14 @@ int fl_conn_claim(fl_conn *c, double now, double left) {
   return 1;
 }
 
-/* c no longer waits on its link: the next live request takes the role */
+/* c no longer waits on its link: the next live request takes the role.
+   Also when c never held it: a request woken to become the reader may find
+   its reply already in and end without claiming, and the ones parked behind
+   it would then sleep until their own timeout with nobody reading */
 void fl_conn_unclaim(fl_conn *c) {
   fl_link *k = c->link;
   int i;
-  if (!k || k->reader != c) return;
+  if (!k || (k->reader && k->reader != c)) return;
   k->reader = NULL;
   fl_link_reap(k);
   for (i = 0; i < k->qlen; i++) {

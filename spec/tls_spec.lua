@@ -387,15 +387,17 @@ describe("TLS", function()
     assert.same({}, d.errors)
     assert.same({}, failed)
     assert.equal(100, done)
-    assert.equal((l._pool:connections()), tcp_clients(own))
+    -- the server's TLS clients: the pool's request connections, and at most
+    -- one more for the wake-up subscription (max_connections + 1)
+    local open, seen = (l._pool:connections()), tcp_clients(own)
+    assert.is_true(seen >= open and seen <= 5, ("%d open, %d seen"):format(open, seen))
     own:stop()
   end)
 
   it("1000 coroutines under a luv host over TLS, the loop kept turning", function()
     local H = require "support.hosts"
-    -- a burst of 1000 connects: a backlog for all, and time for 1000
-    -- handshakes on a small machine
-    local own = T.start { args = { "--tcp-backlog", "1024" } }
+    -- 1000 coroutines share the pool's few TLS connections (max_connections)
+    local own = T.start()
     finally(function() own:stop() end) -- also when an assertion fails
     local d = H.luv()
     finally(function() fl.configure { host = false } end)
@@ -424,12 +426,13 @@ describe("TLS", function()
     assert.same({}, d.errors)
     assert.same({}, failed)
     assert.equal(n, done)
-    -- the connections the pool holds open are the server's TLS clients
-    assert.equal((l._pool:connections()), tcp_clients(own))
+    -- the server's TLS clients: the pool's request connections, and at most
+    -- one more for the wake-up subscription (max_connections + 1)
+    local open, seen = (l._pool:connections()), tcp_clients(own)
+    assert.is_true(seen >= open and seen <= 5, ("%d open, %d seen"):format(open, seen))
     assert.is_true(peak > 1, "the coroutines never overlapped")
     -- the loop kept turning while the requests ran: a blocking connect or
-    -- handshake would hold it for the whole run (the handshakes' own CPU,
-    -- about a millisecond each, is spent inside loop turns, so no gap bound)
+    -- handshake would hold it for the whole run
     assert.is_true(hb.beats >= 3, ("the heartbeat ran %d times"):format(hb.beats))
     own:stop()
   end)
