@@ -336,14 +336,23 @@ local function second(q, w)
   return false
 end
 
--- the local queue's way of waiting; -> as wait_for
-local function wait_queued(self, pool, key, ms, deadline, full)
+-- a place in the key's local queue, taken before the first try: a caller
+-- that came later must not try (and win) while this one's try is in flight
+local function enqueue(pool, key, full)
   local qs, q = queue_of(pool, key, full)
   local w = { co = coroutine.running(), alive = now() + 5 }
-  self._waiting = self._waiting + 1
   q.last = q.last + 1
   q[q.last] = w
   w.at = q.last
+  return { qs = qs, q = q, w = w, full = full }
+end
+
+local function dequeue(e) leave(e.qs, e.full, e.q, e.w) end
+
+-- the local queue's way of waiting (its first try made); -> as wait_for
+local function wait_queued(self, pool, key, ms, deadline, e)
+  local q, w = e.q, e.w
+  self._waiting = self._waiting + 1
   local step, smax, pause = self._step, self._max, 0
   local lock, err, sent = false, nil, nil
   while true do
@@ -380,7 +389,7 @@ local function wait_queued(self, pool, key, ms, deadline, full)
       if lock ~= false or now() >= deadline then break end
     end
   end
-  leave(qs, full, q, w)
+  dequeue(e)
   self._waiting = self._waiting - 1
   if lock == nil then return nil, err end
   if not lock then return false end
@@ -413,14 +422,16 @@ function Locker.obtain(self, key, ttl, wait, opts)
   local sent = now() -- the renewal's first deadline counts from the send
   local full = host_wait and wait > 0 and self._prefix .. key
   local lock, err = false, nil
-  -- waiters already queued for this key: a newcomer queues behind them
-  local qs = full and queues[core_of(pool)]
-  if not (qs and qs[full]) then lock, err = pool:obtain(key, ms) end
+  -- under a host, a waiting obtain queues first: only the head tries, so
+  -- one key's waiters get it in the order they came (API.md)
+  local e = full and enqueue(pool, key, full)
+  if not e or head(e.q) == e.w then lock, err = pool:obtain(key, ms) end
+  if e and lock ~= false then dequeue(e) end
   if lock == false and wait > 0 then
     local t0 = sent
     local wsent
-    if full then
-      lock, wsent = wait_queued(self, pool, key, ms, t0 + wait, full)
+    if e then
+      lock, wsent = wait_queued(self, pool, key, ms, t0 + wait, e)
     else
       self._waiting = self._waiting + 1
       lock, wsent = wait_for(self, pool, key, ms, t0 + wait)
