@@ -149,10 +149,13 @@ int fl_conn_timeout(fl_conn *c) {
   double now = fl_now();
   fl_conn_detach(c);
   fl_conn_fail(c, connecting ? "connect" : c->op, "timed out");
-  /* nothing came back for a whole timeout: the server is gone or frozen,
-     and whatever is queued behind would wait for nothing */
-  if (k && k->qlen > 0 && now - k->progress >= c->pool->o.timeout)
-    fl_link_close(k, "timed out");
+  /* nothing came back for a whole timeout, and the link is not busy with
+     a request still within its own time (a WAIT for replicas, a BLPOP): the
+     server is gone or frozen, and what is queued would wait for nothing */
+  if (k && k->qlen > 0 && now - k->progress >= c->pool->o.timeout) {
+    const fl_conn *h = k->q[k->qhead].c;
+    if (!h || now >= h->deadline) fl_link_close(k, "timed out");
+  }
   return FL_ERR;
 }
 

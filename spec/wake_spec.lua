@@ -49,9 +49,13 @@ describe("the wake-up subscription under host 'luv'", function()
       got_at = core.now()
       got = lock and lock:release()
     end)()
-    -- the waiter is queued (and has passed its try) before the release
-    local t = uv.new_timer()
-    t:start(50, 0, function()
+    -- the release comes once the waiter's subscription is in place (the
+    -- server shows a client in pub/sub mode): a message published before
+    -- would be missed by design, and cost one backoff step
+    local t, t0, subscribed = uv.new_timer(), core.now(), false
+    t:start(5, 5, function()
+      subscribed = server:cli("CLIENT", "LIST"):find("sub=1", 1, true) ~= nil
+      if not subscribed and core.now() - t0 < 5 then return end
       t:close()
       io.open(go, "w"):close()
     end)
@@ -60,8 +64,9 @@ describe("the wake-up subscription under host 'luv'", function()
     local released = tonumber(out:match("released=([%d.]+)"))
     assert(got, err)
     assert(released, out)
-    -- the release came 50 ms after the wait began: a backoff step would
-    -- have ended 0.45 s after it at the earliest
+    assert.is_true(subscribed, "the server never saw the subscription")
+    -- the release came within a few ms of the wait's start: a backoff step
+    -- would have ended 0.4 s after it at the earliest
     assert.is_true(got_at - released < 0.2,
       ("woken %.0f ms after the release"):format((got_at - released) * 1000))
   end)
