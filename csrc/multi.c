@@ -383,7 +383,9 @@ static void fan_wakes(lua_State *L, fan *f) {
 static int fan_wait(lua_State *L, fan *f, double now, double left, lua_KFunction k) {
   int i, others = 0, park = f->g->has_park;
   fl_conn *wc = NULL;
-  double t = left;
+  double t;
+  if (park && left > FL_READ_SLICE) left = FL_READ_SLICE; /* see FL_READ_SLICE */
+  t = left;
   for (i = 0; i < f->nlegs && !wc; i++) {
     leg *l = &f->legs[(f->turn + i) % f->nlegs]; /* by turns: see below */
     if (l->st == LEG_RUN && fl_conn_fd(l->c) >= 0 &&
