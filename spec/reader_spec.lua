@@ -53,3 +53,49 @@ describe("a shared connection under luv", function()
     assert.equal(15 * 1000, done)
   end)
 end)
+
+describe("a shared connection under luv whose reader is closed", function()
+  local server, fl
+
+  setup(function()
+    server = R.start()
+    fl = R.fluxalock(server, { max_connections = 1, timeout = 3 })
+  end)
+  teardown(function()
+    fl.configure { host = false }
+    server:stop()
+  end)
+
+  it("lets the requests behind it read their replies (no 'timed out', well within the timeout)", function()
+    local d = H.luv()
+    fl.configure { host = "luv" }
+    local l = fl.locker()
+    d.spawn(function() assert(l:obtain("closed:warm", 5)):release() end)
+    d.run() -- the pool's one connection is open
+    -- the first request on it waits on its socket (the reader role) ...
+    local reader = coroutine.create(function() l:obtain("closed:reader", 30) end)
+    assert(coroutine.resume(reader))
+    assert.equal("suspended", coroutine.status(reader))
+    local failed, took = {}, 0
+    for i = 1, 20 do
+      d.spawn(function()
+        local t0 = R.now()
+        local lock, err = l:obtain("closed:" .. i, 5)
+        if not lock then
+          failed[#failed + 1] = tostring(err)
+          return
+        end
+        assert(lock:release())
+        took = math.max(took, R.now() - t0)
+      end)
+    end
+    -- ... and is closed (a cancelled request) while the others are parked
+    assert(coroutine.close(reader))
+    d.run()
+    fl.configure { host = false }
+    assert.same({}, d.errors)
+    assert.same({}, failed)
+    -- the role is given up by a closed reader within a slice of its wait
+    assert.is_true(took < 1.5, ("took %.2f s"):format(took))
+  end)
+end)
