@@ -248,6 +248,17 @@ static int own_args(fl_conn *c) {
   return 0;
 }
 
+/* FNV-1a of the command's first key (a script's KEYS[1], else its first
+   argument): the link it goes on (fl_link_for) */
+static unsigned key_hash(const fl_cmd *cmd) {
+  int i = cmd->script >= 0 ? 3 : 1;
+  unsigned h = 2166136261u;
+  size_t j;
+  if (i >= cmd->argc) return 0;
+  for (j = 0; j < cmd->argvlen[i]; j++) h = (h ^ (unsigned char)cmd->argv[i][j]) * 16777619u;
+  return h;
+}
+
 /* start c->cmd; extra: seconds the command itself may block (BLPOP) */
 int fl_conn_begin(fl_conn *c, const char *op, double extra) {
   double now = fl_now();
@@ -273,7 +284,8 @@ int fl_conn_begin(fl_conn *c, const char *op, double extra) {
     fl_conn_fail(c, op, "out of memory");
     return FL_ERR;
   }
-  if (!(k = fl_link_for(c->pool, now))) {
+  c->h = key_hash(&c->cmd);
+  if (!(k = fl_link_for(c->pool, c->h))) {
     c->link = NULL;
     fl_conn_fail(c, "connect", "out of memory");
     return FL_ERR;

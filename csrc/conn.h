@@ -8,7 +8,7 @@
 #include "fluxalock.h"
 
 /* conn_io.c */
-fl_link *fl_link_for(fl_pool *p, double now);
+fl_link *fl_link_for(fl_pool *p, unsigned h);
 int fl_link_connect(fl_link *k, double now);
 int fl_link_out(fl_link *k, int argc, const char *const *argv, const size_t *len);
 int fl_link_push(fl_link *k, fl_conn *c);

@@ -87,6 +87,7 @@ static void close_as(fl_link *k, const char *op, const char *why) {
     fl_wake(p, c->wkey);
   }
   k->qhead = 0;
+  memset(k->keys, 0, sizeof k->keys);
   k->handshake = 0;
   k->doomed = 0;
   if ((k->reader || k->watched) && k->net) { /* see fl_link_reap */
@@ -151,11 +152,15 @@ int fl_link_push(fl_link *k, fl_conn *c) {
   if (k->qlen == 0) k->progress = fl_now();
   k->q[(k->qhead + k->qlen) % k->qcap].c = c;
   k->q[(k->qhead + k->qlen) % k->qcap].ghost = 0;
+  k->q[(k->qhead + k->qlen) % k->qcap].h = c->h;
+  k->keys[c->h & 63]++;
   k->qlen++;
   return 0;
 }
 
 static void pop(fl_link *k) {
+  unsigned short *n = &k->keys[k->q[k->qhead].h & 63];
+  if (*n) --*n;
   k->qhead = (k->qhead + 1) % k->qcap;
   k->qlen--;
 }
@@ -417,10 +422,20 @@ static fl_link *new_link(fl_pool *p) {
  * FIFO.  A link to where the pool pointed before a retarget, or one the
  * server is about to close, takes no new request.
  */
-fl_link *fl_link_for(fl_pool *p, double now) {
+fl_link *fl_link_for(fl_pool *p, unsigned h) {
   fl_link *best = NULL, *closed = NULL;
   int i, live = 0;
-  (void)now;
+  /* a link that may still carry a command of the same key takes this one
+     too, behind it: Redis serves its clients in turns, so a command written
+     later on an idle connection can run before one written earlier behind
+     a long pipeline on another (a release could overtake the obtain a
+     Redlock majority made unnecessary, leaving that node's key until its
+     ttl).  One key's commands reach the server in the order they were made */
+  for (i = 0; i < p->nlinks; i++) {
+    fl_link *k = p->links[i];
+    if (k->state != FL_LK_CLOSED && k->gen == p->gen && !k->doomed && k->keys[h & 63])
+      return k;
+  }
   for (i = 0; i < p->nlinks; i++) {
     fl_link *k = p->links[i];
     if (k->state != FL_LK_CLOSED && (k->gen != p->gen || k->doomed)) {

@@ -100,6 +100,7 @@ typedef struct fl_conn {
                            fl_conn_disconnect) */
   struct fl_conn *nextfree, *nextall;
   void *wkey;          /* what its coroutine parks on: itself, or a fan */
+  unsigned h;          /* its key's hash: which link (conn_io.c fl_link_for) */
   int busy;            /* begun and not yet ended */
   int state;           /* FL_RQ_* */
   int expect;          /* replies still to come, main one last */
@@ -133,6 +134,7 @@ typedef struct fl_conn {
 typedef struct fl_entry {
   fl_conn *c;  /* NULL: its request gave up; 'ghost' replies are dropped */
   int ghost;
+  unsigned h;  /* its key's hash (fl_link.keys) */
 } fl_entry;
 
 typedef struct fl_link {
@@ -154,6 +156,7 @@ typedef struct fl_link {
   fl_conn *reader;     /* the request whose coroutine waits on the fd */
   double rdl;          /* until when the reader waits */
   double progress;     /* last time the link moved (a reply, or work queued) */
+  unsigned short keys[64]; /* entries queued, by key hash mod 64 */
 } fl_link;
 
 enum { FL_LK_CLOSED, FL_LK_CONNECTING, FL_LK_READY };
