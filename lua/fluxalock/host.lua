@@ -145,9 +145,13 @@ local function luv_host()
     local function stop()
       if not waiting then return false end
       waiting = false
-      poll:stop()
+      -- another wait on the same fd may have closed this handle (libuv
+      -- takes one per descriptor; see above): stopping it then aborts
+      if not poll:is_closing() then
+        poll:stop()
+        poll:close()
+      end
       timer:stop()
-      poll:close()
       timer:close()
       return true
     end
