@@ -3,4 +3,12 @@
 # detection on (make check-asan runs the same, with the full soak).  The
 # soak is shortened to 8 s here to keep CI within its budget.
 cd "$(dirname "$0")/../.." &&
-  FLUXALOCK_SOAK_SECONDS=${FLUXALOCK_SOAK_SECONDS:-8} sh tools/checks/lib/sanitize.sh asan
+  FLUXALOCK_SOAK_SECONDS=${FLUXALOCK_SOAK_SECONDS:-8} sh tools/checks/lib/sanitize.sh asan \
+  "--filter-out=in a forked child"
+# The forked-child renewal spec runs in the plain suite only: GCC 12's ASan
+# allocator is not fork-safe while another thread allocates (glibc's malloc
+# is: it locks its arenas around fork).  A child forked while the parent's
+# renewal thread held an allocator lock inherits it held, and the child's
+# own renewal thread then waits on it for ever (seen with gdb: the child's
+# thread in SizeClassAllocator64::GetFromAllocator, its main thread joining
+# it at exit), about one run in four on a loaded machine.
