@@ -420,7 +420,6 @@ int fl_host_wait(lua_State *L, fl_conn *c, int hostidx, double left,
                  lua_KContext ctx, lua_KFunction k) {
   double now = fl_now();
   fl_wake_flush(L, c->pool, hostidx); /* before this coroutine sleeps */
-  if (c->pool->has_park && left > FL_READ_SLICE) left = FL_READ_SLICE;
   if (c->pool->has_park && !fl_conn_claim(c, now, left)) {
     double t = c->link->rdl + GRACE - now;
     lua_getfield(L, hostidx, "park");

@@ -37,10 +37,6 @@
 
 #define FL_TOKEN_LEN 32 /* 128 random bits as hex */
 #define FL_ERRLEN 1024
-/* under a parking host, a link's reader watches its socket this long at a
-   time and then claims the role again: a reader whose coroutine was closed
-   or abandoned mid-wait holds the others up this long, not a whole timeout */
-#define FL_READ_SLICE 0.25
 #define FL_MAXARGS 6
 
 /* results of one engine step */

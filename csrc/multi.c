@@ -38,7 +38,6 @@
 #include "net.h"
 
 #define MAX_HOPS 5
-#define FAN_SLICE 0.01 /* under a host: seconds on one leg's socket while others run */
 #define HOST 5 /* stack slots shared by every group request */
 #define LOCK 6
 #define FAN 7
@@ -61,7 +60,6 @@ typedef struct fan {
   int op0;           /* the operation asked for (op becomes RELEASE for an undo) */
   int poolidx;       /* the Pool userdata's stack index (recover fn) */
   int recovered;     /* the recover function was called */
-  int turn;          /* under a host: the leg whose socket the next wait watches first */
   int undo_errs;     /* a failed Redlock obtain being undone: its errors */
   int unacked;       /* a node set the lock but its replicas did not confirm */
   char undo_err[FL_ERRLEN];
@@ -381,40 +379,28 @@ static void fan_wakes(lua_State *L, fan *f) {
 /* one wait of the fan under a host: on a leg's socket when the fan may be
    that link's reader, else parked on the fan until a reader wakes it */
 static int fan_wait(lua_State *L, fan *f, double now, double left, lua_KFunction k) {
-  int i, others = 0, park = f->g->has_park;
+  int i;
   fl_conn *wc = NULL;
-  double t;
-  if (park && left > FL_READ_SLICE) left = FL_READ_SLICE; /* see FL_READ_SLICE */
-  t = left;
+  double t = left;
   for (i = 0; i < f->nlegs && !wc; i++) {
-    leg *l = &f->legs[(f->turn + i) % f->nlegs]; /* by turns: see below */
+    leg *l = &f->legs[i];
     if (l->st == LEG_RUN && fl_conn_fd(l->c) >= 0 &&
-        (!l->c->pool->has_park || fl_conn_claim(l->c, now, left))) {
+        (!l->c->pool->has_park || fl_conn_claim(l->c, now, left)))
       wc = l->c;
-      f->turn = (f->turn + i + 1) % f->nlegs;
-    }
   }
   for (i = 0; i < f->nlegs; i++) /* one link at a time: the others go on */
     if (f->legs[i].st == LEG_RUN && f->legs[i].c != wc) {
-      others++;
       fl_conn_unclaim(f->legs[i].c);
       if (f->legs[i].c->link && f->legs[i].c->link->rdl + 0.05 - now < t)
         t = f->legs[i].c->link->rdl + 0.05 - now;
     }
   fan_wakes(L, f);
   if (wc) {
-    /* the host watches one socket: the other legs' replies may be in
-       unread (nobody else reads those links), and a frozen node on the
-       watched one would hold them up for the whole timeout, settle_early
-       or not.  Watch for a slice, then the next leg's socket */
-    if (others && left > FAN_SLICE) left = FAN_SLICE;
     lua_getfield(L, f->hidx, "wait");
     lua_pushinteger(L, fl_conn_fd(wc));
     lua_pushstring(L, wc->events == POLLOUT ? "w" : "r");
     lua_pushnumber(L, left);
-    if (!park) return lua_pcallk(L, 3, 0, 0, (lua_KContext)f, k);
-    lua_pushlightuserdata(L, f); /* a reader of another leg's link unparks it */
-    return lua_pcallk(L, 4, 0, 0, (lua_KContext)f, k);
+    return lua_pcallk(L, 3, 0, 0, (lua_KContext)f, k);
   }
   if (lua_getfield(L, f->hidx, "park") != LUA_TFUNCTION) {
     /* a wait-only host and nothing to wait on (all legs pausing): short */

@@ -279,23 +279,10 @@ local function released(full, cp)
   local qs = queues[cp]
   if not qs then return end
   local q = qs[full] or qs[qs.chans[full] or false]
-  if not q then return end
-  -- a head whose coroutine was closed would take the wake-up with it: the
-  -- first live waiter gets it (and skips the dead head on waking)
-  for i = q.first, q.last do
-    local w = q[i]
-    if w and coroutine.status(w.co) ~= "dead" then
-      w.kicked = true
-      unpark(w)
-      return
-    end
-  end
-end
-
--- the waiter behind nxt in q, if any
-local function behind(q, nxt)
-  for i = nxt.at + 1, q.last do
-    if q[i] then return q[i] end
+  local w = q and head(q)
+  if w then
+    w.kicked = true
+    unpark(w)
   end
 end
 
@@ -304,11 +291,6 @@ local function leave(qs, full, q, w)
   local nxt = head(q)
   if nxt then
     unpark(nxt) -- its turn: it starts its own backoff steps
-    -- the new second in line parked for its whole wait while it was
-    -- further back: woken, it parks again for a second at a time, to look
-    -- at a head that may be closed before it takes its turn
-    local snd = behind(q, nxt)
-    if snd then unpark(snd) end
   else
     qs[full] = nil
     if q.chan then

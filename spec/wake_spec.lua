@@ -122,42 +122,4 @@ describe("the wake-up subscription under host 'luv'", function()
     uv.run()
     assert.is_true(got, err)
   end)
-
-  it("skips a head closed after the one before it got the key: the third in line is not left asleep", function()
-    local fl = R.fluxalock(server, { retry_step = 0.01, retry_max = 0.05 })
-    local holder = assert(fl.locker():obtain("wake:third", 30))
-    fl.configure { host = "luv" }
-    local locker = fl.locker()
-    local second, got, err, took
-    -- the first waiter gets the key from the holder and holds it a moment
-    coroutine.wrap(function()
-      local lock = assert(locker:obtain("wake:third", 30, 20))
-      -- the second in line is the head now: it is closed before its turn
-      assert(coroutine.close(second))
-      local t, co = uv.new_timer(), coroutine.running()
-      t:start(100, 0, function()
-        t:close()
-        assert(coroutine.resume(co))
-      end)
-      coroutine.yield()
-      assert.is_true(lock:release())
-    end)()
-    second = coroutine.create(function() locker:obtain("wake:third", 30, 20) end)
-    assert(coroutine.resume(second))
-    -- the third in line parks while it is third, for its whole wait
-    coroutine.wrap(function()
-      local t0 = core.now()
-      local lock
-      lock, err = locker:obtain("wake:third", 30, 5)
-      took = core.now() - t0
-      got = lock and lock:release()
-    end)()
-    coroutine.wrap(function() assert.is_true(holder:release()) end)()
-    uv.run()
-    assert.is_true(got, err)
-    -- the key is free from the first waiter's release on: the third gets
-    -- it then, or at its next look at a stale head (a second), not at the
-    -- end of its wait
-    assert.is_true(took < 2.5, "took " .. tostring(took) .. " s")
-  end)
 end)
