@@ -16,6 +16,7 @@ local function collect(d, fn)
     if not ok then d.errors[#d.errors + 1] = err end
   end
 end
+H.collect = collect -- spec/support/scale.lua's drivers too
 
 function H.cqueues()
   local cqueues = require "cqueues"

@@ -22,12 +22,7 @@ local now = core.now
 -- is left and returns true, or false when 'limit' seconds passed first (a
 -- hang: the spec then fails instead of hanging the suite).  An error inside
 -- a coroutine is collected in d.errors with its traceback.
-local function collect(d, fn)
-  return function()
-    local ok, err = xpcall(fn, debug.traceback)
-    if not ok then d.errors[#d.errors + 1] = err end
-  end
-end
+local collect = require("support.hosts").collect
 
 function S.luv()
   local uv = require "luv"
