@@ -11,11 +11,10 @@
  *
  * fl_conn_step() never waits: it moves the request's link on (connect,
  * write, read and dispatch) and answers FL_DONE, FL_ERR, or FL_WAIT with
- * the events its link needs.  fl_run() is the one place that waits: poll(2)
- * in a plain script, or the host: one coroutine per link (its reader) waits
- * on the socket through host.wait, the others park (host.park) and are
- * unparked when the reader has dispatched their replies (conn_io.c has the
- * byte-level half).
+ * the events its link needs; drive.c is the one place that waits.  Under a
+ * parking host one coroutine per link (its reader) waits on the socket, the
+ * others park: the reader role is held and handed on here (conn_io.c has
+ * the byte-level half).
  */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
@@ -24,16 +23,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "conn.h"
 #include "net.h"
-
-double fl_now(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 static void drop_reply(fl_conn *c) {
   if (c->reply) freeReplyObject(c->reply);
@@ -61,22 +53,6 @@ void fl_wake(fl_pool *p, void *key) {
     p->wakecap = cap;
   }
   p->wakes[p->nwakes++] = key;
-}
-
-/* call host.unpark(key) for every wake-up collected; never yields */
-void fl_wake_flush(lua_State *L, fl_pool *p, int hostidx) {
-  int i, n = p->nwakes;
-  if (!n) return;
-  p->nwakes = 0;
-  if (!L || !hostidx || lua_type(L, hostidx) != LUA_TTABLE) return;
-  for (i = 0; i < n; i++) {
-    if (lua_getfield(L, hostidx, "unpark") != LUA_TFUNCTION) {
-      lua_pop(L, 1);
-      return;
-    }
-    lua_pushlightuserdata(L, p->wakes[i]);
-    if (lua_pcall(L, 1, 0, 0) != LUA_OK) lua_pop(L, 1); /* best effort */
-  }
 }
 
 /* ---- the reader role ----------------------------------------------------------- */
@@ -394,113 +370,33 @@ int fl_conn_fd(const fl_conn *c) {
   return c->link && c->link->net ? fl_net_fd(c->link->net) : -1;
 }
 
-/* ---- waiting ------------------------------------------------------------------- */
+/* the message of a failed request */
+const char *fl_conn_errmsg(const fl_conn *c) { return c->err; }
 
-static int wait_poll(fl_conn *c, double left) {
-  struct pollfd pfd;
-  int ms = (int)(left * 1000.0) + 1; /* round up: never wake before */
-  pfd.fd = fl_conn_fd(c);
-  pfd.events = (short)c->events;
-  pfd.revents = 0;
-  if (poll(&pfd, 1, ms) < 0 && errno != EINTR) {
-    fl_conn_detach(c);
-    fl_conn_fail(c, c->op, "poll: %s", strerror(errno));
-    return FL_ERR;
-  }
-  return FL_WAIT;
+/* c fails with the whole message msg (a strategy's own words) */
+void fl_conn_setmsg(fl_conn *c, const char *msg) {
+  snprintf(c->err, sizeof c->err, "%s", msg);
+  drop_reply(c);
+  c->state = FL_RQ_ERR;
 }
 
-/*
- * One wait of c's coroutine through the host table at hostidx: on the
- * link's socket (host.wait) when c is its reader, else parked (host.park,
- * on c->wkey) until a reader unparks it or the reader's own wait is over.
- * Returns lua_pcallk's status (k runs instead when the host yields).
- */
-int fl_host_wait(lua_State *L, fl_conn *c, int hostidx, double left,
-                 lua_KContext ctx, lua_KFunction k) {
-  double now = fl_now();
-  fl_wake_flush(L, c->pool, hostidx); /* before this coroutine sleeps */
-  if (c->pool->has_park && !fl_conn_claim(c, now, left)) {
-    double t = c->link->rdl + GRACE - now;
-    lua_getfield(L, hostidx, "park");
-    lua_pushlightuserdata(L, c->wkey);
-    lua_pushnumber(L, t < left ? t : left);
-    return lua_pcallk(L, 2, 0, 0, ctx, k);
-  }
-  lua_getfield(L, hostidx, "wait");
-  lua_pushinteger(L, fl_conn_fd(c));
-  lua_pushstring(L, c->events == POLLOUT ? "w" : "r");
-  lua_pushnumber(L, left);
-  return lua_pcallk(L, 3, 0, 0, ctx, k);
-}
-
-/* c is done with waiting: hand the reader role on, deliver wake-ups */
-static int leave(lua_State *L, fl_conn *c, int hostidx, int st) {
-  fl_conn_unclaim(c);
-  fl_wake_flush(L, c->pool, hostidx);
-  return st;
-}
-
-/*
- * Drive c's request to the end.  hostidx is the stack index of the host
- * table, or 0 to wait with poll(2).  When the host yields, Lua later calls
- * k, which calls fl_run again with the pcall status.
- */
-int fl_run(lua_State *L, fl_conn *c, int hostidx, lua_KFunction k,
-           lua_KContext ctx) {
-  int host = hostidx && lua_type(L, hostidx) == LUA_TTABLE;
+/* one request to its end, blocking with poll(2): only a flush of deferred
+   releases (server.c), which never runs under a host and is bounded by the
+   pool's timeouts; every Lua call waits in drive.c.  FL_DONE or FL_ERR */
+int fl_conn_block(fl_conn *c) {
   for (;;) {
     int st = fl_conn_step(c);
-    double left, now;
-    if (st != FL_WAIT) return leave(L, c, host ? hostidx : 0, st);
-    now = fl_now();
-    if (c->limit > 0 && now >= c->limit) { /* see fl_conn.limit */
-      /* a blocked command (BLPOP) holds its link until the server answers */
-      if (c->extra > 0 && c->link) fl_link_close(c->link, "abandoned");
+    double left;
+    struct pollfd pfd;
+    if (st != FL_WAIT) return st;
+    left = c->deadline - fl_now();
+    if (left <= 0) return fl_conn_timeout(c);
+    pfd.fd = fl_conn_fd(c);
+    pfd.events = (short)c->events;
+    pfd.revents = 0;
+    if (poll(&pfd, 1, (int)(left * 1000.0) + 1) < 0 && errno != EINTR) {
       fl_conn_detach(c);
-      return leave(L, c, host ? hostidx : 0, FL_LATE);
-    }
-    left = c->deadline - now;
-    if (left <= 0) return leave(L, c, host ? hostidx : 0, fl_conn_timeout(c));
-    if (c->limit > 0 && c->limit - now < left) left = c->limit - now;
-    if (host) {
-      st = fl_host_wait(L, c, hostidx, left, ctx, k);
-      if (st != LUA_OK) return leave(L, c, hostidx, fl_resume(L, c, st));
-    } else if (wait_poll(c, left) == FL_ERR) {
       return FL_ERR;
     }
   }
-}
-
-/* continuation helper: called by each k with the pcall status */
-int fl_resume(lua_State *L, fl_conn *c, int status) {
-  if (status != LUA_OK && status != LUA_YIELD) {
-    const char *m = lua_tostring(L, -1);
-    fl_conn_detach(c);
-    fl_conn_fail(c, c->op, "host wait: %s", m ? m : "error");
-    lua_pop(L, 1);
-    return FL_ERR;
-  }
-  return FL_WAIT;
-}
-
-/* nil, message; the request is over */
-int fl_push_error(lua_State *L, fl_conn *c) {
-  char msg[FL_ERRLEN];
-  memcpy(msg, c->err, sizeof msg);
-  fl_conn_end(c);
-  lua_pushnil(L);
-  lua_pushstring(L, msg);
-  return 2;
-}
-
-/* a reply that is an error: nil, "fluxalock: <op> <where>: <msg>" */
-int fl_push_reply_error(lua_State *L, fl_conn *c) {
-  char msg[FL_ERRLEN];
-  snprintf(msg, sizeof msg, "fluxalock: %s %s: %s", c->op, c->pool->o.where,
-           c->reply->str ? c->reply->str : "error");
-  fl_conn_end(c);
-  lua_pushnil(L);
-  lua_pushstring(L, msg);
-  return 2;
 }

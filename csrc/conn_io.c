@@ -217,8 +217,8 @@ static void connected(fl_link *k) {
   double now = fl_now();
   int i;
   k->state = FL_LK_READY;
-  if (k->push) { /* the subscription: channels again, no reconnect count */
-    fl_sub_connected(k);
+  if (k->on_ready) { /* the subscription: channels again, no reconnect count */
+    k->on_ready(k);
     return;
   }
   if (k->ever) p->n.reconnects++; /* connected again (stats.c) */
@@ -263,8 +263,8 @@ static int dispatch(fl_link *k, redisReply *r, void *self) {
   fl_conn *c;
   int st;
   if (k->handshake > 0) return on_handshake(k, r);
-  if (k->push) { /* a subscription: no FIFO */
-    fl_sub_message(k, r);
+  if (k->on_message) { /* a subscription: no FIFO */
+    k->on_message(k, r);
     return 0;
   }
   if (k->qlen == 0) { /* nobody asked: not Redis, or out of step */

@@ -1,22 +1,26 @@
 /*
  * fluxalock: shared declarations of the C core.
  *
- * Objects (one file each):
- *   conn.c   fl_conn: a request queued on a shared link, and the one place
- *            that waits (poll(2), or the host's wait/park)
- *   conn_io.c fl_link: one socket (net.h) and its FIFO of requests, replies
- *            matched in order by a hiredis reader
- *   wake.c   the wake-up subscription of a pool under a host
- *   pool.c   fl_pool: options + links of one Redis, the Pool userdata
- *   multi.c  the requests of Redlock, Cluster and Sentinel pools (group.c:
- *            the group object)
- *   lock.c   the fluxalock.Lock userdata
- *   token.c  random tokens from the kernel CSPRNG
- *   renew.c  the renewal thread that keeps renewed locks alive (renew_io.c:
- *            its connections)
- *   keys.c   key naming (hash slots, companion keys) and the Lua scripts
- *   stats.c  counters (pool:counts) and the debug log (pool:setlog)
- *   core.c   luaopen_fluxalock_core
+ * Calls go one way, each layer calling only the ones below it:
+ *
+ *   userdata    lpool.c (fluxalock.Pool), llock.c (fluxalock.Lock),
+ *               stats.c (pool:counts, pool:setlog), wake.c's methods
+ *   strategies  fan.c: every request is a fan of legs, one per server asked;
+ *               a pool kind is one table of functions (fan.h): kind_single.c
+ *               (a single server is a one-leg group), kind_redlock.c,
+ *               kind_cluster.c, kind_sentinel.c; group.c the group object
+ *   driver      drive.c: the only waiter (poll(2), or the host's wait/park)
+ *   server      server.c: fl_pool, one server's options, links and deferred
+ *               releases; wake.c its wake-up subscription under a host
+ *   connection  conn.c: fl_conn, a request queued on a shared link, and the
+ *               reader role; conn_io.c: fl_link, one socket and its FIFO of
+ *               requests, replies matched in order by a hiredis reader
+ *   transport   net.h: net_tcp.c, net_tls.c, net_resolve.c (net_lua.c: the
+ *               TLS settings object)
+ *   leaves      keys.c (key naming, scripts, commands), token.c, clock.c
+ *
+ * renew.c/renew_io.c are the renewal thread: their own connections, never
+ * the Lua state.  core.c is luaopen_fluxalock_core.
  *
  * Ownership: fl_pool is malloc'd and reference counted.  The Pool userdata
  * holds one reference, every Lock holds one, so garbage-collection order and
@@ -142,7 +146,10 @@ typedef struct fl_link {
   int doomed;          /* the server will close it: no new requests */
   int ever;            /* connected before: a connect is a reconnect */
   int events;          /* what the transport waits for */
-  int push;            /* a subscription: every reply is a message (wake.c) */
+  /* a subscription (wake.c): every reply is a message for on_message, and
+     on_ready subscribes again after each connect; NULL for request links */
+  void (*on_ready)(struct fl_link *k);
+  void (*on_message)(struct fl_link *k, redisReply *r);
   int watched;         /* a waiter outside the FIFO waits on the socket */
   unsigned gen;        /* the pool's target generation at connect */
   char *out;           /* RESP bytes not yet sent */
@@ -177,8 +184,8 @@ typedef struct fl_pool {
   int nwakes, wakecap;
   struct fl_sub *sub; /* the wake-up subscription, or NULL (wake.c) */
   fl_pending *pending;
-  /* a group (multi.c): the lock lives on nodes, not on this pool's server */
-  int kind;                /* FL_SINGLE, FL_REDLOCK, FL_CLUSTER, FL_SENTINEL */
+  /* a group (group.c): the lock lives on nodes, not on this pool's server */
+  const struct fl_kind *ops; /* what its kind does (fan.h) */
   struct fl_pool **nodes;  /* one reference each */
   int nnodes, nodecap;
   unsigned short *slots;   /* cluster: node index + 1 per hash slot */
@@ -190,7 +197,6 @@ typedef struct fl_pool {
   fl_counts n;
 } fl_pool;
 
-enum { FL_SINGLE = 0, FL_REDLOCK = 1, FL_CLUSTER = 2, FL_SENTINEL = 3 };
 #define FL_MAXNODES 16 /* of a Redlock group */
 
 typedef struct fl_lock {
@@ -204,41 +210,44 @@ typedef struct fl_lock {
   char key[1];      /* prefix + key + NUL; the userdata is sized to fit */
 } fl_lock;
 
-/* conn.c */
+/* opts.c */
+void fl_opts_free(fl_opts *o);
+int fl_opts_copy(fl_opts *dst, const fl_opts *src);
+
+/* clock.c */
 double fl_now(void);
+
+/* conn.c: requests */
 void fl_conn_free(fl_conn *c);
-void fl_link_free(fl_link *k);
-void fl_link_close(fl_link *k, const char *why);
-int fl_link_idle(const fl_link *k);
-void fl_link_send(fl_link *k);
 void fl_conn_disconnect(fl_conn *c);
 void fl_conn_detach(fl_conn *c);
 int fl_conn_fd(const fl_conn *c);
 int fl_conn_claim(fl_conn *c, double now, double left);
 void fl_conn_unclaim(fl_conn *c);
-void fl_wake_flush(lua_State *L, fl_pool *p, int hostidx);
-int fl_host_wait(lua_State *L, fl_conn *c, int hostidx, double left,
-                 lua_KContext ctx, lua_KFunction k);
 int fl_conn_begin(fl_conn *c, const char *op, double extra);
 int fl_conn_step(fl_conn *c);
 void fl_conn_end(fl_conn *c);
-void fl_reader_cap(redisReader *r);
-int fl_run(lua_State *L, fl_conn *c, int hostidx, lua_KFunction k,
-           lua_KContext ctx);
-int fl_resume(lua_State *L, fl_conn *c, int status);
-int fl_push_error(lua_State *L, fl_conn *c);
-int fl_push_reply_error(lua_State *L, fl_conn *c);
 int fl_conn_timeout(fl_conn *c);
+const char *fl_conn_errmsg(const fl_conn *c);
+void fl_conn_setmsg(fl_conn *c, const char *msg);
+
+/* conn_io.c: links */
+void fl_link_free(fl_link *k);
+void fl_link_close(fl_link *k, const char *why);
+int fl_link_idle(const fl_link *k);
+void fl_link_send(fl_link *k);
+void fl_reader_cap(redisReader *r);
+
+int fl_conn_block(fl_conn *c);
+
+/* drive.c */
+void fl_wake_flush(lua_State *L, fl_pool *p, int hostidx);
 
 /* wake.c: one subscription per pool to the wake-up channels of its waiters */
 void fl_sub_free(fl_pool *p);
-void fl_sub_connected(fl_link *k);
-void fl_sub_message(fl_link *k, redisReply *r);
 void fl_sub_open(lua_State *L);
-#define FL_WAKE_ID_LEN 16
-const char *fl_wake_id(void);
 
-/* pool.c */
+/* server.c */
 fl_pool *fl_pool_ref(fl_pool *p);
 void fl_pool_unref(fl_pool *p);
 fl_conn *fl_pool_conn(fl_pool *p);
@@ -246,38 +255,38 @@ void fl_pool_defer(fl_pool *p, const char *key, size_t keylen,
                    const char *wake, size_t wakelen, const char *token);
 void fl_pool_flush(fl_pool *p);
 void fl_pool_close_idle(fl_pool *p);
+
+/* lpool.c: the Pool userdata holds one reference, NULL once closed */
 int fl_pool_open(lua_State *L);
-fl_pool *fl_checkpool(lua_State *L, int idx);
-void fl_opts_free(fl_opts *o);
-int fl_opts_copy(fl_opts *dst, const fl_opts *src);
+typedef struct fl_pool_ud {
+  fl_pool *p;
+} fl_pool_ud;
 
-/* group.c: the group object of a Redlock, Cluster or Sentinel pool */
+static inline fl_pool *fl_checkpool(lua_State *L, int idx) {
+  fl_pool_ud *u = luaL_checkudata(L, idx, FL_POOL_MT);
+  if (!u->p) luaL_argerror(L, idx, "pool is closed");
+  return u->p;
+}
+
+/* group.c: the group object of a Redlock, Cluster or Sentinel pool; the
+   kinds' own Pool methods */
+void fl_group_close(fl_pool *p);
+int fl_group_fresh(const fl_pool *g);
+int fl_group_add(fl_pool *g, fl_pool *n);
 int fl_group_node(fl_pool *g, const char *host, int port);
-fl_pool *fl_group_slot_node(fl_pool *g, const char *lkey, size_t len);
-
-/* multi.c: Redlock groups and clusters */
-void fl_multi_free(fl_pool *p);
-int fl_multi_group(lua_State *L);
-int fl_multi_setslots(lua_State *L);
-int fl_multi_info(lua_State *L);
-int fl_multi_redirects(lua_State *L);
-int fl_multi_setrecover(lua_State *L);
-void fl_multi_close(fl_pool *p);
-int fl_multi_obtain(lua_State *L);
-int fl_multi_await(lua_State *L);
-int fl_multi_lock(lua_State *L, int op);
-void fl_multi_gc(fl_lock *lk);
+int fl_group_info(lua_State *L);
+int fl_group_redirects(lua_State *L);
+int fl_cluster_setslots(lua_State *L);
+int fl_sentinel_setrecover(lua_State *L);
 enum { FL_OP_OBTAIN, FL_OP_AWAIT, FL_OP_RELEASE, FL_OP_CLOSE, FL_OP_TTL, FL_OP_REFRESH,
        FL_OP_CALL };
 
-/* lock.c */
+/* llock.c */
 fl_lock *fl_lock_new(lua_State *L, int poolidx, fl_pool *p, const char *key,
                      size_t keylen);
 lua_Integer fl_checkms(lua_State *L, int arg, const char *what);
-void fl_cmd_release(fl_cmd *cmd, const char *key, size_t keylen,
-                    const char *wake, size_t wakelen, const char *token);
 int fl_lock_open(lua_State *L);
-void fl_notify(lua_State *L, int lockidx);
+#define FL_NOTIFY "fluxalock.notify" /* registry: core.setnotify's function */
 
 /* renew.c: the renewal thread (its own connections, never the Lua state) */
 int fl_renew_start(lua_State *L);  /* core.renew(lock, ttl_ms, every_ms, sent_at) */
@@ -290,12 +299,15 @@ void fl_renew_counts(fl_pool *p, long long *renewed, long long *lost);
 int fl_renew_found_lost(const fl_lock *lk); /* counted lost by the thread */
 void fl_renew_pool_free(fl_pool *p);
 /* stats.c */
+void fl_notify(lua_State *L, int lockidx);
 int fl_done(lua_State *L, fl_pool *p, fl_lock *lk, int op, const char *key,
             size_t keylen, double t0, int nres, int pud);
 void fl_stats_open(lua_State *L);
 
 /* token.c */
 int fl_token(char out[FL_TOKEN_LEN]);
+#define FL_WAKE_ID_LEN 16
+const char *fl_wake_id(void); /* this process's id in its releases' messages */
 
 /* keys.c */
 unsigned fl_slot(const char *key, size_t len);
@@ -306,5 +318,14 @@ char *fl_companion_dup(const fl_opts *o, const char *key, size_t keylen,
 void fl_scripts_init(void);
 void fl_cmd_script(fl_cmd *cmd, int script, int nkeys);
 void fl_cmd_arg(fl_cmd *cmd, const char *s, size_t len);
+void fl_cmd_obtain(fl_cmd *cmd, char num[32], const char *key, size_t keylen,
+                   const char *fence, size_t fencelen, const char *token, long long ms);
+void fl_cmd_release(fl_cmd *cmd, const char *key, size_t keylen,
+                    const char *wake, size_t wakelen, const char *token);
+void fl_cmd_ttl(fl_cmd *cmd, const char *key, size_t keylen, const char *token);
+void fl_cmd_refresh(fl_cmd *cmd, char num[32], const char *key, size_t keylen,
+                    const char *token, long long ms, int replace);
+void fl_cmd_await(fl_cmd *cmd, char num[32], const char *wake, size_t wakelen,
+                  double secs);
 
 #endif

@@ -245,3 +245,57 @@ void fl_cmd_arg(fl_cmd *cmd, const char *s, size_t len) {
   cmd->argvlen[cmd->argc] = len;
   cmd->argc++;
 }
+
+/* ---- the commands of the lock operations ------------------------------- */
+
+/* num: room for the ms argument, memory that lives as long as cmd */
+void fl_cmd_obtain(fl_cmd *cmd, char num[32], const char *key, size_t keylen,
+                   const char *fence, size_t fencelen, const char *token, long long ms) {
+  snprintf(num, 32, "%lld", ms);
+  fl_cmd_script(cmd, FL_S_OBTAIN, 2);
+  fl_cmd_arg(cmd, key, keylen);
+  fl_cmd_arg(cmd, fence, fencelen);
+  fl_cmd_arg(cmd, token, FL_TOKEN_LEN);
+  fl_cmd_arg(cmd, num, strlen(num));
+}
+
+void fl_cmd_release(fl_cmd *cmd, const char *key, size_t keylen,
+                    const char *wake, size_t wakelen, const char *token) {
+  fl_cmd_script(cmd, FL_S_RELEASE, 2);
+  fl_cmd_arg(cmd, key, keylen);
+  fl_cmd_arg(cmd, wake, wakelen);
+  fl_cmd_arg(cmd, token, FL_TOKEN_LEN);
+  /* a wake-up nobody takes is gone after 1 s: at worst one waiter that
+     arrives later tries once for nothing */
+  fl_cmd_arg(cmd, "1000", 4);
+  /* the message names this process: its own subscription skips it (the
+     release already woke the local waiter) */
+  fl_cmd_arg(cmd, fl_wake_id(), FL_WAKE_ID_LEN);
+}
+
+void fl_cmd_ttl(fl_cmd *cmd, const char *key, size_t keylen, const char *token) {
+  fl_cmd_script(cmd, FL_S_TTL, 1);
+  fl_cmd_arg(cmd, key, keylen);
+  fl_cmd_arg(cmd, token, FL_TOKEN_LEN);
+}
+
+void fl_cmd_refresh(fl_cmd *cmd, char num[32], const char *key, size_t keylen,
+                    const char *token, long long ms, int replace) {
+  snprintf(num, 32, "%lld", ms);
+  fl_cmd_script(cmd, FL_S_REFRESH, 1);
+  fl_cmd_arg(cmd, key, keylen);
+  fl_cmd_arg(cmd, token, FL_TOKEN_LEN);
+  fl_cmd_arg(cmd, num, strlen(num));
+  fl_cmd_arg(cmd, replace ? "1" : "0", 1);
+}
+
+/* BLPOP on the wake-up list for secs (>= 0.001: BLPOP 0 blocks for ever) */
+void fl_cmd_await(fl_cmd *cmd, char num[32], const char *wake, size_t wakelen,
+                  double secs) {
+  snprintf(num, 32, "%.3f", secs);
+  cmd->argc = 0;
+  cmd->script = -1;
+  fl_cmd_arg(cmd, "BLPOP", 5);
+  fl_cmd_arg(cmd, wake, wakelen);
+  fl_cmd_arg(cmd, num, strlen(num));
+}

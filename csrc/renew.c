@@ -89,6 +89,7 @@
 #include <unistd.h>
 
 #include "renew.h"
+#include "kind.h"
 #include "net.h"
 
 typedef struct thr {      /* one run of the renewal thread */
@@ -433,23 +434,12 @@ static int handover(fl_renewal *e) {
 }
 
 /* the servers the refresh goes to, as the lock's pool says now */
-static int targets(fl_renewal *e, const fl_pool *p) {
-  int i, n = 1;
-  const fl_opts *src[FL_MAXNODES];
-  src[0] = &p->o;
-  e->quorum = 1;
-  if (p->kind == FL_REDLOCK) {
-    n = p->nnodes;
-    for (i = 0; i < n; i++) src[i] = &p->nodes[i]->o;
-    e->quorum = n / 2 + 1;
-  } else if (p->kind == FL_CLUSTER) {
-    unsigned short k = p->slots[fl_slot(e->key, e->keylen)];
-    src[0] = &p->nodes[k ? k - 1 : 0]->o;
-  } else if (p->kind == FL_SENTINEL) {
-    src[0] = &p->nodes[0]->o; /* the master found at obtain */
-  }
+static int targets(fl_renewal *e, fl_pool *p, const fl_lock *lk) {
+  fl_pool *nodes[FL_MAXNODES];
+  int i, n = p->ops->nodes(p, lk->key, lk->keylen, nodes);
+  e->quorum = n / 2 + 1; /* one server: 1 */
   for (i = 0; i < n; i++) {
-    if (fl_opts_copy(&e->targets[i], src[i]) != 0) return -1;
+    if (fl_opts_copy(&e->targets[i], &nodes[i]->o) != 0) return -1;
     e->ntargets = i + 1;
   }
   return 0;
@@ -463,7 +453,7 @@ static fl_renewal *entry_new(const fl_lock *lk, fl_pool *p, lua_Integer ttl,
   e->pid = (long)getpid();
   e->counts = p->rcounts;
   RN_ADD(&p->rcounts->refs, 1);
-  if (!(e->key = malloc(lk->keylen + 1)) || targets(e, p) != 0) {
+  if (!(e->key = malloc(lk->keylen + 1)) || targets(e, p, lk) != 0) {
     entry_free(e);
     return NULL;
   }

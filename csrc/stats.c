@@ -194,3 +194,16 @@ void fl_stats_open(lua_State *L) {
   luaL_setfuncs(L, meth, 0);
   lua_pop(L, 2);
 }
+
+/* tell the Lua layer that the key of the lock at lockidx was released:
+   notify(full key, the Pool userdata that made it); never raises or yields */
+void fl_notify(lua_State *L, int lockidx) {
+  const fl_lock *lk = luaL_testudata(L, lockidx, FL_LOCK_MT);
+  if (!lk || lua_getfield(L, LUA_REGISTRYINDEX, FL_NOTIFY) != LUA_TFUNCTION) {
+    if (lk) lua_pop(L, 1);
+    return;
+  }
+  lua_pushlstring(L, lk->key, lk->keylen);
+  lua_getiuservalue(L, lockidx, 1);
+  if (lua_pcall(L, 2, 0, 0) != LUA_OK) lua_pop(L, 1);
+}

@@ -76,3 +76,10 @@ int fl_token(char out[FL_TOKEN_LEN]) {
   memset(pool + avail, 0, 16); /* used bytes never linger */
   return 0;
 }
+
+/* this process's id in its releases' messages: random, made once */
+const char *fl_wake_id(void) {
+  static char id[FL_TOKEN_LEN + 1];
+  if (!id[0] && fl_token(id) != 0) memcpy(id, "0000000000000000", FL_WAKE_ID_LEN);
+  return id;
+}

@@ -32,13 +32,6 @@ typedef struct fl_sub {
 
 #define GRACE 0.05
 
-/* this process's id in its releases' messages: random, made once */
-const char *fl_wake_id(void) {
-  static char id[FL_TOKEN_LEN + 1];
-  if (!id[0] && fl_token(id) != 0) memcpy(id, "0000000000000000", FL_WAKE_ID_LEN);
-  return id;
-}
-
 void fl_sub_free(fl_pool *p) {
   fl_sub *s = p->sub;
   int i;
@@ -65,7 +58,7 @@ static int send_cmd(fl_link *k, const char *word, const char *ch, size_t len) {
 }
 
 /* connected (again): subscribe to every channel */
-void fl_sub_connected(fl_link *k) {
+static void sub_connected(fl_link *k) {
   fl_sub *s = k->pool->sub;
   int i;
   if (!s) return;
@@ -77,7 +70,7 @@ void fl_sub_connected(fl_link *k) {
 }
 
 /* ["message", channel, payload]: remember the channel for delivery */
-void fl_sub_message(fl_link *k, redisReply *r) {
+static void sub_message(fl_link *k, redisReply *r) {
   fl_sub *s = k->pool->sub;
   if (s && r->type == REDIS_REPLY_ARRAY && r->elements == 3 &&
       r->element[0]->type == REDIS_REPLY_STRING && r->element[1]->type == REDIS_REPLY_STRING &&
@@ -111,7 +104,8 @@ static fl_sub *sub_of(fl_pool *p) {
       return NULL;
     }
     s->k->pool = p;
-    s->k->push = 1;
+    s->k->on_ready = sub_connected;
+    s->k->on_message = sub_message;
     p->sub = s;
   }
   return p->sub;

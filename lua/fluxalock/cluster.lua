@@ -1,7 +1,7 @@
 -- fluxalock.cluster: a pool over a Redis Cluster.
 --
 -- The C core routes every request by the lock key's hash slot and follows
--- MOVED and ASK itself (csrc/multi.c).  This layer keeps its slot map whole:
+-- MOVED and ASK itself (csrc/kind_cluster.c).  This layer keeps its slot map whole:
 -- it loads CLUSTER SLOTS from any reachable node on the first call, after a
 -- call failed (a node died: a replica takes over its slots), and after the
 -- core followed a MOVED (slots were resharded or failed over).  It has the

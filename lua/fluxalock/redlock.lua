@@ -1,5 +1,5 @@
 -- fluxalock.redlock: a pool over N independent Redis masters (Redlock).
--- The C core does the work (csrc/multi.c): every request goes to all nodes
+-- The C core does the work (csrc/kind_redlock.c): every request goes to all nodes
 -- at once and a lock counts when a majority holds it within its validity.
 local core = require "fluxalock.core"
 

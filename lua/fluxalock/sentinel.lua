@@ -3,7 +3,7 @@
 -- It has the methods of a core Pool that the Locker uses (obtain, await,
 -- call, close, sethost, where).  The core pool 'data' speaks to the master
 -- and is pointed elsewhere after a failover (pool:retarget); locks belong to
--- the 'group' around it (csrc/multi.c), so they follow it, and a lock whose
+-- the 'group' around it (csrc/kind_sentinel.c), so they follow it, and a lock whose
 -- release/ttl/refresh fails asks this layer to look again (setrecover)
 -- before trying once more.
 --

@@ -1,0 +1,299 @@
+/*
+ * The driver: the one place that waits.
+ *
+ * fl_fan_drive() steps every leg of a fan without blocking, then waits for
+ * them: with poll(2) on all their sockets in a plain script, or through the
+ * host table under an event-loop host.  There one coroutine per link (its
+ * reader) waits on the socket through host.wait; the others park
+ * (host.park, on their request's park key) and are unparked when a reader
+ * has dispatched their replies (conn_io.c collects the wake-ups, drive.c
+ * delivers them with host.unpark).  The host may yield: Lua then calls the
+ * continuation k, which finds the fan on the stack and comes back here.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <errno.h>
+#include <poll.h>
+#include <stdio.h>
+#include <string.h>
+#include <stdlib.h>
+
+#include "fan.h"
+
+#define GRACE 0.05 /* as conn.c: a reader not back this long is abandoned */
+
+/* call host.unpark(key) for every wake-up p collected; never yields.  An
+   unpark runs Lua, so a collection may finalize an abandoned request that
+   adds wake-ups meanwhile: the list is read afresh at each step */
+void fl_wake_flush(lua_State *L, fl_pool *p, int hostidx) {
+  int i;
+  if (!p->nwakes) return;
+  if (!L || !hostidx || lua_type(L, hostidx) != LUA_TTABLE) {
+    p->nwakes = 0;
+    return;
+  }
+  for (i = 0; i < p->nwakes; i++) {
+    if (lua_getfield(L, hostidx, "unpark") != LUA_TFUNCTION) {
+      lua_pop(L, 1);
+      break;
+    }
+    lua_pushlightuserdata(L, p->wakes[i]);
+    if (lua_pcall(L, 1, 0, 0) != LUA_OK) lua_pop(L, 1); /* best effort */
+  }
+  p->nwakes = 0;
+}
+
+/* deliver the wake-ups the fan's servers collected (other coroutines') */
+static void fan_wakes(lua_State *L, fl_fan *f) {
+  int i;
+  if (!f->hidx) return;
+  fl_wake_flush(L, f->g, f->hidx);
+  for (i = 0; i < f->g->nnodes; i++) fl_wake_flush(L, f->g->nodes[i], f->hidx);
+}
+
+/* the host's wait failed (or a poll): every leg still running fails */
+static void fail_running(fl_fan *f, const char *why) {
+  int i;
+  for (i = 0; i < f->nlegs; i++) {
+    fl_leg *l = &f->legs[i];
+    if (l->st != LEG_RUN && l->st != LEG_PAUSE) continue;
+    if (!l->c && !(l->c = fl_pool_conn(l->node))) {
+      fl_leg_fail(l, "out of memory");
+      continue;
+    }
+    fl_leg_fail(l, "fluxalock: %s %s: host wait: %s", fl_opname(f->op), l->node->o.where, why);
+  }
+}
+
+/* one wait of the fan under a host: on a leg's socket when the fan may be
+   that link's reader, else parked on the fan until a reader wakes it */
+static int host_wait(lua_State *L, fl_fan *f, double now, double left, lua_KFunction k) {
+  int i;
+  fl_conn *wc = NULL;
+  double t = left;
+  for (i = 0; i < f->nlegs && !wc; i++) {
+    fl_leg *l = &f->legs[i];
+    if (l->st == LEG_RUN && fl_conn_fd(l->c) >= 0 &&
+        (!l->c->pool->has_park || fl_conn_claim(l->c, now, left)))
+      wc = l->c;
+  }
+  for (i = 0; i < f->nlegs; i++) /* one link at a time: the others go on */
+    if (f->legs[i].st == LEG_RUN && f->legs[i].c != wc) {
+      fl_conn_unclaim(f->legs[i].c);
+      if (f->legs[i].c->link && f->legs[i].c->link->rdl + GRACE - now < t)
+        t = f->legs[i].c->link->rdl + GRACE - now;
+    }
+  fan_wakes(L, f); /* before this coroutine sleeps */
+  if (wc) {
+    lua_getfield(L, f->hidx, "wait");
+    lua_pushinteger(L, fl_conn_fd(wc));
+    lua_pushstring(L, wc->events == POLLOUT ? "w" : "r");
+    lua_pushnumber(L, left);
+    return lua_pcallk(L, 3, 0, 0, (lua_KContext)f, k);
+  }
+  if (lua_getfield(L, f->hidx, "park") != LUA_TFUNCTION) {
+    /* a wait-only host and nothing to wait on (all legs pausing): short */
+    lua_pop(L, 1);
+    poll(NULL, 0, (int)(left * 1000.0) + 1);
+    return LUA_OK;
+  }
+  lua_pushlightuserdata(L, f);
+  lua_pushnumber(L, t > 0.001 ? t : 0.001);
+  return lua_pcallk(L, 2, 0, 0, (lua_KContext)f, k);
+}
+
+/* the legs' sockets, and the earliest moment one of them must be looked at */
+static int gather(fl_fan *f, struct pollfd *pfd, int *np, double *until) {
+  int i, active = 0;
+  *np = 0;
+  for (i = 0; i < f->nlegs; i++) {
+    fl_leg *l = &f->legs[i];
+    if (l->st == LEG_RUN) {
+      double d = l->c->deadline;
+      if (l->c->limit > 0 && l->c->limit < d) d = l->c->limit;
+      if (d < *until) *until = d;
+      if (fl_conn_fd(l->c) >= 0 && *np < FL_MAXNODES) {
+        pfd[*np].fd = fl_conn_fd(l->c);
+        pfd[*np].events = (short)l->c->events;
+        pfd[*np].revents = 0;
+        (*np)++;
+      }
+      active++;
+    } else if (l->st == LEG_PAUSE) {
+      if (l->resume < *until) *until = l->resume;
+      active++;
+    }
+  }
+  return active;
+}
+
+/* run every leg to its end (may yield through the host) */
+static void drive(lua_State *L, fl_fan *f, lua_KFunction k) {
+  int host = f->hidx && lua_type(L, f->hidx) == LUA_TTABLE;
+  for (;;) {
+    struct pollfd pfd[FL_MAXNODES];
+    int i, np;
+    double now = fl_now(), until = now + 3600;
+    for (i = 0; i < f->nlegs; i++) fl_leg_step(f, &f->legs[i], now);
+    if (f->ops->settle) f->ops->settle(f);
+    now = fl_now();
+    if (!gather(f, pfd, &np, &until)) {
+      if (host) fan_wakes(L, f);
+      return;
+    }
+    if (until < now) until = now;
+    if (host) {
+      int st = host_wait(L, f, now, until - now, k);
+      if (st != LUA_OK) {
+        const char *m = lua_tostring(L, -1);
+        fail_running(f, m ? m : "error");
+        lua_pop(L, 1);
+        fan_wakes(L, f);
+        return;
+      }
+    } else {
+      int ms = (int)((until - now) * 1000.0) + 1; /* round up: never wake before */
+      if (poll(pfd, (nfds_t)np, ms) < 0 && errno != EINTR) fail_running(f, strerror(errno));
+    }
+  }
+}
+
+/* ---- the continuation -------------------------------------------------------------- */
+
+static int fan_k(lua_State *L, int status, lua_KContext ctx);
+static int recover_k(lua_State *L, int status, lua_KContext ctx);
+
+/* after recover() returned (or raised): 1 when the request was started
+   again on the pool's new target */
+static int recovered(lua_State *L, fl_fan *f, int status) {
+  int ok = (status == LUA_OK || status == LUA_YIELD) && lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  if (!ok) return 0;
+  if (f->op == FL_OP_CLOSE || f->op == FL_OP_RELEASE) {
+    fl_lock *lk = lua_touserdata(L, FAN_LOCK);
+    lk->held = 0; /* as before the first try */
+  }
+  fl_fan_restart(f, f->op);
+  f->phase = 0;
+  return 1;
+}
+
+/* the verdict's r results (on top): counted and logged once per operation
+   (stats.c), with the fan given back first */
+static int fan_done(lua_State *L, fl_fan *f, int r) {
+  int op = f->op0;
+  fl_lock *lk = op == FL_OP_OBTAIN || op == FL_OP_AWAIT || op == FL_OP_CALL
+                    ? NULL : lua_touserdata(L, FAN_LOCK);
+  fl_pool *g = fl_pool_ref(f->g);
+  const char *key = f->key;
+  size_t keylen = f->keylen;
+  double start = f->start;
+  fl_fan_release(f);
+  fl_done(L, g, lk, op, key, keylen, start, r, f->poolidx);
+  fl_pool_unref(g);
+  if (op == FL_OP_RELEASE || op == FL_OP_CLOSE) fl_notify(L, FAN_LOCK);
+  return op == FL_OP_CLOSE ? 0 : r;
+}
+
+static int fan_loop(lua_State *L, fl_fan *f) {
+  for (;;) {
+    int r;
+    drive(L, f, fan_k);
+    if (f->ops->recover && f->ops->recover(L, f) &&
+        recovered(L, f, lua_pcallk(L, 0, 1, 0, (lua_KContext)f, recover_k)))
+      continue;
+    if ((r = f->ops->verdict(L, f)) >= 0) return fan_done(L, f, r);
+  }
+}
+
+static int recover_k(lua_State *L, int status, lua_KContext ctx) {
+  fl_fan *f = (fl_fan *)ctx;
+  int r;
+  if (!recovered(L, f, status) && (r = f->ops->verdict(L, f)) >= 0) return fan_done(L, f, r);
+  return fan_loop(L, f);
+}
+
+static int fan_k(lua_State *L, int status, lua_KContext ctx) {
+  fl_fan *f = (fl_fan *)ctx;
+  if (status != LUA_OK && status != LUA_YIELD) {
+    const char *m = lua_tostring(L, -1);
+    fail_running(f, m ? m : "error");
+    lua_pop(L, 1);
+  }
+  return fan_loop(L, f);
+}
+
+/* ---- the requests ---------------------------------------------------------- */
+
+/* pool:obtain(key, ms) for the new lock lk at FAN_LOCK; stack: 1 pool,
+   2 key, 3 ms */
+int fl_drive_obtain(lua_State *L, fl_lock *lk, lua_Integer ms) {
+  fl_fan *f = fl_fan_new(L, lk->pool, FL_OP_OBTAIN, 1, lk->key, lk->keylen);
+  f->key = lk->key + lk->prefixlen;
+  f->keylen = lk->keylen - lk->prefixlen;
+  f->token = lk->token;
+  f->ms = ms;
+  fl_fan_start(f);
+  return fan_loop(L, f);
+}
+
+/*
+ * pool:await(key, seconds, limit) -> true (woken) | false (timed out) |
+ * nil, msg.  Redis times BLPOP out only as often as its event loop ticks
+ * (every 100 ms at the default hz 10), so the server's timeout cannot be
+ * trusted to end a wait on time: 'limit' (seconds from now) is enforced here,
+ * and a BLPOP still blocked then is abandoned with its connection.
+ */
+int fl_drive_await(lua_State *L) {
+  fl_pool *g = fl_checkpool(L, 1);
+  size_t keylen, plen = g->o.prefixlen;
+  const char *key = luaL_checklstring(L, 2, &keylen);
+  lua_Number secs = luaL_checknumber(L, 3);
+  lua_Number limit = luaL_optnumber(L, 4, 0);
+  char *lkey;
+  fl_fan *f;
+  lua_settop(L, FAN_HOST);
+  /* the full lock key, for the cluster slot: kept in a userdata at FAN_LOCK */
+  lkey = lua_newuserdatauv(L, plen + keylen + 1, 0);
+  memcpy(lkey, g->o.prefix, plen);
+  memcpy(lkey + plen, key, keylen);
+  f = fl_fan_new(L, g, FL_OP_AWAIT, 1, lkey, plen + keylen);
+  f->key = key;
+  f->keylen = keylen;
+  f->secs = secs < 0.001 ? 0.001 : secs; /* BLPOP 0 would block for ever */
+  f->limit = limit > 0 ? fl_now() + limit : 0;
+  fl_fan_start(f);
+  return fan_loop(L, f);
+}
+
+/* lock:release/ttl/refresh/__close; stack: 1 lock (refresh: 2 ms, 3 replace) */
+int fl_drive_lock(lua_State *L, int op) {
+  fl_lock *lk = luaL_checkudata(L, 1, FL_LOCK_MT);
+  lua_Integer ms = op == FL_OP_REFRESH ? lua_tointeger(L, 2) : 0;
+  int replace = op == FL_OP_REFRESH && lua_toboolean(L, 3);
+  fl_fan *f;
+  lua_settop(L, 3);
+  lua_getiuservalue(L, 1, 1); /* 4: the pool userdata */
+  lua_pushnil(L);             /* FAN_HOST */
+  lua_pushvalue(L, 1);        /* FAN_LOCK */
+  f = fl_fan_new(L, lk->pool, op, 4, lk->key, lk->keylen);
+  f->key = lk->key + lk->prefixlen;
+  f->keylen = lk->keylen - lk->prefixlen;
+  f->token = lk->token;
+  f->ms = ms;
+  f->replace = replace;
+  if (op == FL_OP_RELEASE || op == FL_OP_CLOSE) lk->held = 0; /* first */
+  fl_fan_start(f);
+  return fan_loop(L, f);
+}
+
+/* pool:call(words): cmd's words are anchored at FAN_LOCK (a table) */
+int fl_drive_call(lua_State *L, const fl_cmd *cmd) {
+  fl_pool *g = fl_checkpool(L, 1);
+  /* the command word names the event, never the arguments */
+  fl_fan *f = fl_fan_new(L, g, FL_OP_CALL, 1, cmd->argv[0], cmd->argvlen[0]);
+  f->call = cmd;
+  f->key = cmd->argv[0];
+  f->keylen = cmd->argvlen[0];
+  fl_fan_start(f);
+  return fan_loop(L, f);
+}

@@ -1,0 +1,73 @@
+/*
+ * fan.h: the strategy layer.  One request of a pool (obtain, wait, release,
+ * ttl, refresh, call) is a fan of legs, one per server asked, all in flight
+ * at once (fan.c builds and steps them, drive.c waits for them).  What a
+ * pool kind changes (which servers a key lives on, what a reply means, how
+ * the legs' answers add up) is one table of functions, fl_kind (kind.h), in
+ * one file per kind: kind_single.c (a single server is a one-leg group),
+ * kind_redlock.c, kind_cluster.c, kind_sentinel.c.
+ */
+#ifndef FLUXALOCK_FAN_H
+#define FLUXALOCK_FAN_H
+
+#include "kind.h"
+
+/* stack slots of every request (fan.c): 1..4 the method's arguments */
+#define FAN_HOST 5 /* the host table, or nil */
+#define FAN_LOCK 6 /* the Lock (a Call: its command words) */
+#define FAN_SELF 7 /* the fan userdata */
+#define FAN_UNDO 8 /* a failed Redlock obtain being undone: its message */
+
+enum { LEG_IDLE, LEG_RUN, LEG_PAUSE, LEG_DONE, LEG_ERR, LEG_LATE };
+
+typedef struct fl_leg {
+  fl_pool *node;      /* borrowed: the group (or, single, the fan) holds it */
+  fl_conn *c;         /* its request while it runs, or its failure's */
+  int st, hops, asking, tries, fallbacks;
+  double resume;      /* LEG_PAUSE: when to try again */
+  double until;       /* TRYAGAIN is retried until then */
+  long long n;        /* the integer reply */
+  const char *err;    /* LEG_ERR: in c->err while c is kept, else static */
+  redisReply *reply;  /* a call's reply, owned until the verdict takes it */
+} fl_leg;
+
+typedef struct fl_fan {
+  fl_pool *g;         /* one reference while the fan runs */
+  const struct fl_kind *ops;
+  int op, op0;        /* op becomes RELEASE for an undo; op0 is asked */
+  int phase, nlegs, hidx;
+  int poolidx;        /* the Pool userdata's stack index */
+  int recovered;      /* the recover function was called */
+  int undo_errs;      /* a failed obtain being undone: its errors */
+  int unacked;        /* a node set the lock but its replicas did not confirm */
+  int replace;
+  const char *key, *lkey, *token; /* anchored on the stack */
+  size_t keylen, lkeylen;
+  long long ms;
+  double secs, limit, start;
+  const fl_cmd *call; /* FL_OP_CALL: the command (words anchored) */
+  fl_leg legs[];      /* nlegs of them: the userdata is sized to fit */
+} fl_fan;
+
+/* fan.c */
+const char *fl_opname(int op);
+void fl_leg_start(fl_fan *f, fl_leg *l);
+void fl_leg_fail(fl_leg *l, const char *fmt, ...);
+void fl_leg_step(fl_fan *f, fl_leg *l, double now);
+void fl_fan_restart(fl_fan *f, int op);
+int fl_fan_failure(lua_State *L, const fl_fan *f, int errs, const char *first);
+int fl_fan_undo(lua_State *L, fl_fan *f, int errs, const char *first);
+int fl_verdict_one(lua_State *L, fl_fan *f);
+fl_fan *fl_fan_new(lua_State *L, fl_pool *g, int op, int pooludx, const char *lkey,
+                   size_t lkeylen);
+void fl_fan_start(fl_fan *f);
+void fl_fan_release(fl_fan *f);
+void fl_fan_defer(fl_lock *lk);
+
+/* drive.c: the requests, run to their answer */
+int fl_drive_obtain(lua_State *L, fl_lock *lk, lua_Integer ms);
+int fl_drive_await(lua_State *L);
+int fl_drive_lock(lua_State *L, int op);
+int fl_drive_call(lua_State *L, const fl_cmd *cmd);
+
+#endif

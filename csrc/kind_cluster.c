@@ -1,0 +1,186 @@
+/*
+ * Redis Cluster.  Every request goes to the node that serves the lock key's
+ * hash slot (slot map from CLUSTER SLOTS, given by the Lua layer through
+ * pool:setslots); MOVED updates that slot and goes on, ASK sends ASKING +
+ * the command once, on the same connection; TRYAGAIN (a slot migrating) and
+ * CLUSTERDOWN wait a little and try again, within the command's timeout.
+ * At most MAX_HOPS redirects per request: no retry storm.  A node that
+ * refuses or drops the connection is replaced by another node (which
+ * answers MOVED to whoever serves the slot now), twice at most.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fan.h"
+
+#define MAX_HOPS 5
+
+static void cluster_setup(lua_State *L, fl_pool *g, int n) {
+  int i;
+  if (!(g->slots = calloc(16384, sizeof *g->slots))) luaL_error(L, "fluxalock: out of memory");
+  g->o.cluster = 1;
+  for (i = 1; i <= n; i++) {
+    char host[256];
+    int port;
+    lua_rawgeti(L, 3, i);
+    lua_rawgeti(L, -1, 1);
+    lua_rawgeti(L, -2, 2);
+    snprintf(host, sizeof host, "%s", luaL_checkstring(L, -2));
+    port = (int)luaL_checkinteger(L, -1);
+    if (fl_group_node(g, host, port) < 0) luaL_error(L, "fluxalock: out of memory");
+    lua_pop(L, 3);
+  }
+}
+
+/* the node that serves the slot of the full key lkey */
+static fl_pool *slot_node(fl_pool *g, const char *lkey, size_t len) {
+  unsigned short i = g->slots[fl_slot(lkey, len)];
+  return g->nodes[i ? i - 1 : 0];
+}
+
+static int cluster_nodes(fl_pool *g, const char *lkey, size_t len, fl_pool **out) {
+  out[0] = slot_node(g, lkey, len);
+  return 1;
+}
+
+static int starts(const redisReply *r, const char *p) {
+  return r->type == REDIS_REPLY_ERROR && r->str && strncmp(r->str, p, strlen(p)) == 0;
+}
+
+/* "MOVED 3999 127.0.0.1:6381" -> slot, host, port; 0 when malformed */
+static int parse_redirect(const char *s, unsigned *slot, char *host, size_t hostcap,
+                          int *port) {
+  const char *sp = strchr(s, ' '), *addr, *colon;
+  char *end;
+  unsigned long sl;
+  long sl2;
+  size_t hl;
+  if (!sp) return 0;
+  sl = strtoul(sp + 1, &end, 10);
+  if (*end != ' ' || sl > 16383) return 0;
+  addr = end + 1;
+  colon = strrchr(addr, ':');
+  if (!colon) return 0;
+  hl = (size_t)(colon - addr);
+  if (hl >= hostcap) return 0;
+  memcpy(host, addr, hl);
+  host[hl] = '\0';
+  if (!hl) snprintf(host, hostcap, "127.0.0.1"); /* ":port": the same host */
+  sl2 = strtol(colon + 1, &end, 10);
+  if (*end != '\0' || sl2 < 1 || sl2 > 65535) return 0;
+  *port = (int)sl2;
+  *slot = (unsigned)sl;
+  return 1;
+}
+
+/* MOVED or ASK: follow it, at most MAX_HOPS times */
+static void redirect(fl_fan *f, fl_leg *l, const redisReply *r) {
+  fl_pool *g = f->g;
+  const char *op = l->c->op;
+  char host[256];
+  unsigned slot;
+  int port, idx, ask = starts(r, "ASK ");
+  if (!parse_redirect(r->str, &slot, host, sizeof host, &port)) {
+    fl_leg_fail(l, "fluxalock: %s %s: %s", op, l->node->o.where, r->str);
+    return;
+  }
+  if (++l->hops > MAX_HOPS) {
+    fl_leg_fail(l, "fluxalock: %s %s: more than %d redirects (last: %s)", op,
+                l->node->o.where, MAX_HOPS, r->str);
+    return;
+  }
+  if ((idx = fl_group_node(g, host, port)) < 0) {
+    fl_leg_fail(l, "fluxalock: out of memory");
+    return;
+  }
+  fl_conn_end(l->c);
+  l->c = NULL;
+  if (ask) {
+    g->asked++;
+  } else {
+    g->moved++;
+    g->slots[slot] = (unsigned short)(idx + 1);
+  }
+  l->node = g->nodes[idx];
+  l->asking = ask;
+  fl_leg_start(f, l);
+}
+
+static int cluster_on_reply(fl_fan *f, fl_leg *l, const redisReply *r) {
+  if (starts(r, "MOVED ") || starts(r, "ASK ")) {
+    redirect(f, l, r);
+    return 1;
+  }
+  if (starts(r, "TRYAGAIN") || starts(r, "CLUSTERDOWN")) {
+    /* a slot in migration with some keys moved, or a cluster that is
+       failing over: a moment later it is done */
+    double now = fl_now(), pause = 0.002 * (1 << (l->tries < 5 ? l->tries : 5));
+    if (l->until == 0) l->until = now + l->node->o.timeout;
+    if (now + pause < l->until) {
+      l->tries++;
+      fl_conn_end(l->c);
+      l->c = NULL;
+      l->st = LEG_PAUSE;
+      l->resume = now + pause;
+      return 1;
+    }
+  }
+  return 0;
+}
+
+/* a node refused or dropped the connection: ask the next one */
+static int cluster_fallback(fl_fan *f, fl_leg *l) {
+  fl_pool *g = f->g;
+  int i, cur = 0;
+  if (g->nnodes < 2 || l->fallbacks >= 2) return 0;
+  for (i = 0; i < g->nnodes; i++)
+    if (g->nodes[i] == l->node) cur = i;
+  fl_conn_end(l->c);
+  l->c = NULL;
+  l->fallbacks++;
+  l->asking = 0;
+  l->node = g->nodes[(cur + 1) % g->nnodes];
+  fl_leg_start(f, l);
+  return 1;
+}
+
+/* pool:setslots(reply of CLUSTER SLOTS) -> number of slots mapped */
+int fl_cluster_setslots(lua_State *L) {
+  fl_pool *g = fl_checkpool(L, 1);
+  int i, n, mapped = 0;
+  luaL_argcheck(L, g->ops == &fl_kind_cluster, 1, "not a cluster pool");
+  luaL_checktype(L, 2, LUA_TTABLE);
+  n = (int)luaL_len(L, 2);
+  for (i = 1; i <= n; i++) {
+    lua_Integer from, to, s;
+    int port, idx;
+    char host[256];
+    lua_rawgeti(L, 2, i);
+    if (!lua_istable(L, -1)) return luaL_argerror(L, 2, "CLUSTER SLOTS entries expected");
+    lua_rawgeti(L, -1, 1);
+    lua_rawgeti(L, -2, 2);
+    lua_rawgeti(L, -3, 3);
+    from = lua_tointeger(L, -3);
+    to = lua_tointeger(L, -2);
+    if (!lua_istable(L, -1) || from < 0 || to > 16383 || from > to)
+      return luaL_argerror(L, 2, "CLUSTER SLOTS entries expected");
+    lua_rawgeti(L, -1, 1);
+    lua_rawgeti(L, -2, 2);
+    snprintf(host, sizeof host, "%s", lua_tostring(L, -2) ? lua_tostring(L, -2) : "");
+    port = (int)lua_tointeger(L, -1);
+    if (!host[0]) snprintf(host, sizeof host, "127.0.0.1");
+    if (port < 1 || port > 65535) return luaL_argerror(L, 2, "bad port in CLUSTER SLOTS");
+    if ((idx = fl_group_node(g, host, port)) < 0) return luaL_error(L, "fluxalock: out of memory");
+    for (s = from; s <= to; s++) g->slots[s] = (unsigned short)(idx + 1);
+    mapped += (int)(to - from + 1);
+    lua_pop(L, 6);
+  }
+  lua_pushinteger(L, mapped);
+  return 1;
+}
+
+const fl_kind fl_kind_cluster = {
+  "cluster", 1, 0, cluster_setup, cluster_nodes, slot_node, cluster_on_reply,
+  cluster_fallback, NULL, fl_verdict_one, NULL,
+};
