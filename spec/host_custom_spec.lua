@@ -139,3 +139,46 @@ describe("a custom host", function()
     fluxalock.configure { host = host }
   end)
 end)
+
+describe("coroutines collected in the middle of a request", function()
+  -- a process of its own, so its resident memory is its alone: 20,000
+  -- coroutines each start lock:ttl() under a host whose wait yields, and
+  -- are dropped there.  A request an abandoned coroutine held stayed taken
+  -- until the pool was freed (about 1.5 KB each); now the collector gives
+  -- it back and the next coroutines reuse it.
+  it("gives their requests back: the process does not grow with them", function()
+    local server = R.start()
+    finally(function() server:stop() end)
+    local proc = R.spawn(([[
+      local fluxalock = require "fluxalock"
+      fluxalock.configure { pools = { default = %q },
+        host = { wait = function() coroutine.yield() end } }
+      local locker = fluxalock.locker()
+      local function rss()
+        local f = assert(io.open("/proc/self/status"))
+        local kb = tonumber(f:read("a"):match("VmRSS:%%s*(%%d+)"))
+        f:close()
+        return kb
+      end
+      local lock
+      local co = coroutine.wrap(function() lock = assert(locker:obtain("abandon", 60)) end)
+      repeat co() until lock -- the wait yields: resumed until it is done
+      local function abandon(n)
+        for _ = 1, n do
+          local c = coroutine.create(function() lock:ttl() end)
+          assert(coroutine.resume(c)) -- now in the host's wait: dropped
+        end
+        collectgarbage("collect")
+        collectgarbage("collect")
+      end
+      abandon(2000) -- connections, free lists and the Lua heap settle
+      local before = rss()
+      abandon(20000)
+      print(("grew=%%d"):format(rss() - before))
+    ]]):format(server.url))
+    local out = proc:wait(60)
+    local grew = tonumber(out:match("grew=(%-?%d+)"))
+    assert(grew, out)
+    assert.is_true(grew < 4096, ("resident memory grew by %d KiB for 20,000 abandoned requests"):format(grew))
+  end)
+end)
