@@ -178,18 +178,13 @@ static int recovered(lua_State *L, fl_fan *f, int status) {
 }
 
 /* the verdict's r results (on top): counted and logged once per operation
-   (stats.c), with the fan given back first */
+   (stats.c); then the fan gives its requests back */
 static int fan_done(lua_State *L, fl_fan *f, int r) {
   int op = f->op0;
   fl_lock *lk = op == FL_OP_OBTAIN || op == FL_OP_AWAIT || op == FL_OP_CALL
                     ? NULL : lua_touserdata(L, FAN_LOCK);
-  fl_pool *g = fl_pool_ref(f->g);
-  const char *key = f->key;
-  size_t keylen = f->keylen;
-  double start = f->start;
+  fl_done(L, f->g, lk, op, f->key, f->keylen, f->start, r, f->poolidx);
   fl_fan_release(f);
-  fl_done(L, g, lk, op, key, keylen, start, r, f->poolidx);
-  fl_pool_unref(g);
   if (op == FL_OP_RELEASE || op == FL_OP_CLOSE) fl_notify(L, FAN_LOCK);
   return op == FL_OP_CLOSE ? 0 : r;
 }
@@ -198,8 +193,10 @@ static int fan_loop(lua_State *L, fl_fan *f) {
   for (;;) {
     int r;
     drive(L, f, fan_k);
+    /* a fan on the C stack must not be left by a yield: plain pcall */
     if (f->ops->recover && f->ops->recover(L, f) &&
-        recovered(L, f, lua_pcallk(L, 0, 1, 0, (lua_KContext)f, recover_k)))
+        recovered(L, f, f->onstack ? lua_pcall(L, 0, 1, 0)
+                                   : lua_pcallk(L, 0, 1, 0, (lua_KContext)f, recover_k)))
       continue;
     if ((r = f->ops->verdict(L, f)) >= 0) return fan_done(L, f, r);
   }
@@ -227,7 +224,8 @@ static int fan_k(lua_State *L, int status, lua_KContext ctx) {
 /* pool:obtain(key, ms) for the new lock lk at FAN_LOCK; stack: 1 pool,
    2 key, 3 ms */
 int fl_drive_obtain(lua_State *L, fl_lock *lk, lua_Integer ms) {
-  fl_fan *f = fl_fan_new(L, lk->pool, FL_OP_OBTAIN, 1, lk->key, lk->keylen);
+  fl_fan_room room;
+  fl_fan *f = fl_fan_new(L, lk->pool, FL_OP_OBTAIN, 1, lk->key, lk->keylen, &room);
   f->key = lk->key + lk->prefixlen;
   f->keylen = lk->keylen - lk->prefixlen;
   f->token = lk->token;
@@ -250,13 +248,14 @@ int fl_drive_await(lua_State *L) {
   lua_Number secs = luaL_checknumber(L, 3);
   lua_Number limit = luaL_optnumber(L, 4, 0);
   char *lkey;
+  fl_fan_room room;
   fl_fan *f;
   lua_settop(L, FAN_HOST);
   /* the full lock key, for the cluster slot: kept in a userdata at FAN_LOCK */
   lkey = lua_newuserdatauv(L, plen + keylen + 1, 0);
   memcpy(lkey, g->o.prefix, plen);
   memcpy(lkey + plen, key, keylen);
-  f = fl_fan_new(L, g, FL_OP_AWAIT, 1, lkey, plen + keylen);
+  f = fl_fan_new(L, g, FL_OP_AWAIT, 1, lkey, plen + keylen, &room);
   f->key = key;
   f->keylen = keylen;
   f->secs = secs < 0.001 ? 0.001 : secs; /* BLPOP 0 would block for ever */
@@ -270,12 +269,13 @@ int fl_drive_lock(lua_State *L, int op) {
   fl_lock *lk = luaL_checkudata(L, 1, FL_LOCK_MT);
   lua_Integer ms = op == FL_OP_REFRESH ? lua_tointeger(L, 2) : 0;
   int replace = op == FL_OP_REFRESH && lua_toboolean(L, 3);
+  fl_fan_room room;
   fl_fan *f;
   lua_settop(L, 3);
   lua_getiuservalue(L, 1, 1); /* 4: the pool userdata */
   lua_pushnil(L);             /* FAN_HOST */
   lua_pushvalue(L, 1);        /* FAN_LOCK */
-  f = fl_fan_new(L, lk->pool, op, 4, lk->key, lk->keylen);
+  f = fl_fan_new(L, lk->pool, op, 4, lk->key, lk->keylen, &room);
   f->key = lk->key + lk->prefixlen;
   f->keylen = lk->keylen - lk->prefixlen;
   f->token = lk->token;
@@ -290,7 +290,8 @@ int fl_drive_lock(lua_State *L, int op) {
 int fl_drive_call(lua_State *L, const fl_cmd *cmd) {
   fl_pool *g = fl_checkpool(L, 1);
   /* the command word names the event, never the arguments */
-  fl_fan *f = fl_fan_new(L, g, FL_OP_CALL, 1, cmd->argv[0], cmd->argvlen[0]);
+  /* always a userdata: its __gc frees a reply a memory error left */
+  fl_fan *f = fl_fan_new(L, g, FL_OP_CALL, 1, cmd->argv[0], cmd->argvlen[0], NULL);
   f->call = cmd;
   f->key = cmd->argv[0];
   f->keylen = cmd->argvlen[0];

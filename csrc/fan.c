@@ -200,7 +200,7 @@ void fl_leg_step(fl_fan *f, fl_leg *l, double now) {
 void fl_fan_release(fl_fan *f) {
   int i;
   for (i = 0; i < f->nlegs; i++) leg_drop(&f->legs[i]);
-  if (f->g) fl_pool_unref(f->g);
+  if (f->g && !f->onstack) fl_pool_unref(f->g);
   f->g = NULL;
 }
 
@@ -356,11 +356,14 @@ int fl_verdict_one(lua_State *L, fl_fan *f) {
   return 1;
 }
 
-/* the fan userdata at FAN_SELF, its legs routed for the full key lkey; the
-   stack holds FAN_LOCK already (FAN_HOST gets the host table, from the Pool
-   userdata at pooludx) */
-fl_fan *fl_fan_new(lua_State *L, fl_pool *g, int op, int pooludx,
-                       const char *lkey, size_t lkeylen) {
+/* a new fan, its legs routed for the full key lkey; the stack holds
+   FAN_LOCK already (FAN_HOST gets the host table, from the Pool userdata at
+   pooludx).  Under a host the fan is a userdata at FAN_SELF: the request
+   may yield, and the collector ends it if its coroutine is dropped.  A
+   plain script's request never yields, so with room (the caller's C
+   stack) it costs no allocation: FAN_SELF is nil then */
+fl_fan *fl_fan_new(lua_State *L, fl_pool *g, int op, int pooludx, const char *lkey,
+                   size_t lkeylen, fl_fan_room *room) {
   fl_pool *nodes[FL_MAXNODES];
   fl_fan *f;
   int n = op == FL_OP_AWAIT ? 1 : g->ops->nodes(g, lkey, lkeylen, nodes);
@@ -369,15 +372,23 @@ fl_fan *fl_fan_new(lua_State *L, fl_pool *g, int op, int pooludx,
   if (g->has_host) {
     lua_getiuservalue(L, pooludx, 1);
     lua_replace(L, FAN_HOST);
+    room = NULL;
   }
-  f = lua_newuserdatauv(L, size, 0); /* FAN_SELF */
+  if (room) {
+    f = (fl_fan *)room->bytes;
+    lua_pushnil(L); /* FAN_SELF */
+  } else {
+    f = lua_newuserdatauv(L, size, 0); /* FAN_SELF */
+    if (luaL_newmetatable(L, FAN_MT)) {
+      lua_pushcfunction(L, fan_gc);
+      lua_setfield(L, -2, "__gc");
+    }
+    lua_setmetatable(L, -2);
+  }
   memset(f, 0, size);
-  if (luaL_newmetatable(L, FAN_MT)) {
-    lua_pushcfunction(L, fan_gc);
-    lua_setfield(L, -2, "__gc");
-  }
-  lua_setmetatable(L, -2);
-  f->g = fl_pool_ref(g);
+  /* a userdata fan may outlive its caller's stack (a dropped coroutine):
+     it holds the pool; on the C stack the caller's arguments do */
+  f->g = room ? g : fl_pool_ref(g);
   f->ops = g->ops;
   f->op = f->op0 = op;
   f->hidx = g->has_host ? FAN_HOST : 0;
@@ -385,6 +396,7 @@ fl_fan *fl_fan_new(lua_State *L, fl_pool *g, int op, int pooludx,
   f->poolidx = pooludx;
   f->lkey = lkey;
   f->lkeylen = lkeylen;
+  f->onstack = room != NULL;
   return f;
 }
 

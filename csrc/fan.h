@@ -41,6 +41,7 @@ typedef struct fl_fan {
   int undo_errs;      /* a failed obtain being undone: its errors */
   int unacked;        /* a node set the lock but its replicas did not confirm */
   int replace;
+  int onstack;        /* in a plain script's C stack, not a userdata */
   const char *key, *lkey, *token; /* anchored on the stack */
   size_t keylen, lkeylen;
   long long ms;
@@ -58,8 +59,15 @@ void fl_fan_restart(fl_fan *f, int op);
 int fl_fan_failure(lua_State *L, const fl_fan *f, int errs, const char *first);
 int fl_fan_undo(lua_State *L, fl_fan *f, int errs, const char *first);
 int fl_verdict_one(lua_State *L, fl_fan *f);
+/* room for a fan of a plain script on the C stack (see fl_fan_new) */
+typedef union fl_fan_room {
+  long double ld;
+  void *p;
+  long long ll;
+  char bytes[sizeof(fl_fan) + FL_MAXNODES * sizeof(fl_leg)];
+} fl_fan_room;
 fl_fan *fl_fan_new(lua_State *L, fl_pool *g, int op, int pooludx, const char *lkey,
-                   size_t lkeylen);
+                   size_t lkeylen, fl_fan_room *room);
 void fl_fan_start(fl_fan *f);
 void fl_fan_release(fl_fan *f);
 void fl_fan_defer(fl_lock *lk);
