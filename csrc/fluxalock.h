@@ -150,6 +150,7 @@ typedef struct fl_link {
      on_ready subscribes again after each connect; NULL for request links */
   void (*on_ready)(struct fl_link *k);
   void (*on_message)(struct fl_link *k, redisReply *r);
+  void *ctx;           /* theirs (wake.c: the fl_sub) */
   int watched;         /* a waiter outside the FIFO waits on the socket */
   unsigned gen;        /* the pool's target generation at connect */
   char *out;           /* RESP bytes not yet sent */

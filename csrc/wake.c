@@ -5,6 +5,11 @@
  * so a release in another process wakes the key's head waiter by one
  * notification instead of its next backoff step.
  *
+ * A group subscribes on its first node: a release publishes on every node
+ * of a Redlock group, a Cluster carries a message to every node, and
+ * Sentinel's master is the group's one node (its replicas get the message
+ * too, so a subscription left on a demoted master still hears it).
+ *
  * Nobody owns the subscription's socket: the head waiter that finds it
  * unwatched waits on it for its backoff step (pool:subwait) and hands each
  * message to the Lua layer (core.setnotify's function, with the channel);
@@ -59,7 +64,7 @@ static int send_cmd(fl_link *k, const char *word, const char *ch, size_t len) {
 
 /* connected (again): subscribe to every channel */
 static void sub_connected(fl_link *k) {
-  fl_sub *s = k->pool->sub;
+  fl_sub *s = k->ctx;
   int i;
   if (!s) return;
   for (i = 0; i < s->n; i++)
@@ -71,7 +76,7 @@ static void sub_connected(fl_link *k) {
 
 /* ["message", channel, payload]: remember the channel for delivery */
 static void sub_message(fl_link *k, redisReply *r) {
-  fl_sub *s = k->pool->sub;
+  fl_sub *s = k->ctx;
   if (s && r->type == REDIS_REPLY_ARRAY && r->elements == 3 &&
       r->element[0]->type == REDIS_REPLY_STRING && r->element[1]->type == REDIS_REPLY_STRING &&
       r->element[0]->len == 7 && memcmp(r->element[0]->str, "message", 7) == 0 &&
@@ -96,6 +101,9 @@ static void sub_message(fl_link *k, redisReply *r) {
   freeReplyObject(r);
 }
 
+/* the server that carries p's subscription */
+static fl_pool *sub_server(fl_pool *p) { return p->nnodes ? p->nodes[0] : p; }
+
 static fl_sub *sub_of(fl_pool *p) {
   if (!p->sub) {
     fl_sub *s = calloc(1, sizeof *s);
@@ -103,7 +111,8 @@ static fl_sub *sub_of(fl_pool *p) {
       free(s);
       return NULL;
     }
-    s->k->pool = p;
+    s->k->pool = sub_server(p); /* its options, its counters */
+    s->k->ctx = s;
     s->k->on_ready = sub_connected;
     s->k->on_message = sub_message;
     p->sub = s;
@@ -120,20 +129,21 @@ static void sub_drive(fl_pool *p, double now) {
   fl_link_drive(s->k, NULL);
 }
 
-/* hand the channels messaged to the Lua layer's notify function */
-static void deliver(lua_State *L, fl_sub *s) { /* the pool userdata is at 1 */
-  int i, n = s->nhits;
+/* hand the channels messaged to the Lua layer's notify function; 1 when
+   one of them woke the waiter at 2 (the caller) */
+static int deliver(lua_State *L, fl_sub *s) { /* the pool userdata is at 1 */
+  int i, n = s->nhits, self = 0;
   s->nhits = 0;
   for (i = 0; i < n; i++) {
-    if (lua_getfield(L, LUA_REGISTRYINDEX, "fluxalock.notify") == LUA_TFUNCTION) {
+    if (lua_getfield(L, LUA_REGISTRYINDEX, FL_NOTIFY) == LUA_TFUNCTION) {
       lua_pushlstring(L, s->hits[i], s->hitlens[i]);
       lua_pushvalue(L, 1);
-      if (lua_pcall(L, 2, 0, 0) != LUA_OK) lua_pop(L, 1);
-    } else {
-      lua_pop(L, 1);
+      if (lua_pcall(L, 2, 1, 0) == LUA_OK && lua_rawequal(L, -1, 2)) self = 1;
     }
+    lua_pop(L, 1);
     free(s->hits[i]);
   }
+  return self;
 }
 
 /* pool:watch(key) -> channel: subscribe to key's wake-up channel */
@@ -141,7 +151,7 @@ static int pool_watch(lua_State *L) {
   fl_pool *p = fl_checkpool(L, 1);
   size_t keylen, len;
   const char *key = luaL_checklstring(L, 2, &keylen);
-  char *ch = fl_companion_dup(&p->o, key, keylen, "wake:", &len);
+  char *ch = fl_companion_dup(&sub_server(p)->o, key, keylen, "wake:", &len);
   fl_sub *s = sub_of(p);
   int i;
   if (!ch || !s) {
@@ -224,7 +234,9 @@ static int pool_subwait(lua_State *L) {
   if (!p->has_park) return luaL_error(L, "fluxalock: subwait needs a host with park");
   lua_getiuservalue(L, 1, 1); /* 4: the host */
   sub_drive(p, now);
-  if (s) deliver(L, s);
+  /* a message read meanwhile may be this waiter's own wake-up: then it
+     must not sleep its step on a socket that has nothing more to say */
+  if (s && deliver(L, s)) return 0;
   fd = s && s->k->net && s->k->state != FL_LK_CLOSED ? fl_net_fd(s->k->net) : -1;
   if (fd >= 0 && (!s->reader || now >= s->rdl + GRACE)) {
     s->reader = lua_topointer(L, 2);

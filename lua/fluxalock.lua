@@ -274,7 +274,8 @@ local function head(q)
 end
 
 -- a release of 'full' (a full key, or its wake-up channel) by a lock of
--- pool 'cp': the head of its queue tries at once
+-- pool 'cp': the head of its queue tries at once; -> that head (the
+-- subscription's reader, csrc/wake.c, then knows it was woken itself)
 local function released(full, cp)
   local qs = queues[cp]
   if not qs then return end
@@ -284,6 +285,7 @@ local function released(full, cp)
     w.kicked = true
     unpark(w)
   end
+  return w
 end
 
 local function leave(qs, full, q, w)
@@ -310,11 +312,14 @@ local function queue_of(pool, key, full)
   local q = qs[full]
   if not q then
     q = { first = 1, last = 0, cp = cp }
-    -- a single-server pool under a parking host subscribes to the key's
-    -- wake-up channel while the key has waiters here
-    if type(pool) ~= "table" and host_wait.park and pool:info().kind == "single" then
-      q.chan = pool:watch(key)
+    -- under a parking host the pool subscribes to the key's wake-up
+    -- channel while the key has waiters here (a group, on its first node)
+    if host_wait.park then
+      q.chan = cp:watch(key)
       qs.chans[q.chan] = full
+      -- a Redlock release publishes on each node as it gets there: the
+      -- first node's message may come before the others have released
+      q.settle = cp:info().kind == "redlock"
     end
     qs[full] = q
   end
@@ -375,12 +380,20 @@ local function wait_queued(self, pool, key, ms, deadline, e)
     else
       if w.kicked then
         w.kicked = false
+        w.quick = q.settle and 2 or 0 -- (see queue_of)
+      elseif left > 0 and (w.quick or 0) > 0 then
+        -- woken, but the try found the key still held on a majority: the
+        -- release is on its way to the other nodes
+        w.quick = w.quick - 1
+        w.alive = now() + 0.005
+        park(w, min(0.005, left))
+        w.kicked = false
       elseif left > 0 then
         pause = min(pause + step, smax)
         -- jitter: waiters of other processes do not step in lockstep
         local t = min(pause * (0.5 + random() * 0.5), left)
         w.alive = now() + t
-        if q.chan then pool:subwait(w, t) else park(w, t) end
+        if q.chan then q.cp:subwait(w, t) else park(w, t) end
         w.kicked = false
       end
       w.alive = now() + 5 -- the try may take a command's timeout

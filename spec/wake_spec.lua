@@ -4,23 +4,68 @@
 -- 0.5-1 s, with jitter), so a waiter that obtains well before its first
 -- step can only have been woken.
 local R = require "support.redis"
+local T = require "support.topology"
 local core = require "fluxalock.core"
 local uv = require "luv"
 
 local STEP = 1 -- the first backoff pause is 0.5-1 s (jitter)
 
 -- a plain process: waits for the file 'go', releases 'key' (held by a
--- lock it obtained), prints when
+-- lock it obtained), prints when; POOL is the pool's options as Lua
 local RELEASER = [[
 local fluxalock = require "fluxalock"
 local core = require "fluxalock.core"
-fluxalock.configure { pools = { default = os.getenv("URL") } }
+fluxalock.configure { pools = { default = load("return " .. os.getenv("POOL"))() } }
 local lock = assert(fluxalock.locker():obtain(os.getenv("KEY"), 30))
 io.open(os.getenv("HELD"), "w"):close()
 while not io.open(os.getenv("GO")) do core.sleep(0.005) end
 assert(lock:release())
 print(("released=%.6f"):format(core.now()))
 ]]
+
+-- another process holds 'key' and releases it once this process's waiter
+-- (under luv, with slow backoff steps) is subscribed: the waiter must
+-- obtain within a few ms of the release.  pool: the options as Lua source
+-- (for the other process) and as a table; servers: where the subscription
+-- may be (a client in pub/sub mode shows it)
+local function woken_by_other(dir, source, pool, servers)
+  local held, go = dir .. "/held", dir .. "/go"
+  local proc = R.spawn(RELEASER, { POOL = source, KEY = "wake:other", HELD = held, GO = go })
+  R.until_true(function() local f = io.open(held) if f then f:close() end return f ~= nil end,
+    20, "the other process to hold the lock")
+  local fl = require "fluxalock"
+  pool.retry_step, pool.retry_max = STEP, STEP
+  fl.configure { pools = { default = pool }, host = "luv" }
+  local got, err, got_at
+  coroutine.wrap(function()
+    local lock
+    lock, err = fl.locker():obtain("wake:other", 30, 10)
+    got_at = core.now()
+    got = lock and lock:release()
+  end)()
+  -- the release comes once the waiter's subscription is in place (the
+  -- server shows a client in pub/sub mode): a message published before
+  -- would be missed by design, and cost one backoff step
+  local t, t0, subscribed = uv.new_timer(), core.now(), false
+  t:start(5, 5, function()
+    for _, srv in ipairs(servers) do
+      if srv:cli("CLIENT", "LIST"):find("sub=1", 1, true) then subscribed = true end
+    end
+    if not subscribed and core.now() - t0 < 5 then return end
+    t:close()
+    io.open(go, "w"):close()
+  end)
+  uv.run()
+  local out = proc:wait(20)
+  local released = tonumber(out:match("released=([%d.]+)"))
+  assert(got, err)
+  assert(released, out)
+  assert.is_true(subscribed, "no server saw the subscription")
+  -- the release came within a few ms of the wait's start: a backoff step
+  -- would have ended 0.4 s after it at the earliest
+  assert.is_true(got_at - released < 0.2,
+    ("woken %.0f ms after the release"):format((got_at - released) * 1000))
+end
 
 describe("the wake-up subscription under host 'luv'", function()
   local server, dir
@@ -36,39 +81,7 @@ describe("the wake-up subscription under host 'luv'", function()
   end)
 
   it("wakes a waiter when another process releases, before its first backoff step", function()
-    local held, go = dir .. "/held", dir .. "/go"
-    local proc = R.spawn(RELEASER, { URL = server.url, KEY = "wake:other", HELD = held, GO = go })
-    R.until_true(function() local f = io.open(held) if f then f:close() end return f ~= nil end,
-      10, "the other process to hold the lock")
-    local fl = R.fluxalock(server, { retry_step = STEP, retry_max = STEP })
-    fl.configure { host = "luv" }
-    local got, err, got_at
-    coroutine.wrap(function()
-      local lock
-      lock, err = fl.locker():obtain("wake:other", 30, 10)
-      got_at = core.now()
-      got = lock and lock:release()
-    end)()
-    -- the release comes once the waiter's subscription is in place (the
-    -- server shows a client in pub/sub mode): a message published before
-    -- would be missed by design, and cost one backoff step
-    local t, t0, subscribed = uv.new_timer(), core.now(), false
-    t:start(5, 5, function()
-      subscribed = server:cli("CLIENT", "LIST"):find("sub=1", 1, true) ~= nil
-      if not subscribed and core.now() - t0 < 5 then return end
-      t:close()
-      io.open(go, "w"):close()
-    end)
-    uv.run()
-    local out = proc:wait(10)
-    local released = tonumber(out:match("released=([%d.]+)"))
-    assert(got, err)
-    assert(released, out)
-    assert.is_true(subscribed, "the server never saw the subscription")
-    -- the release came within a few ms of the wait's start: a backoff step
-    -- would have ended 0.4 s after it at the earliest
-    assert.is_true(got_at - released < 0.2,
-      ("woken %.0f ms after the release"):format((got_at - released) * 1000))
+    woken_by_other(dir, ("%q"):format(server.url), { url = server.url }, { server })
   end)
 
   it("subscribes over one connection of its own (a client in pub/sub mode) while a key has waiters", function()
@@ -121,5 +134,39 @@ describe("the wake-up subscription under host 'luv'", function()
     end)
     uv.run()
     assert.is_true(got, err)
+  end)
+end)
+
+describe("the wake-up subscription of a group pool under host 'luv'", function()
+  local dir
+  before_each(function() dir = R.sh("mktemp -d /tmp/fluxalock-wake.XXXXXX"):gsub("%s+$", "") end)
+  after_each(function()
+    require("fluxalock").configure { host = false }
+    R.sh("rm -rf " .. R.quote(dir))
+  end)
+
+  it("Redlock: wakes a waiter when another process releases, before its first backoff step", function()
+    local servers, urls = {}, {}
+    for i = 1, 3 do
+      servers[i] = R.start()
+      urls[i] = servers[i].url
+    end
+    finally(function() for _, srv in ipairs(servers) do srv:stop() end end)
+    local source = ("{ redlock = { %q, %q, %q } }"):format(urls[1], urls[2], urls[3])
+    woken_by_other(dir, source, { redlock = urls }, servers)
+  end)
+
+  it("Sentinel: wakes a waiter when another process releases, before its first backoff step", function()
+    local master, _, _, addrs, stop = T.replicated("wakeset")
+    finally(stop)
+    local source = ("{ sentinels = { %q, %q, %q }, master = 'wakeset' }"):format(addrs[1], addrs[2], addrs[3])
+    woken_by_other(dir, source, { sentinels = addrs, master = "wakeset" }, { master })
+  end)
+
+  it("Cluster: wakes a waiter when another process releases, before its first backoff step", function()
+    local c = T.cluster()
+    finally(function() c:stop() end)
+    local source = ("{ cluster = { %q } }"):format(c.seeds[1])
+    woken_by_other(dir, source, { cluster = { c.seeds[1] } }, c.nodes)
   end)
 end)
