@@ -110,9 +110,21 @@ void fl_link_free(fl_link *k) {
   free(k);
 }
 
+/* the decimal digits of v at p; returns the end (RESP's counts and
+   lengths: a request's headers are most of what sprintf would cost it) */
+static char *put_count(char *p, size_t v) {
+  char d[24];
+  int n = 0;
+  do d[n++] = (char)('0' + v % 10);
+  while ((v /= 10) > 0);
+  while (n > 0) *p++ = d[--n];
+  return p;
+}
+
 /* RESP: *<argc>\r\n then $<len>\r\n<bytes>\r\n per argument */
 int fl_link_out(fl_link *k, int argc, const char *const *argv, const size_t *len) {
-  size_t need = 16, n;
+  size_t need = 16;
+  char *p;
   int i;
   for (i = 0; i < argc; i++) need += len[i] + 32;
   if (k->outpos == k->outlen) k->outpos = k->outlen = 0; /* all sent: start over */
@@ -124,16 +136,22 @@ int fl_link_out(fl_link *k, int argc, const char *const *argv, const size_t *len
     k->out = o;
     k->outcap = cap;
   }
-  n = k->outlen;
-  n += (size_t)sprintf(k->out + n, "*%d\r\n", argc);
+  p = k->out + k->outlen;
+  *p++ = '*';
+  p = put_count(p, (size_t)argc);
+  *p++ = '\r';
+  *p++ = '\n';
   for (i = 0; i < argc; i++) {
-    n += (size_t)sprintf(k->out + n, "$%lu\r\n", (unsigned long)len[i]);
-    memcpy(k->out + n, argv[i], len[i]);
-    n += len[i];
-    k->out[n++] = '\r';
-    k->out[n++] = '\n';
+    *p++ = '$';
+    p = put_count(p, len[i]);
+    *p++ = '\r';
+    *p++ = '\n';
+    if (len[i]) memcpy(p, argv[i], len[i]);
+    p += len[i];
+    *p++ = '\r';
+    *p++ = '\n';
   }
-  k->outlen = n;
+  k->outlen = (size_t)(p - k->out);
   return 0;
 }
 
