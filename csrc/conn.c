@@ -11,8 +11,10 @@
  *
  * fl_conn_step() never waits: it moves the request's link on (connect,
  * write, read and dispatch) and answers FL_DONE, FL_ERR, or FL_WAIT with
- * the events its link needs.  fl_run() is the one place that waits: poll(2)
- * in a plain script, or the host: one coroutine per link (its reader) waits
+ * the events its link needs.  fl_run() is the one place that waits: in a
+ * plain script the receive itself (a blocking recv(2) with a timeout, on
+ * plain sockets: conn_io.c's fl_link_wait), else poll(2); or the host: one
+ * coroutine per link (its reader) waits
  * on the socket through host.wait, the others park (host.park) and are
  * unparked when the reader has dispatched their replies (conn_io.c has the
  * byte-level half).
@@ -466,8 +468,12 @@ int fl_run(lua_State *L, fl_conn *c, int hostidx, lua_KFunction k,
     if (host) {
       st = fl_host_wait(L, c, hostidx, left, ctx, k);
       if (st != LUA_OK) return leave(L, c, hostidx, fl_resume(L, c, st));
-    } else if (wait_poll(c, left) == FL_ERR) {
-      return FL_ERR;
+    } else if (!(c->events == POLLIN && c->link && fl_link_wait(c->link, c->wkey, left))) {
+      /* no blocking receive (or it timed out): poll for what is left */
+      now = fl_now();
+      left = c->deadline - now;
+      if (c->limit > 0 && c->limit - now < left) left = c->limit - now;
+      if (left > 0 && wait_poll(c, left) == FL_ERR) return FL_ERR;
     }
   }
 }

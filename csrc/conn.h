@@ -13,6 +13,7 @@ int fl_link_connect(fl_link *k, double now);
 int fl_link_out(fl_link *k, int argc, const char *const *argv, const size_t *len);
 int fl_link_push(fl_link *k, fl_conn *c);
 void fl_link_drive(fl_link *k, void *self);
+int fl_link_wait(fl_link *k, void *self, double left);
 void fl_link_reap(fl_link *k);
 
 /* conn.c */
