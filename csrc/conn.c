@@ -11,7 +11,9 @@
  *
  * fl_conn_step() never waits: it moves the request's link on (connect,
  * write, read and dispatch) and answers FL_DONE, FL_ERR, or FL_WAIT with
- * the events its link needs; drive.c is the one place that waits.  Under a
+ * the events its link needs; drive.c is the one place that waits (in a
+ * plain script the receive itself where the transport can: conn_io.c's
+ * fl_link_wait).  Under a
  * parking host one coroutine per link (its reader) waits on the socket, the
  * others park: the reader role is held and handed on here (conn_io.c has
  * the byte-level half).

@@ -110,9 +110,21 @@ void fl_link_free(fl_link *k) {
   free(k);
 }
 
+/* the decimal digits of v at p; returns the end (RESP's counts and
+   lengths: a request's headers are most of what sprintf would cost it) */
+static char *put_count(char *p, size_t v) {
+  char d[24];
+  int n = 0;
+  do d[n++] = (char)('0' + v % 10);
+  while ((v /= 10) > 0);
+  while (n > 0) *p++ = d[--n];
+  return p;
+}
+
 /* RESP: *<argc>\r\n then $<len>\r\n<bytes>\r\n per argument */
 int fl_link_out(fl_link *k, int argc, const char *const *argv, const size_t *len) {
-  size_t need = 16, n;
+  size_t need = 16;
+  char *p;
   int i;
   for (i = 0; i < argc; i++) need += len[i] + 32;
   if (k->outpos == k->outlen) k->outpos = k->outlen = 0; /* all sent: start over */
@@ -124,16 +136,22 @@ int fl_link_out(fl_link *k, int argc, const char *const *argv, const size_t *len
     k->out = o;
     k->outcap = cap;
   }
-  n = k->outlen;
-  n += (size_t)sprintf(k->out + n, "*%d\r\n", argc);
+  p = k->out + k->outlen;
+  *p++ = '*';
+  p = put_count(p, (size_t)argc);
+  *p++ = '\r';
+  *p++ = '\n';
   for (i = 0; i < argc; i++) {
-    n += (size_t)sprintf(k->out + n, "$%lu\r\n", (unsigned long)len[i]);
-    memcpy(k->out + n, argv[i], len[i]);
-    n += len[i];
-    k->out[n++] = '\r';
-    k->out[n++] = '\n';
+    *p++ = '$';
+    p = put_count(p, len[i]);
+    *p++ = '\r';
+    *p++ = '\n';
+    if (len[i]) memcpy(p, argv[i], len[i]);
+    p += len[i];
+    *p++ = '\r';
+    *p++ = '\n';
   }
-  k->outlen = n;
+  k->outlen = (size_t)(p - k->out);
   return 0;
 }
 
@@ -322,10 +340,12 @@ void fl_link_send(fl_link *k) {
   if (k->state == FL_LK_READY) flush(k, &sent);
 }
 
-/* read and dispatch until the transport would block */
-static void read_all(fl_link *k, void *self) {
+/* read and dispatch until the transport would block; with 'block' (a
+   plain script's wait) the first receive waits, unless a reply came first.
+   Returns 1 when nothing came at all (the receive would block) */
+static int read_all(fl_link *k, void *self, int block) {
   char buf[16384];
-  int drained = 0;
+  int drained = 0, got = 0;
   for (;;) {
     void *r = NULL;
     long n;
@@ -336,28 +356,41 @@ static void read_all(fl_link *k, void *self) {
                strcmp(k->rd->errstr, "Out of memory") == 0
                    ? "reply too large (or out of memory)" : k->rd->errstr);
       close_as(k, NULL, msg);
-      return;
+      return 0;
     }
     if (r) {
-      if (dispatch(k, r, self) != 0) return;
+      if (dispatch(k, r, self) != 0) return 0;
+      block = 0; /* something to answer: no waiting now */
+      got = 1;
       continue;
     }
-    if (drained) return;
-    n = fl_net_recv(k->net, buf, sizeof buf);
-    if (n == 0) return; /* would block */
+    if (drained) return 0;
+    n = block ? fl_net_recv_block(k->net, buf, sizeof buf)
+              : fl_net_recv(k->net, buf, sizeof buf);
+    if (n == 0) return !got; /* would block */
     if (n < 0) {
       const char *e = fl_net_error(k->net);
       close_as(k, NULL, e && *e ? e : "Server closed the connection");
-      return;
+      return 0;
     }
+    block = 0;
+    got = 1;
     if (redisReaderFeed(k->rd, buf, (size_t)n) != REDIS_OK) {
       close_as(k, NULL, "out of memory");
-      return;
+      return 0;
     }
     /* a short read drained the socket: parse what came, and leave the next
        recv to the next readiness (saves an EAGAIN per request) */
     if ((size_t)n < sizeof buf && fl_net_pending(k->net) <= 0) drained = 1;
   }
+}
+
+/* after reading: a NOSCRIPT retry queued by a reply goes out; k->events */
+static void after_read(fl_link *k) {
+  int sent = 0;
+  if (k->state != FL_LK_READY) return;
+  if (k->outlen > 0 && flush(k, &sent) != 0) return;
+  k->events = k->outpos < k->outlen ? POLLOUT : fl_net_events(k->net);
 }
 
 /* move k on as far as it goes without waiting; k->events: what it waits for */
@@ -382,10 +415,27 @@ void fl_link_drive(fl_link *k, void *self) {
     return;
   }
   /* just written, nothing buffered: the answer cannot be there yet */
-  if (!sent || fl_net_pending(k->net) > 0) read_all(k, self);
-  if (k->state != FL_LK_READY) return;
-  if (k->outlen > 0 && flush(k, &sent) != 0) return; /* a NOSCRIPT retry */
-  k->events = k->outpos < k->outlen ? POLLOUT : fl_net_events(k->net);
+  if (!sent || fl_net_pending(k->net) > 0) read_all(k, self, 0);
+  after_read(k);
+}
+
+/*
+ * A plain script's wait for its reply on k (fl_run without a host): the
+ * receive itself waits, up to the transport's receive timeout, when 'left'
+ * leaves room for all of it (with 10 ms for the kernel's timer ticks).
+ * 1: waited (bytes came and were dispatched, or the link failed); 0: the
+ * caller waits with poll(2), nothing was read.
+ */
+int fl_link_wait(fl_link *k, void *self, double left) {
+  double b;
+  if (k->state != FL_LK_READY || k->outpos < k->outlen || k->events != POLLIN ||
+      fl_net_pending(k->net) > 0)
+    return 0;
+  b = fl_net_block(k->net);
+  if (b <= 0 || left < b + 0.01) return 0;
+  if (read_all(k, self, 1)) return 0;
+  after_read(k);
+  return 1;
 }
 
 /* is an idle link still usable?  A server that went away leaves the

@@ -126,6 +126,14 @@ static int gather(fl_fan *f, struct pollfd *pfd, int *np, double *until) {
   return active;
 }
 
+/* a plain script with one leg waiting for its reply waits in the receive
+   itself where the transport can (conn_io.c fl_link_wait): 1 when it got
+   bytes, 0 to poll for what is left */
+static int plain_recv(fl_fan *f, double left) {
+  fl_conn *c = f->nlegs == 1 && f->legs[0].st == LEG_RUN ? f->legs[0].c : NULL;
+  return c && c->events == POLLIN && c->link && fl_link_wait(c->link, c->wkey, left);
+}
+
 /* run every leg to its end (may yield through the host) */
 static void drive(lua_State *L, fl_fan *f, lua_KFunction k) {
   int host = f->hidx && lua_type(L, f->hidx) == LUA_TTABLE;
@@ -150,9 +158,10 @@ static void drive(lua_State *L, fl_fan *f, lua_KFunction k) {
         fan_wakes(L, f);
         return;
       }
-    } else {
-      int ms = (int)((until - now) * 1000.0) + 1; /* round up: never wake before */
-      if (poll(pfd, (nfds_t)np, ms) < 0 && errno != EINTR) fail_running(f, strerror(errno));
+    } else if (!plain_recv(f, until - now)) {
+      int ms = (int)((until - fl_now()) * 1000.0) + 1; /* round up: never wake before */
+      if (ms > 0 && poll(pfd, (nfds_t)np, ms) < 0 && errno != EINTR)
+        fail_running(f, strerror(errno));
     }
   }
 }

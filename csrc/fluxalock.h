@@ -237,6 +237,7 @@ void fl_link_free(fl_link *k);
 void fl_link_close(fl_link *k, const char *why);
 int fl_link_idle(const fl_link *k);
 void fl_link_send(fl_link *k);
+int fl_link_wait(fl_link *k, void *self, double left);
 void fl_reader_cap(redisReader *r);
 
 int fl_conn_block(fl_conn *c);

@@ -6,7 +6,8 @@
  * Re-read fl_net_fd after every step: while a host name resolves, it is the
  * resolver's descriptor.  fl_net_events may ask for POLLOUT on a read (TLS),
  * and fl_net_pending() > 0 means bytes wait inside the transport, which
- * poll cannot see: read them before waiting.
+ * poll cannot see: read them before waiting.  Every send and receive is
+ * non-blocking (MSG_DONTWAIT) but fl_net_recv_block's.
  */
 #ifndef FLUXALOCK_NET_H
 #define FLUXALOCK_NET_H
@@ -24,6 +25,13 @@ int fl_net_events(const fl_net *n);
 long fl_net_send(fl_net *n, const void *buf, size_t len);
 long fl_net_recv(fl_net *n, void *buf, size_t len);
 int fl_net_pending(const fl_net *n);
+/* a plain script's wait for a reply (no host shares the process's loop):
+   fl_net_block() is how long fl_net_recv_block may block at most, in
+   seconds, or 0 when the transport cannot (TLS); fl_net_recv_block is
+   fl_net_recv that waits for the first bytes (0: none came in that time,
+   or a signal came; the caller waits with poll) */
+double fl_net_block(const fl_net *n);
+long fl_net_recv_block(fl_net *n, void *buf, size_t len);
 const char *fl_net_error(const fl_net *n);
 void fl_net_close(fl_net *n);
 

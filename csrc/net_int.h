@@ -32,6 +32,8 @@ struct fl_net {
   fl_tls *tls;        /* one reference, or NULL for plain */
   void *ssl;          /* SSL *, once the TCP connect is done */
   int secure;         /* the TLS handshake is done */
+  double block;       /* plain sockets: the receive timeout a blocking
+                         receive waits at most (0: none, never blocks) */
   char err[256];
 };
 

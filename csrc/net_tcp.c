@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -92,6 +93,8 @@ fl_net *fl_net_open(const fl_opts *o, double deadline) {
   n->events = POLLOUT;
   n->port = o->port;
   n->f = o->tls ? &fl_tls_funcs : &tcp_funcs;
+  /* half the request timeout: a wait that has less left polls instead */
+  n->block = o->tls ? 0 : o->timeout / 2;
   n->tls = fl_tls_ref(o->tls);
   if (o->host && !(n->host = malloc(strlen(o->host) + 1))) {
     fl_net_close(n);
@@ -101,6 +104,25 @@ fl_net *fl_net_open(const fl_opts *o, double deadline) {
   if (o->path) unix_start(n, o->path);
   else tcp_start(n);
   return n;
+}
+
+/*
+ * A plain socket, once connected, is a blocking one with a receive timeout
+ * (n->block): a plain script then waits for a reply in its recv(2), one
+ * system call instead of a poll(2) and a recv(2), as a blocking client
+ * does.  Every other send and receive passes MSG_DONTWAIT, so nothing else
+ * can block; an event loop in the process that sets O_NONBLOCK again (libuv
+ * does) is noticed by fl_net_recv_block.  TLS keeps its socket non-blocking.
+ */
+static int blocking(fl_net *n) {
+  struct timeval tv;
+  int fl;
+  tv.tv_sec = (time_t)n->block;
+  tv.tv_usec = (suseconds_t)((n->block - (double)tv.tv_sec) * 1e6);
+  if (tv.tv_sec == 0 && tv.tv_usec == 0) return -1; /* 0 would be: no timeout */
+  if (setsockopt(n->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) != 0) return -1;
+  if ((fl = fcntl(n->fd, F_GETFL)) < 0 || fcntl(n->fd, F_SETFL, fl & ~O_NONBLOCK) != 0) return -1;
+  return 0;
 }
 
 /* the resolver answered (or not yet) */
@@ -142,6 +164,7 @@ int fl_tcp_step(fl_net *n) {
   }
   n->connected = 1;
   n->events = POLLIN;
+  if (n->block > 0 && blocking(n) != 0) n->block = 0;
   return FL_DONE;
 }
 
@@ -155,7 +178,7 @@ long fl_net_recv(fl_net *n, void *buf, size_t len) { return n->f->recv(n, buf, l
 
 long fl_tcp_send(fl_net *n, const void *buf, size_t len) {
   ssize_t k;
-  do k = send(n->fd, buf, len, MSG_NOSIGNAL); /* no SIGPIPE on a reset */
+  do k = send(n->fd, buf, len, MSG_NOSIGNAL | MSG_DONTWAIT); /* no SIGPIPE on a reset */
   while (k < 0 && errno == EINTR);
   if (k >= 0) return (long)k;
   if (errno == EAGAIN || errno == EWOULDBLOCK) {
@@ -168,7 +191,7 @@ long fl_tcp_send(fl_net *n, const void *buf, size_t len) {
 
 long fl_tcp_recv(fl_net *n, void *buf, size_t len) {
   ssize_t k;
-  do k = recv(n->fd, buf, len, 0);
+  do k = recv(n->fd, buf, len, MSG_DONTWAIT);
   while (k < 0 && errno == EINTR);
   if (k > 0) return (long)k;
   if (k == 0) {
@@ -176,6 +199,30 @@ long fl_tcp_recv(fl_net *n, void *buf, size_t len) {
     return -1;
   }
   if (errno == EAGAIN || errno == EWOULDBLOCK) {
+    n->events = POLLIN;
+    return 0;
+  }
+  fail(n, strerror(errno));
+  return -1;
+}
+
+double fl_net_block(const fl_net *n) { return n->connected ? n->block : 0; }
+
+long fl_net_recv_block(fl_net *n, void *buf, size_t len) {
+  ssize_t k;
+  double t0;
+  if (fl_net_block(n) <= 0) return fl_net_recv(n, buf, len);
+  t0 = fl_now();
+  k = recv(n->fd, buf, len, 0);
+  if (k > 0) return (long)k;
+  if (k == 0) {
+    fail(n, "Server closed the connection");
+    return -1;
+  }
+  if (errno == EINTR) return 0;
+  if (errno == EAGAIN || errno == EWOULDBLOCK) {
+    /* back long before the timeout: the socket is non-blocking again */
+    if (fl_now() - t0 < n->block / 2) n->block = 0;
     n->events = POLLIN;
     return 0;
   }
