@@ -40,9 +40,21 @@ static void drop_reply(fl_conn *c) {
   c->reply = NULL;
 }
 
+/* the message of a failed request; the static fallback when there was no
+   memory for the message itself */
+static char no_memory[] = "fluxalock: out of memory";
+
+static void drop_err(fl_conn *c) {
+  if (c->err != no_memory) free(c->err);
+  c->err = NULL;
+}
+
+const char *fl_conn_errmsg(const fl_conn *c) { return c->err ? c->err : ""; }
+
 void fl_conn_free(fl_conn *c) {
   if (!c) return;
   drop_reply(c);
+  drop_err(c);
   free(c->scratch);
   free(c->args);
   free(c);
@@ -114,14 +126,20 @@ void fl_conn_unclaim(fl_conn *c) {
 
 /* ---- failures ------------------------------------------------------------------ */
 
-/* "fluxalock: <op> <where>: <why>" into c->err; c fails */
+/* "fluxalock: <op> <where>: <why>" into c->err, allocated to its length
+   (a request holds no message buffer while it runs); c fails */
 void fl_conn_fail(fl_conn *c, const char *op, const char *fmt, ...) {
-  char why[FL_ERRLEN / 2];
+  char why[FL_ERRLEN / 2], msg[FL_ERRLEN];
+  size_t n;
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(why, sizeof why, fmt, ap);
   va_end(ap);
-  snprintf(c->err, sizeof c->err, "fluxalock: %s %s: %s", op, c->pool->o.where, why);
+  snprintf(msg, sizeof msg, "fluxalock: %s %s: %s", op, c->pool->o.where, why);
+  drop_err(c);
+  n = strlen(msg) + 1;
+  if ((c->err = malloc(n)) != NULL) memcpy(c->err, msg, n);
+  else c->err = no_memory;
   drop_reply(c);
   c->state = FL_RQ_ERR;
 }
@@ -202,27 +220,27 @@ static int append_asking(fl_conn *c) {
   return fl_link_out(c->link, 1, a, al);
 }
 
+/* WAIT <replicas> <ms> (its arguments are encoded at once: nothing kept) */
 static int append_wait(fl_conn *c) {
-  const char *a[3] = {"WAIT", c->waitarg[0], c->waitarg[1]};
+  const fl_opts *o = &c->pool->o;
+  char n[24], ms[24];
+  const char *a[3];
   size_t al[3];
+  a[0] = "WAIT";
+  a[1] = n;
+  a[2] = ms;
   al[0] = 4;
-  al[1] = strlen(c->waitarg[0]);
-  al[2] = strlen(c->waitarg[1]);
+  al[1] = (size_t)snprintf(n, sizeof n, "%d", o->replicas);
+  al[2] = (size_t)snprintf(ms, sizeof ms, "%lld", (long long)(o->replica_timeout * 1000.0 + 0.5));
   return fl_link_out(c->link, 3, a, al);
 }
 
 /* the commands of c, appended to its link's output */
 static int append_request(fl_conn *c) {
-  const fl_opts *o = &c->pool->o;
   if (append_pending(c) != 0) return -1;
   if (c->asking && append_asking(c) != 0) return -1;
   if (append_cmd(c->link, &c->cmd) != 0) return -1;
-  if (c->post) {
-    snprintf(c->waitarg[0], sizeof c->waitarg[0], "%d", o->replicas);
-    snprintf(c->waitarg[1], sizeof c->waitarg[1], "%lld",
-             (long long)(o->replica_timeout * 1000.0 + 0.5));
-    if (append_wait(c) != 0) return -1;
-  }
+  if (c->post && append_wait(c) != 0) return -1;
   return 0;
 }
 
@@ -245,6 +263,11 @@ static int own_args(fl_conn *c) {
     cmd->argv[i] = c->args + at;
     at += cmd->argvlen[i];
   }
+  /* the companion key (keys.c fl_companion) is copied too: its buffer is
+     not kept while the request waits */
+  free(c->scratch);
+  c->scratch = NULL;
+  c->scratchcap = 0;
   return 0;
 }
 
@@ -279,6 +302,7 @@ int fl_conn_begin(fl_conn *c, const char *op, double extra) {
   c->state = FL_RQ_IDLE;
   if (!c->wkey) c->wkey = c;
   drop_reply(c);
+  drop_err(c);
   if (own_args(c) != 0) {
     c->link = NULL;
     fl_conn_fail(c, op, "out of memory");
@@ -487,7 +511,7 @@ int fl_resume(lua_State *L, fl_conn *c, int status) {
 /* nil, message; the request is over */
 int fl_push_error(lua_State *L, fl_conn *c) {
   char msg[FL_ERRLEN];
-  memcpy(msg, c->err, sizeof msg);
+  snprintf(msg, sizeof msg, "%s", fl_conn_errmsg(c));
   fl_conn_end(c);
   lua_pushnil(L);
   lua_pushstring(L, msg);

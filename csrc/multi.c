@@ -148,7 +148,7 @@ static void leg_start(fan *f, leg *l) {
   l->st = LEG_RUN;
   if (fl_conn_begin(c, opname(op), extra) == FL_ERR) {
     char msg[FL_ERRLEN];
-    memcpy(msg, c->err, sizeof msg);
+    snprintf(msg, sizeof msg, "%s", fl_conn_errmsg(c));
     leg_fail_msg(l, msg);
     return;
   }
@@ -323,7 +323,7 @@ static void leg_step(fan *f, leg *l, double now) {
     leg_reply(f, l);
   } else if (st == FL_ERR) {
     char msg[FL_ERRLEN];
-    memcpy(msg, l->c->err, sizeof msg);
+    snprintf(msg, sizeof msg, "%s", fl_conn_errmsg(l->c));
     if (!timedout && leg_fallback(f, l)) return;
     leg_fail_msg(l, msg);
   }
