@@ -282,6 +282,8 @@ static unsigned key_hash(const fl_cmd *cmd) {
   return h;
 }
 
+#define OUT_BATCH 65536 /* bytes queued on a link that are sent at once */
+
 /* start c->cmd; extra: seconds the command itself may block (BLPOP) */
 int fl_conn_begin(fl_conn *c, const char *op, double extra) {
   double now = fl_now();
@@ -329,6 +331,10 @@ int fl_conn_begin(fl_conn *c, const char *op, double extra) {
   }
   c->expect = c->pending + 1 + c->post;
   c->state = FL_RQ_QUEUED;
+  /* a burst of requests behind a busy reader (thousands of coroutines in
+     one loop turn) goes out a batch at a time, not all in the next turn's
+     one write: the link's buffer stays a batch, not the whole burst */
+  if (k->state == FL_LK_READY && k->outlen - k->outpos >= OUT_BATCH) fl_link_send(k);
   return FL_WAIT;
 }
 
