@@ -97,8 +97,8 @@ end
 -- of thousands of parked coroutines several hundred bytes).
 local function luv_host()
   local uv = need("luv", "luv")
-  local new_poll, new_timer, walk, uv_now, status = uv.new_poll, uv.new_timer, uv.walk, uv.now,
-    coroutine.status
+  local new_poll, new_timer, walk, uv_now, update_time, status = uv.new_poll, uv.new_timer, uv.walk,
+    uv.now, uv.update_time, coroutine.status
   local function resume_or_raise(co)
     local ok, msg = resume(co)
     -- the coroutine ended with an error: raise it from the callback,
@@ -246,6 +246,8 @@ local function luv_host()
     parked[key] = co
     n = n + 1
     -- ms resolution; one more ms so that it never ends before 'timeout'
+    -- (from now: the loop's time is that of its last turn)
+    update_time()
     due[n], who[n] = uv_now() + math.floor(timeout * 1000) + 1, co
     at[co] = n
     up(n)
