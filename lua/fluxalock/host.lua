@@ -240,8 +240,12 @@ local function luv_host()
     stop()
   end
   function h.park(key, timeout)
-    inside()
-    local co = running()
+    -- inside(), without its call: a call deeper than the wait's own leaves
+    -- each parked coroutine one more call record
+    local co, main = running()
+    if main or not isyieldable() then
+      error("cannot wait outside a coroutine under host 'luv'", 0)
+    end
     if not ptimer then ptimer = new_timer() end
     parked[key] = co
     n = n + 1
