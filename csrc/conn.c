@@ -34,9 +34,21 @@ static void drop_reply(fl_conn *c) {
   c->reply = NULL;
 }
 
+/* the message of a failed request; the static fallback when there was no
+   memory for the message itself */
+static char no_memory[] = "fluxalock: out of memory";
+
+static void drop_err(fl_conn *c) {
+  if (c->err != no_memory) free(c->err);
+  c->err = NULL;
+}
+
+const char *fl_conn_errmsg(const fl_conn *c) { return c->err ? c->err : ""; }
+
 void fl_conn_free(fl_conn *c) {
   if (!c) return;
   drop_reply(c);
+  drop_err(c);
   free(c->scratch);
   free(c->args);
   free(c);
@@ -92,14 +104,26 @@ void fl_conn_unclaim(fl_conn *c) {
 
 /* ---- failures ------------------------------------------------------------------ */
 
-/* "fluxalock: <op> <where>: <why>" into c->err; c fails */
+/* "fluxalock: <op> <where>: <why>" into c->err, allocated to its length
+   (a request holds no message buffer while it runs); c fails */
 void fl_conn_fail(fl_conn *c, const char *op, const char *fmt, ...) {
-  char why[FL_ERRLEN / 2];
+  char why[FL_ERRLEN / 2], msg[FL_ERRLEN];
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(why, sizeof why, fmt, ap);
   va_end(ap);
-  snprintf(c->err, sizeof c->err, "fluxalock: %s %s: %s", op, c->pool->o.where, why);
+  snprintf(msg, sizeof msg, "fluxalock: %s %s: %s", op, c->pool->o.where, why);
+  fl_conn_setmsg(c, msg);
+}
+
+/* c fails with the whole message msg (a strategy's own words), kept at its
+   length */
+void fl_conn_setmsg(fl_conn *c, const char *msg) {
+  size_t n = strlen(msg) + 1;
+  char *m = malloc(n); /* first: msg may be c's own message */
+  if (m) memcpy(m, msg, n);
+  drop_err(c);
+  c->err = m ? m : no_memory;
   drop_reply(c);
   c->state = FL_RQ_ERR;
 }
@@ -180,27 +204,27 @@ static int append_asking(fl_conn *c) {
   return fl_link_out(c->link, 1, a, al);
 }
 
+/* WAIT <replicas> <ms> (its arguments are encoded at once: nothing kept) */
 static int append_wait(fl_conn *c) {
-  const char *a[3] = {"WAIT", c->waitarg[0], c->waitarg[1]};
+  const fl_opts *o = &c->pool->o;
+  char n[24], ms[24];
+  const char *a[3];
   size_t al[3];
+  a[0] = "WAIT";
+  a[1] = n;
+  a[2] = ms;
   al[0] = 4;
-  al[1] = strlen(c->waitarg[0]);
-  al[2] = strlen(c->waitarg[1]);
+  al[1] = (size_t)snprintf(n, sizeof n, "%d", o->replicas);
+  al[2] = (size_t)snprintf(ms, sizeof ms, "%lld", (long long)(o->replica_timeout * 1000.0 + 0.5));
   return fl_link_out(c->link, 3, a, al);
 }
 
 /* the commands of c, appended to its link's output */
 static int append_request(fl_conn *c) {
-  const fl_opts *o = &c->pool->o;
   if (append_pending(c) != 0) return -1;
   if (c->asking && append_asking(c) != 0) return -1;
   if (append_cmd(c->link, &c->cmd) != 0) return -1;
-  if (c->post) {
-    snprintf(c->waitarg[0], sizeof c->waitarg[0], "%d", o->replicas);
-    snprintf(c->waitarg[1], sizeof c->waitarg[1], "%lld",
-             (long long)(o->replica_timeout * 1000.0 + 0.5));
-    if (append_wait(c) != 0) return -1;
-  }
+  if (c->post && append_wait(c) != 0) return -1;
   return 0;
 }
 
@@ -223,6 +247,11 @@ static int own_args(fl_conn *c) {
     cmd->argv[i] = c->args + at;
     at += cmd->argvlen[i];
   }
+  /* the companion key (keys.c fl_companion) is copied too: its buffer is
+     not kept while the request waits */
+  free(c->scratch);
+  c->scratch = NULL;
+  c->scratchcap = 0;
   return 0;
 }
 
@@ -236,6 +265,8 @@ static unsigned key_hash(const fl_cmd *cmd) {
   for (j = 0; j < cmd->argvlen[i]; j++) h = (h ^ (unsigned char)cmd->argv[i][j]) * 16777619u;
   return h;
 }
+
+#define OUT_BATCH 65536 /* bytes queued on a link that are sent at once */
 
 /* start c->cmd; extra: seconds the command itself may block (BLPOP) */
 int fl_conn_begin(fl_conn *c, const char *op, double extra) {
@@ -257,6 +288,7 @@ int fl_conn_begin(fl_conn *c, const char *op, double extra) {
   c->state = FL_RQ_IDLE;
   if (!c->wkey) c->wkey = c;
   drop_reply(c);
+  drop_err(c);
   if (own_args(c) != 0) {
     c->link = NULL;
     fl_conn_fail(c, op, "out of memory");
@@ -283,6 +315,10 @@ int fl_conn_begin(fl_conn *c, const char *op, double extra) {
   }
   c->expect = c->pending + 1 + c->post;
   c->state = FL_RQ_QUEUED;
+  /* a burst of requests behind a busy reader (thousands of coroutines in
+     one loop turn) goes out a batch at a time, not all in the next turn's
+     one write: the link's buffer stays a batch, not the whole burst */
+  if (k->state == FL_LK_READY && k->outlen - k->outpos >= OUT_BATCH) fl_link_send(k);
   return FL_WAIT;
 }
 
@@ -372,15 +408,6 @@ int fl_conn_fd(const fl_conn *c) {
   return c->link && c->link->net ? fl_net_fd(c->link->net) : -1;
 }
 
-/* the message of a failed request */
-const char *fl_conn_errmsg(const fl_conn *c) { return c->err; }
-
-/* c fails with the whole message msg (a strategy's own words) */
-void fl_conn_setmsg(fl_conn *c, const char *msg) {
-  snprintf(c->err, sizeof c->err, "%s", msg);
-  drop_reply(c);
-  c->state = FL_RQ_ERR;
-}
 
 /* one request to its end, blocking with poll(2): only a flush of deferred
    releases (server.c), which never runs under a host and is bounded by the

@@ -101,32 +101,34 @@ typedef struct fl_conn {
   struct fl_conn *nextfree, *nextall;
   void *wkey;          /* what its coroutine parks on: itself, or a fan */
   unsigned h;          /* its key's hash: which link (conn_io.c fl_link_for) */
-  int busy;            /* begun and not yet ended */
-  int state;           /* FL_RQ_* */
   int expect;          /* replies still to come, main one last */
   int pending;         /* of them, deferred releases / ASKING first */
-  int retried;         /* NOSCRIPT fallback done */
-  int connwait;        /* its deadline is the link's connect time */
-  int events;          /* when FL_WAIT: POLLIN/POLLOUT */
-  int asking;          /* send ASKING before the command (cluster ASK) */
-  int post;            /* a WAIT for replicas follows the main command */
+  short events;        /* when FL_WAIT: POLLIN/POLLOUT */
+  unsigned char state; /* FL_RQ_* */
+  unsigned char busy;  /* begun and not yet ended */
+  unsigned char retried;  /* NOSCRIPT fallback done */
+  unsigned char connwait; /* its deadline is the link's connect time */
+  unsigned char asking;   /* send ASKING before the command (cluster ASK) */
+  unsigned char post;     /* a WAIT for replicas follows the main command */
   long long acked;     /* replicas that acknowledged (WAIT's answer) */
-  char waitarg[2][24]; /* WAIT's arguments */
   double deadline;     /* monotonic seconds */
   double extra;        /* seconds the command may block server-side */
   double limit;        /* 0, or a hard deadline that ends the request
                           quietly with FL_LATE (a wait that must not
                           outlive its obtain) */
+  double t0;           /* when the request began (for the debug log) */
   const char *op;      /* "obtain", "release", ... for messages */
   fl_cmd cmd;
   redisReply *reply;   /* main reply once FL_DONE, owned by the request */
-  char num[2][32];     /* numeric arguments of the request */
-  char *scratch;       /* companion key of the request */
+  char num[1][32];     /* the numeric argument of the request */
+  char *scratch;       /* companion key while the command is built (freed
+                          once fl_conn_begin copied the arguments) */
   size_t scratchcap;
   char *args;          /* the command's arguments, owned (conn.c own_args) */
   size_t argcap;
-  char err[FL_ERRLEN];
-  double t0;           /* when the request began (for the debug log) */
+  char *err;           /* FL_RQ_ERR: the message (fl_conn_errmsg), malloc'd
+                          to its length when it failed; NULL, or the static
+                          fallback when that malloc failed */
 } fl_conn;
 
 /* one socket shared by many requests: a FIFO of entries, replies matched

@@ -246,9 +246,16 @@ local function core_of(pool)
   return pool
 end
 
--- core pool -> { [full key] = queue, chans = { [channel] = full key } };
--- a queue is { first = i, last = j, [i] = waiter | false, chan = channel }
+-- core pool -> { [full key] = queue | coroutine, chans = { [channel] = full key } };
+-- a queue is { first = i, last = j, [i] = waiter | false, cp = core pool,
+-- full = full key, chan = channel }.  A coroutine in place of a queue is
+-- trying a key nobody here waited for, and nobody came since: such a try
+-- makes no queue, no waiter and no subscription (they are made when a
+-- second caller comes, or when the try has to wait)
 local queues = setmetatable({}, { __mode = "k" })
+-- a coroutine whose try stood for its key's queue -> true (a release came
+-- meanwhile) or its waiter, made when its key's queue was
+local firsts = setmetatable({}, { __mode = "k" })
 local idle_fd       -- a descriptor that never becomes ready: a wait-only host's sleep
 
 -- park w for 'secs' (until unparked, or the time is up)
@@ -280,6 +287,10 @@ local function released(full, cp)
   local qs = queues[cp]
   if not qs then return end
   local q = qs[full] or qs[qs.chans[full] or false]
+  if type(q) == "thread" then -- its try is in flight: it tries again at once
+    firsts[q] = true
+    return
+  end
   local w = q and head(q)
   if w then
     w.kicked = true
@@ -288,13 +299,14 @@ local function released(full, cp)
   return w
 end
 
-local function leave(qs, full, q, w)
+local function leave(q, w)
   q[w.at] = false
   local nxt = head(q)
   if nxt then
     unpark(nxt) -- its turn: it starts its own backoff steps
   else
-    qs[full] = nil
+    local qs = queues[q.cp]
+    if qs[q.full] == q then qs[q.full] = nil end
     if q.chan then
       qs.chans[q.chan] = nil
       q.cp:unwatch(q.chan)
@@ -302,28 +314,47 @@ local function leave(qs, full, q, w)
   end
 end
 
-local function queue_of(pool, key, full)
+local function queues_of(pool)
   local cp = core_of(pool)
   local qs = queues[cp]
   if not qs then
-    qs = { chans = {} }
+    -- settle: a Redlock release publishes on each node as it gets there,
+    -- so the first node's message may come before the others released
+    qs = { chans = {}, settle = cp:info().kind == "redlock" }
     queues[cp] = qs
   end
+  return qs, cp
+end
+
+-- w at the tail of q
+local function append(q, w)
+  q.last = q.last + 1
+  q[q.last] = w
+  w.at = q.last
+end
+
+-- the key's queue, made when a second caller comes or a try has to wait;
+-- a coroutine whose try stood for the queue becomes its head
+local function queue_of(pool, key, full)
+  local qs, cp = queues_of(pool)
   local q = qs[full]
-  if not q then
-    q = { first = 1, last = 0, cp = cp }
-    -- under a parking host the pool subscribes to the key's wake-up
-    -- channel while the key has waiters here (a group, on its first node)
-    if host_wait.park then
-      q.chan = cp:watch(key)
-      qs.chans[q.chan] = full
-      -- a Redlock release publishes on each node as it gets there: the
-      -- first node's message may come before the others have released
-      q.settle = cp:info().kind == "redlock"
-    end
-    qs[full] = q
+  if type(q) == "table" then return q end
+  local first = q
+  q = { first = 1, last = 0, cp = cp, full = full }
+  -- under a parking host the pool subscribes to the key's wake-up
+  -- channel while the key has waiters here (a group, on its first node)
+  if host_wait.park then
+    q.chan = cp:watch(key)
+    qs.chans[q.chan] = full
   end
-  return qs, q
+  qs[full] = q
+  if first then
+    -- its try is in flight: it takes its waiter back when the try is over
+    local w = { co = first, alive = now() + 5, kicked = firsts[first] == true, q = q }
+    append(q, w)
+    firsts[first] = w
+  end
+  return q
 end
 
 -- a head that stopped taking its turns: its coroutine was closed, or was
@@ -344,19 +375,40 @@ end
 -- a place in the key's local queue, taken before the first try: a caller
 -- that came later must not try (and win) while this one's try is in flight
 local function enqueue(pool, key, full)
-  local qs, q = queue_of(pool, key, full)
+  local q = queue_of(pool, key, full)
   local w = { co = coroutine.running(), alive = now() + 5 }
-  q.last = q.last + 1
-  q[q.last] = w
-  w.at = q.last
-  return { qs = qs, q = q, w = w, full = full }
+  append(q, w)
+  return q, w
 end
 
-local function dequeue(e) leave(e.qs, e.full, e.q, e.w) end
+-- after the first try at a key nobody here waited for (the key's queue
+-- stood for the try's coroutine meanwhile: queues, above) -> as
+-- pool:obtain, and the key's queue and this caller's waiter when it waits
+local function first_tried(pool, key, full, qs, lock, err)
+  local co = coroutine.running()
+  local w = firsts[co]
+  firsts[co] = nil
+  if qs[full] == co then -- nobody came: no queue
+    qs[full] = nil
+    if lock ~= false then return lock, err end
+    local q = queue_of(pool, key, full)
+    w = { co = co, alive = now() + 5, kicked = w == true }
+    append(q, w)
+    return lock, err, q, w
+  end
+  -- a caller that came made the queue, with this one's waiter at its head
+  -- (skipped meanwhile if the try took long: it goes to the tail again)
+  local q = w.q
+  w.q = nil
+  if lock ~= false then
+    leave(q, w)
+    return lock, err
+  end
+  return lock, err, q, w
+end
 
 -- the local queue's way of waiting (its first try made); -> as wait_for
-local function wait_queued(self, pool, key, ms, deadline, e)
-  local q, w = e.q, e.w
+local function wait_queued(self, pool, key, ms, deadline, q, w)
   self._waiting = self._waiting + 1
   local step, smax, pause = self._step, self._max, 0
   local lock, err, sent = false, nil, nil
@@ -380,7 +432,7 @@ local function wait_queued(self, pool, key, ms, deadline, e)
     else
       if w.kicked then
         w.kicked = false
-        w.quick = q.settle and 2 or 0 -- (see queue_of)
+        w.quick = queues[q.cp].settle and 2 or 0 -- (see queues_of)
       elseif left > 0 and (w.quick or 0) > 0 then
         -- woken, but the try found the key still held on a majority: the
         -- release is on its way to the other nodes
@@ -402,7 +454,7 @@ local function wait_queued(self, pool, key, ms, deadline, e)
       if lock ~= false or now() >= deadline then break end
     end
   end
-  dequeue(e)
+  leave(q, w)
   self._waiting = self._waiting - 1
   if lock == nil then return nil, err end
   if not lock then return false end
@@ -434,17 +486,28 @@ function Locker.obtain(self, key, ttl, wait, opts)
   local pool = self._pool
   local sent = now() -- the renewal's first deadline counts from the send
   local full = host_wait and wait > 0 and self._prefix .. key
-  local lock, err = false, nil
+  local lock, err, q, w = false, nil, nil, nil
   -- under a host, a waiting obtain queues first: only the head tries, so
   -- one key's waiters get it in the order they came (API.md)
-  local e = full and enqueue(pool, key, full)
-  if not e or head(e.q) == e.w then lock, err = pool:obtain(key, ms) end
-  if e and lock ~= false then dequeue(e) end
+  if not full then
+    lock, err = pool:obtain(key, ms)
+  else
+    local qs = queues_of(pool)
+    if qs[full] == nil then -- nobody here waits for it: no queue for the try
+      qs[full] = coroutine.running()
+      lock, err = pool:obtain(key, ms)
+      lock, err, q, w = first_tried(pool, key, full, qs, lock, err)
+    else
+      q, w = enqueue(pool, key, full)
+      if head(q) == w then lock, err = pool:obtain(key, ms) end
+      if lock ~= false then leave(q, w) end
+    end
+  end
   if lock == false and wait > 0 then
     local t0 = sent
     local wsent
-    if e then
-      lock, wsent = wait_queued(self, pool, key, ms, t0 + wait, e)
+    if q then
+      lock, wsent = wait_queued(self, pool, key, ms, t0 + wait, q, w)
     else
       self._waiting = self._waiting + 1
       lock, wsent = wait_for(self, pool, key, ms, t0 + wait)

@@ -3,5 +3,70 @@
 -- coroutines on 10 keys with a heartbeat, a plain process on the same keys,
 -- Redis killed and restarted) are in spec/support/hosts.lua, shared with
 -- cqueues.
+-- the luv host's park: every parked coroutine on one shared timer (first:
+-- the loop has nothing else on it yet)
+describe("host 'luv': park and unpark", function()
+  local uv = require "luv"
+  local host = require("fluxalock.host").resolve("luv")
+  local function ms_since(t0) return (uv.hrtime() - t0) / 1e6 end
+  -- the loop runs until nothing keeps it (or a guard stops it after 10 s)
+  local function run()
+    local guard = uv.new_timer()
+    guard:start(10000, 0, function() uv.stop() end)
+    guard:unref()
+    uv.run()
+    guard:close()
+  end
+
+  it("parked coroutines end in the order of their timeouts, none early, then nothing keeps the loop", function()
+    local t0, ended = uv.hrtime(), {}
+    for i, secs in ipairs { 0.06, 0.02, 0.04 } do
+      coroutine.wrap(function()
+        host.park({}, secs)
+        ended[#ended + 1] = { i = i, ms = ms_since(t0), want = secs * 1000 }
+      end)()
+    end
+    run()
+    assert.equal(3, #ended)
+    assert.same({ 2, 3, 1 }, { ended[1].i, ended[2].i, ended[3].i })
+    for _, e in ipairs(ended) do
+      assert.is_true(e.ms >= e.want, ("park %d ended after %.1f ms, before its %d ms"):format(e.i, e.ms, e.want))
+    end
+    assert.is_true(ms_since(t0) < 5000)
+  end)
+
+  it("an unparked coroutine runs at the loop's next turn, and its timeout keeps no loop running", function()
+    local key, t0, woke = {}, uv.hrtime(), nil
+    coroutine.wrap(function()
+      host.park(key, 30)
+      woke = ms_since(t0)
+    end)()
+    host.unpark(key)
+    assert.is_nil(woke) -- never from inside unpark
+    run()
+    assert.is_true(woke ~= nil and woke < 1000)
+    assert.is_true(ms_since(t0) < 5000, "the loop ran on for the parked coroutine's 30 s")
+  end)
+
+  it("a parked coroutine resumed by someone else is not resumed again when its time comes", function()
+    local steps = {}
+    local co = coroutine.create(function()
+      host.park({}, 0.03)
+      steps[#steps + 1] = "back"
+      coroutine.yield() -- a wait of its own, not fluxalock's
+      steps[#steps + 1] = "resumed"
+    end)
+    assert(coroutine.resume(co))
+    local early, past = uv.new_timer(), uv.new_timer()
+    early:start(5, 0, function()
+      early:close()
+      assert(coroutine.resume(co))
+    end)
+    past:start(100, 0, function() past:close() end) -- the loop runs past the park's 30 ms
+    run()
+    assert.same({ "back" }, steps)
+  end)
+end)
+
 require("support.hosts").spec("luv",
   "cannot wait outside a coroutine under host 'luv'", _ENV)

@@ -92,10 +92,13 @@ end
 
 -- luv: a poll handle on the fd and a timer; whichever fires first resumes
 -- this coroutine.  Both handles are closed before wait returns, so the core
--- may close or reuse the descriptor right after.
+-- may close or reuse the descriptor right after.  Parked coroutines share
+-- one timer (a timer of its own, its callback and their upvalues cost each
+-- of thousands of parked coroutines several hundred bytes).
 local function luv_host()
   local uv = need("luv", "luv")
-  local new_poll, new_timer, walk = uv.new_poll, uv.new_timer, uv.walk
+  local new_poll, new_timer, walk, uv_now, update_time, status = uv.new_poll, uv.new_timer, uv.walk,
+    uv.now, uv.update_time, coroutine.status
   local function resume_or_raise(co)
     local ok, msg = resume(co)
     -- the coroutine ended with an error: raise it from the callback,
@@ -112,7 +115,9 @@ local function luv_host()
   -- hands it to one 0 ms timer that runs the wake-ups at the loop's next
   -- turn (a resume from inside the unparking coroutine would nest, and
   -- chains of them would overflow the C stack)
+  -- (a parked coroutine itself: it is resumed if it is still parked then)
   local parked, ready, kick = {}, {}, nil
+  local at -- below: coroutine -> its place in the heap of parked ones
   local function later(fn)
     ready[#ready + 1] = fn
     if not kick then kick = new_timer() end
@@ -120,9 +125,74 @@ local function luv_host()
       kick:start(0, 0, function()
         local list = ready
         ready = {}
-        for i = 1, #list do list[i]() end
+        for i = 1, #list do
+          local f = list[i]
+          if type(f) ~= "thread" then f()
+          elseif at[f] and status(f) == "suspended" then resume_or_raise(f) end
+        end
       end)
     end
+  end
+  -- the parked coroutines by due time (loop time, ms): a binary heap in
+  -- two arrays, the shared timer armed for its top
+  local due, who, n, ptimer, armed = {}, {}, 0, nil, nil
+  at = {}
+  local function swap(i, j)
+    due[i], due[j], who[i], who[j] = due[j], due[i], who[j], who[i]
+    at[who[i]], at[who[j]] = i, j
+  end
+  local function up(i)
+    while i > 1 and due[i // 2] > due[i] do
+      swap(i, i // 2)
+      i = i // 2
+    end
+  end
+  local function down(i)
+    while true do
+      local l, m = 2 * i, i
+      if l <= n and due[l] < due[m] then m = l end
+      if l + 1 <= n and due[l + 1] < due[m] then m = l + 1 end
+      if m == i then return end
+      swap(i, m)
+      i = m
+    end
+  end
+  local function remove(i)
+    at[who[i]] = nil
+    if i < n then
+      due[i], who[i] = due[n], who[n]
+      at[who[i]] = i
+    end
+    due[n], who[n] = nil, nil
+    n = n - 1
+    if i <= n then
+      local moved = who[i]
+      up(i)
+      down(at[moved])
+    end
+  end
+  local fire
+  -- the timer runs for the earliest due time, and only while one is parked
+  -- (an armed timer keeps the loop running)
+  local function arm()
+    if n == 0 then
+      if armed then ptimer:stop() end
+      armed = nil
+    elseif armed ~= due[1] then
+      armed = due[1]
+      ptimer:start(math.max(0, armed - uv_now()), 0, fire)
+    end
+  end
+  function fire()
+    armed = nil
+    local t = uv_now()
+    while n > 0 and due[1] <= t do
+      local co = who[1]
+      remove(1)
+      arm() -- for the others first: a resume may raise
+      if status(co) == "suspended" then resume_or_raise(co) end
+    end
+    arm()
   end
   local h = {}
   function h.wait(fd, events, timeout, key)
@@ -170,25 +240,27 @@ local function luv_host()
     stop()
   end
   function h.park(key, timeout)
-    inside()
-    local co, timer, yielded, fired = running(), new_timer(), false, false
-    local function wake()
-      if fired then return end
-      fired = true
-      timer:stop()
-      timer:close()
-      if yielded and coroutine.status(co) == "suspended" then resume_or_raise(co) end
+    -- inside(), without its call: a call deeper than the wait's own leaves
+    -- each parked coroutine one more call record
+    local co, main = running()
+    if main or not isyieldable() then
+      error("cannot wait outside a coroutine under host 'luv'", 0)
     end
-    parked[key] = wake
-    timer:start(math.floor(timeout * 1000) + 1, 0, wake)
-    yielded = true
+    if not ptimer then ptimer = new_timer() end
+    parked[key] = co
+    n = n + 1
+    -- ms resolution; one more ms so that it never ends before 'timeout'
+    -- (from now: the loop's time is that of its last turn)
+    update_time()
+    due[n], who[n] = uv_now() + math.floor(timeout * 1000) + 1, co
+    at[co] = n
+    up(n)
+    arm()
     yield()
-    yielded = false
-    if parked[key] == wake then parked[key] = nil end
-    if not fired then -- resumed by someone else: forget the timer
-      fired = true
-      timer:stop()
-      timer:close()
+    if parked[key] == co then parked[key] = nil end
+    if at[co] then -- resumed before its time (unpark, or someone else)
+      remove(at[co])
+      arm()
     end
   end
   function h.unpark(key)
