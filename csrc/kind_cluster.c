@@ -180,7 +180,8 @@ int fl_cluster_setslots(lua_State *L) {
   return 1;
 }
 
+/* call: the Lua layer loads CLUSTER SLOTS over the group's connections */
 const fl_kind fl_kind_cluster = {
-  "cluster", 1, 0, cluster_setup, cluster_nodes, slot_node, cluster_on_reply,
+  "cluster", 1, 1, cluster_setup, cluster_nodes, slot_node, cluster_on_reply,
   cluster_fallback, NULL, fl_verdict_one, NULL,
 };

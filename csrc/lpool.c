@@ -227,7 +227,7 @@ static int pool_call(lua_State *L) {
   fl_pool *p = checkpool(L);
   int n, i;
   fl_cmd *cmd;
-  if (!p->ops->call) return luaL_error(L, "fluxalock: call is for single-server pools");
+  if (!p->ops->call) return luaL_error(L, "fluxalock: call is not available on a %s pool", p->ops->name);
   luaL_checktype(L, 2, LUA_TTABLE);
   n = (int)luaL_len(L, 2);
   luaL_argcheck(L, n >= 1 && n <= FL_MAXARGS + 3, 2, "1 to 9 command words");

@@ -56,6 +56,10 @@ describe("a redlock pool", function()
   end)
 
   it("keeps the Lock API: one holder, ttl, refresh, release on every node", function()
+    -- the nodes' connections open first: a call returns once a majority
+    -- answered, and a node still connecting then gets its command at the
+    -- pool's next call (README, Limitations)
+    assert(assert(locker:obtain("r-warm", 5)):release())
     local lock = assert(locker:obtain("r-basic", 5))
     assert.equal("fluxalock.Lock", getmetatable(lock).__name)
     assert.equal("fluxalock.Lock: r-basic (held)", tostring(lock))

@@ -26,9 +26,9 @@ function M.pool(o)
 end
 
 -- load the slot map from the first node that answers; true | nil, message.
--- Under a host many coroutines find the map stale at once: one loads it
--- (over one extra connection), the others go on with the map they have
--- (a MOVED still takes them to the right node)
+-- Under a host many coroutines find the map stale at once: one loads it,
+-- the others go on with the map they have (a MOVED still takes them to the
+-- right node)
 function Pool:refresh()
   if self.refreshing then return true end
   self.refreshing = true
@@ -38,7 +38,19 @@ function Pool:refresh()
   return res, err
 end
 
+local function loaded(self, slots)
+  self.group:setslots(slots)
+  self.stale = false
+  self.reloads = self.reloads + 1
+  self.moved = self.group:redirects()
+  return true
+end
+
 function Pool:load()
+  -- over the group's own connections first (a node that refuses hands the
+  -- call to the next one): no connection beyond the pool's bound
+  local slots = self.group:call { "CLUSTER", "SLOTS" }
+  if type(slots) == "table" and #slots > 0 then return loaded(self, slots) end
   local o, errs = self.o, {}
   for _, addr in ipairs(self.group:info().nodes) do
     local host, port = config.hostport(addr)
@@ -47,15 +59,10 @@ function Pool:load()
                           tls = o.tls }
     if self.host then p:sethost(self.host) end
     if self.log then p:setlog(self.log) end
-    local slots, err = p:call { "CLUSTER", "SLOTS" }
+    local err
+    slots, err = p:call { "CLUSTER", "SLOTS" }
     p:close()
-    if type(slots) == "table" and #slots > 0 then
-      self.group:setslots(slots)
-      self.stale = false
-      self.reloads = self.reloads + 1
-      self.moved = self.group:redirects()
-      return true
-    end
+    if type(slots) == "table" and #slots > 0 then return loaded(self, slots) end
     errs[#errs + 1] = err or (addr .. ": no slots")
   end
   return nil, "fluxalock: cluster slots: no node answered (" .. table.concat(errs, "; ") .. ")"
