@@ -192,7 +192,7 @@ static int fan_done(lua_State *L, fl_fan *f, int r) {
   int op = f->op0;
   fl_lock *lk = op == FL_OP_OBTAIN || op == FL_OP_AWAIT || op == FL_OP_CALL
                     ? NULL : lua_touserdata(L, FAN_LOCK);
-  fl_done(L, f->g, lk, op, f->key, f->keylen, f->start, r, f->poolidx);
+  fl_done(L, f->g, lk, op, FAN_KEY(f), FAN_KEYLEN(f), f->start, r, f->poolidx);
   fl_fan_release(f);
   if (op == FL_OP_RELEASE || op == FL_OP_CLOSE) fl_notify(L, FAN_LOCK);
   return op == FL_OP_CLOSE ? 0 : r;
@@ -235,8 +235,7 @@ static int fan_k(lua_State *L, int status, lua_KContext ctx) {
 int fl_drive_obtain(lua_State *L, fl_lock *lk, lua_Integer ms) {
   fl_fan_room room;
   fl_fan *f = fl_fan_new(L, lk->pool, FL_OP_OBTAIN, 1, lk->key, lk->keylen, &room);
-  f->key = lk->key + lk->prefixlen;
-  f->keylen = lk->keylen - lk->prefixlen;
+  f->keyat = (unsigned)lk->prefixlen;
   f->token = lk->token;
   f->ms = ms;
   fl_fan_start(f);
@@ -265,9 +264,9 @@ int fl_drive_await(lua_State *L) {
   memcpy(lkey, g->o.prefix, plen);
   memcpy(lkey + plen, key, keylen);
   f = fl_fan_new(L, g, FL_OP_AWAIT, 1, lkey, plen + keylen, &room);
-  f->key = key;
-  f->keylen = keylen;
-  f->secs = secs < 0.001 ? 0.001 : secs; /* BLPOP 0 would block for ever */
+  f->keyat = (unsigned)plen;
+  /* BLPOP 0 would block for ever */
+  f->ms = !(secs >= 0.001) ? 1 : secs > 1e9 ? 1000000000000LL : (long long)(secs * 1000.0 + 0.5);
   f->limit = limit > 0 ? fl_now() + limit : 0;
   fl_fan_start(f);
   return fan_loop(L, f);
@@ -285,11 +284,10 @@ int fl_drive_lock(lua_State *L, int op) {
   lua_pushnil(L);             /* FAN_HOST */
   lua_pushvalue(L, 1);        /* FAN_LOCK */
   f = fl_fan_new(L, lk->pool, op, 4, lk->key, lk->keylen, &room);
-  f->key = lk->key + lk->prefixlen;
-  f->keylen = lk->keylen - lk->prefixlen;
+  f->keyat = (unsigned)lk->prefixlen;
   f->token = lk->token;
   f->ms = ms;
-  f->replace = replace;
+  f->replace = (unsigned char)replace;
   if (op == FL_OP_RELEASE || op == FL_OP_CLOSE) lk->held = 0; /* first */
   fl_fan_start(f);
   return fan_loop(L, f);
@@ -302,8 +300,6 @@ int fl_drive_call(lua_State *L, const fl_cmd *cmd) {
   /* always a userdata: its __gc frees a reply a memory error left */
   fl_fan *f = fl_fan_new(L, g, FL_OP_CALL, 1, cmd->argv[0], cmd->argvlen[0], NULL);
   f->call = cmd;
-  f->key = cmd->argv[0];
-  f->keylen = cmd->argvlen[0];
   fl_fan_start(f);
   return fan_loop(L, f);
 }

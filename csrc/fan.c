@@ -63,7 +63,7 @@ static int leg_cmd(fl_fan *f, fl_conn *c, double *extra) {
     return 0;
   }
   if (op != FL_OP_TTL && op != FL_OP_REFRESH &&
-      !(comp = fl_companion(c, f->key, f->keylen, op == FL_OP_OBTAIN ? "fence" : "wake:",
+      !(comp = fl_companion(c, FAN_KEY(f), FAN_KEYLEN(f), op == FL_OP_OBTAIN ? "fence" : "wake:",
                             op != FL_OP_OBTAIN, &complen)))
     return -1;
   switch (op) {
@@ -71,8 +71,8 @@ static int leg_cmd(fl_fan *f, fl_conn *c, double *extra) {
     fl_cmd_obtain(&c->cmd, c->num[0], f->lkey, f->lkeylen, comp, complen, f->token, f->ms);
     break;
   case FL_OP_AWAIT:
-    fl_cmd_await(&c->cmd, c->num[0], comp, complen, f->secs);
-    *extra = f->secs;
+    fl_cmd_await(&c->cmd, c->num[0], comp, complen, (double)f->ms / 1000.0);
+    *extra = (double)f->ms / 1000.0;
     break;
   case FL_OP_RELEASE:
   case FL_OP_CLOSE:
@@ -220,14 +220,14 @@ static void route(fl_fan *f) {
     f->legs[0].node = f->ops->await_node(f->g, f->lkey, f->lkeylen);
     return;
   }
-  f->nlegs = f->ops->nodes(f->g, f->lkey, f->lkeylen, nodes);
+  f->nlegs = (unsigned char)f->ops->nodes(f->g, f->lkey, f->lkeylen, nodes);
   for (i = 0; i < f->nlegs; i++) f->legs[i].node = nodes[i];
 }
 
 /* every leg anew with op (an undo, or a retry after recovery) */
 void fl_fan_restart(fl_fan *f, int op) {
   int i;
-  f->op = op;
+  f->op = (unsigned char)op;
   f->phase++;
   for (i = 0; i < f->nlegs; i++) {
     fl_leg *l = &f->legs[i];
@@ -254,7 +254,7 @@ int fl_fan_failure(lua_State *L, const fl_fan *f, int errs, const char *first) {
 /* a failed obtain is undone everywhere (a node that timed out may have set
    it too); its own verdict waits at FAN_UNDO meanwhile */
 int fl_fan_undo(lua_State *L, fl_fan *f, int errs, const char *first) {
-  f->undo_errs = errs;
+  f->undo_errs = (unsigned char)errs;
   lua_settop(L, FAN_SELF);
   lua_pushstring(L, first ? first : "");
   fl_fan_restart(f, FL_OP_RELEASE);
@@ -390,10 +390,10 @@ fl_fan *fl_fan_new(lua_State *L, fl_pool *g, int op, int pooludx, const char *lk
      it holds the pool; on the C stack the caller's arguments do */
   f->g = room ? g : fl_pool_ref(g);
   f->ops = g->ops;
-  f->op = f->op0 = op;
+  f->op = f->op0 = (unsigned char)op;
   f->hidx = g->has_host ? FAN_HOST : 0;
   f->start = fl_now();
-  f->poolidx = pooludx;
+  f->poolidx = (unsigned char)pooludx;
   f->lkey = lkey;
   f->lkeylen = lkeylen;
   f->onstack = room != NULL;

@@ -23,32 +23,38 @@ enum { LEG_IDLE, LEG_RUN, LEG_PAUSE, LEG_DONE, LEG_ERR, LEG_LATE };
 typedef struct fl_leg {
   fl_pool *node;      /* borrowed: the group (or, single, the fan) holds it */
   fl_conn *c;         /* its request while it runs, or its failure's */
-  int st, hops, asking, tries, fallbacks;
   double resume;      /* LEG_PAUSE: when to try again */
   double until;       /* TRYAGAIN is retried until then */
   long long n;        /* the integer reply */
-  const char *err;    /* LEG_ERR: in c->err while c is kept, else static */
+  const char *err;    /* LEG_ERR: in c's message while c is kept, else static */
   redisReply *reply;  /* a call's reply, owned until the verdict takes it */
+  unsigned char st, hops, asking, tries, fallbacks;
 } fl_leg;
 
+/* (small types: a fan lives as long as its request, one per coroutine) */
 typedef struct fl_fan {
-  fl_pool *g;         /* one reference while the fan runs */
+  fl_pool *g;         /* one reference while a userdata fan runs */
   const struct fl_kind *ops;
-  int op, op0;        /* op becomes RELEASE for an undo; op0 is asked */
-  int phase, nlegs, hidx;
-  int poolidx;        /* the Pool userdata's stack index */
-  int recovered;      /* the recover function was called */
-  int undo_errs;      /* a failed obtain being undone: its errors */
-  int unacked;        /* a node set the lock but its replicas did not confirm */
-  int replace;
-  int onstack;        /* in a plain script's C stack, not a userdata */
-  const char *key, *lkey, *token; /* anchored on the stack */
-  size_t keylen, lkeylen;
-  long long ms;
-  double secs, limit, start;
+  const char *lkey;   /* the full key (prefix + key), anchored on the stack */
+  const char *token;  /* the lock's, anchored with it */
   const fl_cmd *call; /* FL_OP_CALL: the command (words anchored) */
+  size_t lkeylen;
+  long long ms;       /* obtain, refresh: the ttl; a wait: its seconds, in ms */
+  double limit, start;
+  unsigned keyat;     /* the user's key is lkey + keyat (a call: its word) */
+  unsigned char op, op0; /* op becomes RELEASE for an undo; op0 is asked */
+  unsigned char phase, nlegs, hidx;
+  unsigned char poolidx;   /* the Pool userdata's stack index */
+  unsigned char recovered; /* the recover function was called */
+  unsigned char undo_errs; /* a failed obtain being undone: its errors */
+  unsigned char unacked;   /* a node set it but its replicas did not confirm */
+  unsigned char replace;
+  unsigned char onstack;   /* in a plain script's C stack, not a userdata */
   fl_leg legs[];      /* nlegs of them: the userdata is sized to fit */
 } fl_fan;
+
+#define FAN_KEY(f) ((f)->lkey + (f)->keyat)
+#define FAN_KEYLEN(f) ((f)->lkeylen - (f)->keyat)
 
 /* fan.c */
 const char *fl_opname(int op);
@@ -59,6 +65,7 @@ void fl_fan_restart(fl_fan *f, int op);
 int fl_fan_failure(lua_State *L, const fl_fan *f, int errs, const char *first);
 int fl_fan_undo(lua_State *L, fl_fan *f, int errs, const char *first);
 int fl_verdict_one(lua_State *L, fl_fan *f);
+
 /* room for a fan of a plain script on the C stack (see fl_fan_new) */
 typedef union fl_fan_room {
   long double ld;
