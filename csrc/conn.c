@@ -378,7 +378,7 @@ int fl_conn_step(fl_conn *c) {
   if (c->state == FL_RQ_QUEUED && k &&
       !(c->pool->has_park && k->reader && k->reader != c && fl_now() < k->rdl + GRACE)) {
     fl_link_drive(k, c->wkey);
-    c->events = k->events;
+    c->events = (short)k->events;
   }
   if (c->state == FL_RQ_DONE) return FL_DONE;
   if (c->state == FL_RQ_ERR) return FL_ERR;

@@ -33,14 +33,14 @@ const char *fl_opname(int op) {
 void fl_leg_fail(fl_leg *l, const char *fmt, ...) {
   char msg[FL_ERRLEN];
   va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
   l->st = LEG_ERR;
   if (!l->c) {
     l->err = "fluxalock: out of memory";
     return;
   }
-  va_start(ap, fmt);
-  vsnprintf(msg, sizeof msg, fmt, ap);
-  va_end(ap);
   fl_conn_detach(l->c);
   fl_conn_setmsg(l->c, msg);
   l->err = fl_conn_errmsg(l->c);

@@ -241,7 +241,7 @@ static int pool_call(lua_State *L) {
     size_t len;
     const char *s;
     lua_rawgeti(L, 2, i);
-    if (!(s = lua_tolstring(L, -1, &len)))
+    if (!lua_tolstring(L, -1, NULL))
       luaL_argerror(L, 2, "command words must be strings or numbers");
     lua_rawseti(L, FAN_LOCK, i); /* anchored there */
     lua_rawgeti(L, FAN_LOCK, i);

@@ -16,10 +16,17 @@
 cd "$(dirname "$0")/../.." || exit 1
 checks='-*,bugprone-*,cert-*,clang-analyzer-*,-cert-err33-c,-bugprone-easily-swappable-parameters,-bugprone-reserved-identifier,-cert-dcl37-c,-cert-dcl51-cpp,-bugprone-implicit-widening-of-multiplication-result,-bugprone-not-null-terminated-result,-bugprone-sizeof-expression'
 inc=$(pkg-config --variable=includedir lua5.4 2>/dev/null)/lua5.4
-out=$(clang-tidy --quiet --checks="$checks" --warnings-as-errors='*' \
-  csrc/*.c fuzz/config_fuzz.c fuzz/reply_fuzz.c -- -std=c99 -I"$inc" -Icsrc \
-  -include tools/checks/lib/tidy-noreturn.h -DCONFIG_LUA='"config.lua"' 2>&1)
-status=$?
-echo "$out" | grep -E 'warning|error|note' | grep -v 'warnings generated' | head -n 60
+# one clang-tidy per file: given several files at once, clang-tidy 14's
+# analyzer reports every va_start'ed va_list of a file after the first as
+# uninitialized (valist.Uninitialized), while each file alone is clean
+out= status=0
+for f in csrc/*.c fuzz/config_fuzz.c fuzz/reply_fuzz.c; do
+  one=$(clang-tidy --quiet --checks="$checks" --warnings-as-errors='*' "$f" -- -std=c99 \
+    -I"$inc" -Icsrc -include tools/checks/lib/tidy-noreturn.h -DCONFIG_LUA='"config.lua"' 2>&1) ||
+    status=1
+  out="$out
+$one"
+done
+echo "$out" | grep -E 'warning|error|note' | grep -v 'warnings\? generated' | head -n 60
 echo "clang-tidy: exit $status"
 exit $status
