@@ -113,6 +113,12 @@ local function luv_host()
   -- turn (a resume from inside the unparking coroutine would nest, and
   -- chains of them would overflow the C stack)
   local parked, ready, kick = {}, {}, nil
+  -- { finish } as a to-be-closed value: finish() runs when the wait or park
+  -- returns, and also when its coroutine is closed in it (coroutine.close):
+  -- then its handles close at once, not when they fire (a poll handle left
+  -- on a socket would refuse the next wait on it; a timer would keep the
+  -- loop running for the closed coroutine's whole timeout)
+  local finally = { __close = function(t) t[1]() end }
   local function later(fn)
     ready[#ready + 1] = fn
     if not kick then kick = new_timer() end
@@ -142,9 +148,11 @@ local function luv_host()
     if not poll then error("uv.new_poll: " .. tostring(err), 0) end
     local timer = new_timer()
     local waiting = true
+    local wake
     local function stop()
       if not waiting then return false end
       waiting = false
+      if key ~= nil and parked[key] == wake then parked[key] = nil end
       -- another wait on the same fd may have closed this handle (libuv
       -- takes one per descriptor; see above): stopping it then aborts
       if not poll:is_closing() then
@@ -155,19 +163,19 @@ local function luv_host()
       timer:close()
       return true
     end
-    local function wake()
-      -- a coroutine closed meanwhile (coroutine.close) is not resumed
+    function wake()
+      -- a coroutine closed meanwhile (coroutine.close) is not resumed, nor
+      -- the running one (finish: resumed by someone else, or being closed)
       if stop() and coroutine.status(co) == "suspended" then resume_or_raise(co) end
     end
     poll:start(events == "w" and "w" or "r", wake)
     -- ms resolution; one more ms so the timer never fires before 'timeout'
     timer:start(math.floor(timeout * 1000) + 1, 0, wake)
     if key ~= nil then parked[key] = wake end -- unpark(key) ends this wait too
+    -- resumed by someone else (the host's own scheduler) or closed: stop
+    -- watching; the core checks the socket again and waits again if needed
+    local _ <close> = setmetatable({ wake }, finally)
     yield()
-    if key ~= nil and parked[key] == wake then parked[key] = nil end
-    -- resumed by someone else (the host's own scheduler): stop watching; the
-    -- core checks the socket again and calls wait again if needed
-    stop()
   end
   function h.park(key, timeout)
     inside()
@@ -177,19 +185,15 @@ local function luv_host()
       fired = true
       timer:stop()
       timer:close()
+      if parked[key] == wake then parked[key] = nil end
       if yielded and coroutine.status(co) == "suspended" then resume_or_raise(co) end
     end
     parked[key] = wake
     timer:start(math.floor(timeout * 1000) + 1, 0, wake)
+    -- resumed by someone else, or closed: forget the timer (see finally)
+    local _ <close> = setmetatable({ wake }, finally)
     yielded = true
     yield()
-    yielded = false
-    if parked[key] == wake then parked[key] = nil end
-    if not fired then -- resumed by someone else: forget the timer
-      fired = true
-      timer:stop()
-      timer:close()
-    end
   end
   function h.unpark(key)
     local wake = parked[key]
