@@ -286,11 +286,25 @@ local function released(full, cp)
   end
 end
 
+-- the waiter behind w in q, if any
+local function behind(q, w)
+  for i = w.at + 1, q.last do
+    if q[i] then return q[i] end
+  end
+end
+
 local function leave(qs, full, q, w)
+  local h = head(q)
+  local front = h == w or behind(q, h) == w -- the head or the second
   q[w.at] = false
   local nxt = head(q)
   if nxt then
     unpark(nxt) -- its turn: it starts its own backoff steps
+    -- a new second in line parked for its whole wait while it was further
+    -- back: woken, it parks a second at a time, and so looks at a head
+    -- that stops taking its turns (see stale)
+    local snd = front and behind(q, nxt)
+    if snd then unpark(snd) end
   else
     qs[full] = nil
     if q.chan then
@@ -336,6 +350,8 @@ local function second(q, w)
   return false
 end
 
+local Entry = {} -- __close: dequeue
+
 -- a place in the key's local queue, taken before the first try: a caller
 -- that came later must not try (and win) while this one's try is in flight
 local function enqueue(pool, key, full)
@@ -344,15 +360,31 @@ local function enqueue(pool, key, full)
   q.last = q.last + 1
   q[q.last] = w
   w.at = q.last
-  return { qs = qs, q = q, w = w, full = full }
+  return setmetatable({ qs = qs, q = q, w = w, full = full }, Entry)
 end
 
-local function dequeue(e) leave(e.qs, e.full, e.q, e.w) end
+-- an entry leaves its queue once: at the end of its obtain, or when its
+-- coroutine is closed (or fails) while it waits, as a to-be-closed value of
+-- the obtain (see Entry).  COUNTED: the locker whose stats().waiting counts it
+local COUNTED = 1
+local function dequeue(e)
+  local w = e.w
+  if not w then return end
+  e.w = nil
+  leave(e.qs, e.full, e.q, w)
+  local locker = e[COUNTED]
+  if locker then
+    e[COUNTED] = nil
+    locker._waiting = locker._waiting - 1
+  end
+end
+Entry.__close = dequeue
 
 -- the local queue's way of waiting (its first try made); -> as wait_for
 local function wait_queued(self, pool, key, ms, deadline, e)
   local q, w = e.q, e.w
   self._waiting = self._waiting + 1
+  e[COUNTED] = self -- dequeue counts it out
   local step, smax, pause = self._step, self._max, 0
   local lock, err, sent = false, nil, nil
   while true do
@@ -390,7 +422,6 @@ local function wait_queued(self, pool, key, ms, deadline, e)
     end
   end
   dequeue(e)
-  self._waiting = self._waiting - 1
   if lock == nil then return nil, err end
   if not lock then return false end
   return lock, sent
@@ -424,7 +455,7 @@ function Locker.obtain(self, key, ttl, wait, opts)
   local lock, err = false, nil
   -- under a host, a waiting obtain queues first: only the head tries, so
   -- one key's waiters get it in the order they came (API.md)
-  local e = full and enqueue(pool, key, full)
+  local e <close> = full and enqueue(pool, key, full) -- closed: leaves the queue
   if not e or head(e.q) == e.w then lock, err = pool:obtain(key, ms) end
   if e and lock ~= false then dequeue(e) end
   if lock == false and wait > 0 then
