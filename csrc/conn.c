@@ -411,6 +411,57 @@ static int wait_poll(fl_conn *c, double left) {
 }
 
 /*
+ * The reader's guard: while a link's reader waits on its socket under a
+ * parking host, a to-be-closed userdata on its coroutine's stack points at
+ * its request (its user value: the host table).  The wait's end disarms it
+ * (guard_off); a coroutine closed in that wait (coroutine.close) closes it
+ * armed instead, and the request ends there: the reader role goes to the
+ * next request on the link, which is unparked at once.  Without it, the
+ * requests parked behind a closed reader slept until its whole wait was up.
+ */
+#define GUARD_MT "fluxalock.readerguard"
+
+typedef struct guard {
+  fl_conn *c; /* NULL: disarmed */
+} guard;
+
+/* __close: never raises, never yields */
+static int guard_close(lua_State *L) {
+  guard *g = lua_touserdata(L, 1);
+  fl_conn *c = g ? g->c : NULL;
+  if (!c) return 0;
+  g->c = NULL;
+  fl_conn_end(c); /* its reply dropped, the role handed on (fl_conn_unclaim) */
+  lua_getiuservalue(L, 1, 1);
+  fl_wake_flush(L, c->pool, lua_gettop(L));
+  return 0;
+}
+
+/* the wait that pushed a guard is over: disarm it (at the top, or just
+   below an error message); the next wait or the function's return pops it */
+static void guard_off(lua_State *L, int status) {
+  guard *g = luaL_testudata(L, status == LUA_OK || status == LUA_YIELD ? -1 : -2, GUARD_MT);
+  if (g) g->c = NULL;
+}
+
+/* the guard of c's wait, marked to-be-closed, on top of the stack */
+static void guard_on(lua_State *L, fl_conn *c, int hostidx) {
+  guard *g;
+  if (luaL_testudata(L, -1, GUARD_MT)) lua_pop(L, 1); /* the last wait's, disarmed */
+  g = lua_newuserdatauv(L, sizeof *g, 1);
+  g->c = NULL;
+  if (luaL_newmetatable(L, GUARD_MT)) {
+    lua_pushcfunction(L, guard_close);
+    lua_setfield(L, -2, "__close");
+  }
+  lua_setmetatable(L, -2);
+  lua_pushvalue(L, hostidx);
+  lua_setiuservalue(L, -2, 1);
+  lua_toclose(L, -1);
+  g->c = c;
+}
+
+/*
  * One wait of c's coroutine through the host table at hostidx: on the
  * link's socket (host.wait) when c is its reader, else parked (host.park,
  * on c->wkey) until a reader unparks it or the reader's own wait is over.
@@ -419,6 +470,7 @@ static int wait_poll(fl_conn *c, double left) {
 int fl_host_wait(lua_State *L, fl_conn *c, int hostidx, double left,
                  lua_KContext ctx, lua_KFunction k) {
   double now = fl_now();
+  if (luaL_testudata(L, -1, GUARD_MT)) lua_pop(L, 1); /* the last wait's, disarmed */
   fl_wake_flush(L, c->pool, hostidx); /* before this coroutine sleeps */
   if (c->pool->has_park && !fl_conn_claim(c, now, left)) {
     double t = c->link->rdl + GRACE - now;
@@ -427,6 +479,7 @@ int fl_host_wait(lua_State *L, fl_conn *c, int hostidx, double left,
     lua_pushnumber(L, t < left ? t : left);
     return lua_pcallk(L, 2, 0, 0, ctx, k);
   }
+  if (c->pool->has_park && c->link) guard_on(L, c, hostidx);
   lua_getfield(L, hostidx, "wait");
   lua_pushinteger(L, fl_conn_fd(c));
   lua_pushstring(L, c->events == POLLOUT ? "w" : "r");
@@ -465,6 +518,7 @@ int fl_run(lua_State *L, fl_conn *c, int hostidx, lua_KFunction k,
     if (c->limit > 0 && c->limit - now < left) left = c->limit - now;
     if (host) {
       st = fl_host_wait(L, c, hostidx, left, ctx, k);
+      guard_off(L, st);
       if (st != LUA_OK) return leave(L, c, hostidx, fl_resume(L, c, st));
     } else if (wait_poll(c, left) == FL_ERR) {
       return FL_ERR;
@@ -474,6 +528,7 @@ int fl_run(lua_State *L, fl_conn *c, int hostidx, lua_KFunction k,
 
 /* continuation helper: called by each k with the pcall status */
 int fl_resume(lua_State *L, fl_conn *c, int status) {
+  guard_off(L, status); /* back from a wait that may have pushed one */
   if (status != LUA_OK && status != LUA_YIELD) {
     const char *m = lua_tostring(L, -1);
     fl_conn_detach(c);
