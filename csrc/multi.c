@@ -33,6 +33,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
+#include <unistd.h>
 
 #include "fluxalock.h"
 #include "net.h"
@@ -376,31 +378,75 @@ static void fan_wakes(lua_State *L, fan *f) {
   for (i = 0; i < f->g->nnodes; i++) fl_wake_flush(L, f->g->nodes[i], f->hidx);
 }
 
-/* one wait of the fan under a host: on a leg's socket when the fan may be
-   that link's reader, else parked on the fan until a reader wakes it */
+/* An epoll descriptor that watches several legs' sockets, owned by a
+   to-be-closed userdata on the fan's stack: closed by the next wait, by
+   the request's return, or when the coroutine is closed (or collected) in
+   the wait, each time after the host stopped watching it */
+#define WATCH_MT "fluxalock.fanwatch"
+
+static int watch_close(lua_State *L) { /* __close and __gc: never raises */
+  int *fd = lua_touserdata(L, 1);
+  if (fd && *fd >= 0) close(*fd);
+  if (fd) *fd = -1;
+  return 0;
+}
+
+/* one wait of the fan under a host: on the sockets of the legs whose links
+   it may read (it is their reader), through one descriptor (epoll) when
+   there are several: a host waits on one, and with the first node frozen
+   the others' replies lay unread for the whole timeout.  A leg whose link
+   another coroutine reads wakes the fan through that reader (the wait is
+   keyed on the fan); with nothing to watch the fan parks on itself */
 static int fan_wait(lua_State *L, fan *f, double now, double left, lua_KFunction k) {
-  int i;
-  fl_conn *wc = NULL;
+  int i, n = 0, park = f->g->has_park, wfd = -1;
+  fl_conn *watch[FL_MAXNODES];
   double t = left;
-  for (i = 0; i < f->nlegs && !wc; i++) {
+  if (luaL_testudata(L, -1, WATCH_MT)) lua_pop(L, 1); /* the last wait's: closed */
+  for (i = 0; i < f->nlegs; i++) {
     leg *l = &f->legs[i];
-    if (l->st == LEG_RUN && fl_conn_fd(l->c) >= 0 &&
-        (!l->c->pool->has_park || fl_conn_claim(l->c, now, left)))
-      wc = l->c;
-  }
-  for (i = 0; i < f->nlegs; i++) /* one link at a time: the others go on */
-    if (f->legs[i].st == LEG_RUN && f->legs[i].c != wc) {
-      fl_conn_unclaim(f->legs[i].c);
-      if (f->legs[i].c->link && f->legs[i].c->link->rdl + 0.05 - now < t)
-        t = f->legs[i].c->link->rdl + 0.05 - now;
+    fl_link *lk;
+    if (l->st != LEG_RUN) continue;
+    lk = l->c->link;
+    if (fl_conn_fd(l->c) >= 0 && n < FL_MAXNODES &&
+        (!l->c->pool->has_park || fl_conn_claim(l->c, now, left))) {
+      watch[n++] = l->c;
+      continue;
     }
+    fl_conn_unclaim(l->c);
+    if (lk && lk->reader && lk->reader != l->c && lk->rdl + 0.05 - now < t)
+      t = lk->rdl + 0.05 - now; /* a reader gone: look again then */
+  }
   fan_wakes(L, f);
-  if (wc) {
+  if (n > 1) {
+    int *box = lua_newuserdatauv(L, sizeof *box, 0);
+    *box = -1;
+    if (luaL_newmetatable(L, WATCH_MT)) {
+      lua_pushcfunction(L, watch_close);
+      lua_setfield(L, -2, "__close");
+      lua_pushcfunction(L, watch_close);
+      lua_setfield(L, -2, "__gc");
+    }
+    lua_setmetatable(L, -2);
+    lua_toclose(L, -1);
+    if ((*box = wfd = epoll_create1(EPOLL_CLOEXEC)) >= 0) {
+      for (i = 0; i < n && wfd >= 0; i++) {
+        struct epoll_event ev;
+        memset(&ev, 0, sizeof ev);
+        ev.events = (watch[i]->events & POLLOUT ? EPOLLOUT : 0u) |
+                    (watch[i]->events & POLLIN ? EPOLLIN : 0u);
+        ev.data.fd = fl_conn_fd(watch[i]);
+        if (epoll_ctl(wfd, EPOLL_CTL_ADD, ev.data.fd, &ev) != 0) wfd = -1;
+      }
+    } /* else (no descriptor left): the first leg's socket alone, as before */
+  }
+  if (n) {
     lua_getfield(L, f->hidx, "wait");
-    lua_pushinteger(L, fl_conn_fd(wc));
-    lua_pushstring(L, wc->events == POLLOUT ? "w" : "r");
-    lua_pushnumber(L, left);
-    return lua_pcallk(L, 3, 0, 0, (lua_KContext)f, k);
+    lua_pushinteger(L, wfd >= 0 ? wfd : fl_conn_fd(watch[0]));
+    lua_pushstring(L, wfd < 0 && watch[0]->events == POLLOUT ? "w" : "r");
+    lua_pushnumber(L, t > 0.001 ? t : 0.001);
+    if (!park) return lua_pcallk(L, 3, 0, 0, (lua_KContext)f, k);
+    lua_pushlightuserdata(L, f); /* a reader of another leg's link unparks it */
+    return lua_pcallk(L, 4, 0, 0, (lua_KContext)f, k);
   }
   if (lua_getfield(L, f->hidx, "park") != LUA_TFUNCTION) {
     /* a wait-only host and nothing to wait on (all legs pausing): short */
