@@ -294,6 +294,7 @@ local function behind(q, w)
 end
 
 local function leave(qs, full, q, w)
+  if q[w.at] ~= w then return end -- skipped as stale meanwhile: not in q
   local h = head(q)
   local front = h == w or behind(q, h) == w -- the head or the second
   q[w.at] = false
