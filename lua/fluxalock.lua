@@ -306,7 +306,7 @@ local function leave(qs, full, q, w)
     -- that stops taking its turns (see stale)
     local snd = front and behind(q, nxt)
     if snd then unpark(snd) end
-  else
+  elseif qs[full] == q then -- (not a newer queue of the same key)
     qs[full] = nil
     if q.chan then
       qs.chans[q.chan] = nil
