@@ -16,6 +16,8 @@
 #include <stdio.h>
 #include <string.h>
 #include <stdlib.h>
+#include <sys/epoll.h>
+#include <unistd.h>
 
 #include "fan.h"
 
@@ -64,31 +66,139 @@ static void fail_running(fl_fan *f, const char *why) {
   }
 }
 
-/* one wait of the fan under a host: on a leg's socket when the fan may be
-   that link's reader, else parked on the fan until a reader wakes it */
-static int host_wait(lua_State *L, fl_fan *f, double now, double left, lua_KFunction k) {
+/*
+ * The wait guard: a to-be-closed userdata on the coroutine's stack for one
+ * host wait (its user value: the host table).  Armed, it points at the
+ * fan, which reads its links for the requests behind it: a coroutine
+ * closed in the wait (coroutine.close) closes it, and the fan gives its
+ * requests back there, so the reading passes on and whoever was held up is
+ * unparked at once (else they would sleep until the closed one's time was
+ * up).  It also owns the epoll descriptor of a wait on several legs'
+ * sockets.  The wait's end disarms it; the next wait, or the request's
+ * return, closes it.
+ */
+#define GUARD_MT "fluxalock.wait"
+
+typedef struct guard {
+  fl_fan *f; /* NULL: disarmed */
+  int fd;    /* the epoll descriptor, or -1 */
+} guard;
+
+static int guard_close(lua_State *L) { /* never raises, never yields */
+  guard *g = lua_touserdata(L, 1);
+  fl_fan *f = g ? g->f : NULL;
   int i;
-  fl_conn *wc = NULL;
-  double t = left;
-  for (i = 0; i < f->nlegs && !wc; i++) {
-    fl_leg *l = &f->legs[i];
-    if (l->st == LEG_RUN && fl_conn_fd(l->c) >= 0 &&
-        (!l->c->pool->has_park || fl_conn_claim(l->c, now, left)))
-      wc = l->c;
+  if (!g) return 0;
+  if (g->fd >= 0) close(g->fd);
+  g->fd = -1;
+  g->f = NULL;
+  if (!f || !f->g) return 0;
+  fl_fan_end_legs(f); /* their replies dropped, the reading handed on */
+  lua_getiuservalue(L, 1, 1);
+  fl_wake_flush(L, f->g, lua_gettop(L));
+  for (i = 0; i < f->g->nnodes; i++) fl_wake_flush(L, f->g->nodes[i], lua_gettop(L));
+  fl_fan_release(f);
+  return 0;
+}
+
+/* collected (its coroutine dropped, not closed): the descriptor only; the
+   fan's own __gc gives its requests back */
+static int guard_gc(lua_State *L) {
+  guard *g = lua_touserdata(L, 1);
+  if (g && g->fd >= 0) close(g->fd);
+  if (g) g->fd = -1;
+  return 0;
+}
+
+/* the wait that pushed a guard is over: disarm it (at the top, or just
+   below an error message) */
+static void guard_off(lua_State *L, int status) {
+  guard *g = luaL_testudata(L, status == LUA_OK || status == LUA_YIELD ? -1 : -2, GUARD_MT);
+  if (g) g->f = NULL;
+}
+
+static guard *guard_on(lua_State *L, fl_fan *f) {
+  guard *g = lua_newuserdatauv(L, sizeof *g, 1);
+  g->f = NULL;
+  g->fd = -1;
+  if (luaL_newmetatable(L, GUARD_MT)) {
+    lua_pushcfunction(L, guard_close);
+    lua_setfield(L, -2, "__close");
+    lua_pushcfunction(L, guard_gc);
+    lua_setfield(L, -2, "__gc");
   }
-  for (i = 0; i < f->nlegs; i++) /* one link at a time: the others go on */
-    if (f->legs[i].st == LEG_RUN && f->legs[i].c != wc) {
-      fl_conn_unclaim(f->legs[i].c);
-      if (f->legs[i].c->link && f->legs[i].c->link->rdl + GRACE - now < t)
-        t = f->legs[i].c->link->rdl + GRACE - now;
+  lua_setmetatable(L, -2);
+  lua_pushvalue(L, f->hidx);
+  lua_setiuservalue(L, -2, 1);
+  lua_toclose(L, -1);
+  return g;
+}
+
+/* one descriptor readable when any of the n sockets is ready: -1 when the
+   kernel gives none (the first socket alone is watched then) */
+static int watch_all(fl_conn **watch, int n) {
+  int i, fd = epoll_create1(EPOLL_CLOEXEC);
+  for (i = 0; i < n && fd >= 0; i++) {
+    struct epoll_event ev;
+    memset(&ev, 0, sizeof ev);
+    ev.events = (watch[i]->events & POLLOUT ? (unsigned)EPOLLOUT : 0u) |
+                (watch[i]->events & POLLIN ? (unsigned)EPOLLIN : 0u);
+    ev.data.fd = fl_conn_fd(watch[i]);
+    if (epoll_ctl(fd, EPOLL_CTL_ADD, ev.data.fd, &ev) != 0) {
+      close(fd);
+      fd = -1;
     }
+  }
+  return fd;
+}
+
+/* the legs whose links the fan may read (it is their reader); the others
+   are unclaimed, and t shortened to when a reader of theirs is due back */
+static int readable_legs(fl_fan *f, double now, double left, fl_conn **watch, double *t) {
+  int i, n = 0;
+  for (i = 0; i < f->nlegs; i++) {
+    fl_leg *l = &f->legs[i];
+    fl_link *lk;
+    if (l->st != LEG_RUN) continue;
+    lk = l->c->link;
+    if (fl_conn_fd(l->c) >= 0 && n < FL_MAXNODES &&
+        (!l->c->pool->has_park || fl_conn_claim(l->c, now, left))) {
+      watch[n++] = l->c;
+      continue;
+    }
+    fl_conn_unclaim(l->c);
+    if (lk && lk->reader && lk->reader != l->c && lk->rdl + GRACE - now < *t)
+      *t = lk->rdl + GRACE - now; /* a reader gone: look again then */
+  }
+  return n;
+}
+
+/* one wait of the fan under a host: on the sockets of the legs whose links
+   it may read, through one descriptor (epoll) when there are several (a
+   host waits on one; with the first Redlock node frozen, the others'
+   replies lay unread for the whole timeout).  The wait is keyed on the
+   fan, so a reader of another leg's link unparks it; with nothing to watch
+   the fan parks on itself until a reader wakes it */
+static int host_wait(lua_State *L, fl_fan *f, double now, double left, lua_KFunction k) {
+  fl_conn *watch[FL_MAXNODES];
+  int n, park = f->g->has_park, wfd = -1;
+  double t = left;
+  if (luaL_testudata(L, -1, GUARD_MT)) lua_pop(L, 1); /* the last wait's: closed */
+  n = readable_legs(f, now, left, watch, &t);
   fan_wakes(L, f); /* before this coroutine sleeps */
-  if (wc) {
+  if (n > 1 || (n && park)) {
+    guard *g = guard_on(L, f);
+    if (park) g->f = f;
+    if (n > 1) g->fd = wfd = watch_all(watch, n);
+  }
+  if (n) {
     lua_getfield(L, f->hidx, "wait");
-    lua_pushinteger(L, fl_conn_fd(wc));
-    lua_pushstring(L, wc->events == POLLOUT ? "w" : "r");
-    lua_pushnumber(L, left);
-    return lua_pcallk(L, 3, 0, 0, (lua_KContext)f, k);
+    lua_pushinteger(L, wfd >= 0 ? wfd : fl_conn_fd(watch[0]));
+    lua_pushstring(L, wfd < 0 && watch[0]->events == POLLOUT ? "w" : "r");
+    lua_pushnumber(L, t > 0.001 ? t : 0.001);
+    if (!park) return lua_pcallk(L, 3, 0, 0, (lua_KContext)f, k);
+    lua_pushlightuserdata(L, f); /* a reader of another leg's link unparks it */
+    return lua_pcallk(L, 4, 0, 0, (lua_KContext)f, k);
   }
   if (lua_getfield(L, f->hidx, "park") != LUA_TFUNCTION) {
     /* a wait-only host and nothing to wait on (all legs pausing): short */
@@ -151,6 +261,7 @@ static void drive(lua_State *L, fl_fan *f, lua_KFunction k) {
     if (until < now) until = now;
     if (host) {
       int st = host_wait(L, f, now, until - now, k);
+      guard_off(L, st);
       if (st != LUA_OK) {
         const char *m = lua_tostring(L, -1);
         fail_running(f, m ? m : "error");
@@ -220,6 +331,7 @@ static int recover_k(lua_State *L, int status, lua_KContext ctx) {
 
 static int fan_k(lua_State *L, int status, lua_KContext ctx) {
   fl_fan *f = (fl_fan *)ctx;
+  guard_off(L, status); /* back from a wait that may have pushed one */
   if (status != LUA_OK && status != LUA_YIELD) {
     const char *m = lua_tostring(L, -1);
     fail_running(f, m ? m : "error");

@@ -197,9 +197,14 @@ void fl_leg_step(fl_fan *f, fl_leg *l, double now) {
 
 /* ---- the fan ------------------------------------------------------------------ */
 
-void fl_fan_release(fl_fan *f) {
+/* every leg's request given back (a coroutine closed mid-wait: drive.c) */
+void fl_fan_end_legs(fl_fan *f) {
   int i;
   for (i = 0; i < f->nlegs; i++) leg_drop(&f->legs[i]);
+}
+
+void fl_fan_release(fl_fan *f) {
+  fl_fan_end_legs(f);
   if (f->g && !f->onstack) fl_pool_unref(f->g);
   f->g = NULL;
 }

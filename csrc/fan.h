@@ -76,6 +76,7 @@ typedef union fl_fan_room {
 fl_fan *fl_fan_new(lua_State *L, fl_pool *g, int op, int pooludx, const char *lkey,
                    size_t lkeylen, fl_fan_room *room);
 void fl_fan_start(fl_fan *f);
+void fl_fan_end_legs(fl_fan *f);
 void fl_fan_release(fl_fan *f);
 void fl_fan_defer(fl_lock *lk);
 

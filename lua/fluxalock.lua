@@ -299,20 +299,54 @@ local function released(full, cp)
   return w
 end
 
+-- the waiter behind w in q, if any
+local function behind(q, w)
+  for i = w.at + 1, q.last do
+    if q[i] then return q[i] end
+  end
+end
+
 local function leave(q, w)
+  if q[w.at] ~= w then return end -- skipped as stale meanwhile: not in q
+  local h = head(q)
+  local front = h == w or behind(q, h) == w -- the head or the second
   q[w.at] = false
   local nxt = head(q)
+  local qs = queues[q.cp]
   if nxt then
     unpark(nxt) -- its turn: it starts its own backoff steps
-  else
-    local qs = queues[q.cp]
-    if qs[q.full] == q then qs[q.full] = nil end
+    -- a new second in line parked for its whole wait while it was further
+    -- back: woken, it parks a second at a time, and so looks at a head
+    -- that stops taking its turns (see stale)
+    local snd = front and behind(q, nxt)
+    if snd then unpark(snd) end
+  elseif qs[q.full] == q then -- (not a newer queue of the same key)
+    qs[q.full] = nil
     if q.chan then
       qs.chans[q.chan] = nil
       q.cp:unwatch(q.chan)
     end
   end
 end
+
+-- a waiter is { co = its coroutine, alive = until when it takes its turns,
+-- at = its place, q = its queue [, kicked, quick, counted] }; it leaves
+-- its queue once: at the end of its obtain, or when its coroutine is
+-- closed (or fails) while it waits, as a to-be-closed value of the obtain.
+-- counted: the locker whose stats().waiting counts it
+local Waiter = {}
+local function dequeue(w)
+  local q = w.q
+  if not q then return end
+  w.q = nil
+  leave(q, w)
+  local locker = w.counted
+  if locker then
+    w.counted = nil
+    locker._waiting = locker._waiting - 1
+  end
+end
+Waiter.__close = dequeue
 
 local function queues_of(pool)
   local cp = core_of(pool)
@@ -331,6 +365,11 @@ local function append(q, w)
   q.last = q.last + 1
   q[q.last] = w
   w.at = q.last
+  w.q = q
+end
+
+local function waiter(co, kicked)
+  return setmetatable({ co = co, alive = now() + 5, kicked = kicked }, Waiter)
 end
 
 -- the key's queue, made when a second caller comes or a try has to wait;
@@ -350,7 +389,7 @@ local function queue_of(pool, key, full)
   qs[full] = q
   if first then
     -- its try is in flight: it takes its waiter back when the try is over
-    local w = { co = first, alive = now() + 5, kicked = firsts[first] == true, q = q }
+    local w = waiter(first, firsts[first] == true)
     append(q, w)
     firsts[first] = w
   end
@@ -376,7 +415,7 @@ end
 -- that came later must not try (and win) while this one's try is in flight
 local function enqueue(pool, key, full)
   local q = queue_of(pool, key, full)
-  local w = { co = coroutine.running(), alive = now() + 5 }
+  local w = waiter(coroutine.running(), nil)
   append(q, w)
   return q, w
 end
@@ -392,33 +431,28 @@ local function first_tried(pool, key, full, qs, lock, err)
     qs[full] = nil
     if lock ~= false then return lock, err end
     local q = queue_of(pool, key, full)
-    w = { co = co, alive = now() + 5, kicked = w == true }
+    w = waiter(co, w == true)
     append(q, w)
     return lock, err, q, w
   end
   -- a caller that came made the queue, with this one's waiter at its head
   -- (skipped meanwhile if the try took long: it goes to the tail again)
-  local q = w.q
-  w.q = nil
   if lock ~= false then
-    leave(q, w)
+    dequeue(w)
     return lock, err
   end
-  return lock, err, q, w
+  return lock, err, w.q, w
 end
 
 -- the local queue's way of waiting (its first try made); -> as wait_for
 local function wait_queued(self, pool, key, ms, deadline, q, w)
   self._waiting = self._waiting + 1
+  w.counted = self -- dequeue counts it out
   local step, smax, pause = self._step, self._max, 0
   local lock, err, sent = false, nil, nil
   while true do
     local left = deadline - now()
-    if q[w.at] ~= w then -- skipped as stale while held up: to the tail again
-      q.last = q.last + 1
-      q[q.last] = w
-      w.at = q.last
-    end
+    if q[w.at] ~= w then append(q, w) end -- skipped as stale while held up
     local h = head(q)
     if h ~= w then
       if left <= 0 then break end
@@ -454,11 +488,48 @@ local function wait_queued(self, pool, key, ms, deadline, q, w)
       if lock ~= false or now() >= deadline then break end
     end
   end
-  leave(q, w)
-  self._waiting = self._waiting - 1
+  dequeue(w)
   if lock == nil then return nil, err end
   if not lock then return false end
   return lock, sent
+end
+
+-- the first try at a key nobody waited for: its coroutine closed (or
+-- failing) in it leaves the queue a caller that came meanwhile made with it
+-- at the head (one shared value: nothing is made per try)
+local first_try = setmetatable({}, { __close = function()
+  local co = coroutine.running()
+  local w = firsts[co]
+  firsts[co] = nil
+  if type(w) == "table" then dequeue(w) end
+end })
+
+-- under a host: the first try and, when it fails, the wait, in the key's
+-- local queue -> lock, err, sent (as wait_queued's), waited (it had to)
+local function obtain_queued(self, pool, key, ms, full, deadline)
+  local qs = queues_of(pool)
+  local lock, err, q, w = false, nil
+  local tried = false
+  local sent = now()
+  if qs[full] == nil then -- nobody here waits for it: no queue for the try
+    local _ <close> = first_try
+    qs[full] = coroutine.running()
+    lock, err = pool:obtain(key, ms)
+    lock, err, q, w = first_tried(pool, key, full, qs, lock, err)
+    tried = true
+  else
+    q, w = enqueue(pool, key, full)
+  end
+  local _ <close> = w -- closed (or failing) from here on: it leaves the queue
+  if not tried then
+    if head(q) == w then lock, err = pool:obtain(key, ms) end
+    if lock ~= false then dequeue(w) end
+  end
+  if lock ~= false then return lock, err, sent, false end
+  local wsent
+  lock, wsent = wait_queued(self, pool, key, ms, deadline, q, w)
+  if lock then return lock, nil, wsent, true end
+  return lock, wsent, sent, true
 end
 
 --- locker:obtain(key, ttl [, wait [, opts]]) -> lock | nil, "not obtained" | nil, message
@@ -486,34 +557,24 @@ function Locker.obtain(self, key, ttl, wait, opts)
   local pool = self._pool
   local sent = now() -- the renewal's first deadline counts from the send
   local full = host_wait and wait > 0 and self._prefix .. key
-  local lock, err, q, w = false, nil, nil, nil
+  local lock, err, waited
+  local t0 = sent
   -- under a host, a waiting obtain queues first: only the head tries, so
   -- one key's waiters get it in the order they came (API.md)
-  if not full then
-    lock, err = pool:obtain(key, ms)
+  if full then
+    lock, err, sent, waited = obtain_queued(self, pool, key, ms, full, t0 + wait)
   else
-    local qs = queues_of(pool)
-    if qs[full] == nil then -- nobody here waits for it: no queue for the try
-      qs[full] = coroutine.running()
-      lock, err = pool:obtain(key, ms)
-      lock, err, q, w = first_tried(pool, key, full, qs, lock, err)
-    else
-      q, w = enqueue(pool, key, full)
-      if head(q) == w then lock, err = pool:obtain(key, ms) end
-      if lock ~= false then leave(q, w) end
-    end
-  end
-  if lock == false and wait > 0 then
-    local t0 = sent
-    local wsent
-    if q then
-      lock, wsent = wait_queued(self, pool, key, ms, t0 + wait, q, w)
-    else
+    lock, err = pool:obtain(key, ms)
+    if lock == false and wait > 0 then
+      waited = true
       self._waiting = self._waiting + 1
+      local wsent
       lock, wsent = wait_for(self, pool, key, ms, t0 + wait)
       self._waiting = self._waiting - 1
+      if lock then sent = wsent else err = wsent end
     end
-    if lock then sent = wsent else err = wsent end
+  end
+  if waited then
     local took = now() - t0
     self._waited = self._waited + 1
     self._wait_seconds = self._wait_seconds + took

@@ -118,6 +118,12 @@ local function luv_host()
   -- (a parked coroutine itself: it is resumed if it is still parked then)
   local parked, ready, kick = {}, {}, nil
   local at -- below: coroutine -> its place in the heap of parked ones
+  -- { finish } as a to-be-closed value: finish() runs when the wait
+  -- returns, and also when its coroutine is closed in it (coroutine.close):
+  -- then its handles close at once, not when they fire (a poll handle left
+  -- on a socket would refuse the next wait on it; a timer would keep the
+  -- loop running for the closed coroutine's whole timeout)
+  local finally = { __close = function(t) t[1]() end }
   local function later(fn)
     ready[#ready + 1] = fn
     if not kick then kick = new_timer() end
@@ -135,10 +141,11 @@ local function luv_host()
   end
   -- the parked coroutines by due time (loop time, ms): a binary heap in
   -- two arrays, the shared timer armed for its top
-  local due, who, n, ptimer, armed = {}, {}, 0, nil, nil
+  local due, who, keys, n, ptimer, armed = {}, {}, {}, 0, nil, nil
   at = {}
   local function swap(i, j)
     due[i], due[j], who[i], who[j] = due[j], due[i], who[j], who[i]
+    keys[i], keys[j] = keys[j], keys[i]
     at[who[i]], at[who[j]] = i, j
   end
   local function up(i)
@@ -160,10 +167,10 @@ local function luv_host()
   local function remove(i)
     at[who[i]] = nil
     if i < n then
-      due[i], who[i] = due[n], who[n]
+      due[i], who[i], keys[i] = due[n], who[n], keys[n]
       at[who[i]] = i
     end
-    due[n], who[n] = nil, nil
+    due[n], who[n], keys[n] = nil, nil, nil
     n = n - 1
     if i <= n then
       local moved = who[i]
@@ -212,9 +219,11 @@ local function luv_host()
     if not poll then error("uv.new_poll: " .. tostring(err), 0) end
     local timer = new_timer()
     local waiting = true
+    local wake
     local function stop()
       if not waiting then return false end
       waiting = false
+      if key ~= nil and parked[key] == wake then parked[key] = nil end
       -- another wait on the same fd may have closed this handle (libuv
       -- takes one per descriptor; see above): stopping it then aborts
       if not poll:is_closing() then
@@ -225,20 +234,33 @@ local function luv_host()
       timer:close()
       return true
     end
-    local function wake()
-      -- a coroutine closed meanwhile (coroutine.close) is not resumed
+    function wake()
+      -- a coroutine closed meanwhile (coroutine.close) is not resumed, nor
+      -- the running one (finish: resumed by someone else, or being closed)
       if stop() and coroutine.status(co) == "suspended" then resume_or_raise(co) end
     end
     poll:start(events == "w" and "w" or "r", wake)
     -- ms resolution; one more ms so the timer never fires before 'timeout'
     timer:start(math.floor(timeout * 1000) + 1, 0, wake)
     if key ~= nil then parked[key] = wake end -- unpark(key) ends this wait too
+    -- resumed by someone else (the host's own scheduler) or closed: stop
+    -- watching; the core checks the socket again and waits again if needed
+    local _ <close> = setmetatable({ wake }, finally)
     yield()
-    if key ~= nil and parked[key] == wake then parked[key] = nil end
-    -- resumed by someone else (the host's own scheduler): stop watching; the
-    -- core checks the socket again and calls wait again if needed
-    stop()
   end
+  -- the end of a park, when it returns and also when its coroutine is
+  -- closed in it (coroutine.close runs its to-be-closed values in it): out
+  -- of the heap and the map at once, so no timer runs on for a closed one.
+  -- One shared value: a park makes nothing of its own
+  local park_end = setmetatable({}, { __close = function()
+    local co = running()
+    local i = at[co]
+    if i then -- resumed before its time (unpark, someone else), or closed
+      if parked[keys[i]] == co then parked[keys[i]] = nil end
+      remove(i)
+      arm()
+    end
+  end })
   function h.park(key, timeout)
     -- inside(), without its call: a call deeper than the wait's own leaves
     -- each parked coroutine one more call record
@@ -252,16 +274,13 @@ local function luv_host()
     -- ms resolution; one more ms so that it never ends before 'timeout'
     -- (from now: the loop's time is that of its last turn)
     update_time()
-    due[n], who[n] = uv_now() + math.floor(timeout * 1000) + 1, co
+    due[n], who[n], keys[n] = uv_now() + math.floor(timeout * 1000) + 1, co, key
     at[co] = n
     up(n)
     arm()
+    local _ <close> = park_end
     yield()
-    if parked[key] == co then parked[key] = nil end
-    if at[co] then -- resumed before its time (unpark, or someone else)
-      remove(at[co])
-      arm()
-    end
+    if parked[key] == co then parked[key] = nil end -- its time came
   end
   function h.unpark(key)
     local wake = parked[key]
