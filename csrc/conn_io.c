@@ -128,7 +128,7 @@ int fl_link_out(fl_link *k, int argc, const char *const *argv, const size_t *len
   int i;
   for (i = 0; i < argc; i++) need += len[i] + 32;
   if (k->outpos == k->outlen) k->outpos = k->outlen = 0; /* all sent: start over */
-  if (k->outlen + need > k->outcap) {
+  if (!k->out || k->outlen + need > k->outcap) {
     size_t cap = k->outcap ? k->outcap : 256;
     char *o;
     while (cap < k->outlen + need) cap *= 2;
