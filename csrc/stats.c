@@ -64,7 +64,7 @@ static void count(fl_pool *p, const fl_lock *lk, int op, int yes, int failed) {
 /* inside lua_pcall: 1 log function, 2 the event (light userdata) */
 static int emit(lua_State *L) {
   const fl_event *e = lua_touserdata(L, 2);
-  lua_createtable(L, 0, 8);
+  lua_createtable(L, 0, 9);
   lua_pushstring(L, e->op);
   lua_setfield(L, 3, "op");
   if (e->key) {
@@ -161,12 +161,24 @@ static void setint(lua_State *L, const char *k, long long v) {
 }
 
 /* pool:counts() -> a fresh table: this pool's counters and its nodes' */
+/* requests of p taken and not yet given back */
+static long long in_flight(const fl_pool *p) {
+  const fl_conn *c;
+  long long n = 0;
+  for (c = p->allreqs; c; c = c->nextall) n += c->busy != 0;
+  return n;
+}
+
 static int pool_counts(lua_State *L) {
   fl_pool *p = fl_checkpool(L, 1);
+  long long flying = in_flight(p);
   fl_counts n = p->n;
   long long renewed = 0;
   int i;
-  for (i = 0; i < p->nnodes; i++) add(&n, &p->nodes[i]->n);
+  for (i = 0; i < p->nnodes; i++) {
+    add(&n, &p->nodes[i]->n);
+    flying += in_flight(p->nodes[i]);
+  }
   { /* renewal (renew.c): refreshes the thread confirmed, and locks it
        found lost (a later call on such a lock is not counted again: count) */
     long long r = 0, l = 0;
@@ -174,7 +186,7 @@ static int pool_counts(lua_State *L) {
     renewed += r;
     n.lost += l;
   }
-  lua_createtable(L, 0, 8);
+  lua_createtable(L, 0, 9);
   setint(L, "released", n.released);
   setint(L, "lost", n.lost);
   setint(L, "refreshed", n.refreshed);
@@ -182,6 +194,7 @@ static int pool_counts(lua_State *L) {
   setint(L, "reconnects", n.reconnects);
   setint(L, "redirects", (long long)p->moved + (long long)p->asked);
   setint(L, "renewed", renewed);
+  setint(L, "in_flight", flying);
   return 1;
 }
 

@@ -9,7 +9,7 @@ local fluxalock = require "fluxalock"
 
 -- the counters a fresh locker starts from
 local ZERO = { obtained = 0, not_obtained = 0, errors = 0, released = 0, lost = 0,
-  refreshed = 0, renewed = 0, waited = 0, waiting = 0, wait_seconds = 0, wait_max = 0,
+  refreshed = 0, renewed = 0, waited = 0, waiting = 0, in_flight = 0, wait_seconds = 0, wait_max = 0,
   reconnects = 0, redirects = 0 }
 
 -- the stats without the timing figures (checked on their own)
