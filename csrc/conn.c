@@ -116,14 +116,13 @@ void fl_conn_fail(fl_conn *c, const char *op, const char *fmt, ...) {
   fl_conn_setmsg(c, msg);
 }
 
-/* c fails with the whole message msg (a strategy's own words), kept at its
-   length */
+/* c fails with the whole message msg (a strategy's own words, never c's
+   own message), kept at its length */
 void fl_conn_setmsg(fl_conn *c, const char *msg) {
   size_t n = strlen(msg) + 1;
-  char *m = malloc(n); /* first: msg may be c's own message */
-  if (m) memcpy(m, msg, n);
   drop_err(c);
-  c->err = m ? m : no_memory;
+  if ((c->err = malloc(n)) != NULL) memcpy(c->err, msg, n);
+  else c->err = no_memory;
   drop_reply(c);
   c->state = FL_RQ_ERR;
 }
