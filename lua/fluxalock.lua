@@ -504,34 +504,6 @@ local first_try = setmetatable({}, { __close = function()
   if type(w) == "table" then dequeue(w) end
 end })
 
--- under a host: the first try and, when it fails, the wait, in the key's
--- local queue -> lock, err, sent (as wait_queued's), waited (it had to)
-local function obtain_queued(self, pool, key, ms, full, deadline)
-  local qs = queues_of(pool)
-  local lock, err, q, w = false, nil
-  local tried = false
-  local sent = now()
-  if qs[full] == nil then -- nobody here waits for it: no queue for the try
-    local _ <close> = first_try
-    qs[full] = coroutine.running()
-    lock, err = pool:obtain(key, ms)
-    lock, err, q, w = first_tried(pool, key, full, qs, lock, err)
-    tried = true
-  else
-    q, w = enqueue(pool, key, full)
-  end
-  local _ <close> = w -- closed (or failing) from here on: it leaves the queue
-  if not tried then
-    if head(q) == w then lock, err = pool:obtain(key, ms) end
-    if lock ~= false then dequeue(w) end
-  end
-  if lock ~= false then return lock, err, sent, false end
-  local wsent
-  lock, wsent = wait_queued(self, pool, key, ms, deadline, q, w)
-  if lock then return lock, nil, wsent, true end
-  return lock, wsent, sent, true
-end
-
 --- locker:obtain(key, ttl [, wait [, opts]]) -> lock | nil, "not obtained" | nil, message
 -- opts.renew = true | seconds: keep the lock alive until it is released
 function Locker.obtain(self, key, ttl, wait, opts)
@@ -562,7 +534,32 @@ function Locker.obtain(self, key, ttl, wait, opts)
   -- under a host, a waiting obtain queues first: only the head tries, so
   -- one key's waiters get it in the order they came (API.md)
   if full then
-    lock, err, sent, waited = obtain_queued(self, pool, key, ms, full, t0 + wait)
+    -- (here, not in a function of its own: one call level more grows every
+    -- waiting coroutine's stack to its next size, 1.3 KB more each)
+    local qs = queues_of(pool)
+    local q, w
+    local tried = false
+    if qs[full] == nil then -- nobody here waits for it: no queue for the try
+      local _ <close> = first_try
+      qs[full] = coroutine.running()
+      lock, err = pool:obtain(key, ms)
+      lock, err, q, w = first_tried(pool, key, full, qs, lock, err)
+      tried = true
+    else
+      q, w = enqueue(pool, key, full)
+    end
+    local _ <close> = w -- closed (or failing) from here on: it leaves the queue
+    if not tried then
+      lock = false
+      if head(q) == w then lock, err = pool:obtain(key, ms) end
+      if lock ~= false then dequeue(w) end
+    end
+    if lock == false then
+      waited = true
+      local wsent
+      lock, wsent = wait_queued(self, pool, key, ms, t0 + wait, q, w)
+      if lock then sent = wsent else err = wsent end
+    end
   else
     lock, err = pool:obtain(key, ms)
     if lock == false and wait > 0 then
