@@ -130,15 +130,11 @@ static void leg_reply(fl_fan *f, fl_leg *l) {
   fl_conn *c = l->c;
   redisReply *r = c->reply;
   if (f->ops->on_reply && f->ops->on_reply(f, l, r)) return;
-  if (r->type == REDIS_REPLY_ERROR && f->op != FL_OP_CALL) {
+  if (r->type == REDIS_REPLY_ERROR) {
     fl_leg_fail(l, "fluxalock: %s %s: %s", c->op, l->node->o.where, r->str ? r->str : "error");
     return;
   }
   if (f->op == FL_OP_CALL) {
-    if (r->type == REDIS_REPLY_ERROR) {
-      fl_leg_fail(l, "fluxalock: %s %s: %s", c->op, l->node->o.where, r->str ? r->str : "error");
-      return;
-    }
     l->reply = r; /* the verdict boxes it */
     c->reply = NULL;
   } else if (f->op == FL_OP_AWAIT) {
