@@ -1,9 +1,11 @@
 /*
  * The driver: the one place that waits.
  *
- * fl_fan_drive() steps every leg of a fan without blocking, then waits for
- * them: with poll(2) on all their sockets in a plain script, or through the
- * host table under an event-loop host.  There one coroutine per link (its
+ * Every request of the userdata layer (fl_drive_obtain, _await, _lock,
+ * _call) is a fan (fan.c) run here to its answer: drive() steps every leg
+ * without blocking, then waits for them: with poll(2) on all their sockets
+ * in a plain script (or in the receive itself, one leg on a plain socket),
+ * or through the host table under an event-loop host.  There one coroutine per link (its
  * reader) waits on the socket through host.wait; the others park
  * (host.park, on their request's park key) and are unparked when a reader
  * has dispatched their replies (conn_io.c collects the wake-ups, drive.c
