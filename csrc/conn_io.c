@@ -420,7 +420,7 @@ void fl_link_drive(fl_link *k, void *self) {
 }
 
 /*
- * A plain script's wait for its reply on k (fl_run without a host): the
+ * A plain script's wait for its reply on k (drive.c, without a host): the
  * receive itself waits, up to the transport's receive timeout, when 'left'
  * leaves room for all of it (with 10 ms for the kernel's timer ticks).
  * 1: waited (bytes came and were dispatched, or the link failed); 0: the

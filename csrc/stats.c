@@ -2,8 +2,8 @@
  * Figures and a debug log.
  *
  * Every lock operation ends in fl_done(), once, with its results on top of
- * the stack (a single server's finish functions in pool.c and lock.c, a
- * group's verdict in multi.c).  It counts what only C sees (release results,
+ * the stack (the end of every request, drive.c's fan_done, after its
+ * kind's verdict).  It counts what only C sees (release results,
  * locks found lost, refreshes, their runtime failures) with plain
  * increments in fl_pool.n, and, when the pool has a log function (one
  * branch: fl_pool.has_log), calls it with one event table.  The obtain side
