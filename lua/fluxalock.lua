@@ -480,6 +480,9 @@ local function wait_queued(self, pool, key, ms, deadline, q, w)
         local t = min(pause * (0.5 + random() * 0.5), left)
         w.alive = now() + t
         if q.chan then q.cp:subwait(w, t) else park(w, t) end
+        -- woken in the step (a release's message, or this process's own):
+        -- a Redlock try may come before the other nodes released, too
+        if w.kicked then w.quick = queues[q.cp].settle and 2 or 0 end
         w.kicked = false
       end
       w.alive = now() + 5 -- the try may take a command's timeout
