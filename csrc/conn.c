@@ -71,13 +71,12 @@ void fl_wake(fl_pool *p, void *key) {
 
 /* ---- the reader role ----------------------------------------------------------- */
 
-#define GRACE 0.05 /* a reader not back this long after its wait: abandoned */
 
 /* may c's coroutine wait on the link's socket?  Else it parks */
 int fl_conn_claim(fl_conn *c, double now, double left) {
   fl_link *k = c->link;
   if (!k) return 1;
-  if (k->reader && k->reader != c && now < k->rdl + GRACE) return 0;
+  if (k->reader && k->reader != c && now < k->rdl + FL_READER_GRACE) return 0;
   k->reader = c;
   k->rdl = now + left;
   return 1;
@@ -375,7 +374,7 @@ int fl_conn_step(fl_conn *c) {
      a live reader leaves its bytes and its reply to that reader, so what
      one loop turn produced goes out in one write */
   if (c->state == FL_RQ_QUEUED && k &&
-      !(c->pool->has_park && k->reader && k->reader != c && fl_now() < k->rdl + GRACE)) {
+      !(c->pool->has_park && k->reader && k->reader != c && fl_now() < k->rdl + FL_READER_GRACE)) {
     fl_link_drive(k, c->wkey);
     c->events = (short)k->events;
   }

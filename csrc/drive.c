@@ -23,7 +23,6 @@
 
 #include "fan.h"
 
-#define GRACE 0.05 /* as conn.c: a reader not back this long is abandoned */
 
 /* call host.unpark(key) for every wake-up p collected; never yields.  An
    unpark runs Lua, so a collection may finalize an abandoned request that
@@ -169,8 +168,8 @@ static int readable_legs(fl_fan *f, double now, double left, fl_conn **watch, do
       continue;
     }
     fl_conn_unclaim(l->c);
-    if (lk && lk->reader && lk->reader != l->c && lk->rdl + GRACE - now < *t)
-      *t = lk->rdl + GRACE - now; /* a reader gone: look again then */
+    if (lk && lk->reader && lk->reader != l->c && lk->rdl + FL_READER_GRACE - now < *t)
+      *t = lk->rdl + FL_READER_GRACE - now; /* a reader gone: look again then */
   }
   return n;
 }

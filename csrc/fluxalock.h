@@ -201,6 +201,9 @@ typedef struct fl_pool {
 } fl_pool;
 
 #define FL_MAXNODES 16 /* of a Redlock group */
+/* a coroutine that reads a shared socket for others (a link's reader, the
+   subscription's) and is not back this long after its wait: abandoned */
+#define FL_READER_GRACE 0.05
 
 typedef struct fl_lock {
   fl_pool *pool;    /* one reference, dropped by __gc */
@@ -277,6 +280,7 @@ static inline fl_pool *fl_checkpool(lua_State *L, int idx) {
 void fl_group_close(fl_pool *p);
 int fl_group_fresh(const fl_pool *g);
 int fl_group_add(fl_pool *g, fl_pool *n);
+void fl_group_add_pool(lua_State *L, fl_pool *g, int idx);
 int fl_group_node(fl_pool *g, const char *host, int port);
 int fl_group_info(lua_State *L);
 int fl_group_redirects(lua_State *L);

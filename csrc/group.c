@@ -18,6 +18,15 @@ void fl_group_close(fl_pool *p) {
   for (j = 0; j < p->nnodes; j++) fl_pool_close_idle(p->nodes[j]);
 }
 
+/* the Pool userdata at idx joins the group g; raises when out of memory */
+void fl_group_add_pool(lua_State *L, fl_pool *g, int idx) {
+  fl_pool *n = fl_checkpool(L, idx);
+  if (fl_group_add(g, fl_pool_ref(n)) < 0) {
+    fl_pool_unref(n);
+    luaL_error(L, "fluxalock: out of memory");
+  }
+}
+
 /* may g become a group: a single server that never connected */
 int fl_group_fresh(const fl_pool *g) { return g->ops == &fl_kind_single && g->nlinks == 0; }
 

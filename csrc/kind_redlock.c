@@ -14,10 +14,7 @@ static void redlock_setup(lua_State *L, fl_pool *g, int n) {
   luaL_argcheck(L, n <= FL_MAXNODES, 3, "at most 16 Redlock nodes");
   for (i = 1; i <= n; i++) {
     lua_rawgeti(L, 3, i);
-    if (fl_group_add(g, fl_pool_ref(fl_checkpool(L, -1))) < 0) {
-      fl_pool_unref(fl_checkpool(L, -1));
-      luaL_error(L, "fluxalock: out of memory");
-    }
+    fl_group_add_pool(L, g, -1);
     lua_pop(L, 1);
   }
 }

@@ -10,10 +10,7 @@
 static void sentinel_setup(lua_State *L, fl_pool *g, int n) {
   luaL_argcheck(L, n == 1, 3, "one node");
   lua_rawgeti(L, 3, 1);
-  if (fl_group_add(g, fl_pool_ref(fl_checkpool(L, -1))) < 0) {
-    fl_pool_unref(fl_checkpool(L, -1));
-    luaL_error(L, "fluxalock: out of memory");
-  }
+  fl_group_add_pool(L, g, -1);
   lua_pop(L, 1);
 }
 

@@ -35,7 +35,6 @@ typedef struct fl_sub {
   double rdl;         /* until when */
 } fl_sub;
 
-#define GRACE 0.05
 
 void fl_sub_free(fl_pool *p) {
   fl_sub *s = p->sub;
@@ -238,7 +237,7 @@ static int pool_subwait(lua_State *L) {
      must not sleep its step on a socket that has nothing more to say */
   if (s && deliver(L, s)) return 0;
   fd = s && s->k->net && s->k->state != FL_LK_CLOSED ? fl_net_fd(s->k->net) : -1;
-  if (fd >= 0 && (!s->reader || now >= s->rdl + GRACE)) {
+  if (fd >= 0 && (!s->reader || now >= s->rdl + FL_READER_GRACE)) {
     s->reader = lua_topointer(L, 2);
     s->rdl = now + secs;
     s->k->watched = 1; /* closed meanwhile: the descriptor waits for us */
