@@ -216,7 +216,7 @@ local function build_sys()
   local f = assert(io.open(dir .. "/rnsys.c", "w"))
   f:write(SYS)
   f:close()
-  local out, ok = R.sh(("cc -shared -fPIC -I/usr/include/lua5.4 -o %s/rnsys.so %s/rnsys.c 2>&1"):format(dir, dir))
+  local out, ok = R.sh(("cc -shared -fPIC $(pkg-config --cflags lua5.4) -o %s/rnsys.so %s/rnsys.c 2>&1"):format(dir, dir))
   assert(ok, out)
   return dir
 end
