@@ -49,6 +49,9 @@ local LABEL = {
   ["redis-semaphore"] = "node http + ioredis + redis-semaphore 5 Mutex",
 }
 
+-- names in the plot
+local SHORT = { none = "no lock", ceiling = "lua-http alone" }
+
 -- a process started in the background, its output in a file; 'ready' is
 -- the line it prints when it accepts -> { pid, out }, and the port it printed
 local function spawn(cmd, what)
@@ -217,7 +220,7 @@ for i, r in ipairs(results) do
     print(("| %s | %.0f | %.1f | %.1f | %d / %d | %d | %s | %d |"):format(LABEL[r.impl], r.rps, r.p50_us / 1000,
       r.p99_us / 1000, r.non2xx, r.errors, r.calls, r.overlaps == 0 and "never" or r.overlaps .. " times",
       r.connections))
-    dat:write(("%d \"%s\" %.3f %.3f\n"):format(i - 1, r.impl, r.p99_us / 1000, r.p50_us / 1000))
+    dat:write(("%d \"%s\" %.3f %.3f\n"):format(i - 1, SHORT[r.impl] or r.impl, r.p99_us / 1000, r.p50_us / 1000))
   end
 end
 dat:close()
