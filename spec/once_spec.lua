@@ -122,6 +122,41 @@ describe("locker:once", function()
     end)
   end)
 
+  describe("under a host with wait only (no park, unpark)", function()
+    it("callers that come while one runs look again each retry step and share its values", function()
+      local host = { wait = function() coroutine.yield() end } -- resumed at the scheduler's next round
+      fluxalock.configure { host = host }
+      local locker = fluxalock.locker()
+      local calls, got, cos = 0, {}, {}
+      for i = 1, 10 do
+        cos[i] = coroutine.create(function()
+          got[i] = call(locker.once, locker, "once:custom", 5, 3, function()
+            calls = calls + 1
+            local t0 = core.now()
+            while core.now() - t0 < 0.05 do coroutine.yield() end -- work that yields to the loop
+            return "value", i
+          end)
+        end)
+      end
+      -- a round-robin scheduler
+      local deadline = core.now() + 10
+      repeat
+        local live = 0
+        for _, co in ipairs(cos) do
+          if coroutine.status(co) == "suspended" then
+            assert(coroutine.resume(co))
+            if coroutine.status(co) == "suspended" then live = live + 1 end
+          end
+        end
+        if live > 0 then core.sleep(0.0005) end
+      until live == 0 or core.now() > deadline
+      fluxalock.configure { host = false }
+      assert.equal(1, calls)
+      for i = 1, 10 do assert.same(got[1], got[i]) end
+      assert.equal("value", got[1][1])
+    end)
+  end)
+
   for _, name in ipairs { "cqueues", "luv" } do
     describe("under host '" .. name .. "'", function()
       local new = H[name]

@@ -60,13 +60,6 @@ local function seconds(v, n, what, least)
   if v > 1e9 then argerror(n, what .. " must not exceed 1e9 seconds", 4) end
 end
 
--- A flight: { t = its key table, key, leader = coroutine, waiters = park
--- tokens, state = nil (running) | "done" | "raised" | "aborted", res = the
--- packed pcall results }.  It is the leader's to-be-closed value: however
--- the leader's call ends (return, raise, coroutine.close), the flight
--- leaves the table and its waiters are woken.
-local Flight = {}
-
 --- M.method(ctx) -> the function Locker.once.  ctx (from fluxalock.lua):
 --- is_locker(v), host() -> the host table or nil, park(token, secs),
 --- unpark(token), now(), NOT_OBTAINED.
@@ -75,6 +68,12 @@ function M.method(ctx)
   local NOT = { nil, ctx.NOT_OBTAINED, NOT_OBTAINED_CODE, n = 3 }
   local flights = setmetatable({}, { __mode = "k" }) -- locker -> { [key] = flight }
 
+  -- A flight: { t = its key table, key, leader = coroutine, waiters = park
+  -- tokens, state = nil (running) | "done" | "raised" | "aborted", res =
+  -- the packed pcall results }.  It is the leader's to-be-closed value:
+  -- however the leader's call ends (return, raise, coroutine.close), the
+  -- flight leaves the table and its waiters are woken.
+  local Flight = {}
   Flight.__close = function(f)
     if not f.state then f.state = "aborted" end
     if f.t[f.key] == f then f.t[f.key] = nil end
