@@ -253,6 +253,14 @@ describe("locker:once", function()
           while not started do d.sleep(0.005) end
           long[2] = call(locker.once, locker, "once:giveup", 5, 3, function() calls = calls + 1 end)
         end)
+        local now_only
+        d.spawn(function()
+          while not started do d.sleep(0.005) end
+          -- wait 0: the key is busy, so at once (as obtain with wait 0)
+          local t0 = core.now()
+          now_only = call(locker.once, locker, "once:giveup", 5, 0, function() calls = calls + 1 end)
+          now_only.took = core.now() - t0
+        end)
         d.run()
         assert.same({}, d.errors)
         assert.equal(1, calls)
@@ -260,6 +268,9 @@ describe("locker:once", function()
         assert.is_true(took >= 0.1 and took < 0.5, ("gave up after %.3f s"):format(took))
         assert.same({ n = 1, "value" }, long[1])
         assert.same({ n = 1, "value" }, long[2])
+        assert.is_true(now_only.took < 0.1, ("wait 0 took %.3f s"):format(now_only.took))
+        now_only.took = nil
+        assert.same({ n = 3, [2] = "not obtained", [3] = "not_obtained" }, now_only)
       end)
 
       it("a waiter closed while it waits cancels nothing: the call ends and the others get its values", function()
@@ -361,6 +372,42 @@ describe("locker:once", function()
         d = new()
         d.spawn(function() assert.is_true(holder:release()) end)
         d.run()
+      end)
+
+      it("outside a coroutine of the loop, a call returns what obtain says there instead of raising or blocking", function()
+        local d = new()
+        local locker = fluxalock.locker()
+        local calls, got, inside = 0, nil, false
+        -- under luv a coroutine resumed here runs to its first wait at once;
+        -- under cqueues the main thread never runs beside the loop, so
+        -- there is no flight: the call is alone
+        local leader = coroutine.create(function()
+          got = call(locker.once, locker, "once:outside:" .. name, 5, 3, function()
+            calls = calls + 1
+            inside = true
+            d.sleep(0.05)
+            return "value"
+          end)
+        end)
+        if name == "luv" then
+          -- the loop runs until the flight is in fn (the lock held)
+          assert(coroutine.resume(leader))
+          local uv, deadline = require "luv", core.now() + 5
+          while not inside and core.now() < deadline do uv.run("once") end
+          assert.is_true(inside)
+        end
+        -- (wait 0: obtain's waiting path, when a coroutine here is trying
+        -- the key, parks in Lua and raises outside a coroutine)
+        local r = call(locker.once, locker, "once:outside:" .. name, 5, 0, function() calls = calls + 1 end)
+        assert.is_nil(r.raised)
+        assert.is_nil(r[1])
+        assert.matches("^fluxalock: obtain .*host wait: cannot wait outside", r[2])
+        if name == "luv" then
+          d.run()
+          assert.same({ n = 1, "value" }, got)
+        end
+        assert.same({}, d.errors)
+        assert.equal(name == "luv" and 1 or 0, calls)
       end)
 
       it("fn calling once for its own key raises; waiters raise the same error", function()

@@ -29,7 +29,7 @@
 
 local type, error, pcall, getmetatable, setmetatable = type, error, pcall, getmetatable, setmetatable
 local pack, unpack, min = table.pack, table.unpack, math.min
-local running = coroutine.running
+local running, isyieldable = coroutine.running, coroutine.isyieldable
 
 local M = {}
 
@@ -122,8 +122,10 @@ function M.method(ctx)
         argerror(1, "fn of a running once called once for the same key: it would wait for itself")
       end
       -- no flight: this call runs one.  Without a host nothing can wait
-      -- beside a call (a coroutine driven by hand): it runs its own
-      if not f or not h then break end
+      -- beside a call (a coroutine driven by hand), and a caller that
+      -- cannot yield cannot park: it runs its own (its obtain then says
+      -- what the host says, as obtain would)
+      if not f or not h or not isyieldable() then break end
       local r = join(f, deadline, not h.unpark and self._step)
       if r then
         if r == NOT then return nil, NOT[2], NOT[3] end
@@ -153,10 +155,12 @@ function M.method(ctx)
     end
     local _ <close> = lock -- released however this call ends
     r = pack(pcall(fn, ...))
-    lock:release() -- before the waiters run (errors: the lease ends by its ttl)
+    -- the result first: a coroutine closed in the release below still
+    -- hands it to its waiters (the release is queued then)
     if f then
       f.res, f.state = r, r[1] and "done" or "raised"
     end
+    lock:release() -- before the waiters run (errors: the lease ends by its ttl)
     if not r[1] then error(r[2], 0) end
     return unpack(r, 2, r.n)
   end
