@@ -52,11 +52,16 @@ local LABEL = {
 -- names in the plot
 local SHORT = { none = "no lock", ceiling = "lua-http alone" }
 
+-- every process this bench started and has not stopped yet (stopped on
+-- the way out, also when a run fails)
+local started = {}
+
 -- a process started in the background, its output in a file; 'ready' is
 -- the line it prints when it accepts -> { pid, out }, and the port it printed
 local function spawn(cmd, what)
   local out = os.tmpname()
   local pid = tonumber((sh(("exec 3>&-; %s > %s 2>&1 & echo $!"):format(cmd, q(out)))))
+  started[pid] = true
   local port
   R.until_true(function()
     local f = io.open(out)
@@ -73,9 +78,12 @@ local function spawn(cmd, what)
 end
 
 local function stop(p)
-  if not p or not R.alive(p.pid) then return end
-  os.execute(("kill %d 2>/dev/null"):format(p.pid))
-  R.until_true(function() return not R.alive(p.pid) end, 10, "process " .. p.pid .. " to end")
+  if not p then return end
+  started[p.pid] = nil
+  if R.alive(p.pid) then
+    os.execute(("kill %d 2>/dev/null"):format(p.pid))
+    R.until_true(function() return not R.alive(p.pid) end, 10, "process " .. p.pid .. " to end")
+  end
   os.remove(p.out)
 end
 
@@ -148,12 +156,14 @@ local function run(impl, server, pool)
   local wrk = tonumber((sh(("exec 3>&-; W10_PORTS=%s W10_KEYS=%d wrk -t2 -c%d -d%ds --timeout 10s -s %s "
     .. "http://127.0.0.1:%d > %s 2>&1 & echo $!"):format(q(ports[1] .. "," .. ports[2]), KEYS, CONNS, SECONDS,
     q(ROOT .. "/bench/w10_wrk.lua"), ports[1], q(out)))))
+  started[wrk] = true
   local most = 0
   while R.alive(wrk) do
     local n = clients(pool)
     if n > most then most = n end
     core.sleep(0.1)
   end
+  started[wrk] = nil
   local f = io.open(out)
   local text = f and f:read("a") or ""
   if f then f:close() end
@@ -189,15 +199,19 @@ end
 -- the implementations take turns, round after round; each keeps its round
 -- with the most requests per second (the machine is shared: a round that
 -- other work slowed down says less about the implementation)
-for _ = 1, ROUNDS do
-  for i, impl in ipairs(order) do
-    local r = run(impl, server, pool)
-    local best = results[i]
-    if not best or best.failed or (not r.failed and r.rps > best.rps) then results[i] = r end
+local ran, err = pcall(function()
+  for _ = 1, ROUNDS do
+    for i, impl in ipairs(order) do
+      local r = run(impl, server, pool)
+      local best = results[i]
+      if not best or best.failed or (not r.failed and r.rps > best.rps) then results[i] = r end
+    end
   end
-end
+end)
 local load_after = sh("cut -d' ' -f1 /proc/loadavg"):gsub("%s+$", "")
+for pid in pairs(started) do os.execute(("kill %d 2>/dev/null"):format(pid)) end
 server:stop()
+if not ran then error(err, 0) end
 
 print(("W10, %s UTC, %s, %s cores, redis %s, node %s; wrk -t2 -c%d -d%ds, 2 services, %d keys, "
   .. "cache fresh 0.5 s, backend 20 ms; best of %d rounds; load average %s before, %s after"):format(
