@@ -617,6 +617,13 @@ function Locker.close(self)
   self._pool:close()
 end
 
+--- locker:once(key, ttl, wait, fn, ...): single flight (lua/fluxalock/once.lua)
+Locker.once = require("fluxalock.once").method {
+  is_locker = function(v) return getmetatable(v) == Locker end,
+  host = function() return host_wait end,
+  park = park, unpark = unpark, now = now, NOT_OBTAINED = NOT_OBTAINED,
+}
+
 -- ---- module functions ---------------------------------------------------------
 
 local function default_options()
