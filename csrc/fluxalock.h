@@ -220,8 +220,11 @@ typedef struct fl_lock {
 void fl_opts_free(fl_opts *o);
 int fl_opts_copy(fl_opts *dst, const fl_opts *src);
 
-/* clock.c */
+/* clock.c: CLOCK_BOOTTIME where there is one, else CLOCK_MONOTONIC */
 double fl_now(void);
+long long fl_now_ns(void);
+const char *fl_clock_name(void); /* "boottime" or "monotonic" */
+int fl_poll_ms(double seconds);  /* a poll(2) timeout, 0 to an hour */
 
 /* conn.c: requests */
 void fl_conn_free(fl_conn *c);
