@@ -184,7 +184,7 @@ int fl_link_push(fl_link *k, fl_conn *c) {
 }
 
 static void pop(fl_link *k) {
-  unsigned short *n = &k->keys[k->q[k->qhead].h & 63];
+  unsigned *n = &k->keys[k->q[k->qhead].h & 63];
   if (*n) --*n;
   k->qhead = (k->qhead + 1) % k->qcap;
   k->qlen--;

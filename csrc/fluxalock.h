@@ -162,7 +162,10 @@ typedef struct fl_link {
   fl_conn *reader;     /* the request whose coroutine waits on the fd */
   double rdl;          /* until when the reader waits */
   double progress;     /* last time the link moved (a reply, or work queued) */
-  unsigned short keys[64]; /* entries queued, by key hash mod 64 */
+  unsigned keys[64];   /* entries queued, by key hash mod 64: never more
+                          than qlen (an int), so they cannot wrap (an
+                          unsigned short did at 65536 queued requests of
+                          one key, and the next one took another link) */
 } fl_link;
 
 enum { FL_LK_CLOSED, FL_LK_CONNECTING, FL_LK_READY };

@@ -93,4 +93,39 @@ describe("the core's edges", function()
     assert.matches("%->", listing) -- it did list its descriptors
     assert.is_nil(listing:find(pipe, 1, true), listing)
   end)
+
+  -- item 12: a link counts its queued requests per key bucket (conn_io.c);
+  -- one key's requests share a link, so they reach Redis in order
+  it("keeps 65537 coroutines' queued tries of one key on one connection", function()
+    local fl = R.fluxalock(server, { max_connections = 2, timeout = 60 })
+    fl.configure { host = { wait = function() coroutine.yield() end } }
+    finally(function() fl.configure { host = false } end)
+    local locker = fl.locker()
+    local n, cos, got = 65537, {}, 0
+    server:pause() -- no reply comes: every try stays queued
+    local paused = true
+    finally(function() if paused then server:resume() end end)
+    for i = 1, n do
+      cos[i] = coroutine.create(function()
+        local lock = locker:obtain("buckets", 30)
+        if lock then got = got + 1 assert(lock:release()) end
+      end)
+      assert(coroutine.resume(cos[i]))
+    end
+    assert.equal(1, (locker._pool:connections()))
+    server:resume()
+    paused = false
+    local live
+    repeat
+      live = 0
+      for i = 1, n do
+        if coroutine.status(cos[i]) == "suspended" then
+          assert(coroutine.resume(cos[i]))
+          if coroutine.status(cos[i]) == "suspended" then live = live + 1 end
+        end
+      end
+    until live == 0
+    assert.is_true(got >= 1)
+    assert.equal("0", server:cli("EXISTS", "buckets"))
+  end)
 end)
