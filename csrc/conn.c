@@ -421,7 +421,7 @@ int fl_conn_block(fl_conn *c) {
     pfd.fd = fl_conn_fd(c);
     pfd.events = (short)c->events;
     pfd.revents = 0;
-    if (poll(&pfd, 1, (int)(left * 1000.0) + 1) < 0 && errno != EINTR) {
+    if (poll(&pfd, 1, fl_poll_ms(left)) < 0 && errno != EINTR) {
       fl_conn_detach(c);
       return FL_ERR;
     }

@@ -10,6 +10,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include <poll.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,15 +38,21 @@ static void *capped_array(const redisReadTask *t, int n) {
   return n > MAX_ELEMENTS ? NULL : plain_array(t, n); /* NULL: a reader error */
 }
 
-/* the first call (from the Lua thread: renew.c makes one before it starts
-   its thread) sets up the shared table */
+static void cap_make(void) { /* the same default functions for every reader */
+  redisReader *t = redisReaderCreate();
+  if (!t) return; /* out of memory: readers keep the default (uncapped) */
+  capped = *t->fn;
+  redisReaderFree(t);
+  plain_array = capped.createArray;
+  capped.createArray = capped_array;
+}
+
+/* the first call sets up the shared table, once per process (two Lua
+   states on two threads may connect at once) */
 void fl_reader_cap(redisReader *r) {
-  if (!plain_array) { /* the same default functions for every reader */
-    capped = *r->fn;
-    plain_array = capped.createArray;
-    capped.createArray = capped_array;
-  }
-  r->fn = &capped;
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
+  pthread_once(&once, cap_make);
+  if (plain_array) r->fn = &capped;
 }
 #endif
 
@@ -177,7 +184,7 @@ int fl_link_push(fl_link *k, fl_conn *c) {
 }
 
 static void pop(fl_link *k) {
-  unsigned short *n = &k->keys[k->q[k->qhead].h & 63];
+  unsigned *n = &k->keys[k->q[k->qhead].h & 63];
   if (*n) --*n;
   k->qhead = (k->qhead + 1) % k->qcap;
   k->qlen--;

@@ -40,11 +40,7 @@ struct rn_conn {
   long long deadline; /* monotonic ns; 0 while nothing is due */
 };
 
-long long rn_mono(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
+long long rn_mono(void) { return fl_now_ns(); } /* fl_now's clock (clock.c) */
 
 static long long ns(double s) { return (long long)(s * 1e9); }
 
