@@ -296,7 +296,7 @@ local function run_leg(o, leg, index, log)
       local what = FAULT[kind](ctx, frng)
       log(("op=fault leg=%s kind=%s at=%.3f %s"):format(leg.name, kind, at, what))
     end
-    R.sleep(M.TTL) -- the last fault's effects reach the history
+    R.sleep(M.TTL) -- the workers go on for a ttl after the last fault
     log(("op=end leg=%s seconds=%.1f"):format(leg.name, R.now() - t0))
   end)
   cleanup()

@@ -8,6 +8,8 @@
 --   RECORD, KEY, TTL, STORE (fenced | force), HISTORY, STOP (a file: the
 --   workers end once it exists), SEED, ROOT (the checkout)
 -- Odd workers renew their lock (obtain's renew option), even ones do not.
+-- Under luv the store's calls (LuaSocket, a loopback server that is never
+-- faulted) block the loop for their round trip; the lock's calls yield.
 local env = os.getenv
 local root = assert(env("ROOT"))
 package.path = root .. "/examples/?.lua;" .. package.path
