@@ -124,14 +124,16 @@ end
 
 local FAULT = {}
 
--- the worker holding the lock now (waited for, up to 2 s), else any
+-- the worker holding the lock now (waited for, up to 2 s), else one drawn
+-- (always drawn: the schedule's later numbers must not depend on this)
 local function holder(ctx, rng)
+  local any = math.floor(rng() * ctx.nworkers) + 1
   local w
   pcall(R.until_true, function()
     w = tonumber(ctx.store:call("GET", "safety:holder"))
     return w ~= nil
   end, 2, "a holder")
-  w = w or math.floor(rng() * ctx.nworkers) + 1
+  w = w or any
   return ctx.proc_of[w], w
 end
 
