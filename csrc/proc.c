@@ -10,6 +10,10 @@
  * spawn forks, puts the child in a session of its own (setsid: it leads a
  * new process group, so a signal to the group reaches its grandchildren),
  * and execs argv (PATH searched) with the environment plus env's additions.
+ * The child dies with this process (PR_SET_PDEATHSIG: SIGKILL), also when
+ * this one is SIGKILLed; its own children do not (they are told nothing:
+ * docs/command.md).  Every signal is blocked across fork, so no handler
+ * runs in the child before its exec.
  * An exec failure travels to the parent through a close-on-exec pipe: the
  * parent reaps the child and returns nil, message, 127 (not found) or 126
  * (found but not runnable), as a shell does.  Everything the child needs is
@@ -23,7 +27,10 @@
  * self-pipe.  The child starts with the four at their defaults and an
  * empty signal mask: it is in a session of its own, so those signals reach
  * it only as forwarded ones, and a forwarded signal must not meet an
- * ignore inherited from whoever started this process.
+ * ignore inherited from whoever started this process.  SIGTSTP (Ctrl-Z)
+ * is ignored from then on: stopped, this process would renew nothing while
+ * the command, out of reach of the terminal's stop, ran on; the child gets
+ * it back at its default (unless it was ignored before).
  *
  * wait sleeps in poll(2) on the self-pipe (and fd) and returns
  *   "exit", code | "signal", n   the child ended (it is reaped);
@@ -41,6 +48,9 @@
 #include <poll.h>
 #include <signal.h>
 #include <string.h>
+#ifdef __linux__
+#include <sys/prctl.h>
+#endif
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -54,6 +64,7 @@ extern char **environ;
 #define NFWD 4
 static const int fwd[NFWD] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT};
 static int sp[2] = {-1, -1};         /* the self-pipe */
+static int tstp_ignored;             /* SIGTSTP was ignored before setup */
 
 static void on_signal(int sig) {
   int e = errno;
@@ -91,6 +102,12 @@ static int setup(void) {
   }
   sa.sa_flags = SA_RESTART | SA_NOCLDSTOP;
   sigaction(SIGCHLD, &sa, NULL);
+  { /* a stop (Ctrl-Z) would freeze the renewal while the command, in a
+       session of its own, runs on: ignored (SIGSTOP cannot be) */
+    struct sigaction old;
+    tstp_ignored = sigaction(SIGTSTP, NULL, &old) == 0 && old.sa_handler == SIG_IGN;
+    signal(SIGTSTP, SIG_IGN);
+  }
   return 0;
 }
 
@@ -170,14 +187,27 @@ static char **environment(lua_State *L, int idx) {
   return envp;
 }
 
-/* in the child: never returns */
-static void child(char **argv, char **envp, const int ep[2]) {
+/* in the child (every signal blocked): never returns */
+static void child(char **argv, char **envp, const int ep[2], pid_t parent) {
   sigset_t none;
   int i, e, errfd = ep[1];
   close(ep[0]);
   setsid();
+#ifdef __linux__
+  /* the command dies with fluxalock, even of a SIGKILL (which nothing in
+     fluxalock can pass on); a parent already gone: nobody holds the lock */
+  if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0) {
+    e = errno;
+    if (write(errfd, &e, sizeof e) < 0) { /* the parent sees 0 bytes */ }
+    _exit(126);
+  }
+  if (getppid() != parent) _exit(127);
+#else
+  (void)parent;
+#endif
   for (i = 0; i < NFWD; i++) signal(fwd[i], SIG_DFL);
   signal(SIGCHLD, SIG_DFL);
+  if (!tstp_ignored) signal(SIGTSTP, SIG_DFL);
   sigemptyset(&none);
   sigprocmask(SIG_SETMASK, &none, NULL);
   environ = envp;
@@ -191,7 +221,8 @@ static int proc_spawn(lua_State *L) {
   int n, e = 0, ep[2], err;
   char **argv, **envp;
   ssize_t got;
-  pid_t pid;
+  pid_t pid, self = getpid();
+  sigset_t all, old;
   check_argv(L);
   env_additions(L); /* index 3 */
   argv = strings(L, 1, &n);
@@ -202,9 +233,14 @@ static int proc_spawn(lua_State *L) {
     return 2;
   }
   set_flags(ep[1]);
+  /* no handler may run in the child before exec: it would write to the
+     self-pipe the parent reads (a forwarded signal nobody sent) */
+  sigfillset(&all);
+  sigprocmask(SIG_SETMASK, &all, &old);
   pid = fork();
-  if (pid == 0) child(argv, envp, ep);
+  if (pid == 0) child(argv, envp, ep, self);
   err = errno;
+  sigprocmask(SIG_SETMASK, &old, NULL);
   close(ep[1]);
   if (pid < 0) {
     close(ep[0]);
