@@ -88,14 +88,14 @@ describe("host 'luv': a pool collected with deferred releases", function()
     local done = false
     local hb = H.heartbeat(d, 0.005, function() return not done end)
     d.spawn(function()
-      local p = core.pool { host = "127.0.0.1", port = server.port, timeout = TIMEOUT }
-      p:sethost(require("fluxalock.host").resolve("luv"))
-      local lock = assert(p:obtain("gc:frozen", 30000)) -- its link is open and idle
+      local keep = { pool = core.pool { host = "127.0.0.1", port = server.port, timeout = TIMEOUT } }
+      keep.pool:sethost(require("fluxalock.host").resolve("luv"))
+      keep.lock = assert(keep.pool:obtain("gc:frozen", 30000)) -- its link is open and idle
       server:pause() -- SIGSTOP: nothing it is sent gets an answer
       d.sleep(0.05)
       -- the lock's __gc defers its release (a host is set); the pool's
       -- last reference goes with it: the pool's __gc flushes the release
-      p, lock = nil, nil -- luacheck: ignore 311
+      keep.pool, keep.lock = nil, nil
       collectgarbage()
       collectgarbage()
       d.sleep(0.05)
