@@ -271,6 +271,7 @@ int fl_conn_begin(fl_conn *c, const char *op, double extra) {
   double now = fl_now();
   const fl_opts *o = &c->pool->o;
   fl_link *k;
+  int oom;
   /* a lock written (obtain, refresh) is confirmed by WAIT when asked to:
      pipelined on the same connection, as WAIT counts this client's writes */
   c->post = o->replicas > 0 &&
@@ -299,8 +300,8 @@ int fl_conn_begin(fl_conn *c, const char *op, double extra) {
     return FL_ERR;
   }
   c->link = k;
-  if (k->state == FL_LK_CLOSED && fl_link_connect(k, now) != 0) {
-    fl_conn_fail(c, "connect", "%s", k->out ? "out of memory" : "cannot connect");
+  if (k->state == FL_LK_CLOSED && (oom = fl_link_connect(k, now)) != 0) {
+    fl_conn_fail(c, "connect", "%s", oom == -2 ? "out of memory" : "cannot connect");
     return FL_ERR;
   }
   c->connwait = k->state == FL_LK_CONNECTING;
