@@ -117,3 +117,101 @@ describe("an allocation failure after part of a request was written (item 1)", f
     assert.equal("0", master:cli("-n", "0", "EXISTS", "db-key"))
   end)
 end)
+
+describe("a Lua memory error in the C core while it owns memory (item 11, the Lua state's allocator)", function()
+  local server, mod_dir, gone
+
+  lazy_setup(function()
+    local _, dir = build("failalloc_lua", "-I/usr/include/lua5.4")
+    mod_dir = dir
+    server = R.start()
+    local down = R.start()
+    gone = down.port -- a port nobody listens on: every connect is refused
+    down:stop()
+  end)
+
+  lazy_teardown(function() if server then server:stop() end end)
+
+  -- run Lua code in a lua5.4 process with the module on its path; under
+  -- valgrind (definitely lost, and memcheck's errors, fail it with 33)
+  -- unless a sanitizer run already wraps lua5.4 (it judges leaks itself)
+  local function run(code, valgrind)
+    local file = mod_dir .. "/main.lua"
+    local f = assert(io.open(file, "w"))
+    f:write(code)
+    f:close()
+    local wrapped = os.getenv("ASAN_OPTIONS") or (os.getenv("LD_PRELOAD") or ""):find("vgpreload")
+    local vg = valgrind and not wrapped and
+      "valgrind -q --leak-check=full --show-leak-kinds=definite --errors-for-leak-kinds=definite --error-exitcode=33 " or ""
+    local out = R.sh(("cd %s && LUA_PATH=%s LUA_CPATH=%s %slua5.4 %s 2>&1; echo rc=$?"):format(
+      q(ROOT), q(ROOT .. "/lua/?.lua;" .. ROOT .. "/lua/?/init.lua;;"),
+      q(ROOT .. "/?.so;" .. mod_dir .. "/?.so;;"), vg, q(file)))
+    return out, tonumber(out:match("rc=(%d+)\n$"))
+  end
+
+  it("wake.c: a channel that could not be handed over is kept and delivered later, nothing leaks", function()
+    local out, rc = run(([[
+      local fa = require "failalloc_lua"
+      local core = require "fluxalock.core"
+      local pool = core.pool { host = "127.0.0.1", port = %d }
+      local other = core.pool { host = "127.0.0.1", port = %d }
+      local function nap(secs) core.sleep(math.min(secs, 0.01)) end
+      pool:sethost { wait = function(_, _, secs) nap(secs) end, park = function(_, secs) nap(secs) end,
+                     unpark = function() end }
+      local key = string.rep("k", 60) -- a long channel name: a new Lua string each time
+      local ch = pool:watch(key)
+      local waiter, got, armed = {}, {}, false
+      core.setnotify(function(c)
+        got[#got + 1] = c
+        if not armed then -- the next allocation fails: the second channel's string
+          armed = true
+          fa.arm(1)
+        end
+      end)
+      repeat pool:subwait(waiter, 0.01) until (other:call { "PUBSUB", "NUMSUB", ch })[2] == 1
+      -- four messages in one write of the server's
+      other:call { "EVAL", "for i = 1, 4 do redis.call('PUBLISH', KEYS[1], 'm' .. i) end", "1", ch }
+      local ok, err
+      repeat ok, err = pcall(pool.subwait, pool, waiter, 0.01) until #got > 0 or not ok
+      print("first", ok, err, fa.disarm(), #got)
+      for _ = 1, 200 do
+        if #got >= 4 then break end
+        pool:subwait(waiter, 0.01)
+      end
+      print("delivered", #got)
+      core.setnotify(nil)
+    ]]):format(server.port, server.port), true)
+    assert.matches("first\tfalse\tnot enough memory\ttrue\t1\n", out)
+    assert.matches("delivered\t4\n", out)
+    assert.equal(0, rc, out)
+  end)
+
+  it("a verdict that raises gives its requests back: in_flight is 0 after every failed allocation", function()
+    local out, rc = run(([[
+      local fa = require "failalloc_lua"
+      local core = require "fluxalock.core"
+      local pool = core.pool { host = "127.0.0.1", port = %d, timeout = 1, connect_timeout = 1 }
+      local stuck, raised, n, fired = {}, 0, 0, nil
+      local function obtain(nth) -- armed inside the pcall: every allocation after is in it
+        fa.arm(nth)
+        return pool:obtain("k", 1000)
+      end
+      repeat -- the n-th allocation of an obtain fails, for n = 1, 2, ... until none does
+        n = n + 1
+        local ok, _, err = pcall(obtain, n)
+        fired = fa.disarm()
+        if not ok then raised = raised + 1 end
+        if fired and ok and not tostring(err):match("^fluxalock: connect ") then print("odd", err) end
+        local flying = pool:counts().in_flight
+        if flying ~= 0 then stuck[#stuck + 1] = n .. ":" .. flying end
+      until not fired or n > 200
+      print(("sweep n=%%d raised=%%d stuck=%%s"):format(n, raised, table.concat(stuck, ",")))
+    ]]):format(gone), false)
+    assert.equal(0, rc, out)
+    local n, raised, stuck = out:match("sweep n=(%d+) raised=(%d+) stuck=(%S*)\n")
+    assert.is_truthy(n, out)
+    assert.is_true(tonumber(raised) >= 2, out) -- memory errors happened, the verdict's among them
+    assert.equal("", stuck, out)
+    assert.is_nil(out:match("odd"), out)
+  end)
+end)
