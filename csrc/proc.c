@@ -11,9 +11,9 @@
  * new process group, so a signal to the group reaches its grandchildren),
  * and execs argv (PATH searched) with the environment plus env's additions.
  * The child dies with this process (PR_SET_PDEATHSIG: SIGKILL), also when
- * this one is SIGKILLed; its own children do not (they are told nothing:
- * docs/command.md).  Every signal is blocked across fork, so no handler
- * runs in the child before its exec.
+ * this one is SIGKILLed, and so does its process group (a watcher process:
+ * see below).  Every signal is blocked across fork, so no handler runs in
+ * the child before its exec.
  * An exec failure travels to the parent through a close-on-exec pipe: the
  * parent reaps the child and returns nil, message, 127 (not found) or 126
  * (found but not runnable), as a shell does.  Everything the child needs is
@@ -217,6 +217,62 @@ static void child(char **argv, char **envp, const int ep[2], pid_t parent) {
   _exit(e == ENOENT ? 127 : 126);
 }
 
+/* ---- the watcher --------------------------------------------------------- */
+
+/*
+ * PR_SET_PDEATHSIG reaches the command only, not the processes it started.
+ * Each command gets a watcher: a process forked from this one that waits
+ * for a byte on a pipe.  The byte comes when the command was reaped here;
+ * EOF without it means this process died first (a SIGKILL), and the
+ * watcher SIGKILLs the command's process group.  Forked from a process that
+ * may have threads, it makes only async-signal-safe calls, with every
+ * signal blocked (a SIGKILL or SIGSTOP still reaches it).
+ */
+#define NWATCH 32
+static struct { pid_t cmd, pid; int fd; } watch[NWATCH];
+
+static void watcher(int rfd, pid_t group) {
+  char b;
+  ssize_t n;
+  int fd;
+  for (fd = 0; fd < 1024; fd++)
+    if (fd != rfd) close(fd);
+  do n = read(rfd, &b, 1); while (n < 0 && errno == EINTR);
+  if (n <= 0) kill(-group, SIGKILL);
+  _exit(0);
+}
+
+/* a watcher for the command cmd (signals blocked); none when out of room */
+static void watch_start(pid_t cmd) {
+  int i, wp[2];
+  pid_t pid;
+  for (i = 0; i < NWATCH && watch[i].cmd; i++) {}
+  if (i == NWATCH || pipe(wp) < 0) return;
+  set_flags(wp[1]);
+  fcntl(wp[0], F_SETFD, FD_CLOEXEC);
+  if ((pid = fork()) == 0) watcher(wp[0], cmd);
+  close(wp[0]);
+  if (pid < 0) {
+    close(wp[1]);
+    return;
+  }
+  watch[i].cmd = cmd;
+  watch[i].pid = pid;
+  watch[i].fd = wp[1];
+}
+
+/* cmd was reaped: its watcher is told, and reaped in turn */
+static void watch_end(pid_t cmd) {
+  int i;
+  for (i = 0; i < NWATCH; i++)
+    if (watch[i].cmd == cmd) {
+      if (write(watch[i].fd, "x", 1) < 0) { /* it is gone already */ }
+      close(watch[i].fd);
+      while (waitpid(watch[i].pid, NULL, 0) < 0 && errno == EINTR) {}
+      watch[i].cmd = 0;
+    }
+}
+
 static int proc_spawn(lua_State *L) {
   int n, e = 0, ep[2], err;
   char **argv, **envp;
@@ -240,6 +296,7 @@ static int proc_spawn(lua_State *L) {
   pid = fork();
   if (pid == 0) child(argv, envp, ep, self);
   err = errno;
+  if (pid > 0) watch_start(pid);
   sigprocmask(SIG_SETMASK, &old, NULL);
   close(ep[1]);
   if (pid < 0) {
@@ -252,6 +309,7 @@ static int proc_spawn(lua_State *L) {
   close(ep[0]);
   if (got == (ssize_t)sizeof e) {
     while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {}
+    watch_end(pid);
     lua_pushnil(L);
     lua_pushfstring(L, "fluxalock: %s: %s", argv[0], strerror(e));
     lua_pushinteger(L, e == ENOENT ? 127 : 126);
@@ -276,6 +334,7 @@ static int reap(lua_State *L, pid_t pid) {
   do r = waitpid(pid, &st, WNOHANG); while (r < 0 && errno == EINTR);
   if (r < 0) return -1;
   if (r == 0) return 0;
+  watch_end(pid);
   if (WIFSIGNALED(st)) {
     lua_pushliteral(L, "signal");
     lua_pushinteger(L, WTERMSIG(st));

@@ -362,16 +362,21 @@ while :; do sleep 0.05; done
     end
 
     -- issue 17, item 7: a fluxalock that cannot pass anything on
-    it("SIGKILL: the command dies with fluxalock (it is not left running without the lock)", function()
-      local h = start(server, { "-t", "2", "job", "-c", "echo $$ > \"$D/pid.tmp\"; mv \"$D/pid.tmp\" \"$D/pid\"; exec sleep 60" })
+    it("SIGKILL: the command and its children die with fluxalock (not left running without the lock)", function()
+      -- the command (a shell) and its child (a sleep in the background)
+      local h = start(server, { "-t", "2", "job", "-c", [[
+sleep 60 &
+echo $! > "$D/grand"
+echo $$ > "$D/pid.tmp"; mv "$D/pid.tmp" "$D/pid"
+wait]] })
       R.until_true(function() return exists(h.dir .. "/pid") end, 10, "the command")
-      local child = tonumber(read(h.dir .. "/pid"))
-      assert.is_true(R.alive(child))
+      local child, grand = tonumber(read(h.dir .. "/pid")), tonumber(read(h.dir .. "/grand"))
+      assert.is_true(R.alive(child) and R.alive(grand))
       kill(h.pid, "KILL")
       assert.equal(128 + 9, (finish(h)))
-      -- the kernel's SIGKILL to the child comes with fluxalock's death; it
-      -- is reparented and reaped by init, so its PID goes away
+      -- killed as fluxalock dies, reparented and reaped by init: gone
       R.until_true(function() return not R.alive(child) end, 5, "the command's death")
+      R.until_true(function() return not R.alive(grand) end, 5, "the death of the command's child")
     end)
 
     it("SIGTSTP (Ctrl-Z) does not stop fluxalock while the command runs: the lock is still renewed", function()
