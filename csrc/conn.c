@@ -6,8 +6,9 @@
  * request whose caller gives up (timed out, abandoned) leaves a ghost entry
  * that keeps its place: its late replies are dropped when they come, so one
  * slow call costs neither the socket nor the requests behind it.  A link
- * that fails (I/O error, EOF, protocol error) fails every request on it;
- * the next request reconnects.
+ * that fails (I/O error, EOF, protocol error, or no memory once part of a
+ * request was queued: the replies would no longer match) fails every
+ * request on it; the next request reconnects.
  *
  * fl_conn_step() never waits: it moves the request's link on (connect,
  * write, read and dispatch) and answers FL_DONE, FL_ERR, or FL_WAIT with
