@@ -98,6 +98,29 @@ describe("an allocation failure after part of a request was written (item 1, an 
     assert.matches("\nfirst link replaced: closed\n", out)
   end)
 
+  -- a plain script: the obtain's EVALSHA and WAIT fit the link's buffer
+  -- (its 1st allocation); after SCRIPT FLUSH the NOSCRIPT retry's EVAL,
+  -- longer by the script's body, does not: that growth (the 2nd) fails.
+  -- The WAIT's reply of the failed EVALSHA was still to come: left on an
+  -- open link, it answered the next obtain
+  it("a NOSCRIPT retry that cannot be queued closes the link: the next obtain reads its own replies", function()
+    assert.equal("OK", master:cli("SCRIPT", "FLUSH"))
+    local key = string.rep("r", 120) -- sized for the buffer's steps (256, 512, 1024)
+    local p = R.spawn(([[
+      local core = require "fluxalock.core"
+      local pool = core.pool { host = "127.0.0.1", port = %d, replicas = 1, replica_timeout = 2 }
+      print("first " .. tostring(select(2, pool:obtain(%q .. "1", 30000))))
+      local lock, err = pool:obtain(%q .. "2", 30000)
+      print("second " .. (lock and "obtained ttl=" .. tostring(lock:ttl()) or tostring(err)))
+    ]]):format(master.port, key, key), { LD_PRELOAD = preload, FAILALLOC_FUNC = "fl_link_out", FAILALLOC_NTH = "2" })
+    local out = p:wait(30)
+    assert.matches("failalloc: failed realloc%(1024%) #2 in fl_link_out", out) -- the EVAL's growth
+    assert.matches("\nfirst fluxalock: obtain 127%.0%.0%.1:%d+: out of memory\n", out)
+    local ttl = out:match("\nsecond obtained ttl=(%S+)\n")
+    assert.is_true(ttl ~= nil and tonumber(ttl) > 29, out)
+    assert.equal("0", master:cli("EXISTS", key .. "1"))
+  end)
+
   -- the handshake's SELECT cannot be queued (the first allocation of
   -- fl_link_out fails): that connection must not carry commands, which
   -- would run in database 0
