@@ -190,13 +190,24 @@ static void pop(fl_link *k) {
   k->qlen--;
 }
 
-/* start connecting k: the handshake (AUTH, SELECT) goes first */
+/* out of memory for the handshake: a link without its AUTH or SELECT
+   must not be used (its commands would run in the wrong database) */
+static int connect_oom(fl_link *k) {
+  k->state = FL_LK_CLOSED;
+  k->handshake = 0;
+  release_io(k);
+  return -2;
+}
+
+/* start connecting k: the handshake (AUTH, SELECT) goes first.  0, or -1
+   (cannot connect), -2 (out of memory) with k closed */
 int fl_link_connect(fl_link *k, double now) {
   const fl_opts *o = &k->pool->o;
   release_io(k);
   k->rd = redisReaderCreate();
-  if (k->rd) fl_reader_cap(k->rd);
-  k->net = k->rd ? fl_net_open(o, now + o->connect_timeout) : NULL;
+  if (!k->rd) return connect_oom(k);
+  fl_reader_cap(k->rd);
+  k->net = fl_net_open(o, now + o->connect_timeout);
   if (!k->net) {
     release_io(k);
     return -1;
@@ -219,7 +230,7 @@ int fl_link_connect(fl_link *k, double now) {
     }
     argv[n] = o->password;
     len[n++] = strlen(o->password);
-    if (fl_link_out(k, n, argv, len) != 0) return -1;
+    if (fl_link_out(k, n, argv, len) != 0) return connect_oom(k);
     k->handshake++;
   }
   if (o->db) {
@@ -230,7 +241,7 @@ int fl_link_connect(fl_link *k, double now) {
     argv[1] = db;
     len[0] = 6;
     len[1] = (size_t)snprintf(db, sizeof db, "%d", o->db);
-    if (fl_link_out(k, 2, argv, len) != 0) return -1;
+    if (fl_link_out(k, 2, argv, len) != 0) return connect_oom(k);
     k->handshake++;
   }
   return 0;
@@ -315,11 +326,20 @@ static int dispatch(fl_link *k, redisReply *r, void *self) {
     }
     if (fl_link_push(k, c) == 0) return 0;
     st = FL_ERR;
-  } else {
+  } else if (st != FL_ERR) {
     pop(k);
   }
-  if (st == FL_ERR) fl_conn_fail(c, c->op, "out of memory");
-  else c->state = FL_RQ_DONE;
+  if (st == FL_ERR) {
+    /* out of memory in the middle of c's retry: what it queued (part of
+       it, perhaps) and what it still expects (a WAIT's reply) would answer
+       the requests behind it, another's "obtained" among them.  The link
+       cannot be trusted: closed, as fl_conn_begin does; c fails first */
+    fl_conn_fail(c, c->op, "out of memory");
+    if (c->wkey != self) fl_wake(k->pool, c->wkey);
+    close_as(k, NULL, "out of memory");
+    return -1;
+  }
+  c->state = FL_RQ_DONE;
   if (c->wkey != self) fl_wake(k->pool, c->wkey);
   return 0;
 }

@@ -319,6 +319,10 @@ static int fan_loop(lua_State *L, fl_fan *f) {
         recovered(L, f, f->onstack ? lua_pcall(L, 0, 1, 0)
                                    : lua_pcallk(L, 0, 1, 0, (lua_KContext)f, recover_k)))
       continue;
+    /* a fan on the C stack has no __gc: a verdict or log that raises (out
+       of memory) would keep its requests.  They go back first; their
+       messages stay readable until a request of the pool starts again */
+    if (f->onstack) fl_fan_end_legs(f);
     if ((r = f->ops->verdict(L, f)) >= 0) return fan_done(L, f, r);
   }
 }
