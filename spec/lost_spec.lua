@@ -153,6 +153,25 @@ describe("lost leases, told", function()
     end)
   end)
 
+  describe("under a custom host", function()
+    it("nothing runs behind the program's back: its poll loop sees lost_fd and calls dispatch()", function()
+      -- a host whose wait is a plain select on the descriptor (no loop of its own)
+      fluxalock.configure { host = { wait = function(fd, _, secs) readable(fd, secs) end } }
+      finally(function() fluxalock.configure { host = false } end)
+      local calls = 0
+      local l = fluxalock.locker(server.url)
+      local lock = assert(l:obtain("custom", 0.3, 0, { renew = 0.05, on_lost = function() calls = calls + 1 end }))
+      server:cli("SET", "custom", "x")
+      assert.is_true(readable(fluxalock.lost_fd(), 5))
+      lock:key()
+      l:stats()
+      assert.equal(0, calls) -- the methods leave it to the program
+      assert.equal(1, fluxalock.dispatch())
+      assert.equal(1, calls)
+      assert.is_false(lock:release())
+    end)
+  end)
+
   for _, host in ipairs { "luv", "cqueues" } do
     describe("under host '" .. host .. "'", function()
       it("the adapter watches lost_fd: on_lost runs in a coroutine of its own, soon", function()
