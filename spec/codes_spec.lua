@@ -141,7 +141,7 @@ describe("error codes", function()
         local child = cut_when_sent(px)
         local v, msg, code = under(host, function() return lock:ttl() end)
         assert.equal("ok\n", child:wait(30))
-        fails("io", "^fluxalock: ttl 127%.0%.0%.1:%d+: Connection reset by peer$", v, msg, code)
+        fails("io", "^fluxalock: ttl 127%.0%.0%.1:%d+: ", v, msg, code) -- reset, or closed
         px:mode("garbage", "2b4f4b0d0a") -- "+OK\r\n": not the script's answer
         fails("io", "^fluxalock: obtain 127%.0%.0%.1:%d+: unexpected reply$", under(host, function()
           return fluxalock.locker { url = px.url }:obtain("garbage", 5)
@@ -249,7 +249,7 @@ describe("error codes", function()
         end)
         nodes[2]:resume()
         nodes[3]:resume()
-        fails("quorum", "^fluxalock: obtain redlock%(3 nodes%): 2 of 3 nodes failed, 2 needed %(fluxalock: obtain 127%.0%.0%.1:%d+: timed out%)$",
+        fails("quorum", "^fluxalock: obtain redlock%(3 nodes%): 2 of 3 nodes failed, 2 needed %(fluxalock: .*timed out%)$",
           table.unpack(a, 1, 3))
         fails("quorum", "^fluxalock: ttl redlock%(3 nodes%): 2 of 3 nodes failed, 2 needed ", table.unpack(t, 1, 3))
         assert.is_true(lock:release())
