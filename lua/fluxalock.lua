@@ -733,8 +733,14 @@ function Locker.obtain(self, key, ttl, wait, opts)
   end
   -- counted here, where the final answer is known (plain increments)
   if lock then
+    if every then -- a lock that could not be renewed is given back: an error
+      lock, err, code = renewed(pool, lock, ms, every, sent, on_lost)
+      if not lock then
+        self._errors = self._errors + 1
+        return nil, err, code
+      end
+    end
     self._obtained = self._obtained + 1
-    if every then return renewed(pool, lock, ms, every, sent, on_lost) end
     return lock
   end
   if lock == false then

@@ -215,10 +215,15 @@ describe("error codes", function()
         -- the answer comes 150 ms after the request went out: after the ttl
         local px = P.start(server.port, "slow", 150)
         finally(function() px:stop() end)
+        local stats
         fails("lost", "^fluxalock: renew: the lock was lost before its renewal started$", under(host, function()
-          return fluxalock.locker { url = px.url }:obtain("late:" .. host, 0.1, 0, { renew = true })
+          local l = fluxalock.locker { url = px.url }
+          local v, msg, code = l:obtain("late:" .. host, 0.1, 0, { renew = true })
+          stats = l:stats()
+          return v, msg, code
         end))
         assert.equal("0", server:cli("EXISTS", "late:" .. host))
+        assert.same({ 0, 1 }, { stats.obtained, stats.errors }) -- counted as the failure it returned
       end)
     end)
   end
