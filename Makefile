@@ -23,6 +23,7 @@ SRC = csrc/core.c csrc/lpool.c csrc/llock.c csrc/stats.c csrc/fan.c csrc/group.c
       csrc/drive.c csrc/server.c csrc/wake.c csrc/conn.c csrc/conn_io.c \
       csrc/net_tcp.c csrc/net_tls.c csrc/net_resolve.c csrc/net_lua.c \
       csrc/keys.c csrc/token.c csrc/clock.c csrc/opts.c csrc/renew.c csrc/renew_io.c
+SRC += csrc/codes.c csrc/lost.c
 OBJ = $(SRC:.c=.o)
 LIB = fluxalock/core.so
 # the process handling of the fluxalock command (bin/fluxalock): its own

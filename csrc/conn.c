@@ -104,6 +104,16 @@ void fl_conn_unclaim(fl_conn *c) {
 
 /* ---- failures ------------------------------------------------------------------ */
 
+/* the code of a failure, from the step that failed: the link's connect,
+   AUTH or SELECT (conn_io.c names them), or the request's own command (a
+   TLS handshake's code is set by conn_io.c after) */
+static unsigned char code_of(const char *op, const char *why) {
+  if (strcmp(op, "connect") == 0) return FL_E_CONNECT;
+  if (strcmp(op, "auth") == 0) return FL_E_AUTH;
+  if (strcmp(op, "select") == 0) return FL_E_SERVER;
+  return strcmp(why, "timed out") == 0 ? FL_E_TIMEOUT : FL_E_IO;
+}
+
 /* "fluxalock: <op> <where>: <why>" into c->err, allocated to its length
    (a request holds no message buffer while it runs); c fails */
 void fl_conn_fail(fl_conn *c, const char *op, const char *fmt, ...) {
@@ -114,6 +124,7 @@ void fl_conn_fail(fl_conn *c, const char *op, const char *fmt, ...) {
   va_end(ap);
   snprintf(msg, sizeof msg, "fluxalock: %s %s: %s", op, c->pool->o.where, why);
   fl_conn_setmsg(c, msg);
+  c->code = code_of(op, why);
 }
 
 /* c fails with the whole message msg (a strategy's own words, never c's

@@ -81,7 +81,7 @@ void fl_link_reap(fl_link *k) {
 
 /* close k; every request on it fails with "<op> <where>: why" (op: its
    own, "connect" while connecting, or the given one) */
-static void close_as(fl_link *k, const char *op, const char *why) {
+static void close_code(fl_link *k, const char *op, const char *why, int code) {
   int connecting = k->state == FL_LK_CONNECTING;
   fl_pool *p = k->pool;
   k->state = FL_LK_CLOSED;
@@ -91,6 +91,7 @@ static void close_as(fl_link *k, const char *op, const char *why) {
     k->qlen--;
     if (!c || c->state != FL_RQ_QUEUED) continue;
     fl_conn_fail(c, op ? op : connecting ? "connect" : c->op, "%s", why);
+    if (code) c->code = (unsigned char)code;
     fl_wake(p, c->wkey);
   }
   k->qhead = 0;
@@ -104,6 +105,8 @@ static void close_as(fl_link *k, const char *op, const char *why) {
   k->reader = NULL;
   release_io(k);
 }
+
+static void close_as(fl_link *k, const char *op, const char *why) { close_code(k, op, why, 0); }
 
 void fl_link_close(fl_link *k, const char *why) { close_as(k, NULL, why); }
 
@@ -273,7 +276,7 @@ static void connect_failed(fl_link *k) {
   const char *e = fl_net_error(k->net);
   if (!e || !*e) e = "timed out";
   else if (strncmp(e, "connect: ", 9) == 0) e += 9;
-  close_as(k, "connect", e);
+  close_code(k, "connect", e, fl_net_tls_failed(k->net) ? FL_E_TLS : FL_E_CONNECT);
 }
 
 /* a handshake reply: an error fails the link ("auth ...", "select ...") */

@@ -60,10 +60,10 @@ static void fail_running(fl_fan *f, const char *why) {
     fl_leg *l = &f->legs[i];
     if (l->st != LEG_RUN && l->st != LEG_PAUSE) continue;
     if (!l->c && !(l->c = fl_pool_conn(l->node))) {
-      fl_leg_fail(l, "out of memory");
+      fl_leg_fail(l, FL_E_IO, "out of memory");
       continue;
     }
-    fl_leg_fail(l, "fluxalock: %s %s: host wait: %s", fl_opname(f->op), l->node->o.where, why);
+    fl_leg_fail(l, FL_E_IO, "fluxalock: %s %s: host wait: %s", fl_opname(f->op), l->node->o.where, why);
   }
 }
 

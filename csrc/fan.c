@@ -29,14 +29,16 @@ const char *fl_opname(int op) {
 
 /* ---- legs ------------------------------------------------------------------ */
 
-/* l failed with the message fmt: kept in its request until the fan ends */
-void fl_leg_fail(fl_leg *l, const char *fmt, ...) {
+/* l failed (code: FL_E_*) with the message fmt: kept in its request
+   until the fan ends */
+void fl_leg_fail(fl_leg *l, int code, const char *fmt, ...) {
   char msg[FL_ERRLEN];
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(msg, sizeof msg, fmt, ap);
   va_end(ap);
   l->st = LEG_ERR;
+  l->code = (unsigned char)code;
   if (!l->c) {
     l->err = "fluxalock: out of memory";
     return;
@@ -93,7 +95,7 @@ void fl_leg_start(fl_fan *f, fl_leg *l) {
   double extra = 0;
   l->c = c;
   if (!c || leg_cmd(f, c, &extra) != 0) {
-    fl_leg_fail(l, "fluxalock: out of memory");
+    fl_leg_fail(l, FL_E_IO, "fluxalock: out of memory");
     return;
   }
   c->wkey = f; /* a reply for any leg wakes the fan's coroutine */
@@ -102,6 +104,7 @@ void fl_leg_start(fl_fan *f, fl_leg *l) {
   if (fl_conn_begin(c, fl_opname(f->op), extra) == FL_ERR) {
     l->st = LEG_ERR;
     l->err = fl_conn_errmsg(c);
+    l->code = c->code;
     return;
   }
   if (f->op == FL_OP_AWAIT && f->limit > 0) c->limit = f->limit;
@@ -119,10 +122,16 @@ static int unacked(fl_fan *f, fl_leg *l) {
     return 0;
   /* written on this master only: a failover could lose it */
   f->unacked = 1;
-  fl_leg_fail(l, "fluxalock: %s %s: %d of %d replicas acknowledged the %s", c->op,
+  fl_leg_fail(l, FL_E_REPLICAS, "fluxalock: %s %s: %d of %d replicas acknowledged the %s", c->op,
               l->node->o.where, (int)(c->acked < 0 ? 0 : c->acked), want,
               f->op == FL_OP_OBTAIN ? "lock" : "refresh");
   return 1;
+}
+
+/* an error reply that refuses the client's credentials (none given, or an
+   ACL user's that AUTH no longer accepts), not the command */
+static int auth_refused(const redisReply *r) {
+  return r->str && (strncmp(r->str, "NOAUTH", 6) == 0 || strncmp(r->str, "WRONGPASS", 9) == 0);
 }
 
 /* l's reply has arrived: the kind may take it, else it is the answer */
@@ -131,7 +140,8 @@ static void leg_reply(fl_fan *f, fl_leg *l) {
   redisReply *r = c->reply;
   if (f->ops->on_reply && f->ops->on_reply(f, l, r)) return;
   if (r->type == REDIS_REPLY_ERROR) {
-    fl_leg_fail(l, "fluxalock: %s %s: %s", c->op, l->node->o.where, r->str ? r->str : "error");
+    fl_leg_fail(l, auth_refused(r) ? FL_E_AUTH : FL_E_SERVER, "fluxalock: %s %s: %s", c->op,
+                l->node->o.where, r->str ? r->str : "error");
     return;
   }
   if (f->op == FL_OP_CALL) {
@@ -145,7 +155,7 @@ static void leg_reply(fl_fan *f, fl_leg *l) {
     if (unacked(f, l)) return;
   } else {
     fl_conn_disconnect(c); /* not Redis? */
-    fl_leg_fail(l, "fluxalock: %s %s: unexpected reply", c->op, l->node->o.where);
+    fl_leg_fail(l, FL_E_IO, "fluxalock: %s %s: unexpected reply", c->op, l->node->o.where);
     return;
   }
   fl_conn_end(c);
@@ -188,6 +198,7 @@ void fl_leg_step(fl_fan *f, fl_leg *l, double now) {
     if (!timedout && f->ops->fallback && f->ops->fallback(f, l)) return;
     l->st = LEG_ERR;
     l->err = fl_conn_errmsg(l->c);
+    l->code = l->c->code;
   }
 }
 
@@ -241,21 +252,24 @@ void fl_fan_restart(fl_fan *f, int op) {
   for (i = 0; i < f->nlegs; i++) fl_leg_start(f, &f->legs[i]);
 }
 
-/* nil, message: a single leg's own, or the quorum's story */
-int fl_fan_failure(lua_State *L, const fl_fan *f, int errs, const char *first) {
+/* nil, message, code: a single leg's own (code: its FL_E_*), or the
+   quorum's story */
+int fl_fan_failure(lua_State *L, const fl_fan *f, int errs, const char *first, int code) {
   lua_pushnil(L);
   if (f->nlegs == 1)
     lua_pushstring(L, first);
   else
     lua_pushfstring(L, "fluxalock: %s %s: %d of %d nodes failed, %d needed (%s)",
                     fl_opname(f->op), f->g->o.where, errs, f->nlegs, f->nlegs / 2 + 1, first);
-  return 2;
+  lua_pushstring(L, fl_code_name(f->nlegs == 1 ? code : FL_E_QUORUM));
+  return 3;
 }
 
 /* a failed obtain is undone everywhere (a node that timed out may have set
    it too); its own verdict waits at FAN_UNDO meanwhile */
-int fl_fan_undo(lua_State *L, fl_fan *f, int errs, const char *first) {
+int fl_fan_undo(lua_State *L, fl_fan *f, int errs, const char *first, int code) {
   f->undo_errs = (unsigned char)errs;
+  f->undo_code = (unsigned char)code;
   lua_settop(L, FAN_SELF);
   lua_pushstring(L, first ? first : "");
   fl_fan_restart(f, FL_OP_RELEASE);
@@ -266,7 +280,7 @@ int fl_fan_undo(lua_State *L, fl_fan *f, int errs, const char *first) {
 static int undone(lua_State *L, fl_fan *f) {
   if (f->undo_errs) { /* a quorum was out of reach, or the one node failed */
     f->op = FL_OP_OBTAIN;
-    return fl_fan_failure(L, f, f->undo_errs, lua_tostring(L, FAN_UNDO));
+    return fl_fan_failure(L, f, f->undo_errs, lua_tostring(L, FAN_UNDO), f->undo_code);
   }
   lua_pushboolean(L, 0);
   return 1;
@@ -330,7 +344,7 @@ int fl_verdict_one(lua_State *L, fl_fan *f) {
       lua_pushvalue(L, FAN_LOCK);
       return 1;
     }
-    if (f->unacked) return fl_fan_undo(L, f, 1, l->err);
+    if (f->unacked) return fl_fan_undo(L, f, 1, l->err, l->code);
     break;
   case FL_OP_RELEASE:
     if (f->phase > 0) return undone(L, f);
@@ -352,7 +366,7 @@ int fl_verdict_one(lua_State *L, fl_fan *f) {
   default: /* FL_OP_AWAIT: woken, or not (LEG_LATE: the obtain's end came) */
     break;
   }
-  if (err) return fl_fan_failure(L, f, 1, l->err);
+  if (err) return fl_fan_failure(L, f, 1, l->err, l->code);
   lua_pushboolean(L, done && l->n > 0);
   return 1;
 }

@@ -29,6 +29,7 @@ typedef struct fl_leg {
   const char *err;    /* LEG_ERR: in c's message while c is kept, else static */
   redisReply *reply;  /* a call's reply, owned until the verdict takes it */
   unsigned char st, hops, asking, tries, fallbacks;
+  unsigned char code; /* LEG_ERR: what failed (FL_E_*) */
 } fl_leg;
 
 /* (small types: a fan lives as long as its request, one per coroutine) */
@@ -47,6 +48,7 @@ typedef struct fl_fan {
   unsigned char poolidx;   /* the Pool userdata's stack index */
   unsigned char recovered; /* the recover function was called */
   unsigned char undo_errs; /* a failed obtain being undone: its errors */
+  unsigned char undo_code; /* and its failure's code */
   unsigned char unacked;   /* a node set it but its replicas did not confirm */
   unsigned char replace;
   unsigned char onstack;   /* in a plain script's C stack, not a userdata */
@@ -59,11 +61,11 @@ typedef struct fl_fan {
 /* fan.c */
 const char *fl_opname(int op);
 void fl_leg_start(fl_fan *f, fl_leg *l);
-void fl_leg_fail(fl_leg *l, const char *fmt, ...);
+void fl_leg_fail(fl_leg *l, int code, const char *fmt, ...);
 void fl_leg_step(fl_fan *f, fl_leg *l, double now);
 void fl_fan_restart(fl_fan *f, int op);
-int fl_fan_failure(lua_State *L, const fl_fan *f, int errs, const char *first);
-int fl_fan_undo(lua_State *L, fl_fan *f, int errs, const char *first);
+int fl_fan_failure(lua_State *L, const fl_fan *f, int errs, const char *first, int code);
+int fl_fan_undo(lua_State *L, fl_fan *f, int errs, const char *first, int code);
 int fl_verdict_one(lua_State *L, fl_fan *f);
 
 /* room for a fan of a plain script on the C stack (see fl_fan_new) */

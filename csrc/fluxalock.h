@@ -17,10 +17,12 @@
  *               requests, replies matched in order by a hiredis reader
  *   transport   net.h: net_tcp.c, net_tls.c, net_resolve.c (net_lua.c: the
  *               TLS settings object)
- *   leaves      keys.c (key naming, scripts, commands), token.c, clock.c
+ *   leaves      keys.c (key naming, scripts, commands), token.c, clock.c,
+ *               codes.c (the failure codes' names)
  *
  * renew.c/renew_io.c are the renewal thread: their own connections, never
- * the Lua state.  core.c is luaopen_fluxalock_core.
+ * the Lua state; lost.c the Lua side of the losses it reports.  core.c is
+ * luaopen_fluxalock_core.
  *
  * Ownership: fl_pool is malloc'd and reference counted.  The Pool userdata
  * holds one reference, every Lock holds one, so garbage-collection order and
@@ -45,6 +47,12 @@
 
 /* results of one engine step */
 enum { FL_DONE = 0, FL_WAIT = 1, FL_ERR = 2, FL_LATE = 3 };
+
+/* what a runtime failure was (API.md "Errors a program can branch on"):
+   carried beside each message, a string only at the Lua boundary (codes.c) */
+enum { FL_E_NONE, FL_E_CONNECT, FL_E_TIMEOUT, FL_E_IO, FL_E_AUTH, FL_E_TLS, FL_E_SERVER,
+       FL_E_REPLICAS, FL_E_QUORUM, FL_E_LIMIT, FL_E_LOST, FL_E_NOT_OBTAINED };
+const char *fl_code_name(int code);
 
 /* the scripts, indexes into fl_scripts[] */
 enum { FL_S_OBTAIN, FL_S_RELEASE, FL_S_TTL, FL_S_REFRESH, FL_NSCRIPTS };
@@ -110,6 +118,7 @@ typedef struct fl_conn {
   unsigned char connwait; /* its deadline is the link's connect time */
   unsigned char asking;   /* send ASKING before the command (cluster ASK) */
   unsigned char post;     /* a WAIT for replicas follows the main command */
+  unsigned char code;     /* FL_RQ_ERR: what failed (FL_E_*) */
   long long acked;     /* replicas that acknowledged (WAIT's answer) */
   double deadline;     /* monotonic seconds */
   double extra;        /* seconds the command may block server-side */
@@ -311,6 +320,12 @@ int fl_renew_held(const fl_lock *lk); /* the renewal still vouches for it */
 int fl_renew_foreign(const fl_lock *lk); /* renewed by another process (fork) */
 void fl_renew_counts(fl_pool *p, long long *renewed, long long *lost);
 int fl_renew_found_lost(const fl_lock *lk); /* counted lost by the thread */
+int fl_renew_stopped(const fl_lock *lk); /* released, collected, or another
+                                            process's: never to be told lost */
+long long fl_renew_lost_seq(void); /* locks found lost so far (lost.c) */
+/* lost.c: on_lost, lost_fd, dispatch (API.md "Lost leases, told") */
+void fl_lost_tell(lua_State *L);
+void fl_lost_open(lua_State *L);
 void fl_renew_pool_free(fl_pool *p);
 /* stats.c */
 void fl_notify(lua_State *L, int lockidx);

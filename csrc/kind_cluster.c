@@ -82,16 +82,16 @@ static void redirect(fl_fan *f, fl_leg *l, const redisReply *r) {
   unsigned slot;
   int port, idx, ask = starts(r, "ASK ");
   if (!parse_redirect(r->str, &slot, host, sizeof host, &port)) {
-    fl_leg_fail(l, "fluxalock: %s %s: %s", op, l->node->o.where, r->str);
+    fl_leg_fail(l, FL_E_SERVER, "fluxalock: %s %s: %s", op, l->node->o.where, r->str);
     return;
   }
   if (++l->hops > MAX_HOPS) {
-    fl_leg_fail(l, "fluxalock: %s %s: more than %d redirects (last: %s)", op,
+    fl_leg_fail(l, FL_E_SERVER, "fluxalock: %s %s: more than %d redirects (last: %s)", op,
                 l->node->o.where, MAX_HOPS, r->str);
     return;
   }
   if ((idx = fl_group_node(g, host, port)) < 0) {
-    fl_leg_fail(l, "fluxalock: out of memory");
+    fl_leg_fail(l, FL_E_IO, "fluxalock: out of memory");
     return;
   }
   fl_conn_end(l->c);

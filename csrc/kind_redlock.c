@@ -61,20 +61,21 @@ static void redlock_settle(fl_fan *f) {
     /* its command still goes out (a release the majority did not need
        must still reach its node), its late reply is dropped */
     if (l->c && l->c->link) fl_link_send(l->c->link);
-    fl_leg_fail(l, "fluxalock: %s %s: not awaited (a majority answered)", fl_opname(f->op),
+    fl_leg_fail(l, FL_E_IO, "fluxalock: %s %s: not awaited (a majority answered)", fl_opname(f->op),
                 l->node->o.where);
   }
 }
 
-static void count(const fl_fan *f, int *ok, int *errs, const char **first) {
+static void count(const fl_fan *f, int *ok, int *errs, const char **first, int *code) {
   int i;
   *ok = *errs = 0;
   *first = NULL;
+  *code = FL_E_IO;
   for (i = 0; i < f->nlegs; i++) {
     const fl_leg *l = &f->legs[i];
     if (l->st == LEG_ERR) {
       (*errs)++;
-      if (!*first) *first = l->err;
+      if (!*first) *first = l->err, *code = l->code;
     } else if (l->st == LEG_DONE && l->n > 0) {
       (*ok)++;
     }
@@ -82,7 +83,8 @@ static void count(const fl_fan *f, int *ok, int *errs, const char **first) {
 }
 
 /* the time a quorum still holds it: the q-th largest ttl */
-static int ttl_verdict(lua_State *L, fl_fan *f, fl_lock *lk, int errs, const char *first) {
+static int ttl_verdict(lua_State *L, fl_fan *f, fl_lock *lk, int errs, const char *first,
+                       int code) {
   long long v[FL_MAXNODES];
   int h = 0, q = quorum(f), a, b;
   for (a = 0; a < f->nlegs; a++)
@@ -94,7 +96,7 @@ static int ttl_verdict(lua_State *L, fl_fan *f, fl_lock *lk, int errs, const cha
     lua_pushnumber(L, (lua_Number)v[q - 1] / 1000.0);
     return 1;
   }
-  if (h + errs >= q) return fl_fan_failure(L, f, errs, first);
+  if (h + errs >= q) return fl_fan_failure(L, f, errs, first, code);
   lk->held = 0;
   lua_pushnumber(L, 0);
   return 1;
@@ -107,9 +109,9 @@ static double validity(const fl_fan *f) {
 
 static int redlock_verdict(lua_State *L, fl_fan *f) {
   fl_lock *lk = lua_touserdata(L, FAN_LOCK);
-  int ok, errs, q = quorum(f);
+  int ok, errs, code, q = quorum(f);
   const char *first;
-  count(f, &ok, &errs, &first);
+  count(f, &ok, &errs, &first, &code);
   switch (f->op) {
   case FL_OP_OBTAIN:
     if (ok >= q && validity(f) > 0) {
@@ -118,7 +120,7 @@ static int redlock_verdict(lua_State *L, fl_fan *f) {
       lua_pushvalue(L, FAN_LOCK);
       return 1;
     }
-    return fl_fan_undo(L, f, errs > f->nlegs - q ? errs : 0, first);
+    return fl_fan_undo(L, f, errs > f->nlegs - q ? errs : 0, first, code);
   case FL_OP_RELEASE:
     if (f->phase > 0) return fl_verdict_one(L, f); /* the undo's end */
     /* fallthrough */
@@ -126,21 +128,22 @@ static int redlock_verdict(lua_State *L, fl_fan *f) {
     if (ok >= q) break;
     if (ok + errs >= q) { /* unknown: the caller may try again */
       lk->held = 1;
-      return fl_fan_failure(L, f, errs, first);
+      return fl_fan_failure(L, f, errs, first, code);
     }
     ok = 0;
     break;
   case FL_OP_TTL:
-    return ttl_verdict(L, f, lk, errs, first);
+    return ttl_verdict(L, f, lk, errs, first, code);
   case FL_OP_REFRESH:
     if (ok >= q && validity(f) <= 0) {
       lua_pushnil(L);
       lua_pushfstring(L, "fluxalock: refresh %s: took longer than the new ttl allows",
                       f->g->o.where);
-      return 2;
+      lua_pushstring(L, fl_code_name(FL_E_QUORUM)); /* no majority in time */
+      return 3;
     }
     if (ok >= q) break;
-    if (ok + errs >= q) return fl_fan_failure(L, f, errs, first);
+    if (ok + errs >= q) return fl_fan_failure(L, f, errs, first, code);
     lk->held = 0;
     ok = 0;
     break;

@@ -41,8 +41,12 @@ fl_lock *fl_lock_new(lua_State *L, int poolidx, fl_pool *p, const char *key,
   return lk;
 }
 
+/* the lock argument of a method; in a plain script the on_lost functions
+   due run first (lost.c) */
 static fl_lock *checklock(lua_State *L) {
-  return luaL_checkudata(L, 1, FL_LOCK_MT);
+  fl_lock *lk = luaL_checkudata(L, 1, FL_LOCK_MT);
+  fl_lost_tell(L);
+  return lk;
 }
 
 /* ---- release / __close ----------------------------------------------------- */
@@ -73,7 +77,7 @@ static int lock_release(lua_State *L) {
    Lua cannot yield (coroutine.close, an error leaving a coroutine, the main
    thread) the host's wait would fail: queue the release like __gc does */
 static int lock_close(lua_State *L) {
-  fl_lock *lk = checklock(L);
+  fl_lock *lk = luaL_checkudata(L, 1, FL_LOCK_MT);
   if (fl_renew_foreign(lk)) lk->held = 0; /* the parent's (fork): not ours */
   if (!lk->held) return 0;
   fl_renew_stop(lk); /* before the release is sent */
@@ -197,7 +201,7 @@ static int lock_fence(lua_State *L) {
 }
 
 static int lock_tostring(lua_State *L) {
-  fl_lock *lk = checklock(L);
+  fl_lock *lk = luaL_checkudata(L, 1, FL_LOCK_MT);
   lua_pushstring(L, "fluxalock.Lock: ");
   lua_pushlstring(L, lk->key + lk->prefixlen, lk->keylen - lk->prefixlen);
   lua_pushstring(L, is_held(lk) ? " (held)" : " (released)");

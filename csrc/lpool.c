@@ -217,7 +217,8 @@ static int pool_obtain(lua_State *L) {
   if (fl_token(lk->token) != 0) {
     lua_pushnil(L);
     lua_pushstring(L, "fluxalock: obtain: no random bytes from the kernel");
-    return 2;
+    lua_pushstring(L, fl_code_name(FL_E_IO));
+    return 3;
   }
   return fl_drive_obtain(L, lk, ms);
 }

@@ -33,6 +33,7 @@ int fl_net_pending(const fl_net *n);
 double fl_net_block(const fl_net *n);
 long fl_net_recv_block(fl_net *n, void *buf, size_t len);
 const char *fl_net_error(const fl_net *n);
+int fl_net_tls_failed(const fl_net *n); /* the TLS handshake failed, not TCP */
 void fl_net_close(fl_net *n);
 
 /* TLS settings of a pool: one SSL_CTX (CA, client certificate and key loaded

@@ -306,3 +306,9 @@ static void tls_close(fl_net *n) {
 }
 
 const fl_net_funcs fl_tls_funcs = {tls_step, tls_send, tls_recv, tls_pending, tls_close};
+
+/* the TCP connect was made and TLS failed on it (the handshake, or the
+   certificate's verification): a "tls" failure, not a "connect" one */
+int fl_net_tls_failed(const fl_net *n) {
+  return n && n->tls && n->connected && !n->secure;
+}

@@ -144,6 +144,8 @@ static void wake(int fd) {
   if (fd >= 0 && write(fd, &b, 1) < 0) { /* full: a wake-up is pending anyway */ }
 }
 
+static long long lost_seq; /* atomic: locks found lost (fl_renew_lost_seq) */
+
 /* RUN -> LOST, counted and announced; 1 if this call made it lost */
 static int lose(fl_renewal *e) {
   int run = RN_RUN;
@@ -151,6 +153,7 @@ static int lose(fl_renewal *e) {
                                    __ATOMIC_ACQUIRE))
     return 0;
   RN_ADD(&e->counts->lost, 1);
+  RN_ADD(&lost_seq, 1); /* before the byte: who reads it sees the count */
   wake(note[1]);
   return 1;
 }
@@ -593,6 +596,13 @@ int fl_renew_held(const fl_lock *lk) {
 int fl_renew_found_lost(const fl_lock *lk) {
   const fl_renewal *e = lk->renew;
   return e && RN_LOAD(&e->state) == RN_LOST;
+}
+
+long long fl_renew_lost_seq(void) { return RN_LOAD(&lost_seq); }
+
+int fl_renew_stopped(const fl_lock *lk) {
+  const fl_renewal *e = lk->renew;
+  return !e || fl_renew_foreign(lk) || RN_LOAD(&e->state) == RN_STOPPED;
 }
 
 void fl_renew_counts(fl_pool *p, long long *renewed, long long *lost) {

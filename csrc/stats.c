@@ -23,7 +23,7 @@
 #include "fluxalock.h"
 
 typedef struct fl_event {
-  const char *op, *key, *outcome, *error, *where;
+  const char *op, *key, *outcome, *error, *where, *code;
   size_t keylen;
   double seconds;
   int ok, call;
@@ -85,6 +85,10 @@ static int emit(lua_State *L) {
     lua_pushstring(L, e->error);
     lua_setfield(L, 3, "error");
   }
+  if (e->code) { /* a failure's, or "not_obtained" (as obtain returns) */
+    lua_pushstring(L, e->code);
+    lua_setfield(L, 3, "code");
+  }
   lua_pushvalue(L, 1);
   lua_pushvalue(L, 3);
   lua_call(L, 1, 0);
@@ -132,6 +136,9 @@ int fl_done(lua_State *L, fl_pool *p, fl_lock *lk, int op, const char *key,
     e.ok = !failed;
     e.outcome = failed ? NULL : outcome(L, op, first, lk);
     e.error = failed && lua_type(L, first + 1) == LUA_TSTRING ? lua_tostring(L, first + 1) : NULL;
+    e.code = failed && nres >= 3 && lua_type(L, first + 2) == LUA_TSTRING ? lua_tostring(L, first + 2)
+             : op == FL_OP_OBTAIN && !failed && !lua_toboolean(L, first) ? fl_code_name(FL_E_NOT_OBTAINED)
+             : NULL;
     log_event(L, p, &e, pud);
   }
   return nres;

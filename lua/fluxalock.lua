@@ -17,7 +17,13 @@ local M = {
   NOT_OBTAINED = "not obtained",
   DEFAULT_POOL = "default",
   _VERSION = "fluxalock " .. core.version,
+  -- the third value of every runtime failure (nil, message, code), and a
+  -- log event's 'code': each name maps to itself, so a misspelt
+  -- fluxalock.codes.timout is nil, not a silent mismatch (docs/errors.md)
+  codes = {},
 }
+for _, c in ipairs { "not_obtained", "connect", "timeout", "io", "auth", "tls", "server",
+                     "replicas", "quorum", "limit", "lost" } do M.codes[c] = c end
 local NOT_OBTAINED = M.NOT_OBTAINED
 
 local specs = {}            -- name -> the pool as given to configure (a copy)
@@ -51,18 +57,27 @@ local function duration(v, n, fname, what)
   return (v * 1000 + 0.5) // 1
 end
 
--- obtain's 4th argument -> the renewal interval in ms, or nil (no renewal)
+-- obtain's 4th argument -> the renewal interval in ms, or nil (no
+-- renewal), and the on_lost function, if any
 local function renew_interval(opts, ttl, ms)
   if opts == nil then return nil end
   if type(opts) ~= "table" then
     argerror(4, "obtain", "options must be a table, got " .. type(opts), 4)
   end
   for k in pairs(opts) do
-    if k ~= "renew" then argerror(4, "obtain", ("unknown option '%s'"):format(tostring(k)), 4) end
+    if k ~= "renew" and k ~= "on_lost" then
+      argerror(4, "obtain", ("unknown option '%s'"):format(tostring(k)), 4)
+    end
   end
-  local r = opts.renew
-  if r == nil or r == false then return nil end
-  if r == true then return ms // 3 > 0 and ms // 3 or 1 end
+  local r, on_lost = opts.renew, opts.on_lost
+  if on_lost ~= nil and type(on_lost) ~= "function" then
+    argerror(4, "obtain", "option 'on_lost' must be a function, got " .. type(on_lost), 4)
+  end
+  if r == nil or r == false then
+    if on_lost ~= nil then argerror(4, "obtain", "option 'on_lost' needs option 'renew'", 4) end
+    return nil
+  end
+  if r == true then return ms // 3 > 0 and ms // 3 or 1, on_lost end
   if type(r) ~= "number" then
     argerror(4, "obtain", "option 'renew' must be a boolean or a number of seconds, got " .. type(r), 4)
   end
@@ -75,22 +90,151 @@ local function renew_interval(opts, ttl, ms)
   if r > ttl / 2 or every > ms // 2 then
     argerror(4, "obtain", "option 'renew' must be at most half the ttl", 4)
   end
-  return every
+  return every, on_lost
 end
+
+-- ---- lost leases, told (API.md; csrc/lost.c) ---------------------------------
+--
+-- A renewed lock obtained with opts.on_lost is kept here with its function
+-- (weakly: a lock dropped by the program is nobody's to tell).  When the
+-- renewal thread finds a lock lost it bumps core.lost_seq() and writes a
+-- byte to lost_fd(); dispatch then calls the function of each lock whose
+-- renewal is lost, once.  Who dispatches: under the cqueues and luv
+-- adapters a watcher of the fd (lua/fluxalock/host.lua), each function in a
+-- coroutine of its own; in a plain script every locker and lock method
+-- first (core.setdispatch: the lock methods are C); always fluxalock.dispatch().
+
+local told = setmetatable({}, { __mode = "k" }) -- renewed lock -> its on_lost function
+local ntold, sweep_at = 0, 64 -- entries added since the last sweep; when to sweep
+local seen = 0                -- core.lost_seq() at the last look
+local dispatching = false
+local lostfd                  -- core.renewal_fd(), once asked
+local kick                    -- ends the adapter's watch early (cqueues), or nil
+local watching = nil          -- the host whose adapter watches the fd
+
+local function lost_fd()
+  lostfd = lostfd or core.renewal_fd()
+  return lostfd
+end
+
+-- an on_lost function, called; its error is reported on stderr, not raised
+-- into whatever call happened to run it
+local function call(fn, lock)
+  local ok, err = pcall(fn, lock)
+  if not ok then
+    io.stderr:write(("fluxalock: an on_lost function raised an error: %s\n"):format(tostring(err)))
+  end
+end
+
+-- drop the locks whose renewal stopped (released, collected): they will
+-- never be told; -> whether any lock is left to tell
+local function sweep()
+  ntold = 0
+  for lock in pairs(told) do
+    if core.renewal_state(lock) == "stopped" then told[lock] = nil else ntold = ntold + 1 end
+  end
+  sweep_at = math.max(64, 2 * ntold)
+  return next(told) ~= nil
+end
+
+-- run(fn, lock) for each lock found lost since the last look; -> how many
+local function tell(run)
+  if lostfd then core.lost_drain(lostfd) end -- first: a loss after it leaves a byte
+  local s = core.lost_seq()
+  if s == seen or dispatching then return 0 end
+  seen = s
+  local due = {}
+  for lock, fn in pairs(told) do
+    if core.renewal_state(lock) == "lost" then
+      told[lock] = nil
+      due[#due + 1] = lock
+      due[#due + 1] = fn
+    end
+  end
+  dispatching = true -- a function that calls a method: no second round inside
+  for i = 1, #due, 2 do run(due[i + 1], due[i]) end
+  dispatching = false
+  return #due // 2
+end
+
+-- the plain script's dispatch, which every locker and lock method calls
+local function plain_tell()
+  if core.lost_seq() ~= seen then
+    tell(call)
+    if next(told) == nil then core.setdispatch(nil) end
+  end
+end
+
+-- fn(lock) in a coroutine of its own when the host adapter can start one
+-- here, else in this call
+local function spawned(fn, lock)
+  local h = host_wait
+  if not (h and h._spawn and h._spawn(function() call(fn, lock) end)) then call(fn, lock) end
+end
+
+-- under a host adapter: its watcher calls this when the fd is readable
+-- (and now and then); -> false once there is nothing left to watch
+local function watched()
+  if watching ~= host_wait then watching = nil return false end
+  tell(spawned)
+  if not sweep() then
+    watching, kick = nil, nil
+    return false
+  end
+  return true
+end
+
+-- who tells the locks now (after an on_lost lock, or a host change)
+local function arrange_telling()
+  if next(told) == nil then return end
+  if not host_wait then
+    core.setdispatch(plain_tell)
+    return
+  end
+  core.setdispatch(nil)
+  if watching ~= host_wait and host_wait._watch then
+    watching = host_wait
+    kick = host_wait._watch(lost_fd(), watched)
+    if kick == false then watching = nil end -- no loop to watch from here
+  end
+end
+
+local function tell_me(lock, fn)
+  told[lock] = fn
+  ntold = ntold + 1
+  if ntold >= sweep_at then sweep() end
+  arrange_telling()
+end
+
+--- fluxalock.lost_fd() -> a descriptor readable whenever a renewed lock of
+--- this process is found lost (then call fluxalock.dispatch())
+function M.lost_fd() return lost_fd() end
+
+--- fluxalock.dispatch() -> how many on_lost functions ran; it also drains
+--- lost_fd().  Under a host adapter they run in coroutines of their own
+function M.dispatch() return tell(spawned) end
 
 -- a fresh lock handed to the renewal thread (csrc/renew.c); if that fails
 -- the lock is released: a caller that asked for renewal never gets a lock
--- that silently expires
-local function renewed(pool, lock, ms, every, sent)
+-- that silently expires.  A lock whose lease ran out before the renewal
+-- could start (its obtain's answer came too late) is lost already
+local LOST = "fluxalock: renew: the lock was lost before its renewal started"
+local function renewed(pool, lock, ms, every, sent, on_lost)
   local ok, err
-  if pool.renewal then -- Sentinel: the thread asks the sentinels itself
+  if now() - sent >= (ms - ms / 100 - 2) / 1000 then -- renew.c's deadline
+    ok = false
+  elseif pool.renewal then -- Sentinel: the thread asks the sentinels itself
     ok, err = core.renew(lock, ms, every, sent, pool:renewal())
   else
     ok, err = core.renew(lock, ms, every, sent)
   end
-  if ok then return lock end
+  if ok then
+    if on_lost then tell_me(lock, on_lost) end
+    return lock
+  end
   lock:release()
-  return nil, err or "fluxalock: renew: the lock was lost before its renewal started"
+  if err then return nil, err, "io" end -- no memory, pipe or thread for it
+  return nil, LOST, "lost"
 end
 
 -- ---- Locker ------------------------------------------------------------------
@@ -147,7 +291,7 @@ end
 local function debug_line(ev)
   local what = ev.key and ('"' .. printable(ev.key) .. '"') or printable(ev.command or "")
   local result = ev.ok and (ev.outcome or "ok") .. " (" .. ev.where .. ")"
-    or "failed: " .. printable((tostring(ev.error):gsub("^fluxalock: ", "")))
+    or ("failed [%s]: %s"):format(tostring(ev.code), printable((tostring(ev.error):gsub("^fluxalock: ", ""))))
   return ("fluxalock: %s %s %s %.3f ms -> %s\n"):format(printable(ev.pool), ev.op, what,
     ev.seconds * 1000, result)
 end
@@ -209,23 +353,23 @@ end
 -- lock released by another library or a lost wake-up is noticed at the
 -- latest by the next step.  No wait runs past the deadline, and a last try
 -- is made at it.
--- -> lock, sent | false (not obtained) | nil, message; 'sent' is when the
--- successful try was sent (a renewal's first deadline counts from it)
+-- -> lock, sent | false (not obtained) | nil, message, code; 'sent' is when
+-- the successful try was sent (a renewal's first deadline counts from it)
 local function wait_for(self, pool, key, ms, deadline)
   local step, smax, pause = self._step, self._max, 0
-  local lock, err, sent = false, nil, nil
+  local lock, err, code, sent = false, nil, nil, nil
   while not lock do
-    if lock == nil then return nil, err end
+    if lock == nil then return nil, err, code end
     local left = deadline - now()
     if left <= 0 then return false end
     pause = min(pause + step, smax)
     if left >= 0.001 then
       -- the server times BLPOP out coarsely: 'left' is enforced client-side
-      local ok, werr = pool:await(key, min(pause, left), left)
-      if ok == nil then return nil, werr end
+      local ok, werr, wcode = pool:await(key, min(pause, left), left)
+      if ok == nil then return nil, werr, wcode end
     end
     sent = now()
-    lock, err = pool:obtain(key, ms)
+    lock, err, code = pool:obtain(key, ms)
   end
   return lock, sent
 end
@@ -287,6 +431,7 @@ end
 -- pool 'cp': the head of its queue tries at once; -> that head (the
 -- subscription's reader, csrc/wake.c, then knows it was woken itself)
 local function released(full, cp)
+  if kick then kick() end -- an on_lost watcher looks whether it still has locks to watch
   local qs = queues[cp]
   if not qs then return end
   local q = qs[full] or qs[qs.chans[full] or false]
@@ -452,7 +597,7 @@ local function wait_queued(self, pool, key, ms, deadline, q, w)
   self._waiting = self._waiting + 1
   w.counted = self -- dequeue counts it out
   local step, smax, pause = self._step, self._max, 0
-  local lock, err, sent = false, nil, nil
+  local lock, err, code, sent = false, nil, nil, nil
   while true do
     local left = deadline - now()
     if q[w.at] ~= w then append(q, w) end -- skipped as stale while held up
@@ -490,12 +635,12 @@ local function wait_queued(self, pool, key, ms, deadline, q, w)
       end
       w.alive = now() + 5 -- the try may take a command's timeout
       sent = now()
-      lock, err = pool:obtain(key, ms)
+      lock, err, code = pool:obtain(key, ms)
       if lock ~= false or now() >= deadline then break end
     end
   end
   dequeue(w)
-  if lock == nil then return nil, err end
+  if lock == nil then return nil, err, code end
   if not lock then return false end
   return lock, sent
 end
@@ -510,12 +655,15 @@ local first_try = setmetatable({}, { __close = function()
   if type(w) == "table" then dequeue(w) end
 end })
 
---- locker:obtain(key, ttl [, wait [, opts]]) -> lock | nil, "not obtained" | nil, message
--- opts.renew = true | seconds: keep the lock alive until it is released
+--- locker:obtain(key, ttl [, wait [, opts]]) -> lock | nil, "not obtained",
+--- "not_obtained" | nil, message, code
+-- opts.renew = true | seconds: keep the lock alive until it is released;
+-- opts.on_lost = fn: fn(lock) once the renewal finds it lost
 function Locker.obtain(self, key, ttl, wait, opts)
   if getmetatable(self) ~= Locker then
     error(("calling 'obtain' on bad self (fluxalock.Locker expected, got %s)"):format(type(self)), 2)
   end
+  if ntold > 0 and not host_wait then plain_tell() end
   if type(key) ~= "string" then
     argerror(1, "obtain", "key must be a string, got " .. type(key))
   end
@@ -529,13 +677,16 @@ function Locker.obtain(self, key, ttl, wait, opts)
     end
     if wait ~= wait then argerror(3, "obtain", "wait timeout must not be NaN") end
     if wait < 0 then argerror(3, "obtain", "wait timeout must not be negative") end
-    if wait > ttl then argerror(3, "obtain", "wait timeout must not exceed ttl") end
   end
-  local every = renew_interval(opts, ttl, ms)
+  -- a renewed lease outlives any wait; an unrenewed one must outlive it
+  local renewing = type(opts) == "table" and opts.renew ~= nil and opts.renew ~= false
+  if wait > ttl and not renewing then argerror(3, "obtain", "wait timeout must not exceed ttl") end
+  if wait > 1e9 then argerror(3, "obtain", "wait timeout must not exceed 1e9 seconds") end
+  local every, on_lost = renew_interval(opts, ttl, ms)
   local pool = self._pool
   local sent = now() -- the renewal's first deadline counts from the send
   local full = host_wait and wait > 0 and self._prefix .. key
-  local lock, err, waited
+  local lock, err, code, waited
   local t0 = sent
   -- under a host, a waiting obtain queues first: only the head tries, so
   -- one key's waiters get it in the order they came (API.md)
@@ -548,7 +699,7 @@ function Locker.obtain(self, key, ttl, wait, opts)
     if qs[full] == nil then -- nobody here waits for it: no queue for the try
       local _ <close> = first_try
       qs[full] = coroutine.running()
-      lock, err = pool:obtain(key, ms)
+      lock, err, code = pool:obtain(key, ms)
       lock, err, q, w = first_tried(pool, key, full, qs, lock, err)
       tried = true
     else
@@ -557,22 +708,22 @@ function Locker.obtain(self, key, ttl, wait, opts)
     local _ <close> = w -- closed (or failing) from here on: it leaves the queue
     if not tried then
       lock = false
-      if head(q) == w then lock, err = pool:obtain(key, ms) end
+      if head(q) == w then lock, err, code = pool:obtain(key, ms) end
       if lock ~= false then dequeue(w) end
     end
     if lock == false then
       waited = true
       local wsent
-      lock, wsent = wait_queued(self, pool, key, ms, t0 + wait, q, w)
+      lock, wsent, code = wait_queued(self, pool, key, ms, t0 + wait, q, w)
       if lock then sent = wsent else err = wsent end
     end
   else
-    lock, err = pool:obtain(key, ms)
+    lock, err, code = pool:obtain(key, ms)
     if lock == false and wait > 0 then
       waited = true
       self._waiting = self._waiting + 1
       local wsent
-      lock, wsent = wait_for(self, pool, key, ms, t0 + wait)
+      lock, wsent, code = wait_for(self, pool, key, ms, t0 + wait)
       self._waiting = self._waiting - 1
       if lock then sent = wsent else err = wsent end
     end
@@ -585,16 +736,22 @@ function Locker.obtain(self, key, ttl, wait, opts)
   end
   -- counted here, where the final answer is known (plain increments)
   if lock then
+    if every then -- a lock that could not be renewed is given back: an error
+      lock, err, code = renewed(pool, lock, ms, every, sent, on_lost)
+      if not lock then
+        self._errors = self._errors + 1
+        return nil, err, code
+      end
+    end
     self._obtained = self._obtained + 1
-    if every then return renewed(pool, lock, ms, every, sent) end
     return lock
   end
   if lock == false then
     self._not_obtained = self._not_obtained + 1
-    return nil, NOT_OBTAINED
+    return nil, NOT_OBTAINED, "not_obtained"
   end
   self._errors = self._errors + 1
-  return nil, err
+  return nil, err, code or "io"
 end
 
 --- locker:stats() -> a fresh table of counters since the locker was made
@@ -603,6 +760,7 @@ function Locker.stats(self)
   if getmetatable(self) ~= Locker then
     error(("calling 'stats' on bad self (fluxalock.Locker expected, got %s)"):format(type(self)), 2)
   end
+  if ntold > 0 and not host_wait then plain_tell() end
   local t = self._pool:counts() -- released, lost, refreshed, errors, reconnects, ...
   t.obtained, t.not_obtained = self._obtained, self._not_obtained
   t.errors = t.errors + self._errors
@@ -617,6 +775,7 @@ function Locker.close(self)
   if getmetatable(self) ~= Locker then
     error(("calling 'close' on bad self (fluxalock.Locker expected, got %s)"):format(type(self)), 2)
   end
+  if ntold > 0 and not host_wait then plain_tell() end
   self._pool:close()
 end
 
@@ -678,6 +837,7 @@ function M.configure(cfg)
     for _, l in pairs(by_url) do l._pool:sethost(wait) end
     -- a release in this process hands its key to the next local waiter
     core.setnotify(wait and released or nil)
+    arrange_telling() -- on_lost: a watcher of this host, or the plain way
   end
   for l in pairs(all) do apply_log(l) end
   return true

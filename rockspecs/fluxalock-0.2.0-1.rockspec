@@ -72,7 +72,7 @@ build = {
         "csrc/wake.c", "csrc/conn.c", "csrc/conn_io.c", "csrc/net_tcp.c",
         "csrc/net_tls.c", "csrc/net_resolve.c", "csrc/net_lua.c",
         "csrc/keys.c", "csrc/token.c", "csrc/clock.c", "csrc/opts.c",
-        "csrc/renew.c", "csrc/renew_io.c",
+        "csrc/renew.c", "csrc/renew_io.c", "csrc/codes.c", "csrc/lost.c",
       },
       libraries = { "hiredis", "ssl", "crypto" },
       incdirs = { "$(HIREDIS_INCDIR)" },

@@ -58,17 +58,31 @@ describe("the debug log", function()
     assert.equal("release", events[#events].op)
   end)
 
-  it("reports a failure with ok = false and the message", function()
+  it("reports a failure with ok = false, the message and the code obtain returned", function()
     local events, log = recorder()
     local down = R.start()
     local url = down.url
     down:stop()
     local l = fluxalock.locker { url = url, connect_timeout = 0.5, log = log }
-    local _, err = l:obtain("gone", 5)
+    local _, err, code = l:obtain("gone", 5)
     assert.equal(1, #events)
     assert.is_false(events[1].ok)
     assert.equal(err, events[1].error)
+    assert.equal("connect", code)
+    assert.equal(code, events[1].code)
     assert.is_nil(events[1].outcome)
+  end)
+
+  it("gives a not-obtained obtain the code 'not_obtained', a success none", function()
+    local events, log = recorder()
+    local l = fluxalock.locker { url = server.url, log = log }
+    local lock = assert(l:obtain("coded", 5))
+    assert.same({ nil, "not obtained", "not_obtained" }, { l:obtain("coded", 5) })
+    assert.is_true(lock:release())
+    assert.same({ "obtain", true, nil }, { events[1].op, events[1].ok, events[1].code })
+    assert.same({ "obtain", true, "not obtained", "not_obtained" },
+      { events[2].op, events[2].ok, events[2].outcome, events[2].code })
+    assert.same({ "release", nil }, { events[3].op, events[3].code })
   end)
 
   it("never holds a token or a password, also when auth fails", function()
@@ -180,7 +194,7 @@ describe("the debug log", function()
       print(fluxalock.locker(%q):obtain("job", 5))
     ]]):format(url), { FLUXALOCK_DEBUG = "1" })
     local out = child:wait()
-    assert.matches('fluxalock: 127%.0%.0%.1:%d+ obtain "job" %d+%.%d+ ms %-> failed: connect 127%.0%.0%.1:%d+: Connection refused\n', out)
+    assert.matches('fluxalock: 127%.0%.0%.1:%d+ obtain "job" %d+%.%d+ ms %-> failed %[connect%]: connect 127%.0%.0%.1:%d+: Connection refused\n', out)
   end)
 
   it("misuse: 'log' must be a function or false", function()

@@ -104,7 +104,7 @@ describe("security", function()
     local KEY = "uSeRkEy'\"]]..\n"
     local l = fl.locker { url = server.url, password = SECRET, prefix = "pfx-MARK:" }
     local a = assert(l:obtain(KEY, 5))
-    assert.same({ nil, "not obtained" }, { l:obtain(KEY, 5, 0.02) })
+    assert.same({ nil, "not obtained", "not_obtained" }, { l:obtain(KEY, 5, 0.02) })
     assert(a:ttl())
     assert(a:refresh(5))
     server:cli("SCRIPT", "FLUSH") -- the next scripts go as EVAL with their body

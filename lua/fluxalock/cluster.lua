@@ -25,17 +25,18 @@ function M.pool(o)
   return setmetatable({ group = group, o = o, stale = true, moved = 0, reloads = 0 }, Pool)
 end
 
--- load the slot map from the first node that answers; true | nil, message.
+-- load the slot map from the first node that answers; true | nil, message,
+-- code (the first node's failure's).
 -- Under a host many coroutines find the map stale at once: one loads it,
 -- the others go on with the map they have (a MOVED still takes them to the
 -- right node)
 function Pool:refresh()
   if self.refreshing then return true end
   self.refreshing = true
-  local ok, res, err = pcall(self.load, self)
+  local ok, res, err, code = pcall(self.load, self)
   self.refreshing = false
   if not ok then error(res, 0) end
-  return res, err
+  return res, err, code
 end
 
 local function loaded(self, slots)
@@ -49,7 +50,7 @@ end
 function Pool:load()
   -- over the group's own connections first (a node that refuses hands the
   -- call to the next one): no connection beyond the pool's bound
-  local slots = self.group:call { "CLUSTER", "SLOTS" }
+  local slots, _, first = self.group:call { "CLUSTER", "SLOTS" }
   if type(slots) == "table" and #slots > 0 then return loaded(self, slots) end
   local o, errs = self.o, {}
   for _, addr in ipairs(self.group:info().nodes) do
@@ -59,13 +60,15 @@ function Pool:load()
                           tls = o.tls }
     if self.host then p:sethost(self.host) end
     if self.log then p:setlog(self.log) end
-    local err
-    slots, err = p:call { "CLUSTER", "SLOTS" }
+    local err, code
+    slots, err, code = p:call { "CLUSTER", "SLOTS" }
     p:close()
     if type(slots) == "table" and #slots > 0 then return loaded(self, slots) end
     errs[#errs + 1] = err or (addr .. ": no slots")
+    first = first or code or "server"
   end
-  return nil, "fluxalock: cluster slots: no node answered (" .. table.concat(errs, "; ") .. ")"
+  return nil, "fluxalock: cluster slots: no node answered (" .. table.concat(errs, "; ") .. ")",
+    first or "server"
 end
 
 local function fresh(self)
@@ -75,14 +78,14 @@ local function fresh(self)
 end
 
 function Pool:obtain(key, ms)
-  local ok, err = fresh(self)
-  if not ok then return nil, err end
+  local ok, err, code = fresh(self)
+  if not ok then return nil, err, code end
   local lock
-  lock, err = self.group:obtain(key, ms)
+  lock, err, code = self.group:obtain(key, ms)
   if lock == nil and self:refresh() then -- a node gone: ask the cluster again
-    lock, err = self.group:obtain(key, ms)
+    lock, err, code = self.group:obtain(key, ms)
   end
-  return lock, err
+  return lock, err, code
 end
 
 function Pool:await(key, secs, limit)

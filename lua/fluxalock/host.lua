@@ -20,6 +20,15 @@
 -- obtain sleeps its backoff steps.  An error raised by wait or park ends
 -- the request with nil, "fluxalock: <op> <where>: host wait: <msg>".
 --
+-- The two adapters also watch fluxalock.lost_fd() for the Lua layer (not
+-- part of the host interface; a custom host's program watches it itself):
+--
+--     _watch(fd, tick)   call tick() when fd is readable, and every second;
+--                        stop once tick() returns false.  Returns a function
+--                        that makes the watch call tick() soon (or false:
+--                        no loop to watch from here)
+--     _spawn(fn)         run fn in a coroutine of its own; false if it cannot
+--
 -- Outside a yieldable coroutine the adapters raise (so the call returns
 -- nil, "... host wait: cannot wait outside a ... coroutine under host '...'")
 -- instead of quietly blocking the whole loop.
@@ -86,6 +95,23 @@ local function cqueues_host()
       parked[key] = nil
       cv:signal() -- the waiter runs at the cqueue's next step, not in here
     end
+  end
+  -- a coroutine of the cqueue that runs the caller: the watch keeps that
+  -- loop running only while tick() says there is a lock to watch
+  function h._watch(fd, tick)
+    local cq = cq_running()
+    if not cq then return false end
+    local cv = condition.new()
+    cq:wrap(function()
+      repeat poll({ pollfd = fd, events = "r" }, cv, 1) until not tick()
+    end)
+    return function() cv:signal() end
+  end
+  function h._spawn(fn)
+    local cq = cq_running()
+    if not cq then return false end
+    cq:wrap(fn)
+    return true
   end
   return h
 end
@@ -287,6 +313,35 @@ local function luv_host()
     if not wake then return end
     parked[key] = nil
     later(wake)
+  end
+  -- a poll handle and a timer, both unreferenced: they never keep the
+  -- loop running by themselves.  Made once (the descriptor stays the same)
+  -- and stopped while there is nothing to watch
+  local lost_poll, lost_timer, lost_tick
+  local function check()
+    if lost_tick and not lost_tick() then
+      lost_tick = nil
+      lost_poll:stop()
+      lost_timer:stop()
+    end
+  end
+  function h._watch(fd, tick)
+    if not lost_poll then
+      local poll = new_poll(fd)
+      if not poll then return false end
+      lost_poll, lost_timer = poll, new_timer()
+      lost_poll:unref()
+      lost_timer:unref()
+    end
+    lost_tick = tick
+    lost_poll:start("r", check)
+    lost_timer:start(1000, 1000, check)
+    return function() end -- tick() every second is soon enough: nothing waits for it
+  end
+  function h._spawn(fn)
+    local co = coroutine.create(fn)
+    later(function() resume_or_raise(co) end) -- at the loop's next turn
+    return true
   end
   return h
 end

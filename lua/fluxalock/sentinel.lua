@@ -46,19 +46,21 @@ function M.pool(o)
   return self
 end
 
--- find the master; true | nil, message
+-- find the master; true | nil, message, code (the first failure's code:
+-- "connect" when no sentinel could be reached; "server" when they answered
+-- but named no master)
 function Pool:discover()
-  local errs, n = {}, #self.sentinels
+  local errs, n, first = {}, #self.sentinels, nil
   for i = 0, n - 1 do
     local idx = (self.last + i - 1) % n + 1
     local sp = core.pool(self.sentinels[idx])
     if self.host then sp:sethost(self.host) end
     if self.log then sp:setlog(self.log) end
-    local addr, err = sp:call { "SENTINEL", "get-master-addr-by-name", self.master }
+    local addr, err, code = sp:call { "SENTINEL", "get-master-addr-by-name", self.master }
     sp:close()
     if type(addr) == "table" and addr[1] and tonumber(addr[2]) then
       self.core:retarget(addr[1], tonumber(addr[2]))
-      local role, rerr = self.core:call { "ROLE" }
+      local role, rerr, rcode = self.core:call { "ROLE" }
       if type(role) == "table" and role[1] == "master" then
         local at = addr[1] .. ":" .. addr[2]
         if self.master_at and self.master_at ~= at then self.failovers = self.failovers + 1 end
@@ -67,14 +69,18 @@ function Pool:discover()
         return true
       end
       errs[#errs + 1] = role and ("%s:%s is a %s"):format(addr[1], addr[2], tostring(role[1])) or rerr
+      first = first or (role and "server" or rcode)
     elseif addr ~= nil then
       errs[#errs + 1] = ("sentinel %s:%d knows no master '%s'"):format(
         self.sentinels[idx].host, self.sentinels[idx].port, self.master)
+      first = first or "server"
     else
       errs[#errs + 1] = err
+      first = first or code
     end
   end
-  return nil, ("fluxalock: sentinel master '%s': not found (%s)"):format(self.master, table.concat(errs, "; "))
+  return nil, ("fluxalock: sentinel master '%s': not found (%s)"):format(self.master, table.concat(errs, "; ")),
+    first or "io"
 end
 
 -- for core.renew: the master's name, the sentinels' password, then host,
@@ -90,18 +96,18 @@ end
 
 function Pool:obtain(key, ms)
   if not self.resolved then
-    local ok, err = self:discover()
-    if not ok then return nil, err end
+    local ok, err, code = self:discover()
+    if not ok then return nil, err, code end
   end
-  local lock, err = self.group:obtain(key, ms)
+  local lock, err, code = self.group:obtain(key, ms)
   if lock == nil then
     -- the master may have moved: look again, and try once more there
     self.resolved = false
-    if not self:discover() then return nil, err end
-    lock, err = self.group:obtain(key, ms)
+    if not self:discover() then return nil, err, code end
+    lock, err, code = self.group:obtain(key, ms)
     if lock == nil then self.resolved = false end
   end
-  return lock, err
+  return lock, err, code
 end
 
 -- a failed wait is no verdict on the lock: the next obtain finds the master
@@ -116,12 +122,12 @@ end
 
 function Pool:call(cmd)
   if not self.resolved then
-    local ok, err = self:discover()
-    if not ok then return nil, err end
+    local ok, err, code = self:discover()
+    if not ok then return nil, err, code end
   end
-  local r, err = self.core:call(cmd)
+  local r, err, code = self.core:call(cmd)
   if r == nil then self.resolved = false end
-  return r, err
+  return r, err, code
 end
 
 function Pool:close() self.group:close() end
