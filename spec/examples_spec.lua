@@ -15,14 +15,14 @@ local tree = os.getenv("FLUXALOCK_EXAMPLES_TREE")
 -- where an example runs, and its LUA_PATH and LUA_CPATH
 local cwd, lua_path, lua_cpath = root, root .. "/lua/?.lua;;", root .. "/?.so;;"
 if tree then
-  cwd = R.sh("mktemp -d /tmp/fluxalock-examples.XXXXXX"):gsub("%s+$", "")
+  cwd = R.tmpdir("examples")
   lua_path = tree .. "/share/lua/5.4/?.lua;" .. tree .. "/share/lua/5.4/?/init.lua"
   lua_cpath = tree .. "/lib/lua/5.4/?.so"
 end
 
 -- a Lua command line in the examples' environment -> stdout, stderr, exit code
 local function lua(args, url)
-  local err = os.tmpname()
+  local err = R.tmpfile()
   local cmd = ("cd %s && FLUXALOCK_URL=%s LUA_PATH=%s LUA_CPATH=%s lua5.4 %s 2>%s; echo \"exit=$?\"")
     :format(R.quote(cwd), R.quote(url), R.quote(lua_path), R.quote(lua_cpath), args, R.quote(err))
   local out = R.sh(cmd)

@@ -44,7 +44,7 @@ end
 local made
 function T.certs()
   if made then return made end
-  local d = R.sh("mktemp -d /tmp/fluxalock-tls.XXXXXX"):gsub("%s+$", "")
+  local d = R.tmpdir("tls")
   write(d .. "/ca.ext", "basicConstraints=critical,CA:TRUE\nkeyUsage=keyCertSign,cRLSign\n")
   write(d .. "/index.txt", "")
   write(d .. "/serial", "1000\n")
@@ -108,7 +108,7 @@ end
 -- the TLS server 'master' as 'name' (quorum 1), over TLS too; :stop()
 function T.sentinel(master, name)
   local c = T.certs()
-  local dir = R.sh("mktemp -d /tmp/fluxalock-tls-sentinel.XXXXXX"):gsub("%s+$", "")
+  local dir = R.tmpdir("s")
   for _ = 1, 20 do
     local p = math.random(20000, 59999)
     local f = assert(io.open(dir .. "/sentinel.conf", "w"))
@@ -144,9 +144,7 @@ function T.sentinel(master, name)
         R.until_true(function() return not R.alive(pid) end, 10, "sentinel exit")
         self.pid = nil
       end
-      local tf = os.getenv("FLUXALOCK_TEST_PIDS")
-      local h = tf and io.open(tf, "a")
-      if h then h:write(node.pid, "\n") h:close() end
+      R.track(node.pid)
       return node
     end
     if node.pid and R.alive(node.pid) then os.execute("kill -KILL " .. node.pid) end
@@ -204,7 +202,7 @@ end
 -- whose /etc/resolv.conf (in a mount namespace of its own) names only our
 -- DNS server: the real network is never asked
 function T.isolated(dns, code)
-  local dir = R.sh("mktemp -d /tmp/fluxalock-tls-dns.XXXXXX"):gsub("%s+$", "")
+  local dir = R.tmpdir("dns")
   local file = dir .. "/main.lua"
   local f = assert(io.open(file, "w"))
   f:write(code)
