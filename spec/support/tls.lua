@@ -198,6 +198,27 @@ function T.dns(mode, delay)
   return { ip = ip, resolv = conf, stop = function() proc:signal("KILL") end }
 end
 
+-- T.can_isolate() -> true, or false and one line saying what this machine
+-- lacks for T.isolated: a mount namespace of its own (unshare --mount: root,
+-- and / a mount point, which a plain chroot's is not) in which a file can be
+-- bound over /etc/resolv.conf.  glibc reads no other resolver configuration
+-- (no variable names another file), so without it the cases cannot run.
+local isolation
+function T.can_isolate()
+  if isolation then return isolation.ok, isolation.why end
+  local dir = R.tmpdir("ns")
+  write(dir .. "/resolv.conf", "nameserver 127.53.0.1\n")
+  local inner = ("mount --bind %s /etc/resolv.conf && cat /etc/resolv.conf"):format(R.quote(dir .. "/resolv.conf"))
+  local out = R.sh("timeout 20 unshare --mount sh -c " .. R.quote(inner) .. " 2>&1")
+  local ok = out == "nameserver 127.53.0.1\n"
+  local said = out:match("^[^\n]*")
+  isolation = { ok = ok, why = not ok and
+    ("test machine: the DNS cases need a private mount namespace (root, and / a mount point,"
+      .. " so not a plain chroot: `unshare --mount true` must work); here: %s")
+      :format(said ~= "" and said or "no output") or nil }
+  return isolation.ok, isolation.why
+end
+
 -- T.isolated(dns, code) -> the output of Lua code run in a child process
 -- whose /etc/resolv.conf (in a mount namespace of its own) names only our
 -- DNS server: the real network is never asked
