@@ -5,10 +5,11 @@
 -- they start (redis-servers, sentinels, proxies, R.spawn children) is
 -- recorded with its start time.  When the Lua state that made the root is
 -- closed -- busted's exit, however it was started, or a child's -- the
--- recorded processes still running are stopped (SIGTERM, then SIGKILL) and
--- the root is removed.  The record lives in the registry, not in this
--- module's upvalues: busted's insulation unloads and reloads the module per
--- spec file, and the record must outlive them all.
+-- recorded processes still running, and the processes they started, are
+-- stopped by pid (SIGTERM, then SIGKILL) and the root is removed.  The
+-- record lives in the registry, not in this module's upvalues: busted's
+-- insulation unloads and reloads the module per spec file, and the record
+-- must outlive them all.
 --
 -- A child started by R.spawn gets FLUXALOCK_TEST_ROOT (and TMPDIR) naming
 -- its parent's root: it makes its directories in there and records the
@@ -58,7 +59,38 @@ end
 
 local function alive_as(pid, start) return start ~= nil and started(pid) == start end
 
--- stop what the list names (own list, and the children's file), remove root
+-- the processes below the given ones (a child's own children: the sleep a
+-- shell runs, say), found through their parent pids in /proc, each with its
+-- start time
+local function descendants(pids)
+  local children = {}
+  for pid in sh("ls /proc"):gmatch("%d+") do
+    local f = io.open("/proc/" .. pid .. "/stat")
+    local st = f and f:read("a")
+    if f then f:close() end
+    local ppid = st and st:match("%) %a (%d+)")
+    if ppid then
+      children[ppid] = children[ppid] or {}
+      table.insert(children[ppid], pid)
+    end
+  end
+  local found, queue = {}, {}
+  for _, p in ipairs(pids) do queue[#queue + 1] = p end
+  while #queue > 0 do
+    local pid = table.remove(queue)
+    for _, c in ipairs(children[pid] or {}) do
+      local start = started(c)
+      if start then
+        found[#found + 1] = { c, start }
+        queue[#queue + 1] = c
+      end
+    end
+  end
+  return found
+end
+
+-- stop what the list names (own list, and the children's file) and what
+-- those started, then remove the root
 local function cleanup(state)
   if self_pid() ~= state.owner then return end -- a forked copy of the state
   local procs = {}
@@ -73,12 +105,16 @@ local function cleanup(state)
       f:close()
     end
   end
-  local left = {}
+  local left, top = {}, {}
   for _, p in ipairs(procs) do
     if alive_as(p[1], p[2]) then
       left[#left + 1] = p
-      os.execute(("kill -TERM %s 2>/dev/null; kill -CONT %s 2>/dev/null"):format(p[1], p[1]))
+      top[#top + 1] = p[1]
     end
+  end
+  for _, p in ipairs(descendants(top)) do left[#left + 1] = p end
+  for _, p in ipairs(left) do
+    os.execute(("kill -TERM %s 2>/dev/null; kill -CONT %s 2>/dev/null"):format(p[1], p[1]))
   end
   for _ = 1, 100 do -- up to 5 s for them to end
     local any = false

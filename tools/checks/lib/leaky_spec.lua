@@ -1,8 +1,8 @@
 -- Run only by tools/checks/litter.sh (outside spec/, so never by the
 -- suite): a spec file as careless as one can be.  It leaves a
 -- redis-server running, temporary files and directories behind, a child
--- killed with SIGKILL after it started a server of its own, and a failing
--- case; the harness (spec/support/tmp.lua) must still leave nothing once
+-- killed with SIGKILL after it started a server of its own, a child still
+-- running with a process of its own (a sleep), and a failing case; the harness (spec/support/tmp.lua) must still leave nothing once
 -- busted ends.
 local R = require "support.redis"
 
@@ -28,6 +28,14 @@ describe("a careless spec file", function()
     R.until_true(function() return p:output():find("started %d+") end, 20, "the child's redis-server")
     p:signal("KILL")
     R.until_true(function() return not R.alive(p.pid) end, 10, "the child's end")
+  end)
+
+  it("leaves a child running, itself waiting for a process of its own", function()
+    local p = R.spawn [[
+      io.stdout:write("sleeping\n") io.stdout:flush()
+      os.execute("sleep 600")
+    ]]
+    R.until_true(function() return p:output():find("sleeping") end, 20, "the child's sleep")
   end)
 
   it("fails, so that busted exits through os.exit", function()
