@@ -13,7 +13,15 @@ FLUXALOCK_TEST_PIDS=$(mktemp)
 export FLUXALOCK_TEST_PIDS
 log=$(mktemp)
 run=$(mktemp -d "${TMPDIR:-/tmp}/fluxalock-run.XXXXXX")
-trap 'rm -rf "$run" "$FLUXALOCK_TEST_PIDS" "$log"' EXIT
+# at the end, and on Ctrl-C: any process recorded there still running is
+# stopped by its PID, and the run's files are removed
+finish() {
+  while read -r pid; do
+    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && kill "$pid" 2>/dev/null
+  done < "$FLUXALOCK_TEST_PIDS"
+  rm -rf "$run" "$FLUXALOCK_TEST_PIDS" "$log"
+}
+trap finish EXIT
 trap 'exit 130' INT TERM
 TMPDIR=$run
 export TMPDIR
@@ -59,8 +67,5 @@ if [ "$nargs" -eq 0 ]; then
   fi
 fi
 
-while read -r pid; do
-  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && kill "$pid" 2>/dev/null
-done < "$FLUXALOCK_TEST_PIDS"
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ] && [ "$passed" -gt 0 ]
