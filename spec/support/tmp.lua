@@ -112,7 +112,9 @@ local function cleanup(state)
       top[#top + 1] = p[1]
     end
   end
-  for _, p in ipairs(descendants(top)) do left[#left + 1] = p end
+  if #top > 0 then
+    for _, p in ipairs(descendants(top)) do left[#left + 1] = p end
+  end
   for _, p in ipairs(left) do
     os.execute(("kill -TERM %s 2>/dev/null; kill -CONT %s 2>/dev/null"):format(p[1], p[1]))
   end
