@@ -31,7 +31,7 @@ local function exists(path) return read(path) ~= nil end
 -- string), o.cwd, o.env (more variables)
 local function start(server, args, o)
   o = o or {}
-  local dir = R.sh("mktemp -d /tmp/fluxalock-cmd.XXXXXX"):gsub("%s+$", "")
+  local dir = R.tmpdir("cmd")
   write(dir .. "/in", o.stdin or "")
   local words = {}
   for i, a in ipairs(args) do words[i] = q(a) end
@@ -294,7 +294,7 @@ wait
 
     for _, how in ipairs { "DEL", "SET" } do
       it("(" .. how .. " by another client): SIGTERM to the command and its children, then the lost code", function()
-        local dir = R.sh("mktemp -d /tmp/fluxalock-cmd.XXXXXX"):gsub("%s+$", "")
+        local dir = R.tmpdir("cmd")
         local h = start(server, { "-t", "1.5", "job", "-c", family(dir) }, { env = { D = dir } })
         R.until_true(function() return exists(dir .. "/started") end, 10, "the command family")
         if how == "DEL" then server:cli("DEL", "job") else server:cli("SET", "job", "someone-else") end

@@ -45,7 +45,7 @@ end
 
 -- run a Lua file as the docs tell a user to -> stdout, stderr, exit code
 local function run(file, url)
-  local err = os.tmpname()
+  local err = R.tmpfile()
   local cmd = ("cd %s && FLUXALOCK_URL=%s LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='./?.so;;' "
     .. "lua5.4 -e 'fluxalock = require \"fluxalock\"' %s 2>%s; echo \"exit=$?\"")
     :format(R.quote(root), R.quote(url), R.quote(file), R.quote(err))
@@ -79,7 +79,7 @@ describe("docs", function()
   for _, path in ipairs(files) do
     for _, block in ipairs(runnable(path)) do
       it(("%s:%d runs"):format(path, block.line), function()
-        local file = os.tmpname()
+        local file = R.tmpfile()
         local f = assert(io.open(file, "w"))
         f:write(block.code)
         f:close()

@@ -15,7 +15,7 @@ local tree = os.getenv("FLUXALOCK_EXAMPLES_TREE")
 -- where an example runs, and its LUA_PATH and LUA_CPATH
 local cwd, lua_path, lua_cpath = root, root .. "/lua/?.lua;;", root .. "/?.so;;"
 if tree then
-  cwd = R.sh("mktemp -d /tmp/fluxalock-examples.XXXXXX"):gsub("%s+$", "")
+  cwd = R.tmpdir("examples")
   lua_path = tree .. "/share/lua/5.4/?.lua;" .. tree .. "/share/lua/5.4/?/init.lua"
   lua_cpath = tree .. "/lib/lua/5.4/?.so"
 end
@@ -31,7 +31,7 @@ end
 
 -- a Lua command line in the examples' environment -> stdout, stderr, exit code
 local function lua(args, url, socket)
-  local err = os.tmpname()
+  local err = R.tmpfile()
   local path, cpath = lua_path, lua_cpath
   if socket then path, cpath = with_socket(path, cpath) end
   local cmd = ("cd %s && FLUXALOCK_URL=%s LUA_PATH=%s LUA_CPATH=%s lua5.4 %s 2>%s; echo \"exit=$?\"")

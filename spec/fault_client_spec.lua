@@ -8,7 +8,7 @@ describe("a holder frozen past its ttl", function()
   it("loses the lock to another process and cannot harm the new holder", function()
     local server = R.start()
     finally(function() server:stop() end)
-    local go = os.tmpname()
+    local go = R.tmpfile()
     os.remove(go)
     finally(function() os.remove(go) end)
     -- the holder: three locks, so that release, refresh and ttl are each the

@@ -46,7 +46,7 @@ describe("mutual exclusion under Redis restarts", function()
     local socket = require "socket"
     local server = R.start { persist = true }
     finally(function() server:stop() end)
-    local log = os.tmpname()
+    local log = R.tmpfile()
     finally(function() os.remove(log) end)
     local procs = {}
     for i = 1, WORKERS do

@@ -10,12 +10,12 @@ describe("the embedding example (examples/embed)", function()
     local out, ok = R.sh("make --no-print-directory examples 2>&1")
     assert(ok, out)
     server = R.start()
-    tmp = R.sh("mktemp -d /tmp/fluxalock-embed.XXXXXX"):gsub("%s+$", "")
+    tmp = R.tmpdir("embed")
   end)
 
   lazy_teardown(function()
     if server then server:stop() end
-    if tmp and tmp:match("^/tmp/fluxalock%-embed%.") then R.sh("rm -rf " .. R.quote(tmp)) end
+    if tmp then R.sh("rm -rf " .. R.quote(tmp)) end
   end)
 
   -- run the program; returns its output and exit status

@@ -11,7 +11,7 @@ end
 describe("a locker whose Redis is not running", function()
   local fluxalock = require "fluxalock"
 
-  it("returns nil, 'fluxalock: connect 127.0.0.1:<port>: Connection refused'", function()
+  it("returns nil, 'fluxalock: connect 127.0.0.1:<port>: Connection refused' #timing", function()
     -- a port that was just in use and is free now
     local server = R.start()
     local port = server.port
@@ -62,7 +62,7 @@ describe("a locker whose Redis is frozen (SIGSTOP)", function()
     if server then server:resume() server:stop() end
   end)
 
-  it("gets nil, 'fluxalock: <op> 127.0.0.1:<port>: timed out' within its timeout, then works again", function()
+  it("gets nil, 'fluxalock: <op> 127.0.0.1:<port>: timed out' within its timeout, then works again #timing", function()
     local lock = assert(locker:obtain("frozen", 30))
     local where = "127.0.0.1:" .. server.port
     server:pause()
@@ -175,7 +175,7 @@ describe("locks and their locker's connections", function()
     assert.equal("0", server:cli("EXISTS", "gc:orphan"))
   end)
 
-  it("lua_close with locks held against a frozen server ends within the timeouts", function()
+  it("lua_close with locks held against a frozen server ends within the timeouts #timing", function()
     local p = R.spawn(([[
       local fluxalock = require "fluxalock"
       local core = require "fluxalock.core"

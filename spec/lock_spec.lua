@@ -52,7 +52,7 @@ describe("a lock", function()
   end)
 
   describe("ttl", function()
-    it("is the time left in seconds, at millisecond resolution", function()
+    it("is the time left in seconds, at millisecond resolution #timing", function()
       local lock = assert(locker:obtain("ttl-ms", 1.234))
       local t = assert(lock:ttl())
       assert.equal("number", type(t))

@@ -212,7 +212,7 @@ int luaopen_rnsys(lua_State *L) {
 ]]
 
 local function build_sys()
-  local dir = R.sh("mktemp -d /tmp/fluxalock-rnsys.XXXXXX"):gsub("%s+$", "")
+  local dir = R.tmpdir("rnsys")
   local f = assert(io.open(dir .. "/rnsys.c", "w"))
   f:write(SYS)
   f:close()

@@ -123,7 +123,7 @@ describe("many coroutines, few connections", function()
   it("examples/embed (a C program's own poll loop): 1000 coroutines on one key, at most 5 connections", function()
     local out, ok = R.sh("make --no-print-directory examples 2>&1")
     assert(ok, out)
-    local dir = R.sh("mktemp -d /tmp/fluxalock-embed.XXXXXX"):gsub("%s+$", "")
+    local dir = R.tmpdir("embed")
     local script = dir .. "/stampede.lua"
     local f = assert(io.open(script, "w"))
     f:write [[

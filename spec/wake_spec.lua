@@ -71,7 +71,7 @@ describe("the wake-up subscription under host 'luv'", function()
   local server, dir
   before_each(function()
     server = R.start()
-    dir = R.sh("mktemp -d /tmp/fluxalock-wake.XXXXXX"):gsub("%s+$", "")
+    dir = R.tmpdir("wake")
   end)
   after_each(function()
     local fl = require "fluxalock"
@@ -139,7 +139,7 @@ end)
 
 describe("the wake-up subscription of a group pool under host 'luv'", function()
   local dir
-  before_each(function() dir = R.sh("mktemp -d /tmp/fluxalock-wake.XXXXXX"):gsub("%s+$", "") end)
+  before_each(function() dir = R.tmpdir("wake") end)
   after_each(function()
     require("fluxalock").configure { host = false }
     R.sh("rm -rf " .. R.quote(dir))

@@ -14,7 +14,7 @@ trap 'rm -rf "$logs"' EXIT
 
 status=0
 FLUXALOCK_DEMO_RUNNER="valgrind --leak-check=full --trace-children=yes \
---child-silent-after-fork=yes --trace-children-skip=*/rm,*/mktemp \
+--child-silent-after-fork=yes --vgdb=no --trace-children-skip=*/rm,*/mktemp \
 --trace-children-skip-by-arg=*mktemp* --log-file=$logs/%p.log ${LUA:-lua5.4}" \
   sh tools/demo.sh || status=1
 

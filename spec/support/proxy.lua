@@ -67,15 +67,11 @@ if ... == "support.proxy" then
   end
 
   function P.start(target_port, mode, arg)
-    local out = os.tmpname()
+    local Tmp = require "support.tmp"
+    local out = Tmp.file("proxy")
     local cmd = ("exec 3>&-; lua5.4 %s %d %s %d > %s 2>&1 & echo $!"):format(
       q(here()), target_port, q(mode or "pass"), self_pid(), q(out))
-    local pid = tonumber(sh(cmd))
-    local tf = os.getenv("FLUXALOCK_TEST_PIDS")
-    if tf and pid then
-      local h = io.open(tf, "a")
-      if h then h:write(pid, "\n") h:close() end
-    end
+    local pid = Tmp.track(tonumber(sh(cmd)))
     local px = setmetatable({ pid = pid, out = out }, Proxy)
     local deadline = socket.gettime() + 10
     while true do

@@ -3,6 +3,7 @@
 -- PID; real OS processes for concurrency.  Never a mock.
 local core = require "fluxalock.core"
 local resp = require "support.resp"
+local Tmp = require "support.tmp"
 
 local R = {}
 
@@ -20,11 +21,10 @@ R.quote = q
 R.sleep = core.sleep
 R.now = core.now
 
-local function mkdtemp()
-  local d = sh("mktemp -d /tmp/fluxalock-test.XXXXXX"):gsub("%s+$", "")
-  assert(d ~= "", "mktemp failed")
-  return d
-end
+-- temporary directories and files, removed when the process ends
+-- (spec/support/tmp.lua): R.tmpdir("tag"), R.tmpfile("tag")
+R.tmpdir, R.tmpfile = Tmp.dir, Tmp.file
+local function mkdtemp() return Tmp.dir("r") end
 
 -- a process that exited but was not reaped yet (a zombie) counts as gone
 local function alive(pid)
@@ -37,13 +37,9 @@ local function alive(pid)
 end
 R.alive = alive
 
-local function track(pid)
-  local f = os.getenv("FLUXALOCK_TEST_PIDS")
-  if f and pid then
-    local h = io.open(f, "a")
-    if h then h:write(pid, "\n") h:close() end
-  end
-end
+-- a process to stop when this one ends, if it is still running then
+local track = Tmp.track
+R.track = track
 
 -- wait until fn() is true, polling; the condition is the real signal, the
 -- poll interval only paces the checks
@@ -221,16 +217,16 @@ end
 -- R.spawn(code, env): run Lua code in a real OS process (lua5.4).
 -- Returns a proc with :wait() -> output, exit code; :pid; :kill(sig).
 function R.spawn(code, env)
-  local dir = mkdtemp()
+  local dir = Tmp.dir("p")
   local file = dir .. "/main.lua"
   local f = assert(io.open(file, "w"))
   f:write(code)
   f:close()
   local vars = {}
   for k, v in pairs(env or {}) do vars[#vars + 1] = k .. "=" .. q(v) end
-  local cmd = ("%s %s lua5.4 %s > %s 2>&1 & echo $!"):format(
-    lua_env(), table.concat(vars, " "), q(file), q(dir .. "/out"))
-  local pid = tonumber((sh("exec 3>&-; " .. cmd)))
+  local cmd = ("%s %s %s lua5.4 %s > %s 2>&1 & echo $!"):format(
+    lua_env(), Tmp.env(), table.concat(vars, " "), q(file), q(dir .. "/out"))
+  local pid = track(tonumber((sh("exec 3>&-; " .. cmd))))
   local proc = { pid = pid, dir = dir }
   function proc.wait(self, timeout)
     until_true(function() return not alive(self.pid) end, timeout or 60, "child process " .. self.pid)

@@ -199,7 +199,7 @@ io.write(at)
 ]]
 
 function S.sampler(server, trip)
-  local dir = R.sh("mktemp -d /tmp/fluxalock-sampler.XXXXXX"):gsub("%s+$", "")
+  local dir = R.tmpdir("sampler")
   local s = { stopfile = dir .. "/stop", readyfile = dir .. "/ready", dir = dir }
   s.proc = R.spawn(SAMPLER, { SOCK = server.socket or "", PORT = tostring(server.port), STOP = s.stopfile,
     READY = s.readyfile, TRIP = trip and tostring(trip) or "", PID = tostring(server.pid) })
@@ -315,7 +315,7 @@ print(("plain done=%d overlaps=%d not_obtained=%d errors=%d"):format(done, overl
 ]]
 
 function S.plain(server, prefix, k)
-  local dir = R.sh("mktemp -d /tmp/fluxalock-plain.XXXXXX"):gsub("%s+$", "")
+  local dir = R.tmpdir("plain")
   local p = { stopfile = dir .. "/stop" }
   local ready = dir .. "/ready"
   p.proc = R.spawn(PLAIN, { SOCK = server.socket, PREFIX = prefix, K = tostring(k), STOP = p.stopfile, READY = ready })

@@ -44,7 +44,7 @@ end
 local made
 function T.certs()
   if made then return made end
-  local d = R.sh("mktemp -d /tmp/fluxalock-tls.XXXXXX"):gsub("%s+$", "")
+  local d = R.tmpdir("tls")
   write(d .. "/ca.ext", "basicConstraints=critical,CA:TRUE\nkeyUsage=keyCertSign,cRLSign\n")
   write(d .. "/index.txt", "")
   write(d .. "/serial", "1000\n")
@@ -108,7 +108,7 @@ end
 -- the TLS server 'master' as 'name' (quorum 1), over TLS too; :stop()
 function T.sentinel(master, name)
   local c = T.certs()
-  local dir = R.sh("mktemp -d /tmp/fluxalock-tls-sentinel.XXXXXX"):gsub("%s+$", "")
+  local dir = R.tmpdir("s")
   for _ = 1, 20 do
     local p = math.random(20000, 59999)
     local f = assert(io.open(dir .. "/sentinel.conf", "w"))
@@ -144,9 +144,7 @@ function T.sentinel(master, name)
         R.until_true(function() return not R.alive(pid) end, 10, "sentinel exit")
         self.pid = nil
       end
-      local tf = os.getenv("FLUXALOCK_TEST_PIDS")
-      local h = tf and io.open(tf, "a")
-      if h then h:write(node.pid, "\n") h:close() end
+      R.track(node.pid)
       return node
     end
     if node.pid and R.alive(node.pid) then os.execute("kill -KILL " .. node.pid) end
@@ -200,11 +198,32 @@ function T.dns(mode, delay)
   return { ip = ip, resolv = conf, stop = function() proc:signal("KILL") end }
 end
 
+-- T.can_isolate() -> true, or false and one line saying what this machine
+-- lacks for T.isolated: a mount namespace of its own (unshare --mount: root,
+-- and / a mount point, which a plain chroot's is not) in which a file can be
+-- bound over /etc/resolv.conf.  glibc reads no other resolver configuration
+-- (no variable names another file), so without it the cases cannot run.
+local isolation
+function T.can_isolate()
+  if isolation then return isolation.ok, isolation.why end
+  local dir = R.tmpdir("ns")
+  write(dir .. "/resolv.conf", "nameserver 127.53.0.1\n")
+  local inner = ("mount --bind %s /etc/resolv.conf && cat /etc/resolv.conf"):format(R.quote(dir .. "/resolv.conf"))
+  local out = R.sh("timeout 20 unshare --mount sh -c " .. R.quote(inner) .. " 2>&1")
+  local ok = out == "nameserver 127.53.0.1\n"
+  local said = out:match("^[^\n]*")
+  isolation = { ok = ok, why = not ok and
+    ("test machine: the DNS cases need a private mount namespace (root, and / a mount point,"
+      .. " so not a plain chroot: `unshare --mount true` must work); here: %s")
+      :format(said ~= "" and said or "no output") or nil }
+  return isolation.ok, isolation.why
+end
+
 -- T.isolated(dns, code) -> the output of Lua code run in a child process
 -- whose /etc/resolv.conf (in a mount namespace of its own) names only our
 -- DNS server: the real network is never asked
 function T.isolated(dns, code)
-  local dir = R.sh("mktemp -d /tmp/fluxalock-tls-dns.XXXXXX"):gsub("%s+$", "")
+  local dir = R.tmpdir("dns")
   local file = dir .. "/main.lua"
   local f = assert(io.open(file, "w"))
   f:write(code)

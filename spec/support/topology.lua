@@ -7,13 +7,7 @@ local resp = require "support.resp"
 local T = {}
 local q = R.quote
 
-local function track(pid)
-  local f = os.getenv("FLUXALOCK_TEST_PIDS")
-  if f and pid then
-    local h = io.open(f, "a")
-    if h then h:write(pid, "\n") h:close() end
-  end
-end
+local track = R.track
 
 local Node = {}
 Node.__index = Node
@@ -41,7 +35,7 @@ end
 -- a redis-server from a config file ('lines'), with extra CLI words; lines
 -- may be a function of the port (tried until a free one is found)
 local function launch(lines, extra, port)
-  local dir = R.sh("mktemp -d /tmp/fluxalock-topo.XXXXXX"):gsub("%s+$", "")
+  local dir = R.tmpdir("t")
   for _ = 1, 20 do
     local p = port or math.random(20000, 59999)
     local conf = dir .. "/node.conf"
