@@ -10,7 +10,7 @@ local q = R.quote
 
 -- build a support C file into a shared object of a private directory
 local function build(name, flags)
-  local dir = R.sh("mktemp -d /tmp/fluxalock-failalloc.XXXXXX"):gsub("%s+$", "")
+  local dir = R.tmpdir("failalloc")
   local so = dir .. "/" .. name .. ".so"
   local out = R.sh(("cc -std=c99 -O1 -g -Wall -Wextra -Werror -fPIC -shared %s -o %s %s 2>&1; echo rc=$?")
     :format(flags or "", q(so), q(ROOT .. "/spec/support/" .. name .. ".c")))

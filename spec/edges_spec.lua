@@ -27,7 +27,7 @@ describe("the core's edges", function()
   -- item 9: seconds -> poll(2)'s int milliseconds, for every wait the core
   -- makes; a unit test of the conversion (24.8 days cannot be waited out)
   it("turns any deadline into a poll timeout from 0 to an hour (no int overflow past 24.8 days)", function()
-    local dir = R.sh("mktemp -d /tmp/fluxalock-clock.XXXXXX"):gsub("%s+$", "")
+    local dir = R.tmpdir("clock")
     finally(function() R.sh("rm -rf " .. q(dir)) end)
     local f = assert(io.open(dir .. "/t.c", "w"))
     f:write [[

@@ -194,13 +194,13 @@ describe("a redlock pool", function()
     local env = { URLS = table.concat(urls(), " "), WITNESS = witness.port, SECONDS = "3" }
     local procs = {}
     for i = 1, 4 do procs[i] = R.spawn(WORKER, env) end
-    local function got() return tonumber(witness:cli("GET", "got")) or 0 end
+    local function locks() return tonumber(witness:cli("GET", "got")) or 0 end
     -- the stop falls inside the run: once the workers hold in turn, and
     -- the restart once they went on holding without the node
-    R.until_true(function() return got() >= 10 end, 10, "locks before the stop")
+    R.until_true(function() return locks() >= 10 end, 10, "locks before the stop")
     servers[2]:stop()
-    local before = got()
-    R.until_true(function() return got() >= before + 10 end, 10, "locks with a node stopped")
+    local before = locks()
+    R.until_true(function() return locks() >= before + 10 end, 10, "locks with a node stopped")
     servers[2]:restart() -- persistent (AOF, fsync always): it kept its locks
     local total = 0
     for i = 1, 4 do
