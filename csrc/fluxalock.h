@@ -319,6 +319,8 @@ const char *fl_wake_id(void); /* this process's id in its releases' messages */
 
 /* keys.c */
 unsigned fl_slot(const char *key, size_t len);
+int fl_redirect_parse(const char *msg, const char *from, unsigned *slot, char *host,
+                      size_t hostcap, int *port);
 const char *fl_companion(fl_conn *c, const char *key, size_t keylen,
                          const char *what, int withkey, size_t *len);
 char *fl_companion_dup(const fl_opts *o, const char *key, size_t keylen,
