@@ -122,10 +122,6 @@ static void *volatile orphan[2]; /* a fork child keeps the parent's state
 
 /* ---- entries and counters -------------------------------------------------- */
 
-static void counts_unref(fl_rcounts *c) {
-  if (c && RN_ADD(&c->refs, -1) == 0) free(c);
-}
-
 static void entry_free(fl_renewal *e) {
   int i;
   for (i = 0; i < e->ntargets; i++) fl_opts_free(&e->targets[i]);
@@ -134,7 +130,7 @@ static void entry_free(fl_renewal *e) {
   free(e->sentinels);
   free(e->master);
   memset(e->token, 0, sizeof e->token);
-  counts_unref(e->counts);
+  fl_rcounts_unref(e->counts);
   free(e->key);
   free(e);
 }
@@ -597,15 +593,4 @@ int fl_renew_held(const fl_lock *lk) {
 int fl_renew_found_lost(const fl_lock *lk) {
   const fl_renewal *e = lk->renew;
   return e && RN_LOAD(&e->state) == RN_LOST;
-}
-
-void fl_renew_counts(fl_pool *p, long long *renewed, long long *lost) {
-  fl_rcounts *c = p ? p->rcounts : NULL;
-  *renewed = c ? RN_LOAD(&c->renewed) : 0;
-  *lost = c ? RN_LOAD(&c->lost) : 0;
-}
-
-void fl_renew_pool_free(fl_pool *p) {
-  counts_unref(p->rcounts);
-  p->rcounts = NULL;
 }

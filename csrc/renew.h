@@ -36,11 +36,6 @@ typedef struct rn_leg {
   struct rn_leg *qnext; /* the legs in flight (rn_io.flight) */
 } rn_leg;
 
-typedef struct fl_rcounts {
-  int refs;                 /* atomic: the pool's and one per entry */
-  long long renewed, lost;  /* atomic */
-} fl_rcounts;
-
 typedef struct fl_renewal {
   /* shared with the Lua thread: atomics only */
   int refs;            /* the Lock's and the registry's */
