@@ -255,8 +255,11 @@ static void leg_reply(rn_io *io, rn_leg *l) {
 int rn_io_fill(rn_io *io, struct pollfd *pf, int max, long long *wake_at) {
   rn_leg *l;
   int n = 0;
+  long long mono = rn_mono();
+  double now = fl_now();
   for (l = io->flight; l; l = l->qnext) {
-    long long dl = (long long)(l->c->deadline * 1e9);
+    /* (a request's deadline is on fl_now()'s clock: counted from now) */
+    long long dl = mono + (long long)((l->c->deadline - now) * 1e9);
     int fd = fl_conn_fd(l->c);
     if (dl < *wake_at) *wake_at = dl;
     if (fd < 0 || l->c->state != FL_RQ_QUEUED) *wake_at = 0; /* it ended */
