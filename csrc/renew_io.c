@@ -262,7 +262,7 @@ int rn_io_fill(rn_io *io, struct pollfd *pf, int max, long long *wake_at) {
     long long dl = mono + (long long)((l->c->deadline - now) * 1e9);
     int fd = fl_conn_fd(l->c);
     if (dl < *wake_at) *wake_at = dl;
-    if (fd < 0 || l->c->state != FL_RQ_QUEUED) *wake_at = 0; /* it ended */
+    if (l->c->state != FL_RQ_QUEUED) *wake_at = 0; /* it ended: read it now */
     if (n == max) continue;
     pf[n].fd = fd;
     pf[n].events = (short)l->c->events;
