@@ -29,7 +29,7 @@ LIB = fluxalock/core.so
 # module, without hiredis
 PROC = fluxalock/proc.so
 
-.PHONY: all clean test demo bench lint deps
+.PHONY: all clean test demo bench lint deps safety
 
 all: $(LIB) $(PROC) bin/fluxalock
 
@@ -67,6 +67,17 @@ bench:
 	@$(MAKE) --no-print-directory all bench/out/floor bench/out/stampede_heap.so
 	@sh bench/run.sh
 
+# the fault schedule (tools/safety/run.lua; docs/reliability.md shows a run):
+# worker processes, a fenced store, Redis kills, pauses, proxies, failovers
+SAFETY_SEED ?= 2026
+SAFETY_SECONDS ?= 600
+safety: all
+	@mkdir -p bench/out
+	LUA_PATH="lua/?.lua;lua/?/init.lua;spec/?.lua;tools/?.lua;;" LUA_CPATH="./?.so;;" \
+	  lua5.4 tools/safety/run.lua --seed $(SAFETY_SEED) --seconds $(SAFETY_SECONDS) --workers 4 \
+	  --history bench/out/safety-history.log > bench/out/safety.md; \
+	  rc=$$?; cat bench/out/safety.md; exit $$rc
+
 bench/out/floor: bench/floor.c
 	@mkdir -p bench/out
 	$(CC) $(OPT) $(WARN) -I$(HIREDIS_INCDIR) -o $@ bench/floor.c -L$(HIREDIS_LIBDIR) $(LIBS)
@@ -77,7 +88,7 @@ bench/out/stampede_heap.so: bench/stampede_heap.c
 	$(CC) $(CFLAGS) -o $@ bench/stampede_heap.c -shared
 
 lint:
-	luacheck lua spec examples bench bin/fluxalock
+	luacheck lua spec examples bench bin/fluxalock tools/safety
 
 # reliability (docs/reliability.md): the suite under sanitizers, in a private copy of the
 # tree; the libFuzzer targets for FUZZ_SECONDS each (default 60)

@@ -7,7 +7,9 @@
 # over TLS beside plain TCP (bench/tls.lua -> tls.md), then
 # W6/W7, 100 to 10,000 coroutines in one luv process beside node-redlock and
 # redis-semaphore (bench/stampede.lua -> stampede.md; bench/stampede.gp ->
-# stampede.png, docs/stampede.png is a copy).
+# stampede.png, docs/stampede.png is a copy), then W10, the stampede guard
+# in a lua-http service under wrk (bench/w10.lua -> w10.md; bench/w10.gp ->
+# w10.png, docs/w10.png is a copy).
 set -eu
 cd "$(dirname "$0")/.."
 export LUA_PATH="lua/?.lua;lua/?/init.lua;spec/?.lua;;" LUA_CPATH="./?.so;;"
@@ -39,3 +41,9 @@ echo
 cat "$out/stampede.md"
 gnuplot -e "dir='$out'" bench/stampede.gp
 echo "bench: plot in $out/stampede.png" >&2
+echo "bench: W10: the stampede guard in a lua-http service (once, obtain, no lock) beside node http services" >&2
+lua5.4 bench/w10.lua > "$out/w10.md"
+echo
+cat "$out/w10.md"
+gnuplot -e "dir='$out'" bench/w10.gp
+echo "bench: plot in $out/w10.png" >&2

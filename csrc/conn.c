@@ -6,8 +6,9 @@
  * request whose caller gives up (timed out, abandoned) leaves a ghost entry
  * that keeps its place: its late replies are dropped when they come, so one
  * slow call costs neither the socket nor the requests behind it.  A link
- * that fails (I/O error, EOF, protocol error) fails every request on it;
- * the next request reconnects.
+ * that fails (I/O error, EOF, protocol error, or no memory once part of a
+ * request was queued: the replies would no longer match) fails every
+ * request on it; the next request reconnects.
  *
  * fl_conn_step() never waits: it moves the request's link on (connect,
  * write, read and dispatch) and answers FL_DONE, FL_ERR, or FL_WAIT with
@@ -271,6 +272,7 @@ int fl_conn_begin(fl_conn *c, const char *op, double extra) {
   double now = fl_now();
   const fl_opts *o = &c->pool->o;
   fl_link *k;
+  int oom;
   /* a lock written (obtain, refresh) is confirmed by WAIT when asked to:
      pipelined on the same connection, as WAIT counts this client's writes */
   c->post = o->replicas > 0 &&
@@ -299,8 +301,8 @@ int fl_conn_begin(fl_conn *c, const char *op, double extra) {
     return FL_ERR;
   }
   c->link = k;
-  if (k->state == FL_LK_CLOSED && fl_link_connect(k, now) != 0) {
-    fl_conn_fail(c, "connect", "%s", k->out ? "out of memory" : "cannot connect");
+  if (k->state == FL_LK_CLOSED && (oom = fl_link_connect(k, now)) != 0) {
+    fl_conn_fail(c, "connect", "%s", oom == -2 ? "out of memory" : "cannot connect");
     return FL_ERR;
   }
   c->connwait = k->state == FL_LK_CONNECTING;
@@ -421,7 +423,7 @@ int fl_conn_block(fl_conn *c) {
     pfd.fd = fl_conn_fd(c);
     pfd.events = (short)c->events;
     pfd.revents = 0;
-    if (poll(&pfd, 1, (int)(left * 1000.0) + 1) < 0 && errno != EINTR) {
+    if (poll(&pfd, 1, fl_poll_ms(left)) < 0 && errno != EINTR) {
       fl_conn_detach(c);
       return FL_ERR;
     }

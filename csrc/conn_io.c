@@ -10,6 +10,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include <poll.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,15 +38,21 @@ static void *capped_array(const redisReadTask *t, int n) {
   return n > MAX_ELEMENTS ? NULL : plain_array(t, n); /* NULL: a reader error */
 }
 
-/* the first call (from the Lua thread: renew.c makes one before it starts
-   its thread) sets up the shared table */
+static void cap_make(void) { /* the same default functions for every reader */
+  redisReader *t = redisReaderCreate();
+  if (!t) return; /* out of memory: readers keep the default (uncapped) */
+  capped = *t->fn;
+  redisReaderFree(t);
+  plain_array = capped.createArray;
+  capped.createArray = capped_array;
+}
+
+/* the first call sets up the shared table, once per process (two Lua
+   states on two threads may connect at once) */
 void fl_reader_cap(redisReader *r) {
-  if (!plain_array) { /* the same default functions for every reader */
-    capped = *r->fn;
-    plain_array = capped.createArray;
-    capped.createArray = capped_array;
-  }
-  r->fn = &capped;
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
+  pthread_once(&once, cap_make);
+  if (plain_array) r->fn = &capped;
 }
 #endif
 
@@ -177,19 +184,30 @@ int fl_link_push(fl_link *k, fl_conn *c) {
 }
 
 static void pop(fl_link *k) {
-  unsigned short *n = &k->keys[k->q[k->qhead].h & 63];
+  unsigned *n = &k->keys[k->q[k->qhead].h & 63];
   if (*n) --*n;
   k->qhead = (k->qhead + 1) % k->qcap;
   k->qlen--;
 }
 
-/* start connecting k: the handshake (AUTH, SELECT) goes first */
+/* out of memory for the handshake: a link without its AUTH or SELECT
+   must not be used (its commands would run in the wrong database) */
+static int connect_oom(fl_link *k) {
+  k->state = FL_LK_CLOSED;
+  k->handshake = 0;
+  release_io(k);
+  return -2;
+}
+
+/* start connecting k: the handshake (AUTH, SELECT) goes first.  0, or -1
+   (cannot connect), -2 (out of memory) with k closed */
 int fl_link_connect(fl_link *k, double now) {
   const fl_opts *o = &k->pool->o;
   release_io(k);
   k->rd = redisReaderCreate();
-  if (k->rd) fl_reader_cap(k->rd);
-  k->net = k->rd ? fl_net_open(o, now + o->connect_timeout) : NULL;
+  if (!k->rd) return connect_oom(k);
+  fl_reader_cap(k->rd);
+  k->net = fl_net_open(o, now + o->connect_timeout);
   if (!k->net) {
     release_io(k);
     return -1;
@@ -212,7 +230,7 @@ int fl_link_connect(fl_link *k, double now) {
     }
     argv[n] = o->password;
     len[n++] = strlen(o->password);
-    if (fl_link_out(k, n, argv, len) != 0) return -1;
+    if (fl_link_out(k, n, argv, len) != 0) return connect_oom(k);
     k->handshake++;
   }
   if (o->db) {
@@ -223,7 +241,7 @@ int fl_link_connect(fl_link *k, double now) {
     argv[1] = db;
     len[0] = 6;
     len[1] = (size_t)snprintf(db, sizeof db, "%d", o->db);
-    if (fl_link_out(k, 2, argv, len) != 0) return -1;
+    if (fl_link_out(k, 2, argv, len) != 0) return connect_oom(k);
     k->handshake++;
   }
   return 0;
@@ -308,11 +326,20 @@ static int dispatch(fl_link *k, redisReply *r, void *self) {
     }
     if (fl_link_push(k, c) == 0) return 0;
     st = FL_ERR;
-  } else {
+  } else if (st != FL_ERR) {
     pop(k);
   }
-  if (st == FL_ERR) fl_conn_fail(c, c->op, "out of memory");
-  else c->state = FL_RQ_DONE;
+  if (st == FL_ERR) {
+    /* out of memory in the middle of c's retry: what it queued (part of
+       it, perhaps) and what it still expects (a WAIT's reply) would answer
+       the requests behind it, another's "obtained" among them.  The link
+       cannot be trusted: closed, as fl_conn_begin does; c fails first */
+    fl_conn_fail(c, c->op, "out of memory");
+    if (c->wkey != self) fl_wake(k->pool, c->wkey);
+    close_as(k, NULL, "out of memory");
+    return -1;
+  }
+  c->state = FL_RQ_DONE;
   if (c->wkey != self) fl_wake(k->pool, c->wkey);
   return 0;
 }

@@ -3,8 +3,10 @@
  * metatables built once here.  The pure-Lua layer (lua/fluxalock.lua) is the
  * public face; this module is its engine.
  */
-#define _POSIX_C_SOURCE 200809L
+#define _GNU_SOURCE /* pipe2 */
 #include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
 #include <string.h>
 #include <unistd.h>
 #include <time.h>
@@ -30,11 +32,19 @@ static int core_sleep(lua_State *L) {
 }
 
 /* core.idlefd() -> a descriptor that never becomes readable (the read end
-   of a pipe nobody writes): a wait-only host sleeps on it */
+   of a pipe nobody writes): a wait-only host sleeps on it.  Close-on-exec:
+   a program's children (the fluxalock command's) do not inherit it */
+static int idle[2] = {-1, -1}, idle_err; /* one per process, made once */
+static pthread_once_t idle_once = PTHREAD_ONCE_INIT;
+
+static void idle_make(void) {
+  if (pipe2(idle, O_CLOEXEC) != 0) idle_err = errno;
+}
+
 static int core_idlefd(lua_State *L) {
-  static int fds[2] = {-1, -1};
-  if (fds[0] < 0 && pipe(fds) != 0) return luaL_error(L, "fluxalock: pipe: %s", strerror(errno));
-  lua_pushinteger(L, fds[0]);
+  pthread_once(&idle_once, idle_make);
+  if (idle_err) return luaL_error(L, "fluxalock: pipe: %s", strerror(idle_err));
+  lua_pushinteger(L, idle[0]);
   return 1;
 }
 
@@ -54,6 +64,8 @@ int luaopen_fluxalock_core(lua_State *L) {
   lua_setfield(L, -2, "renew");
   lua_pushcfunction(L, fl_renew_fd); /* internal: for the fluxalock command */
   lua_setfield(L, -2, "renewal_fd");
+  lua_pushstring(L, fl_clock_name()); /* internal: the deadlines' clock */
+  lua_setfield(L, -2, "clock");
   lua_pushstring(L, FLUXALOCK_VERSION);
   lua_setfield(L, -2, "version");
   lua_pushinteger(L, HIREDIS_MAJOR);

@@ -204,7 +204,7 @@ static int host_wait(lua_State *L, fl_fan *f, double now, double left, lua_KFunc
   if (lua_getfield(L, f->hidx, "park") != LUA_TFUNCTION) {
     /* a wait-only host and nothing to wait on (all legs pausing): short */
     lua_pop(L, 1);
-    poll(NULL, 0, (int)(left * 1000.0) + 1);
+    poll(NULL, 0, fl_poll_ms(left));
     return LUA_OK;
   }
   lua_pushlightuserdata(L, f);
@@ -271,7 +271,7 @@ static void drive(lua_State *L, fl_fan *f, lua_KFunction k) {
         return;
       }
     } else if (!plain_recv(f, until - now)) {
-      int ms = (int)((until - fl_now()) * 1000.0) + 1; /* round up: never wake before */
+      int ms = fl_poll_ms(until - fl_now()); /* round up: never wake before */
       if (ms > 0 && poll(pfd, (nfds_t)np, ms) < 0 && errno != EINTR)
         fail_running(f, strerror(errno));
     }
@@ -319,6 +319,10 @@ static int fan_loop(lua_State *L, fl_fan *f) {
         recovered(L, f, f->onstack ? lua_pcall(L, 0, 1, 0)
                                    : lua_pcallk(L, 0, 1, 0, (lua_KContext)f, recover_k)))
       continue;
+    /* a fan on the C stack has no __gc: a verdict or log that raises (out
+       of memory) would keep its requests.  They go back first; their
+       messages stay readable until a request of the pool starts again */
+    if (f->onstack) fl_fan_end_legs(f);
     if ((r = f->ops->verdict(L, f)) >= 0) return fan_done(L, f, r);
   }
 }

@@ -144,7 +144,10 @@ typedef struct fl_link {
   fl_conn *reader;     /* the request whose coroutine waits on the fd */
   double rdl;          /* until when the reader waits */
   double progress;     /* last time the link moved (a reply, or work queued) */
-  unsigned short keys[64]; /* entries queued, by key hash mod 64 */
+  unsigned keys[64];   /* entries queued, by key hash mod 64: never more
+                          than qlen (an int), so they cannot wrap (an
+                          unsigned short did at 65536 queued requests of
+                          one key, and the next one took another link) */
 } fl_link;
 
 enum { FL_LK_CLOSED, FL_LK_CONNECTING, FL_LK_READY };
@@ -209,8 +212,11 @@ typedef struct fl_lock {
 void fl_opts_free(fl_opts *o);
 int fl_opts_copy(fl_opts *dst, const fl_opts *src);
 
-/* clock.c */
+/* clock.c: CLOCK_BOOTTIME where there is one, else CLOCK_MONOTONIC */
 double fl_now(void);
+long long fl_now_ns(void);
+const char *fl_clock_name(void); /* "boottime" or "monotonic" */
+int fl_poll_ms(double seconds);  /* a poll(2) timeout, 0 to an hour */
 
 /* conn.c: requests */
 void fl_conn_free(fl_conn *c);

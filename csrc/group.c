@@ -65,7 +65,8 @@ int fl_group_node(fl_pool *g, const char *host, int port) {
   n->o.host = dup(host);
   n->o.username = dup(g->o.username);
   n->o.password = dup(g->o.password);
-  n->o.prefix = dup(g->o.prefix);
+  n->o.prefix = malloc(g->o.prefixlen + 1); /* bytes: a NUL may be one */
+  if (n->o.prefix) memcpy(n->o.prefix, g->o.prefix, g->o.prefixlen + 1);
   n->o.port = port;
   n->o.cluster = 1;
   n->o.tls = fl_tls_ref(g->o.tls); /* nodes speak TLS when the seeds do */

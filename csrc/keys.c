@@ -13,6 +13,7 @@
  * ("{jobs}:") already pins every key of the pool to one slot; then T is left
  * out.
  */
+#include <pthread.h>
 #include <string.h>
 #include <stdlib.h>
 #include <stdio.h>
@@ -173,13 +174,13 @@ int fl_redirect_parse(const char *msg, const char *from, unsigned *slot, char *h
   return 1;
 }
 
-void fl_scripts_init(void) {
-  static int done = 0;
+/* the tables, once per process: every Lua state shares them, and two may
+   load the module at once on two threads */
+static void scripts_make(void) {
   static const char al[] = "0123456789abcdefghijklmnopqrstuvwxyz"
                            "ABCDEFGHIJKLMNOPQRSTUVWXYZ";
   int i, j, k, left = 16384;
   char s[4];
-  if (done) return;
   for (i = 0; i < 256; i++) { /* CRC16-CCITT (XMODEM), polynomial 0x1021 */
     uint16_t c = (uint16_t)(i << 8);
     for (j = 0; j < 8; j++) c = (uint16_t)(c & 0x8000 ? (c << 1) ^ 0x1021 : c << 1);
@@ -197,7 +198,11 @@ void fl_scripts_init(void) {
         sl = crc16(s, 3) & 16383u;
         if (!tags[sl][0]) { memcpy(tags[sl], s, 4); left--; }
       }
-  done = 1;
+}
+
+void fl_scripts_init(void) {
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
+  pthread_once(&once, scripts_make);
 }
 
 /* <prefix>{T}fluxalock:<what>[<key>], or <prefix>fluxalock:<what>[<key>]

@@ -71,10 +71,12 @@ static int pool_new(lua_State *L) {
   }
   if (!o->prefix || (!o->host && !o->path))
     return luaL_error(L, "fluxalock: out of memory");
-  o->prefixlen = strlen(o->prefix);
+  lua_getfield(L, 1, "prefix"); /* its bytes, a NUL among them maybe */
+  if (!lua_tolstring(L, -1, &o->prefixlen)) o->prefixlen = 0;
+  lua_pop(L, 1);
   {
-    const char *open = strchr(o->prefix, '{');
-    const char *close = open ? strchr(open, '}') : NULL;
+    const char *open = memchr(o->prefix, '{', o->prefixlen);
+    const char *close = open ? memchr(open, '}', o->prefixlen - (size_t)(open - o->prefix)) : NULL;
     o->prefix_tagged = close && close > open + 1;
   }
   if (o->path)

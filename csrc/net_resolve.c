@@ -10,8 +10,14 @@
  * reference and walks away: the thread frees the request when it ends.
  * A thread, not c-ares: the system's own lookup (/etc/hosts, nsswitch,
  * search domains) stays exactly what every other program on the host gets.
+ *
+ * lua_close dlcloses this module, and a caller that gave up may let the
+ * program close its Lua state while a lookup runs: before the first thread
+ * starts, the module is pinned in memory (dlopen RTLD_NODELETE, as the
+ * renewal thread does), so a thread never returns into unmapped code.
  */
-#define _POSIX_C_SOURCE 200809L
+#define _GNU_SOURCE /* dladdr, RTLD_NODELETE */
+#include <dlfcn.h>
 #include <netdb.h>
 #include <pthread.h>
 #include <signal.h>
@@ -64,7 +70,16 @@ static void *run(void *arg) {
   return NULL;
 }
 
+/* once: keep this module mapped for as long as the process lives (linked
+   into a program instead, it is never unmapped) */
+static void pin(void) {
+  Dl_info info;
+  if (dladdr((void *)(size_t)fl_resolve_start, &info) && info.dli_fname)
+    dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
+}
+
 fl_resolve *fl_resolve_start(const char *host, int port) {
+  static pthread_once_t pinned = PTHREAD_ONCE_INIT;
   size_t n = strlen(host);
   fl_resolve *r = calloc(1, sizeof *r + n);
   pthread_attr_t at;
@@ -72,6 +87,7 @@ fl_resolve *fl_resolve_start(const char *host, int port) {
   sigset_t all, old;
   int bad;
   if (!r) return NULL;
+  pthread_once(&pinned, pin);
   memcpy(r->host, host, n + 1);
   snprintf(r->port, sizeof r->port, "%d", port);
   r->refs = 2;

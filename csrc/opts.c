@@ -22,13 +22,14 @@ void fl_opts_free(fl_opts *o) {
   o->tls = NULL;
 }
 
-static int sdup(char **dst, const char *s) {
-  size_t n;
+/* n: the string's length, or (size_t)-1 for strlen (the prefix is bytes:
+   a NUL may be one of them) */
+static int sdup(char **dst, const char *s, size_t n) {
   *dst = NULL;
   if (!s) return 0;
-  n = strlen(s) + 1;
-  if (!(*dst = malloc(n))) return -1;
-  memcpy(*dst, s, n);
+  if (n == (size_t)-1) n = strlen(s);
+  if (!(*dst = malloc(n + 1))) return -1;
+  memcpy(*dst, s, n + 1);
   return 0;
 }
 
@@ -38,9 +39,10 @@ static int sdup(char **dst, const char *s) {
 int fl_opts_copy(fl_opts *dst, const fl_opts *src) {
   *dst = *src; /* the scalars and where[] */
   fl_tls_ref(dst->tls); /* shared, counted */
-  if (sdup(&dst->host, src->host) | sdup(&dst->path, src->path) |
-      sdup(&dst->username, src->username) | sdup(&dst->password, src->password) |
-      sdup(&dst->prefix, src->prefix)) {
+  if (sdup(&dst->host, src->host, (size_t)-1) | sdup(&dst->path, src->path, (size_t)-1) |
+      sdup(&dst->username, src->username, (size_t)-1) |
+      sdup(&dst->password, src->password, (size_t)-1) |
+      sdup(&dst->prefix, src->prefix, src->prefixlen)) {
     fl_opts_free(dst);
     return -1;
   }

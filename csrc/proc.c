@@ -10,6 +10,10 @@
  * spawn forks, puts the child in a session of its own (setsid: it leads a
  * new process group, so a signal to the group reaches its grandchildren),
  * and execs argv (PATH searched) with the environment plus env's additions.
+ * The child dies with this process (PR_SET_PDEATHSIG: SIGKILL), also when
+ * this one is SIGKILLed, and so does its process group (a watcher process:
+ * see below).  Every signal is blocked across fork, so no handler runs in
+ * the child before its exec.
  * An exec failure travels to the parent through a close-on-exec pipe: the
  * parent reaps the child and returns nil, message, 127 (not found) or 126
  * (found but not runnable), as a shell does.  Everything the child needs is
@@ -23,7 +27,10 @@
  * self-pipe.  The child starts with the four at their defaults and an
  * empty signal mask: it is in a session of its own, so those signals reach
  * it only as forwarded ones, and a forwarded signal must not meet an
- * ignore inherited from whoever started this process.
+ * ignore inherited from whoever started this process.  SIGTSTP (Ctrl-Z)
+ * is ignored from then on: stopped, this process would renew nothing while
+ * the command, out of reach of the terminal's stop, ran on; the child gets
+ * it back at its default (unless it was ignored before).
  *
  * wait sleeps in poll(2) on the self-pipe (and fd) and returns
  *   "exit", code | "signal", n   the child ended (it is reaped);
@@ -41,6 +48,9 @@
 #include <poll.h>
 #include <signal.h>
 #include <string.h>
+#ifdef __linux__
+#include <sys/prctl.h>
+#endif
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -54,6 +64,7 @@ extern char **environ;
 #define NFWD 4
 static const int fwd[NFWD] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT};
 static int sp[2] = {-1, -1};         /* the self-pipe */
+static int tstp_ignored;             /* SIGTSTP was ignored before setup */
 
 static void on_signal(int sig) {
   int e = errno;
@@ -91,6 +102,12 @@ static int setup(void) {
   }
   sa.sa_flags = SA_RESTART | SA_NOCLDSTOP;
   sigaction(SIGCHLD, &sa, NULL);
+  { /* a stop (Ctrl-Z) would freeze the renewal while the command, in a
+       session of its own, runs on: ignored (SIGSTOP cannot be) */
+    struct sigaction old;
+    tstp_ignored = sigaction(SIGTSTP, NULL, &old) == 0 && old.sa_handler == SIG_IGN;
+    signal(SIGTSTP, SIG_IGN);
+  }
   return 0;
 }
 
@@ -170,14 +187,27 @@ static char **environment(lua_State *L, int idx) {
   return envp;
 }
 
-/* in the child: never returns */
-static void child(char **argv, char **envp, const int ep[2]) {
+/* in the child (every signal blocked): never returns */
+static void child(char **argv, char **envp, const int ep[2], pid_t parent) {
   sigset_t none;
   int i, e, errfd = ep[1];
   close(ep[0]);
   setsid();
+#ifdef __linux__
+  /* the command dies with fluxalock, even of a SIGKILL (which nothing in
+     fluxalock can pass on); a parent already gone: nobody holds the lock */
+  if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0) {
+    e = errno;
+    if (write(errfd, &e, sizeof e) < 0) { /* the parent sees 0 bytes */ }
+    _exit(126);
+  }
+  if (getppid() != parent) _exit(127);
+#else
+  (void)parent;
+#endif
   for (i = 0; i < NFWD; i++) signal(fwd[i], SIG_DFL);
   signal(SIGCHLD, SIG_DFL);
+  if (!tstp_ignored) signal(SIGTSTP, SIG_DFL);
   sigemptyset(&none);
   sigprocmask(SIG_SETMASK, &none, NULL);
   environ = envp;
@@ -187,11 +217,68 @@ static void child(char **argv, char **envp, const int ep[2]) {
   _exit(e == ENOENT ? 127 : 126);
 }
 
+/* ---- the watcher --------------------------------------------------------- */
+
+/*
+ * PR_SET_PDEATHSIG reaches the command only, not the processes it started.
+ * Each command gets a watcher: a process forked from this one that waits
+ * for a byte on a pipe.  The byte comes when the command was reaped here;
+ * EOF without it means this process died first (a SIGKILL), and the
+ * watcher SIGKILLs the command's process group.  Forked from a process that
+ * may have threads, it makes only async-signal-safe calls, with every
+ * signal blocked (a SIGKILL or SIGSTOP still reaches it).
+ */
+#define NWATCH 32
+static struct { pid_t cmd, pid; int fd; } watch[NWATCH];
+
+static void watcher(int rfd, pid_t group) {
+  char b;
+  ssize_t n;
+  int fd;
+  for (fd = 0; fd < 1024; fd++)
+    if (fd != rfd) close(fd);
+  do n = read(rfd, &b, 1); while (n < 0 && errno == EINTR);
+  if (n <= 0) kill(-group, SIGKILL);
+  _exit(0);
+}
+
+/* a watcher for the command cmd (signals blocked); none when out of room */
+static void watch_start(pid_t cmd) {
+  int i, wp[2];
+  pid_t pid;
+  for (i = 0; i < NWATCH && watch[i].cmd; i++) {}
+  if (i == NWATCH || pipe(wp) < 0) return;
+  set_flags(wp[1]);
+  fcntl(wp[0], F_SETFD, FD_CLOEXEC);
+  if ((pid = fork()) == 0) watcher(wp[0], cmd);
+  close(wp[0]);
+  if (pid < 0) {
+    close(wp[1]);
+    return;
+  }
+  watch[i].cmd = cmd;
+  watch[i].pid = pid;
+  watch[i].fd = wp[1];
+}
+
+/* cmd was reaped: its watcher is told, and reaped in turn */
+static void watch_end(pid_t cmd) {
+  int i;
+  for (i = 0; i < NWATCH; i++)
+    if (watch[i].cmd == cmd) {
+      if (write(watch[i].fd, "x", 1) < 0) { /* it is gone already */ }
+      close(watch[i].fd);
+      while (waitpid(watch[i].pid, NULL, 0) < 0 && errno == EINTR) {}
+      watch[i].cmd = 0;
+    }
+}
+
 static int proc_spawn(lua_State *L) {
   int n, e = 0, ep[2], err;
   char **argv, **envp;
   ssize_t got;
-  pid_t pid;
+  pid_t pid, self = getpid();
+  sigset_t all, old;
   check_argv(L);
   env_additions(L); /* index 3 */
   argv = strings(L, 1, &n);
@@ -202,9 +289,15 @@ static int proc_spawn(lua_State *L) {
     return 2;
   }
   set_flags(ep[1]);
+  /* no handler may run in the child before exec: it would write to the
+     self-pipe the parent reads (a forwarded signal nobody sent) */
+  sigfillset(&all);
+  sigprocmask(SIG_SETMASK, &all, &old);
   pid = fork();
-  if (pid == 0) child(argv, envp, ep);
+  if (pid == 0) child(argv, envp, ep, self);
   err = errno;
+  if (pid > 0) watch_start(pid);
+  sigprocmask(SIG_SETMASK, &old, NULL);
   close(ep[1]);
   if (pid < 0) {
     close(ep[0]);
@@ -216,6 +309,7 @@ static int proc_spawn(lua_State *L) {
   close(ep[0]);
   if (got == (ssize_t)sizeof e) {
     while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {}
+    watch_end(pid);
     lua_pushnil(L);
     lua_pushfstring(L, "fluxalock: %s: %s", argv[0], strerror(e));
     lua_pushinteger(L, e == ENOENT ? 127 : 126);
@@ -240,6 +334,7 @@ static int reap(lua_State *L, pid_t pid) {
   do r = waitpid(pid, &st, WNOHANG); while (r < 0 && errno == EINTR);
   if (r < 0) return -1;
   if (r == 0) return 0;
+  watch_end(pid);
   if (WIFSIGNALED(st)) {
     lua_pushliteral(L, "signal");
     lua_pushinteger(L, WTERMSIG(st));

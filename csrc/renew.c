@@ -16,7 +16,7 @@
  * them, and drives them with the same code as the Lua side (renew_io.c).
  *
  * The local deadline.  deadline = send time of the last confirmed renewal
- * (first: of the obtain) + ttl - margin, from CLOCK_MONOTONIC.  The server
+ * (first: of the obtain) + ttl - margin, from CLOCK_BOOTTIME (clock.c).  The server
  * set the expiry when it received the command, which is after we sent it,
  * so the key lives at least until send + ttl; the margin (ttl/100 + 2 ms,
  * Redlock's drift) covers a server clock running faster than ours and the
@@ -282,7 +282,7 @@ static void wait_io(thr *t, long long next) {
     t->npf *= 2;
   }
   now = rn_mono();
-  ms = next <= now ? 0 : (int)((next - now + 999999) / 1000000);
+  ms = fl_poll_ms((double)(next - now) * 1e-9);
   t->pf[0].fd = wk[0];
   t->pf[0].events = POLLIN;
   t->pf[0].revents = 0;

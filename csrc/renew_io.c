@@ -19,18 +19,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "renew.h"
 #include "net.h"
 
 #define MAX_HOPS 5 /* MOVED redirects per leg and attempt */
 
-long long rn_mono(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
+long long rn_mono(void) { return fl_now_ns(); } /* fl_now's clock (clock.c) */
 
 static int streq(const char *a, const char *b) {
   return a == b || (a && b && strcmp(a, b) == 0);

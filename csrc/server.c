@@ -7,7 +7,8 @@
  * pipelines the requests of any number of coroutines over them.  A plain
  * script has one request at a time, so it uses one.  A release that __gc
  * could not send waits in the pool's list of deferred releases, sent in
- * front of the next request (conn.c) or by fl_pool_flush.
+ * front of the next request (conn.c) or by fl_pool_flush (under a host
+ * without waiting for the answers: the loop must never stall).
  */
 #include <stdlib.h>
 #include <stdio.h>
@@ -91,14 +92,31 @@ void fl_pool_defer(fl_pool *p, const char *key, size_t keylen,
   p->pending = d;
 }
 
-/* send deferred releases now, blocking (bounded by the pool's timeouts) */
+/* an open link of p with nothing in flight, or NULL */
+static fl_link *ready_link(const fl_pool *p) {
+  int i;
+  for (i = 0; i < p->nlinks; i++)
+    if (p->links[i]->state == FL_LK_READY && fl_link_idle(p->links[i])) return p->links[i];
+  return NULL;
+}
+
+/* send deferred releases now: in a plain script blocking (bounded by the
+   pool's timeouts).  Under a host nothing may wait outside the loop: they
+   are written to an open idle link without waiting for their answers (a
+   ghost entry drops them), or stay queued for the next request when no
+   link is open; a pool going away then leaves them to their ttl */
 void fl_pool_flush(fl_pool *p) {
   fl_conn *c;
-  if (!p->pending || !pool_quiet(p) || !(c = fl_pool_conn(p))) return;
+  if (!p->pending || !pool_quiet(p)) return;
+  if (p->has_host && !ready_link(p)) return;
+  if (!(c = fl_pool_conn(p))) return;
   c->cmd.argc = 0;
   c->cmd.script = -1;
   fl_cmd_arg(&c->cmd, "PING", 4);
-  if (fl_conn_begin(c, "release", 0) != FL_ERR) fl_conn_block(c);
+  if (fl_conn_begin(c, "release", 0) != FL_ERR) {
+    if (p->has_host) fl_link_send(c->link); /* what the socket takes now */
+    else fl_conn_block(c);
+  }
   fl_conn_end(c);
 }
 

@@ -5,6 +5,11 @@
  * child must never hand out the bytes its parent also holds, or two processes
  * would share a token: a pthread_atfork child handler empties the buffer
  * (cheaper than asking getpid() on every token).
+ *
+ * The buffer is the process's, shared by every Lua state (an embedding
+ * program may run one per thread): a mutex guards it, so two threads never
+ * take the same bytes.  fork holds it (atfork prepare), so a child never
+ * inherits it locked mid-draw.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -18,9 +23,11 @@
 
 #include "fluxalock.h"
 
-static unsigned char pool[512];
-static size_t avail = 0;
-static int forkwatch = 0; /* the atfork handler is installed */
+static unsigned char pool[512]; /* under mu */
+static size_t avail = 0;         /* under mu */
+static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_once_t forkwatch = PTHREAD_ONCE_INIT; /* the atfork handlers */
+static int forkwatch_err;
 
 static int from_urandom(unsigned char *buf, size_t n) {
   int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
@@ -51,35 +58,54 @@ static int fill(unsigned char *buf, size_t n) {
 #endif
 }
 
-static void forget(void) {
+static void hold(void) { pthread_mutex_lock(&mu); }
+static void let_go(void) { pthread_mutex_unlock(&mu); }
+
+static void forget(void) { /* in a fork child: the parent's bytes are not ours */
   memset(pool, 0, sizeof pool);
   avail = 0;
+  pthread_mutex_unlock(&mu);
+}
+
+static void watch_fork(void) {
+  forkwatch_err = pthread_atfork(hold, let_go, forget) != 0;
 }
 
 int fl_token(char out[FL_TOKEN_LEN]) {
   static const char hex[] = "0123456789abcdef";
+  unsigned char b[16];
   int i;
-  if (!forkwatch) {
-    if (pthread_atfork(NULL, NULL, forget) != 0) return -1;
-    forkwatch = 1;
-  }
+  pthread_once(&forkwatch, watch_fork);
+  if (forkwatch_err) return -1;
+  pthread_mutex_lock(&mu);
   if (avail < 16) {
-    if (fill(pool, sizeof pool) != 0) return -1;
+    if (fill(pool, sizeof pool) != 0) {
+      pthread_mutex_unlock(&mu);
+      return -1;
+    }
     avail = sizeof pool;
   }
   avail -= 16;
-  for (i = 0; i < 16; i++) {
-    unsigned char b = pool[avail + (size_t)i];
-    out[2 * i] = hex[b >> 4];
-    out[2 * i + 1] = hex[b & 15];
-  }
+  memcpy(b, pool + avail, 16);
   memset(pool + avail, 0, 16); /* used bytes never linger */
+  pthread_mutex_unlock(&mu);
+  for (i = 0; i < 16; i++) {
+    out[2 * i] = hex[b[i] >> 4];
+    out[2 * i + 1] = hex[b[i] & 15];
+  }
+  memset(b, 0, sizeof b);
   return 0;
 }
 
 /* this process's id in its releases' messages: random, made once */
+static char wake_id[FL_TOKEN_LEN + 1];
+static pthread_once_t wake_once = PTHREAD_ONCE_INIT;
+
+static void make_wake_id(void) {
+  if (fl_token(wake_id) != 0) memcpy(wake_id, "0000000000000000", FL_WAKE_ID_LEN);
+}
+
 const char *fl_wake_id(void) {
-  static char id[FL_TOKEN_LEN + 1];
-  if (!id[0] && fl_token(id) != 0) memcpy(id, "0000000000000000", FL_WAKE_ID_LEN);
-  return id;
+  pthread_once(&wake_once, make_wake_id);
+  return wake_id;
 }

@@ -128,19 +128,26 @@ static void sub_drive(fl_pool *p, double now) {
   fl_link_drive(s->k, NULL);
 }
 
-/* hand the channels messaged to the Lua layer's notify function; 1 when
-   one of them woke the waiter at 2 (the caller) */
+/* hand the channels messaged to the Lua layer's notify function, in the
+   order they came; 1 when one of them woke the waiter at 2 (the caller).
+   A hit leaves s only once its channel is a Lua string: a memory error in
+   a push leaves the rest in s (the next delivery, or fl_sub_free) */
 static int deliver(lua_State *L, fl_sub *s) { /* the pool userdata is at 1 */
-  int i, n = s->nhits, self = 0;
-  s->nhits = 0;
-  for (i = 0; i < n; i++) {
-    if (lua_getfield(L, LUA_REGISTRYINDEX, FL_NOTIFY) == LUA_TFUNCTION) {
-      lua_pushlstring(L, s->hits[i], s->hitlens[i]);
+  int self = 0;
+  while (s->nhits > 0) {
+    int fn = lua_getfield(L, LUA_REGISTRYINDEX, FL_NOTIFY) == LUA_TFUNCTION;
+    lua_pushlstring(L, s->hits[0], s->hitlens[0]);
+    free(s->hits[0]);
+    s->nhits--;
+    memmove(s->hits, s->hits + 1, (size_t)s->nhits * sizeof *s->hits);
+    memmove(s->hitlens, s->hitlens + 1, (size_t)s->nhits * sizeof *s->hitlens);
+    if (fn) {
       lua_pushvalue(L, 1);
       if (lua_pcall(L, 2, 1, 0) == LUA_OK && lua_rawequal(L, -1, 2)) self = 1;
+      lua_pop(L, 1);
+    } else {
+      lua_pop(L, 2);
     }
-    lua_pop(L, 1);
-    free(s->hits[i]);
   }
   return self;
 }

@@ -69,9 +69,12 @@ local function renew_interval(opts, ttl, ms)
   if r ~= r then argerror(4, "obtain", "renew interval must not be NaN", 4) end
   if r < 0 then argerror(4, "obtain", "renew interval must not be negative", 4) end
   if r < 0.001 then argerror(4, "obtain", "renew interval must be at least 0.001 seconds", 4) end
-  if r >= ttl then argerror(4, "obtain", "renew interval must be less than ttl", 4) end
+  -- held() ends at ttl minus a margin after the last renewal: above ttl/2
+  -- a failed renewal would leave no time to try again before it
   local every = (r * 1000 + 0.5) // 1
-  if every >= ms then argerror(4, "obtain", "renew interval must be less than ttl", 4) end
+  if r > ttl / 2 or every > ms // 2 then
+    argerror(4, "obtain", "option 'renew' must be at most half the ttl", 4)
+  end
   return every
 end
 
@@ -616,6 +619,13 @@ function Locker.close(self)
   end
   self._pool:close()
 end
+
+--- locker:once(key, ttl, wait, fn, ...): single flight (lua/fluxalock/once.lua)
+Locker.once = require("fluxalock.once").method {
+  is_locker = function(v) return getmetatable(v) == Locker end,
+  host = function() return host_wait end,
+  park = park, unpark = unpark, now = now, NOT_OBTAINED = NOT_OBTAINED,
+}
 
 -- ---- module functions ---------------------------------------------------------
 

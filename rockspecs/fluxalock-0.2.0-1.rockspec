@@ -62,6 +62,7 @@ build = {
     ["fluxalock.sentinel"] = "lua/fluxalock/sentinel.lua",
     ["fluxalock.cluster"] = "lua/fluxalock/cluster.lua",
     ["fluxalock.redlock"] = "lua/fluxalock/redlock.lua",
+    ["fluxalock.once"] = "lua/fluxalock/once.lua",
     ["fluxalock.core"] = {
       sources = {
         "csrc/core.c", "csrc/lpool.c", "csrc/llock.c", "csrc/stats.c",

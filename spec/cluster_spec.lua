@@ -121,22 +121,45 @@ describe("a cluster pool", function()
     assert.equal(cluster:slot("{user7}.a"), cluster:slot("{user7}.profile"))
   end)
 
-  it("wakes a waiter when another process releases", function()
+  it("wakes a waiter when another process releases, long before its backoff would retry", function()
+    -- one backoff step (5 s) longer than the bound asserted: only the
+    -- release's wake-up can get the waiter in on time.  The holder releases
+    -- once it sees the waiter blocked on a wake-up list on one of the nodes
+    -- (CLIENT LIST), not after a guessed pause.
     local holder = R.spawn([[
+      local core = require "fluxalock.core"
       local fl = require "fluxalock"
-      fl.configure { pools = { default = { cluster = { os.getenv("SEED") } } } }
-      local lock = assert(fl.locker():obtain("c-wait", 10))
+      local seeds = {}
+      for s in os.getenv("SEEDS"):gmatch("%S+") do seeds[#seeds + 1] = s end
+      fl.configure { pools = { default = { cluster = seeds } } }
+      local lock = assert(fl.locker():obtain("c-wait", 30))
       print("held") io.stdout:flush()
-      require("fluxalock.core").sleep(0.3)
+      local nodes = {}
+      for i, s in ipairs(seeds) do
+        local host, port = s:match("^(.*):(%d+)$")
+        nodes[i] = core.pool { host = host, port = tonumber(port) }
+      end
+      local function blocked()
+        for _, n in ipairs(nodes) do
+          if (n:call { "CLIENT", "LIST" } or ""):find(" flags=%a*b[^\n]- cmd=blpop") then return true end
+        end
+        return false
+      end
+      local deadline = core.now() + 20
+      while not blocked() and core.now() < deadline do core.sleep(0.005) end
+      print(("releasing %.6f"):format(core.now())) io.stdout:flush()
       assert(lock:release())
-    ]], { SEED = cluster.seeds[3] })
+    ]], { SEEDS = table.concat(cluster.seeds, " ") })
     R.until_true(function() return holder:output():find("held", 1, true) end, 10, "holder")
-    local t0 = R.now()
-    local lock, err = locker:obtain("c-wait", 10, 5)
+    local slow = fluxalock.locker { cluster = cluster.seeds, retry_step = 5, retry_max = 5 }
+    local lock, err = slow:obtain("c-wait", 10, 8)
+    local got = R.now()
+    local released = tonumber(holder:wait(10):match("releasing ([%d.]+)"))
     assert.is_truthy(lock, err)
-    assert.is_true(R.now() - t0 < 3, "woken late")
+    assert.is_truthy(released, "the holder did not release")
+    assert.is_true(got >= released)
+    assert.is_true(got - released < 1, ("woken %.3f s after the release"):format(got - released))
     assert.is_true(lock:release())
-    holder:wait(10)
   end)
 
   it("runs under an event-loop host: coroutines contend, requests yield", function()

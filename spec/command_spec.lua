@@ -41,6 +41,13 @@ local function start(server, args, o)
   end
   local script = ("cd %s && exec env %s %s %s <%s >%s 2>%s")
     :format(q(o.cwd or ROOT), table.concat(unset, " "), q(BIN), table.concat(words, " "), q(dir .. "/in"), q(dir .. "/out"), q(dir .. "/err"))
+  if o.job then
+    -- a job of a shell: fluxalock in a process group of its own under a
+    -- shell of the same session, as a terminal's job is (a stop signal to
+    -- a group with no such parent, an orphaned one, is discarded)
+    script = script:gsub("exec env", "perl -e 'setpgrp(0, 0); exec @ARGV or die' env", 1)
+      .. (" & echo $! > %s; wait $!"):format(q(dir .. "/job"))
+  end
   local env = { FLUXALOCK_URL = o.url or server.url, D = dir }
   for k, v in pairs(o.env or {}) do env[k] = v end
   local pid = assert(proc.spawn({ "/bin/sh", "-c", script }, env))
@@ -353,6 +360,44 @@ while :; do sleep 0.05; done
         assert.equal("0", server:cli("EXISTS", "job"))
       end)
     end
+
+    -- issue 17, item 7: a fluxalock that cannot pass anything on
+    it("SIGKILL: the command and its children die with fluxalock (not left running without the lock)", function()
+      -- the command (a shell) and its child (a sleep in the background)
+      local h = start(server, { "-t", "2", "job", "-c", [[
+sleep 60 &
+echo $! > "$D/grand"
+echo $$ > "$D/pid.tmp"; mv "$D/pid.tmp" "$D/pid"
+wait]] })
+      R.until_true(function() return exists(h.dir .. "/pid") end, 10, "the command")
+      local child, grand = tonumber(read(h.dir .. "/pid")), tonumber(read(h.dir .. "/grand"))
+      assert.is_true(R.alive(child) and R.alive(grand))
+      kill(h.pid, "KILL")
+      assert.equal(128 + 9, (finish(h)))
+      -- killed as fluxalock dies, reparented and reaped by init: gone
+      R.until_true(function() return not R.alive(child) end, 5, "the command's death")
+      R.until_true(function() return not R.alive(grand) end, 5, "the death of the command's child")
+    end)
+
+    it("SIGTSTP (Ctrl-Z) does not stop fluxalock while the command runs: the lock is still renewed", function()
+      local h = start(server, { "-t", "1", "job", "-c", "touch \"$D/started\"; sleep 3" }, { job = true })
+      R.until_true(function() return exists(h.dir .. "/started") end, 10, "the command")
+      local fl = tonumber(read(h.dir .. "/job"))
+      kill(fl, "TSTP")
+      local t0, low = R.now(), math.huge
+      while R.now() - t0 < 2 do -- twice the ttl: without renewals the key is gone
+        low = math.min(low, tonumber(server:cli("PTTL", "job")))
+        R.sleep(0.05)
+      end
+      -- a stopped process has state T in /proc/<pid>/stat
+      local state = (read("/proc/" .. fl .. "/stat") or ""):match("^%d+ %b() (%a)")
+      if state == "T" then kill(fl, "CONT") end
+      assert.is_truthy(state)
+      assert.is_true(state ~= "T", "fluxalock was stopped")
+      assert.is_true(low > 0, "PTTL fell to " .. low .. ": not renewed")
+      assert.equal(0, (finish(h)))
+      assert.equal("0", server:cli("EXISTS", "job"))
+    end)
 
     it("a command without a handler dies of the signal: 128+n", function()
       local h = start(server, { "job", "-c", "touch \"$D/started\"; exec sleep 60" })

@@ -20,11 +20,22 @@ if tree then
   lua_cpath = tree .. "/lib/lua/5.4/?.so"
 end
 
+-- fenced_store.lua also needs LuaSocket: in a tree, the paths gain the
+-- directories of its two files (socket.lua and socket/core.so) and no more
+local function with_socket(path, cpath)
+  if not tree then return path, cpath end
+  local lua_file = assert(package.searchpath("socket", package.path))
+  local so_file = assert(package.searchpath("socket.core", package.cpath))
+  return path .. ";" .. lua_file:gsub("socket%.lua$", "?.lua"), cpath .. ";" .. so_file:gsub("socket/core%.so$", "?.so")
+end
+
 -- a Lua command line in the examples' environment -> stdout, stderr, exit code
-local function lua(args, url)
+local function lua(args, url, socket)
   local err = os.tmpname()
+  local path, cpath = lua_path, lua_cpath
+  if socket then path, cpath = with_socket(path, cpath) end
   local cmd = ("cd %s && FLUXALOCK_URL=%s LUA_PATH=%s LUA_CPATH=%s lua5.4 %s 2>%s; echo \"exit=$?\"")
-    :format(R.quote(cwd), R.quote(url), R.quote(lua_path), R.quote(lua_cpath), args, R.quote(err))
+    :format(R.quote(cwd), R.quote(url), R.quote(path), R.quote(cpath), args, R.quote(err))
   local out = R.sh(cmd)
   local f = io.open(err)
   local stderr = f and f:read("a") or ""
@@ -37,7 +48,7 @@ end
 -- run an example in its own process, as a user does
 local function run(name, url)
   local script = tree and R.quote(root .. "/examples/" .. name .. ".lua") or "examples/" .. name .. ".lua"
-  return lua(script, url)
+  return lua(script, url, name == "fenced_store")
 end
 
 local function lines(t) return table.concat(t, "\n") .. "\n" end
@@ -101,11 +112,25 @@ describe("examples", function()
     assert.are.equal("0", server:cli("EXISTS", "prometheus-example"))
   end)
 
+  it("fenced_store.lua: the store refuses the late write of a holder whose lease ran out", function()
+    local out, stderr, code = run("fenced_store", server.url)
+    assert.are.equal("", stderr)
+    assert.are.equal(0, code)
+    local a, b = out:match('^A READ "" WITH FENCE (%d+)\nB WROTE WITH FENCE (%d+)\n')
+    assert.truthy(a, out)
+    assert.is_true(tonumber(b) > tonumber(a))
+    assert.truthy(out:find(("\nA'S LATE WRITE REFUSED: stale fence %s: the store has seen fence %s, "
+      .. "its last write had fence %s\nA RELEASES: false\nRECORD: \"written by B\"\n$"):format(a, b, b)), out)
+    assert.are.equal("0", server:cli("EXISTS", "fenced-example"))
+    assert.are.equal("0", server:cli("EXISTS", "fenced-example:record"))
+  end)
+
   it("with Redis down each example fails at once with the fluxalock message", function()
     local down = R.start()
     local url = down.url
     down:stop()
-    for _, name in ipairs { "non_blocking", "waiting", "ttl_refresh", "scoped", "renewed", "prometheus" } do
+    for _, name in ipairs { "non_blocking", "waiting", "ttl_refresh", "scoped", "renewed", "prometheus",
+                            "fenced_store" } do
       local t0 = R.now()
       local _, stderr, code = run(name, url)
       assert.are.equal(1, code, name)

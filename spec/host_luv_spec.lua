@@ -70,3 +70,43 @@ end)
 
 require("support.hosts").spec("luv",
   "cannot wait outside a coroutine under host 'luv'", _ENV)
+
+-- issue 17, item 8: the __gc of a pool's last reference must not wait for
+-- its deferred releases' answers inside the loop
+describe("host 'luv': a pool collected with deferred releases", function()
+  local R = require "support.redis"
+  local H = require "support.hosts"
+  local core = require "fluxalock.core"
+  local server
+
+  lazy_setup(function() server = R.start() end)
+  lazy_teardown(function() if server then server:stop() end end)
+
+  it("does not stall the loop when its server is frozen; the release still goes out", function()
+    local TIMEOUT = 2
+    local d = H.luv()
+    local done = false
+    local hb = H.heartbeat(d, 0.005, function() return not done end)
+    d.spawn(function()
+      local keep = { pool = core.pool { host = "127.0.0.1", port = server.port, timeout = TIMEOUT } }
+      keep.pool:sethost(require("fluxalock.host").resolve("luv"))
+      keep.lock = assert(keep.pool:obtain("gc:frozen", 30000)) -- its link is open and idle
+      server:pause() -- SIGSTOP: nothing it is sent gets an answer
+      d.sleep(0.05)
+      -- the lock's __gc defers its release (a host is set); the pool's
+      -- last reference goes with it: the pool's __gc flushes the release
+      keep.pool, keep.lock = nil, nil
+      collectgarbage()
+      collectgarbage()
+      d.sleep(0.2) -- the heartbeat goes on beating for a while
+      done = true
+    end)
+    d.run()
+    server:resume()
+    assert.same({}, d.errors)
+    assert.is_true(hb.beats > 5, "heartbeat ran " .. hb.beats .. " times")
+    assert.is_true(hb.max < TIMEOUT / 2, ("heartbeat delayed %.0f ms (timeout %g s)"):format(hb.max * 1000, TIMEOUT))
+    -- written to the socket before the pool went: the server runs it once thawed
+    R.until_true(function() return server:cli("EXISTS", "gc:frozen") == "0" end, 10, "the deferred release")
+  end)
+end)

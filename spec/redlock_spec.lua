@@ -17,6 +17,7 @@ while core.now() < stop do
   local lock, err = locker:obtain("hot", 2, 0.5)
   if lock then
     got = got + 1
+    witness:call { "INCR", "got" }
     if witness:call { "INCR", "inside" } ~= 1 then overlaps = overlaps + 1 end
     core.sleep(0.002)
     witness:call { "DECR", "inside" }
@@ -193,9 +194,13 @@ describe("a redlock pool", function()
     local env = { URLS = table.concat(urls(), " "), WITNESS = witness.port, SECONDS = "3" }
     local procs = {}
     for i = 1, 4 do procs[i] = R.spawn(WORKER, env) end
-    R.sleep(1) -- the run goes on meanwhile; this only places the stop in it
+    local function got() return tonumber(witness:cli("GET", "got")) or 0 end
+    -- the stop falls inside the run: once the workers hold in turn, and
+    -- the restart once they went on holding without the node
+    R.until_true(function() return got() >= 10 end, 10, "locks before the stop")
     servers[2]:stop()
-    R.sleep(0.8)
+    local before = got()
+    R.until_true(function() return got() >= before + 10 end, 10, "locks with a node stopped")
     servers[2]:restart() -- persistent (AOF, fsync always): it kept its locks
     local total = 0
     for i = 1, 4 do

@@ -216,7 +216,7 @@ local function build_sys()
   local f = assert(io.open(dir .. "/rnsys.c", "w"))
   f:write(SYS)
   f:close()
-  local out, ok = R.sh(("cc -shared -fPIC -I/usr/include/lua5.4 -o %s/rnsys.so %s/rnsys.c 2>&1"):format(dir, dir))
+  local out, ok = R.sh(("cc -shared -fPIC $(pkg-config --cflags lua5.4) -o %s/rnsys.so %s/rnsys.c 2>&1"):format(dir, dir))
   assert(ok, out)
   return dir
 end
@@ -406,8 +406,20 @@ describe("obtain's renew option, misused", function()
     raises("renew interval must not be negative", "k", 1, 0, { renew = -1 })
     raises("renew interval must be at least 0.001 seconds", "k", 1, 0, { renew = 0 })
     raises("renew interval must not be NaN", "k", 1, 0, { renew = 0 / 0 })
-    raises("renew interval must be less than ttl", "k", 1, 0, { renew = 1 })
-    raises("renew interval must be less than ttl", "k", 1, 0, { renew = 5 })
+    raises("option 'renew' must be at most half the ttl", "k", 1, 0, { renew = 1 })
+    raises("option 'renew' must be at most half the ttl", "k", 1, 0, { renew = 5 })
+  end)
+
+  -- issue 17, item 4: held() turns false at ttl minus a margin after the
+  -- last renewal; an interval above ttl/2 leaves no time for one retry
+  it("takes an interval up to half the ttl, and raises above it naming option 'renew'", function()
+    raises("option 'renew' must be at most half the ttl", "k", 1, 0, { renew = 0.51 })
+    raises("option 'renew' must be at most half the ttl", "k", 1, 0, { renew = 0.99 })
+    -- half is accepted: the call runs (this locker's server is never reached)
+    local ok, lock, err = pcall(locker.obtain, locker, "half", 1, 0, { renew = 0.5 })
+    assert.is_true(ok, lock)
+    assert.is_nil(lock)
+    assert.matches("^fluxalock: connect", err)
   end)
 
   it("points at the caller's line", function()

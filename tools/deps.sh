@@ -6,7 +6,7 @@ set -eu
 PACKAGES="make gcc pkg-config lua5.4 liblua5.4-dev libhiredis-dev redis-server
 redis-tools lua-busted lua-cqueues lua-luv redis-sentinel
 lua-socket libssl-dev openssl clang libclang-rt-14-dev valgrind cppcheck clang-tidy lua-check
-luarocks python3-redis"
+luarocks python3-redis lua-http wrk"
 # a target that needs more passes it: sh tools/deps.sh <package>...
 PACKAGES="$PACKAGES $*"
 

@@ -2,6 +2,7 @@
 -- Unix socket), started by the specs themselves and stopped by their own
 -- PID; real OS processes for concurrency.  Never a mock.
 local core = require "fluxalock.core"
+local resp = require "support.resp"
 
 local R = {}
 
@@ -148,8 +149,14 @@ function Server:_launch(port)
   error("could not start redis-server: " .. (log and log:read("a") or "?"))
 end
 
--- redis-cli over the Unix socket (works while the TCP port is the subject)
+-- a command over the Unix socket (works while the TCP port is the
+-- subject), on a connection of the harness's own for this one call; the
+-- reply as redis-cli prints it.  redis-cli itself only for its own options
 function Server:cli(...)
+  local first = ...
+  if not tostring(first):find("^%-") then
+    return resp.cli({ socket = self.socket }, self.opts.password, ...)
+  end
   local args = { "redis-cli", "-s", self.socket }
   if self.opts.password then args[#args + 1] = "--no-auth-warning" args[#args + 1] = "-a" args[#args + 1] = self.opts.password end
   for _, a in ipairs { ... } do args[#args + 1] = a end

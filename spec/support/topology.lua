@@ -2,6 +2,7 @@
 -- real redis-server processes on loopback ports, started here and stopped by
 -- their own PID (support.redis does the single servers).
 local R = require "support.redis"
+local resp = require "support.resp"
 
 local T = {}
 local q = R.quote
@@ -17,8 +18,14 @@ end
 local Node = {}
 Node.__index = Node
 
--- redis-cli over TCP (sentinels have no Unix socket here)
+-- a command over TCP (sentinels have no Unix socket here), on a
+-- connection of the harness's own for this one call; redis-cli itself only
+-- for its own options (--no-raw)
 function Node:cli(...)
+  local first = ...
+  if not tostring(first):find("^%-") then
+    return resp.cli({ host = self.host, port = self.port }, nil, ...)
+  end
   local args = { "redis-cli", "-h", self.host or "127.0.0.1", "-p", self.port }
   for _, a in ipairs { ... } do args[#args + 1] = a end
   for i, a in ipairs(args) do args[i] = q(a) end

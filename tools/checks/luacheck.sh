@@ -1,4 +1,4 @@
 #!/bin/sh
 # CI: luacheck over every Lua file of the project (.luacheckrc): no globals,
 # no unused or shadowed variables.
-cd "$(dirname "$0")/../.." && luacheck --no-color -q lua spec examples bench bin/fluxalock
+cd "$(dirname "$0")/../.." && luacheck --no-color -q lua spec examples bench bin/fluxalock tools/safety
