@@ -1,28 +1,8 @@
 /*
  * fluxalock: shared declarations of the C core.
  *
- * Calls go one way, each layer calling only the ones below it:
- *
- *   userdata    lpool.c (fluxalock.Pool), llock.c (fluxalock.Lock),
- *               stats.c (pool:counts, pool:setlog), wake.c's methods
- *   strategies  fan.c: every request is a fan of legs, one per server asked;
- *               a pool kind is one table of functions (fan.h): kind_single.c
- *               (a single server is a one-leg group), kind_redlock.c,
- *               kind_cluster.c, kind_sentinel.c; group.c the group object
- *   driver      drive.c: the only waiter (poll(2), or the host's wait/park)
- *   server      server.c: fl_pool, one server's options, links and deferred
- *               releases; wake.c its wake-up subscription under a host
- *   connection  conn.c: fl_conn, a request queued on a shared link, and the
- *               reader role; conn_io.c: fl_link, one socket and its FIFO of
- *               requests, replies matched in order by a hiredis reader
- *   transport   net.h: net_tcp.c, net_tls.c, net_resolve.c (net_lua.c: the
- *               TLS settings object)
- *   leaves      keys.c (key naming, scripts, commands), token.c, clock.c,
- *               codes.c (the failure codes' names)
- *
- * renew.c/renew_io.c are the renewal thread: their own connections, never
- * the Lua state; lost.c the Lua side of the losses it reports.  core.c is
- * luaopen_fluxalock_core.
+ * The layers of the core, and which may call which: docs/internals.md (its
+ * table is what tools/checks/layers.sh checks).
  *
  * Ownership: fl_pool is malloc'd and reference counted.  The Pool userdata
  * holds one reference, every Lock holds one, so garbage-collection order and
@@ -212,6 +192,13 @@ typedef struct fl_pool {
   fl_counts n;
 } fl_pool;
 
+/* the renewal counters of a pool's renewed locks, shared by the pool and
+   the renewal thread's entries (renew.c); freed by the last reference */
+typedef struct fl_rcounts {
+  int refs;                 /* atomic: the pool's and one per entry */
+  long long renewed, lost;  /* atomic */
+} fl_rcounts;
+
 #define FL_MAXNODES 16 /* of a Redlock group */
 /* a coroutine that reads a shared socket for others (a link's reader, the
    subscription's) and is not back this long after its wait: abandoned */
@@ -277,6 +264,8 @@ void fl_pool_defer(fl_pool *p, const char *key, size_t keylen,
                    const char *wake, size_t wakelen, const char *token);
 void fl_pool_flush(fl_pool *p);
 void fl_pool_close_idle(fl_pool *p);
+void fl_rcounts_unref(fl_rcounts *c);
+void fl_renew_counts(fl_pool *p, long long *renewed, long long *lost);
 
 /* lpool.c: the Pool userdata holds one reference, NULL once closed */
 int fl_pool_open(lua_State *L);
@@ -318,7 +307,6 @@ void fl_renew_stop(fl_lock *lk);   /* before a release is sent; idempotent */
 void fl_renew_drop(fl_lock *lk);   /* __gc: stop, drop the lock's reference */
 int fl_renew_held(const fl_lock *lk); /* the renewal still vouches for it */
 int fl_renew_foreign(const fl_lock *lk); /* renewed by another process (fork) */
-void fl_renew_counts(fl_pool *p, long long *renewed, long long *lost);
 int fl_renew_found_lost(const fl_lock *lk); /* counted lost by the thread */
 int fl_renew_stopped(const fl_lock *lk); /* released, collected, or another
                                             process's: never to be told lost */
@@ -326,7 +314,6 @@ long long fl_renew_lost_seq(void); /* locks found lost so far (lost.c) */
 /* lost.c: on_lost, lost_fd, dispatch (API.md "Lost leases, told") */
 void fl_lost_tell(lua_State *L);
 void fl_lost_open(lua_State *L);
-void fl_renew_pool_free(fl_pool *p);
 /* stats.c */
 void fl_notify(lua_State *L, int lockidx);
 int fl_done(lua_State *L, fl_pool *p, fl_lock *lk, int op, const char *key,
@@ -340,6 +327,8 @@ const char *fl_wake_id(void); /* this process's id in its releases' messages */
 
 /* keys.c */
 unsigned fl_slot(const char *key, size_t len);
+int fl_redirect_parse(const char *msg, const char *from, unsigned *slot, char *host,
+                      size_t hostcap, int *port);
 const char *fl_companion(fl_conn *c, const char *key, size_t keylen,
                          const char *what, int withkey, size_t *len);
 char *fl_companion_dup(const fl_opts *o, const char *key, size_t keylen,

@@ -146,6 +146,34 @@ unsigned fl_slot(const char *key, size_t len) {
   return crc16(key, len) & 16383u;
 }
 
+/* "MOVED <slot> <host>:<port>" or "ASK ...": the slot, host and port it
+   names.  An empty host (Redis's ":port" when the node's endpoint is not
+   known) or "?" means the node that answered: 'from', its host.  1, or 0
+   when malformed.  The one parser of redirects (kind_cluster.c, renew_io.c) */
+int fl_redirect_parse(const char *msg, const char *from, unsigned *slot, char *host,
+                      size_t hostcap, int *port) {
+  const char *sp = strchr(msg, ' '), *addr, *colon;
+  char *end;
+  unsigned long sl;
+  long pt;
+  size_t hl;
+  if (!sp) return 0;
+  sl = strtoul(sp + 1, &end, 10);
+  if (end == sp + 1 || *end != ' ' || sl > 16383) return 0;
+  addr = end + 1;
+  if (!(colon = strrchr(addr, ':'))) return 0;
+  hl = (size_t)(colon - addr);
+  if (hl == 0 || (hl == 1 && addr[0] == '?')) addr = from, hl = from ? strlen(from) : 0;
+  if (hl == 0 || hl >= hostcap || memchr(addr, ' ', hl)) return 0;
+  memcpy(host, addr, hl);
+  host[hl] = '\0';
+  pt = strtol(colon + 1, &end, 10);
+  if (end == colon + 1 || *end != '\0' || pt < 1 || pt > 65535) return 0;
+  *port = (int)pt;
+  *slot = (unsigned)sl;
+  return 1;
+}
+
 /* the tables, once per process: every Lua state shares them, and two may
    load the module at once on two threads */
 static void scripts_make(void) {

@@ -48,32 +48,6 @@ static int starts(const redisReply *r, const char *p) {
   return r->type == REDIS_REPLY_ERROR && r->str && strncmp(r->str, p, strlen(p)) == 0;
 }
 
-/* "MOVED 3999 127.0.0.1:6381" -> slot, host, port; 0 when malformed */
-static int parse_redirect(const char *s, unsigned *slot, char *host, size_t hostcap,
-                          int *port) {
-  const char *sp = strchr(s, ' '), *addr, *colon;
-  char *end;
-  unsigned long sl;
-  long sl2;
-  size_t hl;
-  if (!sp) return 0;
-  sl = strtoul(sp + 1, &end, 10);
-  if (*end != ' ' || sl > 16383) return 0;
-  addr = end + 1;
-  colon = strrchr(addr, ':');
-  if (!colon) return 0;
-  hl = (size_t)(colon - addr);
-  if (hl >= hostcap) return 0;
-  memcpy(host, addr, hl);
-  host[hl] = '\0';
-  if (!hl) snprintf(host, hostcap, "127.0.0.1"); /* ":port": the same host */
-  sl2 = strtol(colon + 1, &end, 10);
-  if (*end != '\0' || sl2 < 1 || sl2 > 65535) return 0;
-  *port = (int)sl2;
-  *slot = (unsigned)sl;
-  return 1;
-}
-
 /* MOVED or ASK: follow it, at most MAX_HOPS times */
 static void redirect(fl_fan *f, fl_leg *l, const redisReply *r) {
   fl_pool *g = f->g;
@@ -81,7 +55,7 @@ static void redirect(fl_fan *f, fl_leg *l, const redisReply *r) {
   char host[256];
   unsigned slot;
   int port, idx, ask = starts(r, "ASK ");
-  if (!parse_redirect(r->str, &slot, host, sizeof host, &port)) {
+  if (!fl_redirect_parse(r->str, l->node->o.host, &slot, host, sizeof host, &port)) {
     fl_leg_fail(l, FL_E_SERVER, "fluxalock: %s %s: %s", op, l->node->o.where, r->str);
     return;
   }
@@ -145,6 +119,22 @@ static int cluster_fallback(fl_fan *f, fl_leg *l) {
   return 1;
 }
 
+/* a CLUSTER SLOTS node (its table at -3) whose endpoint is unknown (Redis 7's
+   cluster-preferred-endpoint-type unknown-endpoint): its "ip" metadata
+   (Redis 7), else the host of the seeds the map came from */
+static void unknown_endpoint(lua_State *L, fl_pool *g, char *host, size_t cap) {
+  const char *ip = NULL;
+  if (lua_rawgeti(L, -3, 4) == LUA_TTABLE) {
+    lua_rawgeti(L, -1, 1);
+    lua_rawgeti(L, -2, 2);
+    if (lua_tostring(L, -2) && strcmp(lua_tostring(L, -2), "ip") == 0) ip = lua_tostring(L, -1);
+    if (ip && *ip) snprintf(host, cap, "%s", ip);
+    lua_pop(L, 2);
+  }
+  lua_pop(L, 1);
+  if (!ip || !*ip) snprintf(host, cap, "%s", g->nnodes > 0 ? g->nodes[0]->o.host : "127.0.0.1");
+}
+
 /* pool:setslots(reply of CLUSTER SLOTS) -> number of slots mapped */
 int fl_cluster_setslots(lua_State *L) {
   fl_pool *g = fl_checkpool(L, 1);
@@ -169,7 +159,7 @@ int fl_cluster_setslots(lua_State *L) {
     lua_rawgeti(L, -2, 2);
     snprintf(host, sizeof host, "%s", lua_tostring(L, -2) ? lua_tostring(L, -2) : "");
     port = (int)lua_tointeger(L, -1);
-    if (!host[0]) snprintf(host, sizeof host, "127.0.0.1");
+    if (!host[0] || strcmp(host, "?") == 0) unknown_endpoint(L, g, host, sizeof host);
     if (port < 1 || port > 65535) return luaL_argerror(L, 2, "bad port in CLUSTER SLOTS");
     if ((idx = fl_group_node(g, host, port)) < 0) return luaL_error(L, "fluxalock: out of memory");
     for (s = from; s <= to; s++) g->slots[s] = (unsigned short)(idx + 1);

@@ -11,8 +11,9 @@
  * Lock userdata's, the thread registry's; whoever drops the last frees it.
  * The Lua thread and the renewal thread share only atomics (refs, state,
  * deadline, the counters) and, under one mutex, the hand-over list.  The
- * thread never touches the Lua state, an fl_pool or an fl_conn: it has its
- * own connections (renew_io.c).
+ * thread never touches the Lua state, nor a pool or request of the Lua
+ * thread: it has its own servers (fl_pool, without a host) and requests on
+ * them, and drives them with the same code as the Lua side (renew_io.c).
  *
  * The local deadline.  deadline = send time of the last confirmed renewal
  * (first: of the obtain) + ttl - margin, from CLOCK_BOOTTIME (clock.c).  The server
@@ -56,10 +57,12 @@
  * renewal counts when a quorum confirmed it within the validity window
  * (ttl - margin), and "not the owner" from more nodes than can be spared
  * is lost at once.  Cluster: the node of the key's slot at obtain; a MOVED
- * retargets it (renew_io.c).  Sentinel: the master at obtain; after a
- * failed renewal the thread asks the sentinels (given by the Lua layer) in
- * turn, SENTINEL get-master-addr-by-name, and retargets.  The pool's
- * 'replicas' (WAIT) option is not applied to renewals.
+ * retargets it (renew_io.c; ":port" is the host of the node that
+ * answered).  Sentinel: the master at obtain; after a failed renewal the
+ * thread asks the sentinels (given by the Lua layer) in turn, SENTINEL
+ * get-master-addr-by-name, and retargets once ROLE there says "master".
+ * The pool's 'replicas' option applies: each refresh is followed by WAIT
+ * (conn.c), and one that too few replicas acknowledged has failed.
  *
  * Hosts.  Nothing yields or waits on the Lua side: under cqueues, luv or
  * an embedding program a renewed lock costs the loop nothing.  The thread
@@ -119,18 +122,15 @@ static void *volatile orphan[2]; /* a fork child keeps the parent's state
 
 /* ---- entries and counters -------------------------------------------------- */
 
-static void counts_unref(fl_rcounts *c) {
-  if (c && RN_ADD(&c->refs, -1) == 0) free(c);
-}
-
 static void entry_free(fl_renewal *e) {
   int i;
   for (i = 0; i < e->ntargets; i++) fl_opts_free(&e->targets[i]);
   for (i = 0; i < e->nsentinels; i++) fl_opts_free(&e->sentinels[i]);
+  fl_opts_free(&e->cand);
   free(e->sentinels);
   free(e->master);
   memset(e->token, 0, sizeof e->token);
-  counts_unref(e->counts);
+  fl_rcounts_unref(e->counts);
   free(e->key);
   free(e);
 }
@@ -166,9 +166,9 @@ static void attempt(thr *t, fl_renewal *e, long long now) {
   for (i = 0; i < n; i++) {
     rn_leg *l = &e->legs[i];
     l->e = e;
-    l->query = e->asking != 0; /* Sentinel: where is the master now? */
-    l->ti = l->query ? e->asking - 1 : i;
-    l->hops = l->evaled = 0;
+    l->query = e->asking ? RQ_SENTINEL : RQ_REFRESH; /* Sentinel: where is the master now? */
+    l->ti = e->asking ? e->asking - 1 : i;
+    l->hops = 0;
     rn_leg_send(&t->io, l);
   }
 }
@@ -605,13 +605,3 @@ int fl_renew_stopped(const fl_lock *lk) {
   return !e || fl_renew_foreign(lk) || RN_LOAD(&e->state) == RN_STOPPED;
 }
 
-void fl_renew_counts(fl_pool *p, long long *renewed, long long *lost) {
-  fl_rcounts *c = p ? p->rcounts : NULL;
-  *renewed = c ? RN_LOAD(&c->renewed) : 0;
-  *lost = c ? RN_LOAD(&c->lost) : 0;
-}
-
-void fl_renew_pool_free(fl_pool *p) {
-  counts_unref(p->rcounts);
-  p->rcounts = NULL;
-}

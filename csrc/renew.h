@@ -20,24 +20,21 @@ enum { RN_RUN = 0, RN_STOPPED = 1, RN_LOST = 2 };
 /* the outcome of one leg (one node asked once) */
 enum { LEG_IDLE, LEG_QUEUED, LEG_OK, LEG_NOTOWNER, LEG_ERR };
 
-typedef struct rn_conn rn_conn;
+/* what a leg asks */
+enum { RQ_REFRESH, RQ_SENTINEL, RQ_ROLE };
 
 typedef struct rn_leg {
   struct fl_renewal *e;
-  int ti;           /* index into e->targets */
+  int ti;           /* index into e->targets (RQ_SENTINEL: e->sentinels) */
   int st;           /* LEG_* */
   int hops;         /* MOVED redirects followed in this attempt */
-  int evaled;       /* NOSCRIPT: sent again as EVAL */
-  int query;        /* 0: the refresh; 1: SENTINEL get-master-addr-by-name
-                       to sentinel ti, the answer retargets targets[0] */
-  rn_conn *c;       /* while LEG_QUEUED */
-  struct rn_leg *qnext;
+  int query;        /* RQ_REFRESH; RQ_SENTINEL: SENTINEL get-master-addr-by-
+                       name to sentinel ti, whose answer becomes e->cand;
+                       RQ_ROLE: ROLE to e->cand, a "master" retargets
+                       targets[0] there */
+  fl_conn *c;       /* its request while LEG_QUEUED (conn.c) */
+  struct rn_leg *qnext; /* the legs in flight (rn_io.flight) */
 } rn_leg;
-
-typedef struct fl_rcounts {
-  int refs;                 /* atomic: the pool's and one per entry */
-  long long renewed, lost;  /* atomic */
-} fl_rcounts;
 
 typedef struct fl_renewal {
   /* shared with the Lua thread: atomics only */
@@ -59,6 +56,8 @@ typedef struct fl_renewal {
   int nsentinels, asking; /* asking: the next attempt asks sentinel
                              (asking - 1) where the master is */
   char *master;        /* the Sentinel name of the master */
+  fl_opts cand;        /* the master a sentinel named, until ROLE confirms
+                          it (host NULL: none) */
   rn_leg legs[FL_MAXNODES];
   int inflight;        /* legs queued */
   int fails;           /* attempts in a row that confirmed nothing */
@@ -66,9 +65,12 @@ typedef struct fl_renewal {
   long long started;   /* send time of the attempt in flight */
 } fl_renewal;
 
-/* renew_io.c: the thread's connections, one per distinct target */
+/* renew_io.c: the thread's servers, one fl_pool of its own per distinct
+   target, and the legs in flight on them */
 typedef struct rn_io {
-  rn_conn *conns;
+  fl_pool **servers;
+  int nservers, cap;
+  rn_leg *flight;
 } rn_io;
 
 long long rn_mono(void);

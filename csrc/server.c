@@ -45,7 +45,7 @@ void fl_pool_unref(fl_pool *p) {
   for (i = 0; i < p->nnodes; i++) fl_pool_unref(p->nodes[i]); /* a group's */
   free(p->nodes);
   free(p->slots);
-  fl_renew_pool_free(p);
+  fl_rcounts_unref(p->rcounts);
   fl_opts_free(&p->o);
   free(p);
 }
@@ -129,4 +129,18 @@ void fl_pool_close_idle(fl_pool *p) {
       fl_link_close(p->links[i], "closed");
       p->links[i]->ever = 0; /* closed on purpose: the next connect is no reconnect */
     }
+}
+
+/* ---- renewal counters ------------------------------------------------------- */
+
+/* (atomic: the renewal thread's entries hold references too, renew.c) */
+void fl_rcounts_unref(fl_rcounts *c) {
+  if (c && __atomic_add_fetch(&c->refs, -1, __ATOMIC_ACQ_REL) == 0) free(c);
+}
+
+/* the renewals of p's locks so far, and the locks they found lost */
+void fl_renew_counts(fl_pool *p, long long *renewed, long long *lost) {
+  fl_rcounts *c = p ? p->rcounts : NULL;
+  *renewed = c ? __atomic_load_n(&c->renewed, __ATOMIC_ACQUIRE) : 0;
+  *lost = c ? __atomic_load_n(&c->lost, __ATOMIC_ACQUIRE) : 0;
 }

@@ -110,3 +110,41 @@ describe("a pool with replicas = 1", function()
     end, "fluxalock.configure: pool 'x': option 'replica_timeout' needs 'replicas'")
   end)
 end)
+
+describe("a renewed lock with replicas = 1", function()
+  local master, replica, fluxalock
+
+  lazy_setup(function()
+    master = R.start { args = { "--repl-diskless-sync-delay", "0" } }
+    replica = R.start { args = { "--replicaof", "127.0.0.1", tostring(master.port) } }
+    R.until_true(function()
+      local out = R.sh(("printf 'SET warm 1\\nWAIT 1 100\\n' | redis-cli -p %d"):format(master.port))
+      return out == "OK\n1\n"
+    end, 10, "replica acknowledging")
+    fluxalock = require "fluxalock"
+  end)
+
+  lazy_teardown(function()
+    if replica then replica:stop() end
+    if master then master:stop() end
+  end)
+
+  it("is found lost after its deadline once its replica stops acknowledging the renewals", function()
+    fluxalock.configure { pools = { renewed = { url = master.url, replicas = 1, replica_timeout = 0.1 } } }
+    local l = fluxalock.locker("renewed")
+    local lock = assert(l:obtain("w-renewed", 1, 0, { renew = 0.2 }))
+    -- renewed, acknowledged: alive past its ttl
+    R.until_true(function() return l:stats().renewed >= 6 end, 5, "renewals")
+    assert.is_true(lock:held())
+    assert.equal("1", replica:cli("EXISTS", "w-renewed"))
+    replica:stop() -- by PID: no replica acknowledges the renewals any more
+    local t0 = R.now()
+    R.until_true(function() return not lock:held() end, 5, "the lock to be found lost")
+    -- the master still has it (each unacknowledged renewal was written there):
+    -- the renewals were refused for want of a replica, not for a lost key
+    assert.equal("1", master:cli("EXISTS", "w-renewed"))
+    assert.is_true(R.now() - t0 >= 0.5, "lost before its deadline")
+    assert.is_true(l:stats().lost >= 1)
+    lock:release()
+  end)
+end)

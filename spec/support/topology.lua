@@ -17,8 +17,10 @@ Node.__index = Node
 -- for its own options (--no-raw)
 function Node:cli(...)
   local first = ...
-  if not tostring(first):find("^%-") then return resp.cli({ port = self.port }, nil, ...) end
-  local args = { "redis-cli", "-h", "127.0.0.1", "-p", self.port }
+  if not tostring(first):find("^%-") then
+    return resp.cli({ host = self.host, port = self.port }, nil, ...)
+  end
+  local args = { "redis-cli", "-h", self.host or "127.0.0.1", "-p", self.port }
   for _, a in ipairs { ... } do args[#args + 1] = a end
   for i, a in ipairs(args) do args[i] = q(a) end
   return (R.sh(table.concat(args, " ") .. " 2>&1"):gsub("\n$", ""))
@@ -33,20 +35,22 @@ function Node:stop(sig)
 end
 
 -- a redis-server from a config file ('lines'), with extra CLI words; lines
--- may be a function of the port (tried until a free one is found)
-local function launch(lines, extra, port)
+-- may be a function of the port (tried until a free one is found); host: the
+-- loopback address it binds (default 127.0.0.1)
+local function launch(lines, extra, port, host)
+  host = host or "127.0.0.1"
   local dir = R.tmpdir("t")
   for _ = 1, 20 do
     local p = port or math.random(20000, 59999)
     local conf = dir .. "/node.conf"
     local f = assert(io.open(conf, "w"))
-    f:write(("port %d\nbind 127.0.0.1\nprotected-mode no\ndaemonize yes\n"):format(p))
+    f:write(("port %d\nbind %s\nprotected-mode no\ndaemonize yes\n"):format(p, host))
     f:write(("dir %s\npidfile %s/node.pid\nlogfile %s/node.log\n"):format(dir, dir, dir))
     for _, l in ipairs(lines) do f:write(l, "\n") end
     f:close()
     os.remove(dir .. "/node.pid")
     R.sh(("redis-server %s %s >/dev/null 2>&1"):format(q(conf), extra or ""))
-    local n = setmetatable({ port = p, dir = dir, addr = "127.0.0.1:" .. p }, Node)
+    local n = setmetatable({ port = p, dir = dir, host = host, addr = host .. ":" .. p }, Node)
     local ok = pcall(R.until_true, function()
       local h = io.open(dir .. "/node.pid")
       if not h then return false end
@@ -145,24 +149,33 @@ end
 
 -- ---- Cluster ----------------------------------------------------------------
 
--- T.cluster(): 3 masters + 3 replicas made by redis-cli --cluster create.
+-- T.cluster([o]): 3 masters + 3 replicas made by redis-cli --cluster create.
 -- Returns { nodes = {...}, seeds = {"127.0.0.1:p", ...} }, nodes with .id;
--- c:master_of(slot), c:replica_of(node), c:stop().
+-- c:master_of(slot), c:replica_of(node), c:stop().  o.host: the loopback
+-- address of every node; o.lines: more config lines; o.replicas = 0: 3
+-- masters only.
 local Cluster = {}
 Cluster.__index = Cluster
 
-function T.cluster()
+function T.cluster(o)
+  o = o or {}
   local c = setmetatable({ nodes = {}, seeds = {} }, Cluster)
-  for i = 1, 6 do
-    c.nodes[i] = launch { "cluster-enabled yes", "cluster-config-file nodes.conf",
-                          "cluster-node-timeout 1000", "appendonly no", 'save ""',
-                          "repl-diskless-sync-delay 0" }
+  local reps = o.replicas or 1
+  for i = 1, 3 * (1 + reps) do
+    local lines = { "cluster-enabled yes", "cluster-config-file nodes.conf",
+                    "cluster-node-timeout 1000", "appendonly no", 'save ""',
+                    "repl-diskless-sync-delay 0" }
+    -- (the cluster bus would otherwise announce the source address of its
+    -- connections, 127.0.0.1)
+    if o.host then lines[#lines + 1] = "cluster-announce-ip " .. o.host end
+    for _, l in ipairs(o.lines or {}) do lines[#lines + 1] = l end
+    c.nodes[i] = launch(lines, nil, nil, o.host)
     c.seeds[i] = c.nodes[i].addr
   end
   local args = {}
   for i, s in ipairs(c.seeds) do args[i] = q(s) end
   local out = R.sh("redis-cli --cluster create " .. table.concat(args, " ") ..
-    " --cluster-replicas 1 --cluster-yes 2>&1")
+    " --cluster-replicas " .. reps .. " --cluster-yes 2>&1")
   assert(out:find("All 16384 slots covered", 1, true), out)
   R.until_true(function()
     for _, n in ipairs(c.nodes) do
@@ -184,7 +197,7 @@ function Cluster:master_of(slot, via)
   via = via or self.nodes[1]
   local out = via:cli("--no-raw", "CLUSTER", "SLOTS")
   local entry = '%d+%) 1%) %(integer%) (%d+)\n%s+2%) %(integer%) (%d+)\n'
-    .. '%s+3%) 1%) "[^"]*"\n%s+2%) %(integer%) (%d+)'
+    .. '%s+3%) 1%) [^\n]*\n%s+2%) %(integer%) (%d+)' -- (nil): unknown endpoint
   for from, to, port in out:gmatch(entry) do
     if slot >= tonumber(from) and slot <= tonumber(to) then
       for _, n in ipairs(self.nodes) do if n.port == tonumber(port) then return n end end

@@ -1,5 +1,6 @@
--- The shape of csrc/ (docs/internals.md), checked: calls between files
--- form no circle except the two pairs that are one layer each; no file is
+-- The shape of csrc/ (docs/internals.md), checked: calls between files go
+-- down the layers of docs/internals.md's table, never up, and form no
+-- circle except the two pairs that are one layer each; no file is
 -- over MAX_LINES lines and no function over MAX_FUNC; only the strategy
 -- files ask which kind a pool is.  Prints each breach; exits 1 on any.
 -- usage: lua5.4 tools/checks/lib/layers.lua csrc/*.c
@@ -21,6 +22,25 @@ local function code_of(text)
   return text
 end
 
+-- the layers, top to bottom: the table under "## Layers" in
+-- docs/internals.md (its one description), files in backquotes in the
+-- second column.  A call goes to the file's own row or a row below it
+local LAYERS_DOC = "docs/internals.md"
+local row_of, rows = {}, {}
+do
+  local f = assert(io.open(LAYERS_DOC))
+  local doc = f:read("a")
+  f:close()
+  local section = doc:match("\n## Layers\n(.-)\n## ") or ""
+  for line in section:gmatch("[^\n]+") do
+    local name, cells = line:match("^| ([^|]-) | ([^|]+) |")
+    if name and name ~= "layer" and not name:match("^%-") then
+      rows[#rows + 1] = name
+      for file in cells:gmatch("`([%w_]+%.c)`") do row_of[file] = #rows end
+    end
+  end
+end
+
 local files, defs = {}, {}
 for _, path in ipairs(arg) do
   local f = assert(io.open(path))
@@ -39,6 +59,33 @@ for name, text in pairs(files) do
   for ident in text:gmatch("fl_[%w_]+") do
     local at = defs[ident]
     if at and at ~= name then edges[name][at] = true end
+  end
+end
+
+-- direction: no call from a file to a file of a row above its own
+if #rows == 0 then breach("no layer table under '## Layers' in %s", LAYERS_DOC) end
+do
+  local sorted = {}
+  for name in pairs(files) do sorted[#sorted + 1] = name end
+  table.sort(sorted)
+  for _, name in ipairs(sorted) do
+    if not row_of[name] then
+      breach("%s is in no layer of %s", name, LAYERS_DOC)
+    else
+      local callees = {}
+      for at in pairs(edges[name]) do callees[#callees + 1] = at end
+      table.sort(callees)
+      for _, at in ipairs(callees) do
+        if row_of[at] and row_of[at] < row_of[name] then
+          local why = {}
+          for ident in files[name]:gmatch("fl_[%w_]+") do
+            if defs[ident] == at and not why[ident] then why[#why + 1] = ident why[ident] = true end
+          end
+          breach("%s (%s) calls up into %s (%s): %s", name, rows[row_of[name]], at,
+            rows[row_of[at]], table.concat(why, ", "))
+        end
+      end
+    end
   end
 end
 
