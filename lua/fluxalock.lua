@@ -5,7 +5,7 @@
 --   if not lock then print(err) return end
 --
 -- This layer holds configuration, pools, validation and the waiting policy;
--- the C core (fluxalock.core) speaks to Redis.  See README.md for the API.
+-- the C core (fluxalock.core) speaks to Redis.  See docs/api.md for the API.
 
 local core = require "fluxalock.core"
 local config = require "fluxalock.config"
@@ -755,7 +755,7 @@ function Locker.obtain(self, key, ttl, wait, opts)
 end
 
 --- locker:stats() -> a fresh table of counters since the locker was made
---- (README: "Figures and a debug log")
+--- (docs/api.md: "Figures and the debug log")
 function Locker.stats(self)
   if getmetatable(self) ~= Locker then
     error(("calling 'stats' on bad self (fluxalock.Locker expected, got %s)"):format(type(self)), 2)

@@ -51,7 +51,7 @@ describe("the core's edges", function()
     assert.same({ 0, 0, 1, 501, 3599501, 3600000, 3600000, 3600000, 3600000, 0 }, ms)
   end)
 
-  -- item 10: a prefix is bytes, NUL included (README: "free of NUL bytes
+  -- item 10: a prefix is bytes, NUL included (docs/api.md: "free of NUL bytes
   -- (except prefix)")
   it("uses a prefix with a NUL byte whole: the key in Redis is prefix..key, byte for byte", function()
     local fl = R.fluxalock(server, { prefix = "jobs\0x:" })
