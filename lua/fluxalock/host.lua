@@ -315,14 +315,15 @@ local function luv_host()
     later(wake)
   end
   -- a poll handle and a timer, both unreferenced: they never keep the
-  -- loop running by themselves.  Made once (the descriptor stays the same)
-  -- and stopped while there is nothing to watch
+  -- loop running by themselves.  Closed once there is nothing to watch, so
+  -- that nothing of fluxalock's stays in the loop (uv.walk shows none)
   local lost_poll, lost_timer, lost_tick
   local function check()
     if lost_tick and not lost_tick() then
       lost_tick = nil
-      lost_poll:stop()
-      lost_timer:stop()
+      lost_poll:close()
+      lost_timer:close()
+      lost_poll, lost_timer = nil, nil
     end
   end
   function h._watch(fd, tick)
