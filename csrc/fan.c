@@ -62,6 +62,7 @@ static int leg_cmd(fl_fan *f, fl_conn *c, double *extra) {
     c->cmd = *f->call;
     return 0;
   }
+  if (f->mode && op != FL_OP_AWAIT) return fl_mode_cmd(f, c);
   if (op != FL_OP_TTL && op != FL_OP_REFRESH &&
       !(comp = fl_companion(c, FAN_KEY(f), FAN_KEYLEN(f), op == FL_OP_OBTAIN ? "fence" : "wake:",
                             op != FL_OP_OBTAIN, &complen)))
@@ -420,6 +421,7 @@ void fl_fan_defer(fl_lock *lk) {
                                   lk->keylen - lk->prefixlen, "wake:", &wakelen);
     if (!wake) continue; /* best effort: the lock's TTL still frees it */
     fl_pool_defer(nodes[i], lk->key, lk->keylen, wake, wakelen, lk->token);
+    if (nodes[i]->pending) nodes[i]->pending->mode = lk->mode;
     free(wake);
     if (!g->has_host) fl_pool_flush(nodes[i]);
   }

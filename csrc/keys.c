@@ -18,6 +18,7 @@
 #include <stdio.h>
 
 #include "fluxalock.h"
+#include "modes_scripts.h"
 
 /* ---- the scripts ------------------------------------------------------- */
 
@@ -74,6 +75,7 @@ fl_script fl_scripts[FL_NSCRIPTS] = {
     "end\n"
     "redis.call('pexpire', KEYS[1], ms)\n"
     "return 1\n", "" },
+  FL_MODE_SCRIPTS
 };
 
 /* ---- SHA-1, for EVALSHA (FIPS 180-4) ------------------------------------ */
@@ -232,7 +234,7 @@ char *fl_companion_dup(const fl_opts *o, const char *key, size_t keylen,
 /* ---- command building ---------------------------------------------------- */
 
 void fl_cmd_script(fl_cmd *cmd, int script, int nkeys) {
-  static const char *nk[] = {"0", "1", "2"};
+  static const char *nk[] = {"0", "1", "2", "3", "4", "5", "6"};
   cmd->script = script;
   cmd->argc = 0;
   fl_cmd_arg(cmd, "EVALSHA", 7);

@@ -93,24 +93,29 @@ static int command(rn_conn *c, int argc, const char **argv, const size_t *len) {
 /* EVALSHA (or, after NOSCRIPT, EVAL) of the refresh script in replace mode */
 static int refresh_cmd(rn_conn *c, const rn_leg *l) {
   const fl_renewal *e = l->e;
-  const fl_script *s = &fl_scripts[FL_S_REFRESH];
-  const char *argv[7];
-  size_t len[7];
+  /* a lock in a mode (e->hkey): its own refresh script, with its holders'
+     key as KEYS[2] (modes.c) */
+  const fl_script *s = &fl_scripts[e->hkey ? FL_S_MREFRESH : FL_S_REFRESH];
+  int m = e->hkey != NULL;
+  const char *argv[8];
+  size_t len[8];
   argv[0] = l->evaled ? "EVAL" : "EVALSHA";
   argv[1] = l->evaled ? s->body : s->sha;
-  argv[2] = "1";
+  argv[2] = m ? "2" : "1";
   argv[3] = e->key;
-  argv[4] = e->token;
-  argv[5] = e->ttlarg;
-  argv[6] = "1"; /* replace: the time left becomes the ttl */
+  argv[4] = e->hkey;
+  argv[4 + m] = e->token;
+  argv[5 + m] = e->ttlarg;
+  argv[6 + m] = "1"; /* replace: the time left becomes the ttl */
   len[0] = strlen(argv[0]);
   len[1] = strlen(argv[1]);
   len[2] = 1;
   len[3] = e->keylen;
-  len[4] = FL_TOKEN_LEN;
-  len[5] = strlen(e->ttlarg);
-  len[6] = 1;
-  return command(c, 7, argv, len);
+  len[4] = e->hkeylen;
+  len[4 + m] = FL_TOKEN_LEN;
+  len[5 + m] = strlen(e->ttlarg);
+  len[6 + m] = 1;
+  return command(c, 7 + m, argv, len);
 }
 
 static int sentinel_cmd(rn_conn *c, const rn_leg *l) {

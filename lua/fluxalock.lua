@@ -9,6 +9,7 @@
 
 local core = require "fluxalock.core"
 local config = require "fluxalock.config"
+local modes = require "fluxalock.modes"
 
 local type, error, getmetatable, setmetatable = type, error, getmetatable, setmetatable
 local min, now, random = math.min, core.now, math.random
@@ -58,7 +59,7 @@ local function renew_interval(opts, ttl, ms)
     argerror(4, "obtain", "options must be a table, got " .. type(opts), 4)
   end
   for k in pairs(opts) do
-    if k ~= "renew" then argerror(4, "obtain", ("unknown option '%s'"):format(tostring(k)), 4) end
+    if k ~= "renew" and not modes.OPTS[k] then argerror(4, "obtain", ("unknown option '%s'"):format(tostring(k)), 4) end
   end
   local r = opts.renew
   if r == nil or r == false then return nil end
@@ -208,8 +209,9 @@ end
 -- is made at it.
 -- -> lock, sent | false (not obtained) | nil, message; 'sent' is when the
 -- successful try was sent (a renewal's first deadline counts from it)
-local function wait_for(self, pool, key, ms, deadline)
+local function wait_for(self, pool, key, ms, deadline, mode)
   local step, smax, pause = self._step, self._max, 0
+  if mode then smax = min(smax, modes.HEARTBEAT_STEP) end -- (its heartbeat)
   local lock, err, sent = false, nil, nil
   while not lock do
     if lock == nil then return nil, err end
@@ -222,7 +224,7 @@ local function wait_for(self, pool, key, ms, deadline)
       if ok == nil then return nil, werr end
     end
     sent = now()
-    lock, err = pool:obtain(key, ms)
+    lock, err = pool:obtain(key, ms, mode)
   end
   return lock, sent
 end
@@ -445,10 +447,11 @@ local function first_tried(pool, key, full, qs, lock, err)
 end
 
 -- the local queue's way of waiting (its first try made); -> as wait_for
-local function wait_queued(self, pool, key, ms, deadline, q, w)
+local function wait_queued(self, pool, key, ms, deadline, q, w, mode)
   self._waiting = self._waiting + 1
   w.counted = self -- dequeue counts it out
   local step, smax, pause = self._step, self._max, 0
+  if mode then smax = min(smax, modes.HEARTBEAT_STEP) end -- (its heartbeat)
   local lock, err, sent = false, nil, nil
   while true do
     local left = deadline - now()
@@ -487,7 +490,7 @@ local function wait_queued(self, pool, key, ms, deadline, q, w)
       end
       w.alive = now() + 5 -- the try may take a command's timeout
       sent = now()
-      lock, err = pool:obtain(key, ms)
+      lock, err = pool:obtain(key, ms, mode)
       if lock ~= false or now() >= deadline then break end
     end
   end
@@ -530,6 +533,8 @@ function Locker.obtain(self, key, ttl, wait, opts)
   end
   local every = renew_interval(opts, ttl, ms)
   local pool = self._pool
+  local mode = opts and modes.check(opts, core_of(pool))
+  if mode and wait > 0 then mode.act = "1" end -- a waiter queues in Redis
   local sent = now() -- the renewal's first deadline counts from the send
   local full = host_wait and wait > 0 and self._prefix .. key
   local lock, err, waited
@@ -545,7 +550,7 @@ function Locker.obtain(self, key, ttl, wait, opts)
     if qs[full] == nil then -- nobody here waits for it: no queue for the try
       local _ <close> = first_try
       qs[full] = coroutine.running()
-      lock, err = pool:obtain(key, ms)
+      lock, err = pool:obtain(key, ms, mode)
       lock, err, q, w = first_tried(pool, key, full, qs, lock, err)
       tried = true
     else
@@ -554,22 +559,22 @@ function Locker.obtain(self, key, ttl, wait, opts)
     local _ <close> = w -- closed (or failing) from here on: it leaves the queue
     if not tried then
       lock = false
-      if head(q) == w then lock, err = pool:obtain(key, ms) end
+      if head(q) == w then lock, err = pool:obtain(key, ms, mode) end
       if lock ~= false then dequeue(w) end
     end
     if lock == false then
       waited = true
       local wsent
-      lock, wsent = wait_queued(self, pool, key, ms, t0 + wait, q, w)
+      lock, wsent = wait_queued(self, pool, key, ms, t0 + wait, q, w, mode)
       if lock then sent = wsent else err = wsent end
     end
   else
-    lock, err = pool:obtain(key, ms)
+    lock, err = pool:obtain(key, ms, mode)
     if lock == false and wait > 0 then
       waited = true
       self._waiting = self._waiting + 1
       local wsent
-      lock, wsent = wait_for(self, pool, key, ms, t0 + wait)
+      lock, wsent = wait_for(self, pool, key, ms, t0 + wait, mode)
       self._waiting = self._waiting - 1
       if lock then sent = wsent else err = wsent end
     end
@@ -586,12 +591,29 @@ function Locker.obtain(self, key, ttl, wait, opts)
     if every then return renewed(pool, lock, ms, every, sent) end
     return lock
   end
+  if mode and waited then modes.leave(pool, key, ms, mode) end -- its queue entry
   if lock == false then
     self._not_obtained = self._not_obtained + 1
     return nil, NOT_OBTAINED
   end
   self._errors = self._errors + 1
+  if mode then return nil, modes.error(mode, err) end
   return nil, err
+end
+
+--- locker:inspect(key) -> { mode, holders, limit, waiting, ttl } | nil, message
+function Locker.inspect(self, key)
+  if getmetatable(self) ~= Locker then
+    error(("calling 'inspect' on bad self (fluxalock.Locker expected, got %s)"):format(type(self)), 2)
+  end
+  if type(key) ~= "string" then
+    argerror(1, "inspect", "key must be a string, got " .. type(key))
+  end
+  if key == "" then argerror(1, "inspect", "key must not be empty") end
+  if core_of(self._pool):info().kind == "redlock" then
+    error("fluxalock: inspect is not available on a Redlock pool", 2)
+  end
+  return modes.inspect(self._pool, key)
 end
 
 --- locker:stats() -> a fresh table of counters since the locker was made
