@@ -140,8 +140,8 @@ static void leg_reply(fl_fan *f, fl_leg *l) {
     c->reply = NULL;
   } else if (f->op == FL_OP_AWAIT) {
     l->n = r->type == REDIS_REPLY_ARRAY;
-  } else if (r->type == REDIS_REPLY_INTEGER && !(f->op == FL_OP_OBTAIN && r->integer < 0)) {
-    /* (the obtain script answers 0 or a fence, never below) */
+  } else if (r->type == REDIS_REPLY_INTEGER && !(f->op == FL_OP_OBTAIN && r->integer < -1)) {
+    /* (the obtain script answers a fence, 0, or -1: held in a mode) */
     l->n = r->integer;
     if (unacked(f, l)) return;
   } else {
@@ -328,10 +328,16 @@ int fl_verdict_one(lua_State *L, fl_fan *f) {
     if (done && l->n > 0) {
       lk->held = 1;
       lk->fence = l->n;
+      if (lk->mode == 'p') lk->mode = 0; /* a plain lock now (modes.c) */
       lua_pushvalue(L, FAN_LOCK);
       return 1;
     }
     if (f->unacked) return fl_fan_undo(L, f, 1, l->err);
+    if (done && l->n == -1) { /* held in a mode: the Lua layer queues */
+      lua_pushboolean(L, 0);
+      lua_pushliteral(L, "mode");
+      return 2;
+    }
     break;
   case FL_OP_RELEASE:
     if (f->phase > 0) return undone(L, f);

@@ -215,7 +215,7 @@ typedef struct fl_lock {
   size_t prefixlen;
   int held;         /* cleared before the release is sent (liolib habit) */
   struct fl_renewal *renew; /* NULL, or its renewal entry (one reference) */
-  unsigned char mode; /* 0 (a plain lock), or 'l', 's', 'x' (modes.c) */
+  unsigned char mode; /* 0 (a plain lock), or 'l', 's', 'x', 'p' (modes.c) */
   unsigned char act;  /* a mode obtain's action: '0' try, '1' queue, '2' leave */
   char limit[8];      /* a mode's limit, as the script's argument */
   char token[FL_TOKEN_LEN];

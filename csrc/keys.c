@@ -45,6 +45,9 @@ fl_script fl_scripts[FL_NSCRIPTS] = {
     "if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then\n"
     "  return redis.call('incr', KEYS[2])\n"
     "end\n"
+    /* held in a mode (modes_scripts.h): -1, so that a waiting obtain
+       queues behind the key's holders (readers do not starve it) */
+    "if redis.call('get', KEYS[1]) == '" FL_MODE_MARK "' then return -1 end\n"
     "return 0\n", "" },
   { "release",
     /* KEYS: lock, wake. ARGV: token, wake-up lifetime in ms, the

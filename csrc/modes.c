@@ -14,7 +14,7 @@
 #define HEARTBEAT_MS "800" /* a waiter's entry lives this long past its last
                               try: a dead waiter holds the others up < 1 s */
 
-/* pool:obtain's 4th argument, a mode table { kind = "l"|"s"|"x", limit =
+/* pool:obtain's 4th argument, a mode table { kind = "l"|"s"|"x"|"p", limit =
    N, act = "0"|"1"|"2" [, token] } (the Lua layer checked it): into lk.
    A waiter keeps its place in the queue by trying with the same token:
    the first try writes the lock's token into the table, later ones take
@@ -24,7 +24,7 @@ int fl_mode_read(lua_State *L, int idx, fl_lock *lk) {
   size_t n;
   lua_getfield(L, idx, "kind");
   s = lua_tolstring(L, -1, &n);
-  lk->mode = (unsigned char)(s && n == 1 && strchr("lsx", s[0]) ? s[0] : 0);
+  lk->mode = (unsigned char)(s && n == 1 && strchr("lsxp", s[0]) ? s[0] : 0);
   lua_getfield(L, idx, "act");
   s = lua_tolstring(L, -1, &n);
   lk->act = (unsigned char)(s && n == 1 && strchr("012", s[0]) ? s[0] : '0');

@@ -39,12 +39,12 @@
 #define FL_MODE_SCRIPTS \
   { "mobtain", \
     /* KEYS: lock, fence, wake, holders, queue, meta. ARGV: token, ms, \
-       kind (l, s, x), limit, action (0 try, 1 try and queue, 2 leave the \
+       kind (l, s, x; p: a plain obtain queued), limit, action (0 try, 1 try and queue, 2 leave the \
        queue), heartbeat ms.  -> fence | 0 | error LIMIT */ \
     FL_MODE_COMMON \
     "local K, H, Q, M = KEYS[1], KEYS[4], KEYS[5], KEYS[6]\n" \
     "local tok, kind, act = ARGV[1], ARGV[3], ARGV[5]\n" \
-    "local me = kind .. tok\n" \
+    "local me, hb = kind .. tok, tonumber(ARGV[6])\n" \
     "if act == '2' then\n" \
     "  redis.call('zrem', Q, me)\n" \
     "  redis.call('hdel', M, 'w' .. tok)\n" \
@@ -81,7 +81,17 @@
     "elseif ok and kind == 's' then\n" \
     "  ok = (nh == 0 or mode == 's') and not xahead\n" \
     "elseif ok then ok = nh == 0 and ahead == 0 end\n" \
-    "local hb = tonumber(ARGV[6])\n" \
+    /* p: a plain obtain that queued behind a mode's holders; it gets the \
+       plain lock, the holder's token as the value */ \
+    "if ok and kind == 'p' then\n" \
+    "  if mine then\n" \
+    "    redis.call('zrem', Q, me)\n" \
+    "    redis.call('hdel', M, 'w' .. tok)\n" \
+    "  end\n" \
+    "  redis.call('set', K, tok, 'PX', ARGV[2])\n" \
+    "  keep(K, H, Q, M, hb)\n" \
+    "  return redis.call('incr', KEYS[2])\n" \
+    "end\n" \
     "if not ok then\n" \
     "  if act == '1' then\n" \
     "    if not mine then\n" \

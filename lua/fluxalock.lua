@@ -208,15 +208,17 @@ end
 -- latest by the next step.  No wait runs past the deadline, and a last try
 -- is made at it.
 -- -> lock, sent | false (not obtained) | nil, message; 'sent' is when the
--- successful try was sent (a renewal's first deadline counts from it)
+-- successful try was sent (a renewal's first deadline counts from it); and
+-- the mode it waited in (fluxalock/modes.lua: a plain obtain on a key held
+-- in a mode queues as a writer)
 local function wait_for(self, pool, key, ms, deadline, mode)
   local step, smax, pause = self._step, self._max, 0
   if mode then smax = min(smax, modes.HEARTBEAT_STEP) end -- (its heartbeat)
   local lock, err, sent = false, nil, nil
   while not lock do
-    if lock == nil then return nil, err end
+    if lock == nil then return nil, err, mode end
     local left = deadline - now()
-    if left <= 0 then return false end
+    if left <= 0 then return false, nil, mode end
     pause = min(pause + step, smax)
     if left >= 0.001 then
       -- the server times BLPOP out coarsely: 'left' is enforced client-side
@@ -225,8 +227,12 @@ local function wait_for(self, pool, key, ms, deadline, mode)
     end
     sent = now()
     lock, err = pool:obtain(key, ms, mode)
+    if err == "mode" then
+      mode, smax = modes.writer(), min(smax, modes.HEARTBEAT_STEP)
+      lock, err = pool:obtain(key, ms, mode)
+    end
   end
-  return lock, sent
+  return lock, sent, mode
 end
 
 -- ---- waiting under a host: a local FIFO per key ------------------------------
@@ -491,13 +497,17 @@ local function wait_queued(self, pool, key, ms, deadline, q, w, mode)
       w.alive = now() + 5 -- the try may take a command's timeout
       sent = now()
       lock, err = pool:obtain(key, ms, mode)
+      if err == "mode" then
+        mode, smax = modes.writer(), min(smax, modes.HEARTBEAT_STEP)
+        lock, err = pool:obtain(key, ms, mode)
+      end
       if lock ~= false or now() >= deadline then break end
     end
   end
   dequeue(w)
-  if lock == nil then return nil, err end
-  if not lock then return false end
-  return lock, sent
+  if lock == nil then return nil, err, mode end
+  if not lock then return false, nil, mode end
+  return lock, sent, mode
 end
 
 -- the first try at a key nobody waited for: its coroutine closed (or
@@ -565,7 +575,8 @@ function Locker.obtain(self, key, ttl, wait, opts)
     if lock == false then
       waited = true
       local wsent
-      lock, wsent = wait_queued(self, pool, key, ms, t0 + wait, q, w, mode)
+      if err == "mode" then mode = modes.writer() end
+      lock, wsent, mode = wait_queued(self, pool, key, ms, t0 + wait, q, w, mode)
       if lock then sent = wsent else err = wsent end
     end
   else
@@ -574,7 +585,8 @@ function Locker.obtain(self, key, ttl, wait, opts)
       waited = true
       self._waiting = self._waiting + 1
       local wsent
-      lock, wsent = wait_for(self, pool, key, ms, t0 + wait, mode)
+      if err == "mode" then mode = modes.writer() end
+      lock, wsent, mode = wait_for(self, pool, key, ms, t0 + wait, mode)
       self._waiting = self._waiting - 1
       if lock then sent = wsent else err = wsent end
     end

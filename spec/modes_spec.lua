@@ -295,6 +295,32 @@ describe("modes", function()
       for _, r in ipairs(readers) do local out = r:wait(30) assert.truthy(out:find("READS%s%d+"), out) end
     end)
 
+    it("an obtain without options waits as a writer: later readers wait behind it; it gets a plain lock", function()
+      local r = assert(locker:obtain("rw-w", 10, 0, { shared = true }))
+      local p = R.spawn(([[
+        local fluxalock = require "fluxalock"
+        local l = fluxalock.locker(%q)
+        local lock, err = l:obtain("rw-w", 10, 10)
+        if not lock then print(tostring(err)) return end
+        print("GOT", lock:token() == l._pool:call { "GET", "rw-w" })
+        l._pool:call { "SET", "rw-w-got", "1" }
+        local t = require("fluxalock.core").now() + 5
+        while l._pool:call { "GET", "rw-w-done" } ~= "1" and require("fluxalock.core").now() < t do
+          require("fluxalock.core").sleep(0.01)
+        end
+        print("RELEASED", lock:release())
+      ]]):format(server.url))
+      until_true(function() return locker:inspect("rw-w").waiting == 1 end, 20, "the plain waiter")
+      -- a reader that comes now waits behind it
+      assert.same({ nil, "not obtained" }, { locker:obtain("rw-w", 5, 0, { shared = true }) })
+      assert.is_true(r:release())
+      until_true(function() return server:cli("GET", "rw-w-got") == "1" end, 10, "the plain waiter's lock")
+      assert.same({ nil, "not obtained" }, { locker:obtain("rw-w", 5, 0, { shared = true }) })
+      server:cli("SET", "rw-w-done", "1")
+      assert.equal("GOT\ttrue\nRELEASED\ttrue\n", p:wait(10))
+      assert.truthy(locker:obtain("rw-w", 5, 0, { shared = true })):release()
+    end)
+
     it("a redis-py Lock excludes readers and writers, both ways", function()
       local s = assert(locker:obtain("rw-p", 5, 0, { shared = true }))
       local py = assert(io.popen(("/usr/bin/python3 %ssupport/interop_redispy.py try %d rw-p 2>&1")

@@ -54,6 +54,13 @@ function M.check(opts, cp)
   return nil
 end
 
+-- the mode of a plain obtain that found the key held in a mode and waits:
+-- it queues like a writer (readers arriving later wait behind it) and gets
+-- the plain lock, its own token as the key's value
+function M.writer()
+  return { kind = "p", limit = 0, act = "1" }
+end
+
 -- a mode obtain's error -> message, code ("limit" when the key's holders
 -- and waiters use another limit)
 function M.error(mode, err)
