@@ -5,6 +5,7 @@
 local R = require "support.redis"
 
 local HERE = debug.getinfo(1, "S").source:match("^@(.*/)") or "./"
+local S = dofile(HERE .. "support/scale.lua")
 
 -- a process that takes key `rounds` times with opts, counts itself in
 -- Redis inside the section, and prints what it saw
@@ -388,4 +389,83 @@ describe("modes", function()
         "bad argument #1 to 'inspect' (key must be a string, got number)")
     end)
   end)
+end)
+
+-- 2000 coroutines of one event loop in a child process, each taking the
+-- key once in the given mode and holding it ARGS.hold s; the counters in Redis
+-- tell how many were inside at once; the sampler counts the pool's
+-- connections from the server's CLIENT LIST
+local HOSTED = [[
+  local d = S.drivers[ARGS.host]()
+  local fl = R.fluxalock(SERVER)
+  fl.configure { host = d.host }
+  local locker = fl.locker()
+  local counter = S.counter(SERVER, d)
+  local st = { obtained = 0, released = 0, most = 0, over = 0, failed = {} }
+  for i = 1, ARGS.n do
+    d.spawn(function()
+      local shared = ARGS.writers and i % ARGS.writers ~= 0
+      local opts = ARGS.limit and { limit = ARGS.limit } or { shared = shared }
+      local lock, err = locker:obtain("hosted", 60, 60, opts)
+      if not lock then
+        if #st.failed < 5 then st.failed[#st.failed + 1] = tostring(err) end
+        return
+      end
+      st.obtained = st.obtained + 1
+      local c = S.count(d, counter, "INCR", shared and "readers" or "inside")
+      if not shared and c > st.most then st.most = c end
+      if ARGS.limit and c > ARGS.limit then st.over = st.over + 1 end
+      if not ARGS.limit then
+        -- a writer alone; a reader beside no writer
+        local other = S.count(d, counter, shared and "GET" or "GET", shared and "inside" or "readers")
+        if (tonumber(other) or 0) > 0 then st.over = st.over + 1 end
+        if shared and c > st.most then st.most = c end
+      end
+      d.sleep(ARGS.hold)
+      S.count(d, counter, "DECR", shared and "readers" or "inside")
+      if lock:release() == true then st.released = st.released + 1 end
+    end)
+  end
+  st.finished = d.run(150)
+  st.errors = d.errors
+  return st
+]]
+
+describe("modes under event-loop hosts", function()
+  for _, host in ipairs { "luv", "cqueues" } do
+    local function hosted(args)
+      local server = R.start()
+      local sampler
+      local ok, res = pcall(function()
+        sampler = S.sampler(server, 5)
+        args.host = host
+        return S.child(server, HOSTED, args, 200)
+      end)
+      if sampler then sampler.stop() end
+      server:stop()
+      assert(ok, res)
+      assert.is_true(sampler.max <= 5, "connections: " .. tostring(sampler.max))
+      assert.is_true(sampler.max >= 1 and sampler.samples >= 3)
+      assert.is_true(res.finished, "the loop was still running after its limit")
+      assert.same({}, res.errors)
+      assert.same({}, res.failed)
+      assert.equal(args.n, res.obtained)
+      assert.equal(args.n, res.released)
+      assert.equal(0, res.over)
+      return res
+    end
+
+    it(host .. ": 2000 coroutines on limit = 3: never more than 3 inside, 3 at times, "
+      .. "over at most max_connections + 1 connections", function()
+      -- (5 ms: one process has one try of a key in flight at a time, so a
+      -- grant takes a round trip; shorter holds end before the third comes)
+      local res = hosted { n = 2000, limit = 3, hold = 0.005 }
+      assert.equal(3, res.most)
+    end)
+
+    it(host .. ": 2000 coroutines, one in 50 a writer: readers overlap, a writer is alone", function()
+      local res = hosted { n = 2000, writers = 50, hold = 0.001 }
+      assert.is_true(res.most >= 2, "the readers never overlapped")
+    end)
+  end
 end)
