@@ -365,6 +365,60 @@ describe("modes", function()
     end)
   end)
 
+  describe("fair under contention", function()
+    it("8 processes x 200 rounds: the top share is at most 0.15, and no waiter is overtaken", function()
+      server:cli("DEL", "ticket", "pending", "grants")
+      local procs = {}
+      for i = 1, 8 do
+        procs[i] = R.spawn(([[
+          local fluxalock = require "fluxalock"
+          local l = fluxalock.locker(%q)
+          local c = fluxalock.locker { url = %q }._pool
+          local overtaken, failures, done = 0, 0, 0
+          for _ = 1, 200 do
+            -- a ticket, stamped with the server's time, before the obtain
+            local t = c:call { "INCR", "ticket" }
+            local tm = c:call { "TIME" }
+            local at = tonumber(tm[1]) * 1000 + tonumber(tm[2]) // 1000
+            c:call { "ZADD", "pending", at, t }
+            local lock = l:obtain("fair-c", 10, 10, { fair = true })
+            c:call { "ZREM", "pending", t }
+            if lock then
+              -- someone who came 50 ms or more before this one still waits
+              if #c:call { "ZRANGEBYSCORE", "pending", "-inf", at - 50, "LIMIT", 0, 1 } > 0 then
+                overtaken = overtaken + 1
+              end
+              c:call { "RPUSH", "grants", %d }
+              lock:release()
+              done = done + 1
+            else
+              failures = failures + 1
+            end
+          end
+          print(("DONE %%d %%d %%d"):format(done, overtaken, failures))
+        ]]):format(server.url, server.url, i))
+      end
+      for i, p in ipairs(procs) do
+        local out = p:wait(240)
+        local done, overtaken, failures = out:match("DONE (%d+) (%d+) (%d+)")
+        assert.equal("200", done, "process " .. i .. ": " .. out)
+        assert.equal("0", failures)
+        assert.equal("0", overtaken, "process " .. i .. " overtook a waiter that came before it")
+      end
+      -- shares while all eight contended: up to the first process's last grant
+      local grants, count, last = {}, {}, {}
+      for g in server:cli("LRANGE", "grants", "0", "-1"):gmatch("%d+") do grants[#grants + 1] = g end
+      assert.equal(1600, #grants)
+      for i, g in ipairs(grants) do last[g] = i end
+      local upto = math.huge
+      for _, i in pairs(last) do upto = math.min(upto, i) end
+      for i = 1, upto do count[grants[i]] = (count[grants[i]] or 0) + 1 end
+      local top = 0
+      for _, n in pairs(count) do top = math.max(top, n / upto) end
+      assert.is_true(top <= 0.15, ("top share %.3f over the first %d grants"):format(top, upto))
+    end)
+  end)
+
   describe("inspect", function()
     it("tells a free key, a foreign holder and each mode", function()
       assert.same({ mode = "free", holders = 0, waiting = 0, ttl = 0 }, locker:inspect("ins"))
