@@ -523,3 +523,82 @@ describe("modes under event-loop hosts", function()
     end)
   end
 end)
+
+-- Faults of the Redis process in every mode: every call returns within its
+-- deadline, and afterwards the exclusion still holds
+describe("modes when Redis fails", function()
+  local MODES = { { limit = 2 }, { shared = true }, { shared = false }, { fair = true } }
+
+  local function timed(f)
+    local t = R.now()
+    local r = table.pack(f())
+    return R.now() - t, table.unpack(r, 1, r.n)
+  end
+
+  local function name(o) return next(o) .. "=" .. tostring(o[next(o)]) end
+
+  it("SIGSTOPped past the holders' ttl: calls time out on time; thawed, the expired holds are gone", function()
+    local server = R.start()
+    finally(function() server:stop() end)
+    local fl = R.fluxalock(server, { timeout = 0.3 })
+    local locker = fl.locker()
+    for i, o in ipairs(MODES) do
+      local key = "stop" .. i
+      local held = assert(locker:obtain(key, 1, 0, o))
+      server:pause()
+      local dt, lock, err = timed(function() return locker:obtain(key, 2, 1, o) end)
+      assert.is_nil(lock, name(o))
+      assert.matches("timed out", err, 1, true)
+      assert.is_true(dt < 1 + 0.3 + 0.5, ("%s: obtain took %.2f s"):format(name(o), dt))
+      dt = timed(function() return held:ttl() end)
+      assert.is_true(dt < 0.3 + 0.5, ("%s: ttl took %.2f s"):format(name(o), dt))
+      -- frozen past the holder's ttl (the server's clock goes on meanwhile)
+      local t = R.now() + 1.2
+      while R.now() < t do require("fluxalock.core").sleep(0.05) end
+      server:resume()
+      assert.equal(0, held:ttl(), name(o))
+      -- the obtain that timed out ran once the server was thawed, and may
+      -- hold a permit nobody knows of: it expires by its own ttl (2 s)
+      local lock2 = assert(locker:obtain(key, 5, 3, o))
+      local again = locker:obtain(key, 5, o.limit and 3 or 0, o)
+      if o.limit then
+        assert.truthy(again, name(o))
+        assert.same({ nil, "not obtained" }, { locker:obtain(key, 5, 0, o) })
+        again:release()
+      elseif o.shared then
+        assert.truthy(again, name(o))
+        again:release()
+      else
+        assert.is_nil(again, name(o))
+      end
+      assert.is_true(lock2:release())
+      -- and a late hold of the thawed obtain goes by its ttl
+      R.until_true(function() return locker:inspect(key).mode == "free" end, 3, name(o) .. " free")
+    end
+  end)
+
+  it("SIGKILLed and restarted without its data: calls fail at once, then every mode works again", function()
+    local server = R.start()
+    finally(function() server:stop() end)
+    local fl = R.fluxalock(server, { timeout = 0.5, connect_timeout = 0.5 })
+    local locker = fl.locker()
+    local held = {}
+    for i, o in ipairs(MODES) do held[i] = assert(locker:obtain("kill" .. i, 30, 0, o)) end
+    server:kill()
+    for i, o in ipairs(MODES) do
+      local dt, lock, err = timed(function() return locker:obtain("kill" .. i, 2, 1, o) end)
+      assert.is_nil(lock, name(o))
+      assert.matches("^fluxalock: ", err)
+      assert.is_true(dt < 1 + 0.5 + 0.5, ("%s: obtain took %.2f s"):format(name(o), dt))
+    end
+    server:restart()
+    for i, o in ipairs(MODES) do
+      assert.is_false(held[i]:release(), name(o)) -- its hold went with the data
+      local a = assert(locker:obtain("kill" .. i, 5, 0, o))
+      local b = locker:obtain("kill" .. i, 5, 0, o)
+      assert.equal(o.limit ~= nil or o.shared == true, b ~= nil, name(o))
+      if b then b:release() end
+      assert.is_true(a:release())
+    end
+  end)
+end)
