@@ -7,7 +7,8 @@
 # over TLS beside plain TCP (bench/tls.lua -> tls.md), then
 # W6/W7, 100 to 10,000 coroutines in one luv process beside node-redlock and
 # redis-semaphore (bench/stampede.lua -> stampede.md; bench/stampede.gp ->
-# stampede.png, docs/stampede.png is a copy).
+# stampede.png, docs/stampede.png is a copy), then the modes: W8 semaphore
+# beside redis-semaphore, W9 read-write, W2 fair (bench/modes.lua -> modes.md).
 set -eu
 cd "$(dirname "$0")/.."
 export LUA_PATH="lua/?.lua;lua/?/init.lua;spec/?.lua;;" LUA_CPATH="./?.so;;"
@@ -39,3 +40,7 @@ echo
 cat "$out/stampede.md"
 gnuplot -e "dir='$out'" bench/stampede.gp
 echo "bench: plot in $out/stampede.png" >&2
+echo "bench: W8/W9/W2 fair: the modes (semaphore beside redis-semaphore, read-write, fair)" >&2
+lua5.4 bench/modes.lua > "$out/modes.md"
+echo
+cat "$out/modes.md"

@@ -597,6 +597,11 @@ function Locker.obtain(self, key, ttl, wait, opts)
     self._wait_seconds = self._wait_seconds + took
     if took > self._wait_max then self._wait_max = took end
   end
+  -- a permit or a shared hold leaves room for the next local waiter: it
+  -- tries at once instead of at its next backoff step
+  if lock and full and mode and (mode.kind == "l" or mode.kind == "s") then
+    released(full, core_of(pool))
+  end
   -- counted here, where the final answer is known (plain increments)
   if lock then
     self._obtained = self._obtained + 1
