@@ -128,3 +128,39 @@ describe("modes on a redlock pool", function()
     assert.truthy(l:obtain("rl", 5)):release() -- a plain lock still works
   end)
 end)
+
+describe("modes over TLS", function()
+  local TLS = require "support.tls"
+  local c, server
+
+  lazy_setup(function()
+    c = TLS.certs()
+    server = TLS.start()
+  end)
+  lazy_teardown(function() if server then server:stop() end end)
+
+  it("gives permits and shared holds, renewed, and wakes a waiter of another process", function()
+    local fluxalock = require "fluxalock"
+    local l = fluxalock.locker { url = server.tls_url, tls = { ca_file = c.ca } }
+    local a = assert(l:obtain("t-sem", 0.5, 0, { limit = 1, renew = true }))
+    local p = R.spawn(([[
+      local fluxalock = require "fluxalock"
+      local l = fluxalock.locker { url = %q, tls = { ca_file = %q } }
+      local lock, err = l:obtain("t-sem", 10, 10, { limit = 1 })
+      print(lock and "GOT" or tostring(err))
+      if lock then lock:release() end
+    ]]):format(server.tls_url, c.ca))
+    R.until_true(function() return l:inspect("t-sem").waiting == 1 end, 20, "the waiter")
+    local t = R.now() + 1 -- two ttls: the renewal keeps the permit
+    while R.now() < t do require("fluxalock.core").sleep(0.05) end
+    assert.is_true(a:held())
+    assert.equal(1, l:inspect("t-sem").waiting)
+    assert.is_true(a:release())
+    assert.equal("GOT\n", p:wait(20))
+    local s1 = assert(l:obtain("t-rw", 5, 0, { shared = true }))
+    local s2 = assert(l:obtain("t-rw", 5, 0, { shared = true }))
+    assert.equal(2, l:inspect("t-rw").holders)
+    assert.is_true(s1:release())
+    assert.is_true(s2:release())
+  end)
+end)
