@@ -71,15 +71,16 @@ describe("modes on a cluster pool", function()
 end)
 
 describe("modes on a sentinel pool", function()
-  local stop, fluxalock, master
+  local stop, fluxalock, master, replica, sentinels
   local NAME = "flmodes"
 
   lazy_setup(function()
-    local addrs, _
-    master, _, _, addrs, stop = T.replicated(NAME)
+    local addrs
+    master, replica, sentinels, addrs, stop = T.replicated(NAME)
     fluxalock = require "fluxalock"
     fluxalock.configure { pools = {
       msentinel = { sentinels = addrs, master = NAME, timeout = 0.5, connect_timeout = 0.5 },
+      msentinel2 = { sentinels = addrs, master = NAME, timeout = 0.5, connect_timeout = 0.5 },
     } }
   end)
 
@@ -103,6 +104,41 @@ describe("modes on a sentinel pool", function()
     assert.is_true(r1:release())
     assert.is_true(r2:release())
     assert.equal("free", l:inspect("s-rw").mode)
+  end)
+
+  it("keeps a permit through a failover with a waiter queued: the waiter's call ends, the permit holds", function()
+    R.until_true(function()
+      return replica:cli("INFO", "replication"):find("master_link_status:up", 1, true) ~= nil
+    end, 20, "the replica in sync")
+    local l = fluxalock.locker("msentinel")
+    local held = assert(l:obtain("s-fo", 30, 0, { limit = 1 }))
+    local p = R.spawn(([[
+      local fluxalock = require "fluxalock"
+      fluxalock.configure { pools = { default = { sentinels = { %q }, master = %q, timeout = 0.5,
+        connect_timeout = 0.5 } } }
+      local t0 = require("fluxalock.core").now()
+      local lock, err = fluxalock.locker():obtain("s-fo", 20, 20, { limit = 1 })
+      print(lock and "GOT" or tostring(err), require("fluxalock.core").now() - t0)
+    ]]):format(("127.0.0.1:%d"):format(sentinels[1].port), NAME))
+    R.until_true(function() return l:inspect("s-fo").waiting == 1 end, 20, "the waiter")
+    R.until_true(function() return replica:cli("EXISTS", "s-fo") == "1" end, 5, "replication")
+    master:kill()
+    local out = p:wait(40)
+    local took = tonumber(out:match("\t([%d.]+)\n$"))
+    assert.is_nil(out:find("^GOT"), out)
+    assert.is_true(took ~= nil and took < 20 + 2, out)
+    -- the new master has the permit: another locker is not let in
+    local second = fluxalock.locker("msentinel2")
+    local lock, err
+    local t = R.now() + 30
+    repeat
+      lock, err = second:obtain("s-fo", 5, 0, { limit = 1 })
+      if err ~= "not obtained" then R.sleep(0.05) end
+    until lock or err == "not obtained" or R.now() > t
+    assert.is_nil(lock)
+    assert.equal("not obtained", err)
+    assert.is_true(held:release()) -- which finds the new master by itself
+    assert.truthy(second:obtain("s-fo", 5, 0, { limit = 1 })):release()
   end)
 end)
 
