@@ -70,6 +70,57 @@ describe("modes on a cluster pool", function()
   end)
 end)
 
+describe("modes on a cluster pool whose slot moves", function()
+  local cluster, fluxalock
+
+  lazy_setup(function()
+    cluster = T.cluster()
+    fluxalock = require "fluxalock"
+    fluxalock.configure { pools = {
+      mmoving = { cluster = cluster.seeds, timeout = 0.5, connect_timeout = 0.5 },
+    } }
+  end)
+
+  lazy_teardown(function() if cluster then cluster:stop() end end)
+
+  it("a waiter queued before the slot moved gets the permit on the new owner (MOVED during the wait)", function()
+    local l = fluxalock.locker("mmoving")
+    local key = "{m-mv}sem"
+    local slot = cluster:slot(key)
+    local from = cluster:master_of(slot)
+    local to
+    for _, n in ipairs(cluster.nodes) do
+      if n ~= from and n:cli("ROLE"):find("^master") then to = n break end
+    end
+    local held = assert(l:obtain(key, 30, 0, { limit = 1 }))
+    local p = R.spawn(([[
+      local fluxalock = require "fluxalock"
+      fluxalock.configure { pools = { default = { cluster = { %q }, timeout = 0.5, connect_timeout = 0.5 } } }
+      local lock, err = fluxalock.locker():obtain(%q, 20, 20, { limit = 1 })
+      print(lock and "GOT" or tostring(err))
+      if lock then lock:release() end
+    ]]):format(cluster.seeds[1], key))
+    R.until_true(function() return l:inspect(key).waiting == 1 end, 20, "the waiter")
+    to:cli("CLUSTER", "SETSLOT", slot, "IMPORTING", from.id)
+    from:cli("CLUSTER", "SETSLOT", slot, "MIGRATING", to.id)
+    repeat -- every key of the slot: the lock, its holders, queue and meta, fence, wake-ups
+      local keys = from:cli("CLUSTER", "GETKEYSINSLOT", slot, "100")
+      if keys ~= "" then
+        local args = { "MIGRATE", "127.0.0.1", to.port, "", "0", "5000", "KEYS" }
+        for k in keys:gmatch("[^\n]+") do args[#args + 1] = k end
+        from:cli(table.unpack(args))
+      end
+    until keys == ""
+    for _, n in ipairs(cluster.nodes) do
+      if n:cli("ROLE"):find("^master") then n:cli("CLUSTER", "SETSLOT", slot, "NODE", to.id) end
+    end
+    assert.equal("fluxalock:modes", to:cli("GET", key))
+    assert.is_true(held:release()) -- follows MOVED to the new owner
+    assert.equal("GOT\n", p:wait(30))
+    assert.equal("free", l:inspect(key).mode)
+  end)
+end)
+
 describe("modes on a sentinel pool", function()
   local stop, fluxalock, master, replica, sentinels
   local NAME = "flmodes"
