@@ -427,7 +427,8 @@ void fl_fan_defer(fl_lock *lk) {
                                   lk->keylen - lk->prefixlen, "wake:", &wakelen);
     if (!wake) continue; /* best effort: the lock's TTL still frees it */
     fl_pool_defer(nodes[i], lk->key, lk->keylen, wake, wakelen, lk->token);
-    if (nodes[i]->pending) nodes[i]->pending->mode = lk->mode;
+    if (nodes[i]->pending && memcmp(nodes[i]->pending->token, lk->token, FL_TOKEN_LEN) == 0)
+      nodes[i]->pending->mode = lk->mode; /* (the entry just queued, not an older one) */
     free(wake);
     if (!g->has_host) fl_pool_flush(nodes[i]);
   }
