@@ -303,6 +303,7 @@ local function released(full, cp)
   if w then
     w.kicked = true
     unpark(w)
+    if w.share then modes.kick_coheads(q, w, unpark) end
   end
   return w
 end
@@ -456,6 +457,7 @@ end
 local function wait_queued(self, pool, key, ms, deadline, q, w, mode)
   self._waiting = self._waiting + 1
   w.counted = self -- dequeue counts it out
+  modes.share(w, mode) -- permits and shared holds: several try at once
   local step, smax, pause = self._step, self._max, 0
   if mode then smax = min(smax, modes.HEARTBEAT_STEP) end -- (its heartbeat)
   local lock, err, sent = false, nil, nil
@@ -463,7 +465,7 @@ local function wait_queued(self, pool, key, ms, deadline, q, w, mode)
     local left = deadline - now()
     if q[w.at] ~= w then append(q, w) end -- skipped as stale while held up
     local h = head(q)
-    if h ~= w then
+    if h ~= w and not (w.share and modes.cohead(q, w)) then
       if left <= 0 then break end
       if stale(h) then
         q[h.at] = false -- skipped: the next one takes its turn

@@ -61,6 +61,54 @@ function M.writer()
   return { kind = "p", limit = 0, act = "1" }
 end
 
+-- ---- the local queue (fluxalock.lua, under a host) -------------------------
+-- A plain lock's local queue lets only its head try.  Permits and shared
+-- holds can be had by several at once: the waiters at the front of a key's
+-- local queue that share the same way (the same limit, or all shared) try
+-- together, up to the limit (or CO_HEADS), so a phase of readers goes in
+-- at once and the permits fill without waiting a round trip each.
+local CO_HEADS = 64
+
+-- marks the waiter w of a mode obtain that shares
+function M.share(w, mode)
+  local kind = mode and mode.kind
+  if kind == "s" then
+    w.share, w.cap = "s", CO_HEADS
+  elseif kind == "l" then
+    w.share, w.cap = "l" .. mode.limit, math.min(mode.limit, CO_HEADS)
+  end
+end
+
+-- w (a sharing waiter) may try: every live waiter ahead of it in q shares
+-- the same way, and fewer than its cap of them
+function M.cohead(q, w)
+  local n = 0
+  for i = q.first, w.at - 1 do
+    local o = q[i]
+    if o then
+      if o.share ~= w.share then return false end
+      n = n + 1
+      if n >= w.cap then return false end
+    end
+  end
+  return true
+end
+
+-- a release reached the head h: the waiters that try together with it are
+-- woken too
+function M.kick_coheads(q, h, unpark)
+  local n = 1
+  for i = h.at + 1, q.last do
+    local o = q[i]
+    if o then
+      if o.share ~= h.share or n >= h.cap then return end
+      o.kicked = true
+      unpark(o)
+      n = n + 1
+    end
+  end
+end
+
 -- a mode obtain's error -> message, code ("limit" when the key's holders
 -- and waiters use another limit)
 function M.error(mode, err)
