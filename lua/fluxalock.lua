@@ -457,7 +457,7 @@ end
 local function wait_queued(self, pool, key, ms, deadline, q, w, mode)
   self._waiting = self._waiting + 1
   w.counted = self -- dequeue counts it out
-  modes.share(w, mode) -- permits and shared holds: several try at once
+  modes.share(w, mode) -- shared holds: several try at once
   local step, smax, pause = self._step, self._max, 0
   if mode then smax = min(smax, modes.HEARTBEAT_STEP) end -- (its heartbeat)
   local lock, err, sent = false, nil, nil

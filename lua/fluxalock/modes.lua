@@ -62,21 +62,17 @@ function M.writer()
 end
 
 -- ---- the local queue (fluxalock.lua, under a host) -------------------------
--- A plain lock's local queue lets only its head try.  Permits and shared
--- holds can be had by several at once: the waiters at the front of a key's
--- local queue that share the same way (the same limit, or all shared) try
--- together, up to the limit (or CO_HEADS), so a phase of readers goes in
--- at once and the permits fill without waiting a round trip each.
+-- A plain lock's local queue lets only its head try.  Shared holds can be
+-- had by many at once: the shared waiters at the front of a key's local
+-- queue (up to CO_HEADS) try together, so a phase of readers goes in at
+-- once.  (Permits do not: there each release frees one, and the waiters
+-- that tried together for it cost more than a round trip each, measured
+-- in W8; a permit's grant kicks the next waiter instead, fluxalock.lua.)
 local CO_HEADS = 64
 
--- marks the waiter w of a mode obtain that shares
+-- marks the waiter w of a shared obtain
 function M.share(w, mode)
-  local kind = mode and mode.kind
-  if kind == "s" then
-    w.share, w.cap = "s", CO_HEADS
-  elseif kind == "l" then
-    w.share, w.cap = "l" .. mode.limit, math.min(mode.limit, CO_HEADS)
-  end
+  if mode and mode.kind == "s" then w.share, w.cap = "s", CO_HEADS end
 end
 
 -- w (a sharing waiter) may try: every live waiter ahead of it in q shares
