@@ -223,7 +223,7 @@ local function wait_for(self, pool, key, ms, deadline, mode)
     if left >= 0.001 then
       -- the server times BLPOP out coarsely: 'left' is enforced client-side
       local ok, werr = pool:await(key, min(pause, left), left)
-      if ok == nil then return nil, werr end
+      if ok == nil then return nil, werr, mode end
     end
     sent = now()
     lock, err = pool:obtain(key, ms, mode)
@@ -610,8 +610,10 @@ function Locker.obtain(self, key, ttl, wait, opts)
     if every then return renewed(pool, lock, ms, every, sent) end
     return lock
   end
-  if mode and waited then modes.leave(pool, key, ms, mode) end -- its queue entry
   if lock == false then
+    -- its queue entry goes now (after a failure it expires by itself: a
+    -- call to a server that just failed could only add to the wait)
+    if mode and waited then modes.leave(pool, key, ms, mode) end
     self._not_obtained = self._not_obtained + 1
     return nil, NOT_OBTAINED
   end

@@ -175,6 +175,13 @@ describe("modes", function()
       assert.equal(0, locker:inspect("sem-w").waiting)
     end)
 
+    it("a waiter that gives up leaves the queue at once", function()
+      local held = assert(locker:obtain("sem-g", 5, 0, { limit = 1 }))
+      assert.same({ nil, "not obtained" }, { locker:obtain("sem-g", 1, 0.2, { limit = 1 }) })
+      assert.equal(0, locker:inspect("sem-g").waiting)
+      assert.is_true(held:release())
+    end)
+
     it("a plain fluxalock lock and a redis-py Lock exclude every permit, both ways", function()
       local plain = assert(locker:obtain("sem-p", 5))
       assert.same({ nil, "not obtained" }, { locker:obtain("sem-p", 5, 0, { limit = 5 }) })
