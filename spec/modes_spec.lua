@@ -433,6 +433,28 @@ describe("modes", function()
     end)
   end)
 
+  describe("a Redis user with the ACL of docs/reliability.md", function()
+    it("runs every mode, inspect included", function()
+      assert.equal("OK", server:cli("ACL", "SETUSER", "flmodes", "on", ">pw", "resetkeys", "~app:*", "resetchannels",
+        "-@all", "+evalsha", "+eval", "+blpop", "+select", "+ping", "+get", "+set", "+del", "+incr", "+lpush",
+        "+pexpire", "+pttl", "+time", "+zadd", "+zrem", "+zrange", "+zscore", "+zcard", "+zcount",
+        "+zremrangebyscore", "+hget", "+hset", "+hdel", "+hincrby"))
+      local l = fluxalock.locker { url = ("redis://flmodes:pw@127.0.0.1:%d/0"):format(server.port), prefix = "app:" }
+      local a = assert(l:obtain("acl", 5, 0, { limit = 2, renew = true }))
+      local b = assert(l:obtain("acl", 5, 0.1, { limit = 2 }))
+      assert.same({ nil, "not obtained" }, { l:obtain("acl", 5, 0.1, { limit = 2 }) })
+      assert.equal("limit", select(3, l:obtain("acl", 5, 0, { limit = 3 })))
+      assert.is_true(a:refresh(3))
+      assert.equal(2, assert(l:inspect("acl")).holders)
+      assert.is_true(a:release())
+      assert.is_true(b:release())
+      local s = assert(l:obtain("acl", 5, 0, { shared = true }))
+      assert.same({ nil, "not obtained" }, { l:obtain("acl", 5, 0.1) })
+      assert.is_true(s:release())
+      assert.is_true(assert(l:obtain("acl", 5, 0, { fair = true })):release())
+    end)
+  end)
+
   describe("inspect", function()
     it("tells a free key, a foreign holder and each mode", function()
       assert.same({ mode = "free", holders = 0, waiting = 0, ttl = 0 }, locker:inspect("ins"))
