@@ -22,7 +22,7 @@ SRC = csrc/core.c csrc/lpool.c csrc/llock.c csrc/stats.c csrc/fan.c csrc/group.c
       csrc/kind_single.c csrc/kind_redlock.c csrc/kind_cluster.c csrc/kind_sentinel.c \
       csrc/drive.c csrc/server.c csrc/wake.c csrc/conn.c csrc/conn_io.c \
       csrc/net_tcp.c csrc/net_tls.c csrc/net_resolve.c csrc/net_lua.c \
-      csrc/keys.c csrc/token.c csrc/clock.c csrc/opts.c csrc/renew.c csrc/renew_io.c
+      csrc/keys.c csrc/modes.c csrc/token.c csrc/clock.c csrc/opts.c csrc/renew.c csrc/renew_io.c
 SRC += csrc/codes.c csrc/lost.c
 OBJ = $(SRC:.c=.o)
 LIB = fluxalock/core.so
@@ -34,7 +34,7 @@ PROC = fluxalock/proc.so
 
 all: $(LIB) $(PROC) bin/fluxalock
 
-$(LIB): $(SRC) csrc/fluxalock.h csrc/kind.h csrc/fan.h csrc/conn.h csrc/renew.h csrc/net.h csrc/net_int.h
+$(LIB): $(SRC) csrc/fluxalock.h csrc/kind.h csrc/fan.h csrc/conn.h csrc/renew.h csrc/net.h csrc/net_int.h csrc/modes_scripts.h
 	@mkdir -p fluxalock
 	$(CC) $(CFLAGS) -o $@ $(SRC) $(LDFLAGS) $(LIBS)
 

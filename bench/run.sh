@@ -9,7 +9,8 @@
 # redis-semaphore (bench/stampede.lua -> stampede.md; bench/stampede.gp ->
 # stampede.png, docs/stampede.png is a copy), then W10, the stampede guard
 # in a lua-http service under wrk (bench/w10.lua -> w10.md; bench/w10.gp ->
-# w10.png, docs/w10.png is a copy).
+# w10.png, docs/w10.png is a copy), then the modes: W8 semaphore
+# beside redis-semaphore, W9 read-write, W2 fair (bench/modes.lua -> modes.md).
 set -eu
 cd "$(dirname "$0")/.."
 export LUA_PATH="lua/?.lua;lua/?/init.lua;spec/?.lua;;" LUA_CPATH="./?.so;;"
@@ -47,3 +48,7 @@ echo
 cat "$out/w10.md"
 gnuplot -e "dir='$out'" bench/w10.gp
 echo "bench: plot in $out/w10.png" >&2
+echo "bench: W8/W9/W2 fair: the modes (semaphore beside redis-semaphore, read-write, fair)" >&2
+lua5.4 bench/modes.lua > "$out/modes.md"
+echo
+cat "$out/modes.md"

@@ -198,8 +198,13 @@ static int append_pending(fl_conn *c) {
   while (p->pending) {
     fl_pending *d = p->pending;
     fl_cmd cmd;
-    fl_cmd_release(&cmd, d->key, d->keylen, d->wake, d->wakelen, d->token);
-    if (append_eval(c->link, &cmd) != 0) return -1;
+    char *modekeys = NULL;
+    int r;
+    if (d->mode && !(modekeys = fl_mode_pending(c, d, &cmd))) return -1;
+    if (!d->mode) fl_cmd_release(&cmd, d->key, d->keylen, d->wake, d->wakelen, d->token);
+    r = append_eval(c->link, &cmd);
+    free(modekeys);
+    if (r != 0) return -1;
     p->pending = d->next;
     free(d);
     c->pending++;
@@ -287,7 +292,8 @@ int fl_conn_begin(fl_conn *c, const char *op, double extra) {
   /* a lock written (obtain, refresh) is confirmed by WAIT when asked to:
      pipelined on the same connection, as WAIT counts this client's writes */
   c->post = o->replicas > 0 &&
-            (c->cmd.script == FL_S_OBTAIN || c->cmd.script == FL_S_REFRESH);
+            (c->cmd.script == FL_S_OBTAIN || c->cmd.script == FL_S_REFRESH ||
+             c->cmd.script == FL_S_MOBTAIN || c->cmd.script == FL_S_MREFRESH);
   c->acked = 0;
   if (c->post) extra += o->replica_timeout;
   c->op = op;

@@ -57,6 +57,7 @@ int luaopen_fluxalock_core(lua_State *L) {
   fl_lock_open(L);
   fl_tls_open(L);
   fl_lost_open(L);
+  fl_mode_open(L);
   lua_pushcfunction(L, core_sleep);
   lua_setfield(L, -2, "sleep");
   lua_pushcfunction(L, core_idlefd);

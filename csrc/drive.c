@@ -355,6 +355,7 @@ int fl_drive_obtain(lua_State *L, fl_lock *lk, lua_Integer ms) {
   f->keyat = (unsigned)lk->prefixlen;
   f->token = lk->token;
   f->ms = ms;
+  if (lk->mode) f->mode = lk;
   fl_fan_start(f);
   return fan_loop(L, f);
 }
@@ -405,6 +406,7 @@ int fl_drive_lock(lua_State *L, int op) {
   f->token = lk->token;
   f->ms = ms;
   f->replace = (unsigned char)replace;
+  if (lk->mode) f->mode = lk;
   if (op == FL_OP_RELEASE || op == FL_OP_CLOSE) lk->held = 0; /* first */
   fl_fan_start(f);
   return fan_loop(L, f);

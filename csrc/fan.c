@@ -64,6 +64,7 @@ static int leg_cmd(fl_fan *f, fl_conn *c, double *extra) {
     c->cmd = *f->call;
     return 0;
   }
+  if (f->mode && op != FL_OP_AWAIT) return fl_mode_cmd(f, c);
   if (op != FL_OP_TTL && op != FL_OP_REFRESH &&
       !(comp = fl_companion(c, FAN_KEY(f), FAN_KEYLEN(f), op == FL_OP_OBTAIN ? "fence" : "wake:",
                             op != FL_OP_OBTAIN, &complen)))
@@ -149,8 +150,8 @@ static void leg_reply(fl_fan *f, fl_leg *l) {
     c->reply = NULL;
   } else if (f->op == FL_OP_AWAIT) {
     l->n = r->type == REDIS_REPLY_ARRAY;
-  } else if (r->type == REDIS_REPLY_INTEGER && !(f->op == FL_OP_OBTAIN && r->integer < 0)) {
-    /* (the obtain script answers 0 or a fence, never below) */
+  } else if (r->type == REDIS_REPLY_INTEGER && !(f->op == FL_OP_OBTAIN && r->integer < -1)) {
+    /* (the obtain script answers a fence, 0, or -1: held in a mode) */
     l->n = r->integer;
     if (unacked(f, l)) return;
   } else {
@@ -341,10 +342,16 @@ int fl_verdict_one(lua_State *L, fl_fan *f) {
     if (done && l->n > 0) {
       lk->held = 1;
       lk->fence = l->n;
+      if (lk->mode == 'p') lk->mode = 0; /* a plain lock now (modes.c) */
       lua_pushvalue(L, FAN_LOCK);
       return 1;
     }
     if (f->unacked) return fl_fan_undo(L, f, 1, l->err, l->code);
+    if (done && l->n == -1) { /* held in a mode: the Lua layer queues */
+      lua_pushboolean(L, 0);
+      lua_pushliteral(L, "mode");
+      return 2;
+    }
     break;
   case FL_OP_RELEASE:
     if (f->phase > 0) return undone(L, f);
@@ -434,6 +441,8 @@ void fl_fan_defer(fl_lock *lk) {
                                   lk->keylen - lk->prefixlen, "wake:", &wakelen);
     if (!wake) continue; /* best effort: the lock's TTL still frees it */
     fl_pool_defer(nodes[i], lk->key, lk->keylen, wake, wakelen, lk->token);
+    if (nodes[i]->pending && memcmp(nodes[i]->pending->token, lk->token, FL_TOKEN_LEN) == 0)
+      nodes[i]->pending->mode = lk->mode; /* (the entry just queued, not an older one) */
     free(wake);
     if (!g->has_host) fl_pool_flush(nodes[i]);
   }

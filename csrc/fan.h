@@ -39,6 +39,7 @@ typedef struct fl_fan {
   const char *lkey;   /* the full key (prefix + key), anchored on the stack */
   const char *token;  /* the lock's, anchored with it */
   const fl_cmd *call; /* FL_OP_CALL: the command (words anchored) */
+  const fl_lock *mode; /* a lock in a mode (modes.c builds its commands) */
   size_t lkeylen;
   long long ms;       /* obtain, refresh: the ttl; a wait: its seconds, in ms */
   double limit, start;

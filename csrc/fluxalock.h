@@ -23,7 +23,7 @@
 
 #define FL_TOKEN_LEN 32 /* 128 random bits as hex */
 #define FL_ERRLEN 1024
-#define FL_MAXARGS 6
+#define FL_MAXARGS 12 /* a mode obtain: 6 keys, 6 arguments */
 
 /* results of one engine step */
 enum { FL_DONE = 0, FL_WAIT = 1, FL_ERR = 2, FL_LATE = 3 };
@@ -35,7 +35,9 @@ enum { FL_E_NONE, FL_E_CONNECT, FL_E_TIMEOUT, FL_E_IO, FL_E_AUTH, FL_E_TLS, FL_E
 const char *fl_code_name(int code);
 
 /* the scripts, indexes into fl_scripts[] */
-enum { FL_S_OBTAIN, FL_S_RELEASE, FL_S_TTL, FL_S_REFRESH, FL_NSCRIPTS };
+enum { FL_S_OBTAIN, FL_S_RELEASE, FL_S_TTL, FL_S_REFRESH,
+       FL_S_MOBTAIN, FL_S_MRELEASE, FL_S_MTTL, FL_S_MREFRESH, FL_S_INSPECT, /* modes.c */
+       FL_NSCRIPTS };
 
 typedef struct fl_script {
   const char *name;
@@ -57,6 +59,7 @@ typedef struct fl_cmd {
 typedef struct fl_pending { /* a release deferred by __gc */
   struct fl_pending *next;
   size_t keylen, wakelen;
+  unsigned char mode; /* of a lock in a mode (modes.c), else 0 */
   char token[FL_TOKEN_LEN];
   char *key, *wake; /* in the same allocation */
 } fl_pending;
@@ -211,6 +214,9 @@ typedef struct fl_lock {
   size_t prefixlen;
   int held;         /* cleared before the release is sent (liolib habit) */
   struct fl_renewal *renew; /* NULL, or its renewal entry (one reference) */
+  unsigned char mode; /* 0 (a plain lock), or 'l', 's', 'x', 'p' (modes.c) */
+  unsigned char act;  /* a mode obtain's action: '0' try, '1' queue, '2' leave */
+  char limit[8];      /* a mode's limit, as the script's argument */
   char token[FL_TOKEN_LEN];
   char key[1];      /* prefix + key + NUL; the userdata is sized to fit */
 } fl_lock;
@@ -324,6 +330,14 @@ void fl_stats_open(lua_State *L);
 int fl_token(char out[FL_TOKEN_LEN]);
 #define FL_WAKE_ID_LEN 16
 const char *fl_wake_id(void); /* this process's id in its releases' messages */
+
+/* modes.c: semaphores, shared holds, fair order (docs/modes.md) */
+struct fl_fan;
+int fl_mode_read(lua_State *L, int idx, fl_lock *lk);
+int fl_mode_cmd(const struct fl_fan *f, fl_conn *c);
+char *fl_mode_pending(fl_conn *c, const fl_pending *d, fl_cmd *cmd);
+char *fl_mode_hkey(const fl_opts *o, const fl_lock *lk, size_t *len);
+void fl_mode_open(lua_State *L);
 
 /* keys.c */
 unsigned fl_slot(const char *key, size_t len);

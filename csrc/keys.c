@@ -19,6 +19,7 @@
 #include <stdio.h>
 
 #include "fluxalock.h"
+#include "modes_scripts.h"
 
 /* ---- the scripts ------------------------------------------------------- */
 
@@ -45,6 +46,9 @@ fl_script fl_scripts[FL_NSCRIPTS] = {
     "if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then\n"
     "  return redis.call('incr', KEYS[2])\n"
     "end\n"
+    /* held in a mode (modes_scripts.h): -1, so that a waiting obtain
+       queues behind the key's holders (readers do not starve it) */
+    "if redis.call('get', KEYS[1]) == '" FL_MODE_MARK "' then return -1 end\n"
     "return 0\n", "" },
   { "release",
     /* KEYS: lock, wake. ARGV: token, wake-up lifetime in ms, the
@@ -75,6 +79,7 @@ fl_script fl_scripts[FL_NSCRIPTS] = {
     "end\n"
     "redis.call('pexpire', KEYS[1], ms)\n"
     "return 1\n", "" },
+  FL_MODE_SCRIPTS
 };
 
 /* ---- SHA-1, for EVALSHA (FIPS 180-4) ------------------------------------ */
@@ -265,7 +270,7 @@ char *fl_companion_dup(const fl_opts *o, const char *key, size_t keylen,
 /* ---- command building ---------------------------------------------------- */
 
 void fl_cmd_script(fl_cmd *cmd, int script, int nkeys) {
-  static const char *nk[] = {"0", "1", "2"};
+  static const char *nk[] = {"0", "1", "2", "3", "4", "5", "6"};
   cmd->script = script;
   cmd->argc = 0;
   fl_cmd_arg(cmd, "EVALSHA", 7);

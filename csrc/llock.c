@@ -28,6 +28,7 @@ fl_lock *fl_lock_new(lua_State *L, int poolidx, fl_pool *p, const char *key,
   lk->pool = NULL;
   lk->held = 0;
   lk->renew = NULL;
+  lk->mode = 0;
   lk->fence = 0;
   lk->prefixlen = plen;
   lk->keylen = plen + keylen;

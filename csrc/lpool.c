@@ -205,7 +205,8 @@ static int pool_group(lua_State *L) {
   return 0;
 }
 
-/* pool:obtain(key, ms) -> lock | false | nil, message */
+/* pool:obtain(key, ms [, mode]) -> lock | false | nil, message (mode:
+   modes.c) */
 static int pool_obtain(lua_State *L) {
   fl_pool *p = checkpool(L);
   size_t keylen;
@@ -220,6 +221,7 @@ static int pool_obtain(lua_State *L) {
     lua_pushstring(L, fl_code_name(FL_E_IO));
     return 3;
   }
+  if (!lua_isnil(L, 4) && fl_mode_read(L, 4, lk) != 0) luaL_argerror(L, 4, "mode expected");
   return fl_drive_obtain(L, lk, ms);
 }
 
@@ -233,7 +235,7 @@ static int pool_call(lua_State *L) {
   if (!p->ops->call) return luaL_error(L, "fluxalock: call is not available on a %s pool", p->ops->name);
   luaL_checktype(L, 2, LUA_TTABLE);
   n = (int)luaL_len(L, 2);
-  luaL_argcheck(L, n >= 1 && n <= FL_MAXARGS + 3, 2, "1 to 9 command words");
+  luaL_argcheck(L, n >= 1 && n <= 9, 2, "1 to 9 command words");
   lua_settop(L, 3);
   cmd = lua_newuserdatauv(L, sizeof *cmd, 0); /* 4 */
   lua_pushnil(L);                             /* FAN_HOST */

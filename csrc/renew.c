@@ -132,6 +132,7 @@ static void entry_free(fl_renewal *e) {
   memset(e->token, 0, sizeof e->token);
   fl_rcounts_unref(e->counts);
   free(e->key);
+  free(e->hkey);
   free(e);
 }
 
@@ -462,6 +463,10 @@ static fl_renewal *entry_new(const fl_lock *lk, fl_pool *p, lua_Integer ttl,
   }
   memcpy(e->key, lk->key, lk->keylen + 1);
   e->keylen = lk->keylen;
+  if (lk->mode && !(e->hkey = fl_mode_hkey(&e->targets[0], lk, &e->hkeylen))) {
+    entry_free(e);
+    return NULL;
+  }
   memcpy(e->token, lk->token, FL_TOKEN_LEN);
   snprintf(e->ttlarg, sizeof e->ttlarg, "%lld", (long long)ttl);
   e->ttl_ns = (long long)ttl * 1000000LL;

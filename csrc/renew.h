@@ -46,6 +46,8 @@ typedef struct fl_renewal {
   long pid;            /* the process that obtained and renews it */
   char *key;           /* prefix + key */
   size_t keylen;
+  char *hkey;          /* a lock in a mode: its holders' key (modes.c), or NULL */
+  size_t hkeylen;
   char token[FL_TOKEN_LEN];
   char ttlarg[24];     /* ttl in ms, as the script's argument */
   long long ttl_ns, every_ns, margin_ns;

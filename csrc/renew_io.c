@@ -106,7 +106,17 @@ static void leg_cmd(rn_leg *l, fl_conn *c) {
   const fl_renewal *e = l->e;
   c->cmd.argc = 0;
   c->cmd.script = -1;
-  if (l->query == RQ_REFRESH) { /* replace: the time left becomes the ttl */
+  if (l->query == RQ_REFRESH && e->hkey) {
+    /* a lock in a mode: its own refresh script, with its holders' key as
+       KEYS[2] (modes.c); replace: the time left becomes the ttl */
+    snprintf(c->num[0], sizeof c->num[0], "%lld", e->ttl_ns / 1000000LL);
+    fl_cmd_script(&c->cmd, FL_S_MREFRESH, 2);
+    fl_cmd_arg(&c->cmd, e->key, e->keylen);
+    fl_cmd_arg(&c->cmd, e->hkey, e->hkeylen);
+    fl_cmd_arg(&c->cmd, e->token, FL_TOKEN_LEN);
+    fl_cmd_arg(&c->cmd, c->num[0], strlen(c->num[0]));
+    fl_cmd_arg(&c->cmd, "1", 1);
+  } else if (l->query == RQ_REFRESH) { /* replace: the time left becomes the ttl */
     fl_cmd_refresh(&c->cmd, c->num[0], e->key, e->keylen, e->token, e->ttl_ns / 1000000LL, 1);
   } else if (l->query == RQ_SENTINEL) {
     fl_cmd_arg(&c->cmd, "SENTINEL", 8);

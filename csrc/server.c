@@ -88,6 +88,7 @@ void fl_pool_defer(fl_pool *p, const char *key, size_t keylen,
   memcpy(d->token, token, FL_TOKEN_LEN);
   d->keylen = keylen;
   d->wakelen = wakelen;
+  d->mode = 0;
   d->next = p->pending;
   p->pending = d;
 }

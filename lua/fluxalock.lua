@@ -9,6 +9,7 @@
 
 local core = require "fluxalock.core"
 local config = require "fluxalock.config"
+local modes = require "fluxalock.modes"
 
 local type, error, getmetatable, setmetatable = type, error, getmetatable, setmetatable
 local min, now, random = math.min, core.now, math.random
@@ -65,7 +66,7 @@ local function renew_interval(opts, ttl, ms)
     argerror(4, "obtain", "options must be a table, got " .. type(opts), 4)
   end
   for k in pairs(opts) do
-    if k ~= "renew" and k ~= "on_lost" then
+    if k ~= "renew" and k ~= "on_lost" and not modes.OPTS[k] then
       argerror(4, "obtain", ("unknown option '%s'"):format(tostring(k)), 4)
     end
   end
@@ -353,25 +354,33 @@ end
 -- lock released by another library or a lost wake-up is noticed at the
 -- latest by the next step.  No wait runs past the deadline, and a last try
 -- is made at it.
--- -> lock, sent | false (not obtained) | nil, message, code; 'sent' is when
--- the successful try was sent (a renewal's first deadline counts from it)
-local function wait_for(self, pool, key, ms, deadline)
+-- -> lock, sent, mode | false, nil, mode (not obtained) | nil, message,
+-- mode, code; 'sent' is when the successful try was sent (a renewal's first
+-- deadline counts from it); 'mode' the mode it waited in
+-- (fluxalock/modes.lua: a plain obtain on a key held in a mode queues as a
+-- writer)
+local function wait_for(self, pool, key, ms, deadline, mode)
   local step, smax, pause = self._step, self._max, 0
+  if mode then smax = min(smax, modes.HEARTBEAT_STEP) end -- (its heartbeat)
   local lock, err, code, sent = false, nil, nil, nil
   while not lock do
-    if lock == nil then return nil, err, code end
+    if lock == nil then return nil, err, mode, code end
     local left = deadline - now()
-    if left <= 0 then return false end
+    if left <= 0 then return false, nil, mode end
     pause = min(pause + step, smax)
     if left >= 0.001 then
       -- the server times BLPOP out coarsely: 'left' is enforced client-side
       local ok, werr, wcode = pool:await(key, min(pause, left), left)
-      if ok == nil then return nil, werr, wcode end
+      if ok == nil then return nil, werr, mode, wcode end
     end
     sent = now()
-    lock, err, code = pool:obtain(key, ms)
+    lock, err, code = pool:obtain(key, ms, mode)
+    if err == "mode" then
+      mode, smax = modes.writer(), min(smax, modes.HEARTBEAT_STEP)
+      lock, err, code = pool:obtain(key, ms, mode)
+    end
   end
-  return lock, sent
+  return lock, sent, mode
 end
 
 -- ---- waiting under a host: a local FIFO per key ------------------------------
@@ -443,6 +452,7 @@ local function released(full, cp)
   if w then
     w.kicked = true
     unpark(w)
+    if w.share then modes.kick_coheads(q, w, unpark) end
   end
   return w
 end
@@ -593,16 +603,18 @@ local function first_tried(pool, key, full, qs, lock, err)
 end
 
 -- the local queue's way of waiting (its first try made); -> as wait_for
-local function wait_queued(self, pool, key, ms, deadline, q, w)
+local function wait_queued(self, pool, key, ms, deadline, q, w, mode)
   self._waiting = self._waiting + 1
   w.counted = self -- dequeue counts it out
+  modes.share(w, mode) -- shared holds: several try at once
   local step, smax, pause = self._step, self._max, 0
+  if mode then smax = min(smax, modes.HEARTBEAT_STEP) end -- (its heartbeat)
   local lock, err, code, sent = false, nil, nil, nil
   while true do
     local left = deadline - now()
     if q[w.at] ~= w then append(q, w) end -- skipped as stale while held up
     local h = head(q)
-    if h ~= w then
+    if h ~= w and not (w.share and modes.cohead(q, w)) then
       if left <= 0 then break end
       if stale(h) then
         q[h.at] = false -- skipped: the next one takes its turn
@@ -635,14 +647,18 @@ local function wait_queued(self, pool, key, ms, deadline, q, w)
       end
       w.alive = now() + 5 -- the try may take a command's timeout
       sent = now()
-      lock, err, code = pool:obtain(key, ms)
+      lock, err, code = pool:obtain(key, ms, mode)
+      if err == "mode" then
+        mode, smax = modes.writer(), min(smax, modes.HEARTBEAT_STEP)
+        lock, err, code = pool:obtain(key, ms, mode)
+      end
       if lock ~= false or now() >= deadline then break end
     end
   end
   dequeue(w)
-  if lock == nil then return nil, err, code end
-  if not lock then return false end
-  return lock, sent
+  if lock == nil then return nil, err, mode, code end
+  if not lock then return false, nil, mode end
+  return lock, sent, mode
 end
 
 -- the first try at a key nobody waited for: its coroutine closed (or
@@ -684,6 +700,8 @@ function Locker.obtain(self, key, ttl, wait, opts)
   if wait > 1e9 then argerror(3, "obtain", "wait timeout must not exceed 1e9 seconds") end
   local every, on_lost = renew_interval(opts, ttl, ms)
   local pool = self._pool
+  local mode = opts and modes.check(opts, core_of(pool))
+  if mode and wait > 0 then mode.act = "1" end -- a waiter queues in Redis
   local sent = now() -- the renewal's first deadline counts from the send
   local full = host_wait and wait > 0 and self._prefix .. key
   local lock, err, code, waited
@@ -699,7 +717,7 @@ function Locker.obtain(self, key, ttl, wait, opts)
     if qs[full] == nil then -- nobody here waits for it: no queue for the try
       local _ <close> = first_try
       qs[full] = coroutine.running()
-      lock, err, code = pool:obtain(key, ms)
+      lock, err, code = pool:obtain(key, ms, mode)
       lock, err, q, w = first_tried(pool, key, full, qs, lock, err)
       tried = true
     else
@@ -708,22 +726,24 @@ function Locker.obtain(self, key, ttl, wait, opts)
     local _ <close> = w -- closed (or failing) from here on: it leaves the queue
     if not tried then
       lock = false
-      if head(q) == w then lock, err, code = pool:obtain(key, ms) end
+      if head(q) == w then lock, err, code = pool:obtain(key, ms, mode) end
       if lock ~= false then dequeue(w) end
     end
     if lock == false then
       waited = true
       local wsent
-      lock, wsent, code = wait_queued(self, pool, key, ms, t0 + wait, q, w)
+      if err == "mode" then mode = modes.writer() end
+      lock, wsent, mode, code = wait_queued(self, pool, key, ms, t0 + wait, q, w, mode)
       if lock then sent = wsent else err = wsent end
     end
   else
-    lock, err, code = pool:obtain(key, ms)
+    lock, err, code = pool:obtain(key, ms, mode)
     if lock == false and wait > 0 then
       waited = true
       self._waiting = self._waiting + 1
       local wsent
-      lock, wsent, code = wait_for(self, pool, key, ms, t0 + wait)
+      if err == "mode" then mode = modes.writer() end
+      lock, wsent, mode, code = wait_for(self, pool, key, ms, t0 + wait, mode)
       self._waiting = self._waiting - 1
       if lock then sent = wsent else err = wsent end
     end
@@ -733,6 +753,11 @@ function Locker.obtain(self, key, ttl, wait, opts)
     self._waited = self._waited + 1
     self._wait_seconds = self._wait_seconds + took
     if took > self._wait_max then self._wait_max = took end
+  end
+  -- a permit or a shared hold leaves room for the next local waiter: it
+  -- tries at once instead of at its next backoff step
+  if lock and full and mode and (mode.kind == "l" or mode.kind == "s") then
+    released(full, core_of(pool))
   end
   -- counted here, where the final answer is known (plain increments)
   if lock then
@@ -747,11 +772,33 @@ function Locker.obtain(self, key, ttl, wait, opts)
     return lock
   end
   if lock == false then
+    -- its queue entry goes now (after a failure it expires by itself: a
+    -- call to a server that just failed could only add to the wait)
+    if mode and waited then modes.leave(pool, key, ms, mode) end
     self._not_obtained = self._not_obtained + 1
     return nil, NOT_OBTAINED, "not_obtained"
   end
   self._errors = self._errors + 1
+  if mode then
+    local merr, mcode = modes.error(mode, err)
+    return nil, merr, mcode or code or "io"
+  end
   return nil, err, code or "io"
+end
+
+--- locker:inspect(key) -> { mode, holders, limit, waiting, ttl } | nil, message
+function Locker.inspect(self, key)
+  if getmetatable(self) ~= Locker then
+    error(("calling 'inspect' on bad self (fluxalock.Locker expected, got %s)"):format(type(self)), 2)
+  end
+  if type(key) ~= "string" then
+    argerror(1, "inspect", "key must be a string, got " .. type(key))
+  end
+  if key == "" then argerror(1, "inspect", "key must not be empty") end
+  if core_of(self._pool):info().kind == "redlock" then
+    error("fluxalock: inspect is not available on a Redlock pool", 2)
+  end
+  return modes.inspect(self._pool, key)
 end
 
 --- locker:stats() -> a fresh table of counters since the locker was made

@@ -129,7 +129,7 @@ describe("the fluxalock command", function()
     end
 
     it("exits 64 with a usage line on a bad option, naming it; nothing runs", function()
-      assert.matches("unknown option '%-x'", usage { "-x", "job", "true" })
+      assert.matches("unknown option '%-q'", usage { "-q", "job", "true" })
       assert.matches("unknown option '%-%-frobnicate'", usage { "--frobnicate=1", "job", "true" })
       assert.matches("%-%-ttl wants a positive number of seconds, got 'abc'", usage { "--ttl=abc", "job", "true" })
       assert.matches("%-t wants a positive number", usage { "-t", "0", "job", "true" })
@@ -405,6 +405,94 @@ wait]] })
       kill(h.pid, "INT")
       assert.equal(130, (finish(h)))
       assert.equal("0", server:cli("EXISTS", "job"))
+    end)
+  end)
+
+  describe("modes", function()
+    local function list(key) return server:cli("LRANGE", key, "0", "-1") end
+
+    it("--limit 2 runs at most 2 copies at once across 6 invocations", function()
+      local hs = {}
+      for i = 1, 6 do
+        hs[i] = start(server, { "-w", "20", "-t", "20", "--limit", "2", "job", "-c", [[
+n=$(redis-cli -s "$S" incr running); redis-cli -s "$S" rpush seen "$n" >/dev/null
+sleep 0.2; redis-cli -s "$S" decr running >/dev/null]] }, { env = { S = server.socket } })
+      end
+      for i = 1, 6 do assert.equal(0, (finish(hs[i], 60))) end
+      local most = 0
+      for n in list("seen"):gmatch("%d+") do most = math.max(most, tonumber(n)) end
+      assert.equal(2, most)
+      assert.equal(6, select(2, list("seen"):gsub("%d+", "")))
+    end)
+
+    it("-s copies run together while -x runs alone", function()
+      local hs = {}
+      for i = 1, 3 do
+        hs[i] = start(server, { "-w", "20", "-t", "20", "-s", "job", "-c", [[
+redis-cli -s "$S" incr r >/dev/null
+i=0; while [ "$(redis-cli -s "$S" get r)" -lt 3 ] && [ $i -lt 500 ]; do sleep 0.01; i=$((i+1)); done
+redis-cli -s "$S" rpush together "$(redis-cli -s "$S" get r)" >/dev/null
+redis-cli -s "$S" rpush readers-saw-x "$(redis-cli -s "$S" get x)" >/dev/null
+redis-cli -s "$S" decr r >/dev/null]] }, { env = { S = server.socket } })
+      end
+      R.until_true(function() return server:cli("GET", "r") == "3" end, 20, "three readers")
+      local x = start(server, { "-w", "20", "-t", "20", "-x", "job", "-c", [[
+redis-cli -s "$S" incr x >/dev/null
+redis-cli -s "$S" rpush writer-saw-r "$(redis-cli -s "$S" get r)" >/dev/null
+redis-cli -s "$S" decr x >/dev/null]] }, { env = { S = server.socket } })
+      for i = 1, 3 do assert.equal(0, (finish(hs[i], 60))) end
+      assert.equal(0, (finish(x, 60)))
+      assert.equal("3\n3\n3", list("together"))
+      assert.is_nil(list("readers-saw-x"):find("1", 1, true)) -- no writer while they read
+      assert.equal("0", list("writer-saw-r"))
+    end)
+
+    it("--fair copies started one after another run in their order", function()
+      local held = assert(locker:obtain("job", 30, 0, { fair = true }))
+      local hs = {}
+      for i = 1, 4 do
+        hs[i] = start(server, { "-w", "20", "-t", "20", "--fair", "job", "-c",
+          ('redis-cli -s "$S" rpush order %d >/dev/null'):format(i) }, { env = { S = server.socket } })
+        R.until_true(function() return locker:inspect("job").waiting == i end, 20, "copy " .. i)
+      end
+      assert.is_true(held:release())
+      for i = 1, 4 do assert.equal(0, (finish(hs[i], 60))) end
+      assert.equal("1\n2\n3\n4", list("order"))
+    end)
+
+    it("--inspect prints the key's state in each mode", function()
+      local function inspect()
+        local code, out, err = run(server, { "--inspect", "job" })
+        assert.equal(0, code, err)
+        assert.equal("", err)
+        return (out:gsub("ttl=[%d.]+", "ttl=T"))
+      end
+      assert.equal("mode=free\nholders=0\nlimit=\nwaiting=0\nttl=T\n", inspect())
+      local a = assert(locker:obtain("job", 30, 0, { limit = 3 }))
+      local b = assert(locker:obtain("job", 30, 0, { limit = 3 }))
+      assert.equal("mode=limit\nholders=2\nlimit=3\nwaiting=0\nttl=T\n", inspect())
+      a:release()
+      b:release()
+      local s = assert(locker:obtain("job", 30, 0, { shared = true }))
+      assert.equal("mode=shared\nholders=1\nlimit=\nwaiting=0\nttl=T\n", inspect())
+      s:release()
+      local x = assert(locker:obtain("job", 30))
+      assert.equal("mode=exclusive\nholders=1\nlimit=\nwaiting=0\nttl=T\n", inspect())
+      x:release()
+      server:cli("SET", "job", "someone-else", "PX", "30000")
+      assert.equal("mode=foreign\nholders=1\nlimit=\nwaiting=0\nttl=T\n", inspect())
+      local code, _, err = run(server, { "--inspect", "job" }, { url = "redis://127.0.0.1:1" })
+      assert.equal(69, code)
+      assert.matches("^fluxalock: ", err)
+    end)
+
+    it("rejects a bad --limit, and --limit with -s", function()
+      for _, args in ipairs { { "--limit", "0", "job", "true" }, { "--limit", "x", "job", "true" },
+                              { "--limit", "2", "-s", "job", "true" } } do
+        local code, _, err = run(server, args)
+        assert.equal(64, code)
+        assert.matches("^fluxalock: ", err)
+      end
     end)
   end)
 end)

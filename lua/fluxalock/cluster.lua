@@ -77,13 +77,13 @@ local function fresh(self)
   return true
 end
 
-function Pool:obtain(key, ms)
+function Pool:obtain(key, ms, mode)
   local ok, err, code = fresh(self)
   if not ok then return nil, err, code end
   local lock
-  lock, err, code = self.group:obtain(key, ms)
+  lock, err, code = self.group:obtain(key, ms, mode)
   if lock == nil and self:refresh() then -- a node gone: ask the cluster again
-    lock, err, code = self.group:obtain(key, ms)
+    lock, err, code = self.group:obtain(key, ms, mode)
   end
   return lock, err, code
 end

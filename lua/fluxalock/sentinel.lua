@@ -94,17 +94,17 @@ function Pool:renewal()
   return table.unpack(t, 1, 2 + 2 * #self.sentinels)
 end
 
-function Pool:obtain(key, ms)
+function Pool:obtain(key, ms, mode)
   if not self.resolved then
     local ok, err, code = self:discover()
     if not ok then return nil, err, code end
   end
-  local lock, err, code = self.group:obtain(key, ms)
+  local lock, err, code = self.group:obtain(key, ms, mode)
   if lock == nil then
     -- the master may have moved: look again, and try once more there
     self.resolved = false
     if not self:discover() then return nil, err, code end
-    lock, err, code = self.group:obtain(key, ms)
+    lock, err, code = self.group:obtain(key, ms, mode)
     if lock == nil then self.resolved = false end
   end
   return lock, err, code
