@@ -17,12 +17,14 @@ local function pair()
 end
 
 -- obtain 'key' renewed on locker l, see it renewed past its ttl, stop
--- 'replica' and see the lock found lost; 'master' keeps the key (the
--- unacknowledged renewals were written there)
+-- 'replica' and see the lock found lost, and its on_lost told once;
+-- 'master' keeps the key (the unacknowledged renewals were written there)
 local function lost_without(l, key, master, replica)
   local lock
+  local told = {}
+  local function on_lost(lk) told[#told + 1] = lk end
   R.until_true(function() -- (a replica just synced may not acknowledge at once)
-    lock = l:obtain(key, 1, 0, { renew = 0.2 })
+    lock = l:obtain(key, 1, 0, { renew = 0.2, on_lost = on_lost })
     return lock ~= nil
   end, 10, "an acknowledged lock")
   R.until_true(function() return l:stats().renewed >= 6 end, 5, "renewals")
@@ -33,6 +35,9 @@ local function lost_without(l, key, master, replica)
   assert.is_true(R.now() - t0 >= 0.5, "lost before its deadline")
   assert.equal("1", master:cli("EXISTS", key))
   assert.is_true(l:stats().lost >= 1)
+  require("fluxalock").dispatch() -- (a method of the lock may have run it already)
+  assert.equal(1, #told)
+  assert.equal(lock, told[1])
   lock:release()
 end
 
