@@ -71,16 +71,7 @@ local function kill(pid, sig) os.execute(("kill -s %s %d"):format(sig, pid)) end
 
 describe("the fluxalock command", function()
   local server, fluxalock, locker
-
-  lazy_setup(function()
-    server = R.start()
-    fluxalock = R.fluxalock(server)
-    locker = fluxalock.locker()
-  end)
-
-  lazy_teardown(function()
-    if server then server:stop() end
-  end)
+  R.setup({}, function(e) server, fluxalock, locker = e.server, e.fluxalock, e.locker end)
 
   before_each(function() server:cli("FLUSHALL") end)
 

@@ -4,12 +4,7 @@
 -- this process or real child processes.
 local R = require "support.redis"
 
--- elapsed seconds of f(), and its results
-local function timed(f)
-  local t = R.now()
-  local r = table.pack(f())
-  return R.now() - t, table.unpack(r, 1, r.n)
-end
+local timed = R.timed
 
 local ERR = "^fluxalock: %a+ 127%.0%.0%.1:%d+: "
 

@@ -2,11 +2,7 @@
 -- restarted, scripts flushed; and the lifetime of locks around lua_close.
 local R = require "support.redis"
 
-local function timed(f, ...)
-  local t = R.now()
-  local r = table.pack(f(...))
-  return R.now() - t, table.unpack(r, 1, r.n)
-end
+local timed = R.timed
 
 describe("a locker whose Redis is not running", function()
   local fluxalock = require "fluxalock"
@@ -50,17 +46,8 @@ describe("a locker whose Redis is not running", function()
 end)
 
 describe("a locker whose Redis is frozen (SIGSTOP)", function()
-  local server, fluxalock, locker
-
-  lazy_setup(function()
-    server = R.start()
-    fluxalock = R.fluxalock(server, { timeout = 0.2 })
-    locker = fluxalock.locker()
-  end)
-
-  lazy_teardown(function()
-    if server then server:resume() server:stop() end
-  end)
+  local server, locker
+  R.setup({ pool = { timeout = 0.2 } }, function(e) server, locker = e.server, e.locker end)
 
   it("gets nil, 'fluxalock: <op> 127.0.0.1:<port>: timed out' within its timeout, then works again #timing", function()
     local lock = assert(locker:obtain("frozen", 30))
@@ -147,12 +134,7 @@ end)
 
 describe("locks and their locker's connections", function()
   local server, fluxalock
-
-  lazy_setup(function()
-    server = R.start()
-    fluxalock = R.fluxalock(server)
-  end)
-  lazy_teardown(function() if server then server:stop() end end)
+  R.setup({ locker = false }, function(e) server, fluxalock = e.server, e.fluxalock end)
 
   it("a lock outlives locker:close() and reconnects", function()
     local locker = fluxalock.locker()

@@ -2,16 +2,7 @@ local R = require "support.redis"
 
 describe("a lock", function()
   local server, fluxalock, locker
-
-  lazy_setup(function()
-    server = R.start()
-    fluxalock = R.fluxalock(server)
-    locker = fluxalock.locker()
-  end)
-
-  lazy_teardown(function()
-    if server then server:stop() end
-  end)
+  R.setup({}, function(e) server, fluxalock, locker = e.server, e.fluxalock, e.locker end)
 
   -- the lock's value in Redis: exactly its token, waiters or not
   local function value(key) return server:cli("GET", key) end

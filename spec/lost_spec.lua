@@ -26,15 +26,8 @@ end
 
 describe("lost leases, told", function()
   local server, locker
-
-  lazy_setup(function()
-    server = R.start()
-    locker = R.fluxalock(server).locker()
-  end)
-  lazy_teardown(function()
-    fluxalock.configure { host = false }
-    if server then server:stop() end
-  end)
+  R.setup({ teardown = function() fluxalock.configure { host = false } end },
+    function(e) server, locker = e.server, e.locker end)
 
   describe("misuse", function()
     it("on_lost without renew raises, naming argument #4 and the option", function()

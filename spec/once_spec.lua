@@ -14,16 +14,8 @@ end
 
 describe("locker:once", function()
   local server, fluxalock
-
-  lazy_setup(function()
-    server = R.start()
-    fluxalock = R.fluxalock(server)
-  end)
-
-  lazy_teardown(function()
-    fluxalock.configure { host = false }
-    if server then server:stop() end
-  end)
+  R.setup({ locker = false, teardown = function(e) e.fluxalock.configure { host = false } end },
+    function(e) server, fluxalock = e.server, e.fluxalock end)
 
   describe("in a plain script (no host)", function()
     before_each(function() fluxalock.configure { host = false } end)

@@ -11,15 +11,8 @@ local H = require "support.hosts"
 
 describe("a shared connection under luv", function()
   local server, fl
-
-  setup(function()
-    server = R.start()
-    fl = R.fluxalock(server)
-  end)
-  teardown(function()
-    fl.configure { host = false }
-    server:stop()
-  end)
+  R.setup({ locker = false, teardown = function(e) e.fluxalock.configure { host = false } end },
+    function(e) server, fl = e.server, e.fluxalock end)
 
   it("never leaves parked requests without a reader (15 stampedes of 1000, wait < timeout)", function()
     local d = H.luv()

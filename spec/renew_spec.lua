@@ -35,16 +35,7 @@ end
 
 describe("a renewed lock", function()
   local server, fluxalock, locker
-
-  lazy_setup(function()
-    server = R.start()
-    fluxalock = R.fluxalock(server)
-    locker = fluxalock.locker()
-  end)
-
-  lazy_teardown(function()
-    if server then server:stop() end
-  end)
+  R.setup({}, function(e) server, fluxalock, locker = e.server, e.fluxalock, e.locker end)
 
   it("outlives its 0.6 s ttl for 3 s while the process sleeps in os.execute", function()
     local p = holder(server, [[

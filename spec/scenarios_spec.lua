@@ -4,41 +4,13 @@
 -- events of A and B can be put in order.
 local R = require "support.redis"
 
--- a child that talks to 'url' and can print timed events
-local function child(url, body)
-  return R.spawn(([[
-    local fluxalock = require "fluxalock"
-    local core = require "fluxalock.core"
-    fluxalock.configure { pools = { default = %q } }
-    local locker = fluxalock.locker()
-    local function event(name, detail)
-      io.write(("%%s %%.6f %%s\n"):format(name, core.now(), tostring(detail or "")))
-      io.stdout:flush()
-    end
-  ]]):format(url) .. body)
-end
-
--- EVENT -> { t = seconds, detail = string }
-local function events(out)
-  local e = {}
-  for name, t, detail in out:gmatch("(%u[%u_]*) (%d+%.%d+) ([^\n]*)") do
-    e[name] = { t = tonumber(t), detail = detail }
-  end
-  return e
-end
+-- a child that talks to 'url' and can print timed events (event())
+local function child(url, body) return R.child(body, { URL = url }) end
+local events = R.events
 
 describe("the reference scenarios", function()
-  local server, fluxalock, locker
-
-  lazy_setup(function()
-    server = R.start()
-    fluxalock = R.fluxalock(server)
-    locker = fluxalock.locker()
-  end)
-
-  lazy_teardown(function()
-    if server then server:stop() end
-  end)
+  local server, locker
+  R.setup({}, function(e) server, locker = e.server, e.locker end)
 
   local function holder_a(hold)
     return child(server.url, ([[
@@ -157,15 +129,7 @@ end)
 
 describe("a waiting obtain", function()
   local server, fluxalock
-
-  lazy_setup(function()
-    server = R.start()
-    fluxalock = R.fluxalock(server)
-  end)
-
-  lazy_teardown(function()
-    if server then server:stop() end
-  end)
+  R.setup({ locker = false }, function(e) server, fluxalock = e.server, e.fluxalock end)
 
   it("returns 'not obtained' at its deadline, not much later", function()
     local locker = fluxalock.locker()

@@ -7,11 +7,7 @@ local R = require "support.redis"
 local T = require "support.tls"
 local core = require "fluxalock.core"
 
-local function timed(f)
-  local t = R.now()
-  local r = table.pack(f())
-  return R.now() - t, table.unpack(r, 1, r.n)
-end
+local timed = R.timed
 
 local function raised(f, ...)
   local ok, err = pcall(f, ...)

@@ -21,6 +21,13 @@ R.quote = q
 R.sleep = core.sleep
 R.now = core.now
 
+-- elapsed seconds of f(...), and its results
+function R.timed(f, ...)
+  local t = core.now()
+  local r = table.pack(f(...))
+  return core.now() - t, table.unpack(r, 1, r.n)
+end
+
 -- temporary directories and files, removed when the process ends
 -- (spec/support/tmp.lua): R.tmpdir("tag"), R.tmpfile("tag")
 R.tmpdir, R.tmpfile = Tmp.dir, Tmp.file
@@ -245,6 +252,61 @@ function R.spawn(code, env)
   return proc
 end
 
+-- R.child(body, env): R.spawn of a program that starts with the preamble of
+-- spec/support/child.lua (fluxalock configured from env's URL, URLS or
+-- SEEDS, and TIMEOUT; a witness connection from WITNESS); body sees
+-- fluxalock, core, locker, witness, event (and C, the whole preamble)
+local PREAMBLE = 'local C = require "support.child" '
+  .. "local fluxalock, core, locker, witness, event = C.fluxalock, C.core, C.locker, C.witness, C.event\n"
+function R.child(body, env)
+  return R.spawn(PREAMBLE .. body, env)
+end
+
+-- R.holder(server, key, o): a child process that obtains key (ttl o.ttl,
+-- default 30; renewed with o.renew) and holds it until it is told to
+-- release, never after a guessed pause: the test's proc:release() (it sets
+-- the Redis key "<key>:go"), or with o.until_waiter a client of the server
+-- blocked in BLPOP (a waiter on the key's wake-up list, from CLIENT LIST).
+-- Returns the proc once the lock is held (the child set "<key>:held");
+-- proc:wait() ends with "released true" (what release() returned).
+local HOLDER = [[
+local key, ttl = os.getenv("KEY"), tonumber(os.getenv("TTL"))
+local redis = core.pool { path = os.getenv("SOCK") }
+local lock = assert(locker:obtain(key, ttl, 0, os.getenv("RENEW") and { renew = true } or nil))
+assert(redis:call { "SET", key .. ":held", lock:token() })
+local function told()
+  if os.getenv("UNTIL_WAITER") then
+    return (redis:call { "CLIENT", "LIST" } or ""):find(" flags=%a*b[^\n]- cmd=blpop") ~= nil
+  end
+  return redis:call { "EXISTS", key .. ":go" } == 1
+end
+local deadline = core.now() + 60
+while not told() and core.now() < deadline do core.sleep(0.005) end
+print("released " .. tostring(lock:release()))
+]]
+function R.holder(server, key, o)
+  o = o or {}
+  server:cli("DEL", key .. ":held", key .. ":go")
+  local p = R.child(HOLDER, { URL = server.url, SOCK = server.socket, KEY = key, TTL = o.ttl or 30,
+    RENEW = o.renew and "1" or nil, UNTIL_WAITER = o.until_waiter and "1" or nil })
+  until_true(function() return server:cli("EXISTS", key .. ":held") == "1" end, 10, "the holder of " .. key)
+  p.token = server:cli("GET", key .. ":held")
+  function p.release(self)
+    server:cli("SET", key .. ":go", "1")
+    return self:wait()
+  end
+  return p
+end
+
+-- the events a child printed with event(): NAME -> { t = seconds, detail }
+function R.events(out)
+  local e = {}
+  for name, t, detail in out:gmatch("(%u[%u_]*) (%d+%.%d+) ([^\n]*)") do
+    e[name] = { t = tonumber(t), detail = detail }
+  end
+  return e
+end
+
 -- a fresh module instance configured for server s (package.loaded reset)
 function R.fluxalock(s, extra)
   local fl = require "fluxalock"
@@ -252,6 +314,85 @@ function R.fluxalock(s, extra)
   for k, v in pairs(extra or {}) do pool[k] = v end
   fl.configure { pools = { default = pool } }
   return fl
+end
+
+-- busted gives lazy_setup/lazy_teardown to spec files only (their _ENV):
+-- the nearest caller whose _ENV has them
+local function busted_env()
+  for level = 3, 12 do
+    local info = debug.getinfo(level, "f")
+    if not info then break end
+    for i = 1, math.huge do
+      local name, v = debug.getupvalue(info.func, i)
+      if not name then break end
+      if name == "_ENV" and type(v) == "table" and v.lazy_setup then return v end
+    end
+  end
+  error("R.setup: call it from a describe block of a spec file", 3)
+end
+
+-- One line of setup for a describe block:
+--   local env = R.setup({ server = <R.start options>, pool = <more pool
+--     fields>, host = <host name>, locker = false, teardown = fn }, fill)
+-- registers a lazy_setup that starts a server, configures a fluxalock
+-- module for it (its default pool) and makes the default locker, and a
+-- lazy_teardown that runs opts.teardown(env) and stops the server.  env
+-- gets server, fluxalock, locker at setup; fill(env), if given, is called
+-- then (to copy them into the spec's own locals).
+function R.setup(opts, fill)
+  opts = opts or {}
+  local busted, env = busted_env(), {}
+  busted.lazy_setup(function()
+    env.server = R.start(opts.server)
+    env.fluxalock = R.fluxalock(env.server, opts.pool)
+    if opts.host then env.fluxalock.configure { host = opts.host } end
+    if opts.locker ~= false then env.locker = env.fluxalock.locker() end
+    if fill then fill(env) end
+  end)
+  busted.lazy_teardown(function()
+    if opts.teardown then opts.teardown(env) end
+    if env.server then env.server:stop() end
+  end)
+  return env
+end
+
+-- the values of keys, as numbers (0 for a missing key), in one round trip
+-- on a connection of the harness's own: server:counts("holders", "total")
+function Server:counts(...)
+  local r = resp.call({ socket = self.socket }, self.opts.password, "MGET", ...)
+  local out = {}
+  for i = 1, select("#", ...) do out[i] = tonumber(r[i]) or 0 end
+  return table.unpack(out, 1, select("#", ...))
+end
+
+-- a master and a replica acknowledging its writes (a write, then WAIT on
+-- the same connection: right after the sync the replica may not yet, for
+-- a moment) -> master, replica
+function R.pair()
+  -- (no 5 s diskless-sync delay: the replica syncs at once)
+  local master = R.start { args = { "--repl-diskless-sync-delay", "0" } }
+  local replica = R.start { args = { "--replicaof", "127.0.0.1", tostring(master.port) } }
+  until_true(function()
+    local out = sh(("printf 'SET warm 1\\nWAIT 1 100\\n' | redis-cli -p %d"):format(master.port))
+    return out == "OK\n1\n"
+  end, 10, "replica acknowledging")
+  return master, replica
+end
+
+-- R.setup_pair(fill): for a describe block, R.pair() at its lazy_setup
+-- (fill(env) then, env.master and env.replica), both stopped at its
+-- lazy_teardown; returns env
+function R.setup_pair(fill)
+  local busted, env = busted_env(), {}
+  busted.lazy_setup(function()
+    env.master, env.replica = R.pair()
+    if fill then fill(env) end
+  end)
+  busted.lazy_teardown(function()
+    if env.replica then env.replica:stop() end
+    if env.master then env.master:stop() end
+  end)
+  return env
 end
 
 return R
