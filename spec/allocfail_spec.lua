@@ -139,9 +139,7 @@ describe("a Lua memory error in the C core while it owns memory (item 11, the Lu
     local _, dir = build("failalloc_lua", "-I/usr/include/lua5.4")
     mod_dir = dir
     server = R.start()
-    local down = R.start()
-    gone = down.port -- a port nobody listens on: every connect is refused
-    down:stop()
+    gone = R.free_port() -- a port nobody listens on: every connect is refused
   end)
 
   lazy_teardown(function() if server then server:stop() end end)

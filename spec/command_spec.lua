@@ -11,19 +11,7 @@ local ROOT = R.sh("pwd"):gsub("%s+$", "")
 local BIN = ROOT .. "/bin/fluxalock"
 local q = R.quote
 
-local function read(path)
-  local f = io.open(path)
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
-local function write(path, s)
-  local f = assert(io.open(path, "w"))
-  f:write(s)
-  f:close()
-end
+local read, write = R.read, R.write
 
 local function exists(path) return read(path) ~= nil end
 

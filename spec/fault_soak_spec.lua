@@ -43,7 +43,6 @@ local WORKER = [[
 
 describe("mutual exclusion under Redis restarts", function()
   it("shows zero overlaps over thousands of acquisitions by " .. WORKERS .. " processes", function()
-    local socket = require "socket"
     local server = R.start { persist = true }
     finally(function() server:stop() end)
     local log = R.tmpfile()
@@ -75,11 +74,7 @@ describe("mutual exclusion under Redis restarts", function()
       if not ok or R.now() >= deadline then break end
       if restarts % 2 == 0 then
         server:kill()
-        R.until_true(function()
-          local c = socket.connect("127.0.0.1", server.port)
-          if c then c:close() end
-          return c == nil
-        end, 10, "the killed server's port to close")
+        server:refusing()
       end
       server:restart()
       restarts = restarts + 1

@@ -8,10 +8,7 @@ describe("a locker whose Redis is not running", function()
   local fluxalock = require "fluxalock"
 
   it("returns nil, 'fluxalock: connect 127.0.0.1:<port>: Connection refused' #timing", function()
-    -- a port that was just in use and is free now
-    local server = R.start()
-    local port = server.port
-    server:stop()
+    local port = R.free_port()
     local locker = fluxalock.locker(("redis://127.0.0.1:%d/0"):format(port))
     local dt, lock, err = timed(locker.obtain, locker, "k", 5)
     assert.is_nil(lock)
@@ -33,9 +30,7 @@ describe("a locker whose Redis is not running", function()
   end)
 
   it("never shows the password in the failure", function()
-    local server = R.start()
-    local port = server.port
-    server:stop()
+    local port = R.free_port()
     local locker = fluxalock.locker(("redis://alice:hunter2@127.0.0.1:%d/3"):format(port))
     local lock, err = locker:obtain("k", 5)
     assert.is_nil(lock)
@@ -84,10 +79,7 @@ end)
 
 describe("a locker whose Redis was killed while a lock was held", function()
   it("works again once Redis is back on the same port", function()
-    local server = R.start()
-    finally(function() server:stop() end)
-    local fluxalock = R.fluxalock(server)
-    local locker = fluxalock.locker()
+    local server, _, locker = R.own()
     local lock = assert(locker:obtain("killed", 30))
     server:kill()
     -- down: failures are values, nothing raises
@@ -113,9 +105,7 @@ end)
 
 describe("SCRIPT FLUSH on the server", function()
   it("between calls breaks nothing", function()
-    local server = R.start()
-    finally(function() server:stop() end)
-    local locker = R.fluxalock(server).locker()
+    local server, _, locker = R.own()
     local lock = assert(locker:obtain("flushed", 10))
     assert.equal("OK", server:cli("SCRIPT", "FLUSH"))
     assert.is_true(lock:ttl() > 9)

@@ -60,9 +60,7 @@ describe("the debug log", function()
 
   it("reports a failure with ok = false, the message and the code obtain returned", function()
     local events, log = recorder()
-    local down = R.start()
-    local url = down.url
-    down:stop()
+    local _, url = R.free_port()
     local l = fluxalock.locker { url = url, connect_timeout = 0.5, log = log }
     local _, err, code = l:obtain("gone", 5)
     assert.equal(1, #events)
@@ -186,9 +184,7 @@ describe("the debug log", function()
   end)
 
   it("FLUXALOCK_DEBUG=1 shows a failure's message", function()
-    local down = R.start()
-    local url = down.url
-    down:stop()
+    local _, url = R.free_port()
     local child = R.spawn(([[
       local fluxalock = require "fluxalock"
       print(fluxalock.locker(%q):obtain("job", 5))

@@ -34,11 +34,7 @@ local function build(dir, extra, core)
   end
 end
 
-local function write(path, s)
-  local f = assert(io.open(path, "w"))
-  f:write(s)
-  f:close()
-end
+local write = R.write
 
 describe("an embedding program with a Lua state per thread", function()
   local server, dir

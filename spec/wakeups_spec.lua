@@ -81,10 +81,7 @@ describe("a key's local queue under luv whose head is closed", function()
   end)
 
   it("hands the turn to the waiter behind it: the third in line gets the key, not 'not obtained'", function()
-    local fl = R.fluxalock(server, { retry_step = 0.01, retry_max = 0.05 })
-    local holder = assert(fl.locker():obtain("wk:third", 30))
-    fl.configure { host = "luv" }
-    local locker = fl.locker()
+    local _, holder, locker = H.luv_held(server, "wk:third")
     local d = H.luv()
     local second, got, err, took
     -- the first waiter gets the key from the holder, and holds it a moment
@@ -115,10 +112,7 @@ describe("a key's local queue under luv whose head is closed", function()
   end)
 
   it("leaves nothing of closed waiters in the loop: no timer runs on for their wait", function()
-    local fl = R.fluxalock(server, { retry_step = 0.01, retry_max = 0.05 })
-    local holder = assert(fl.locker():obtain("wk:gone", 30))
-    fl.configure { host = "luv" }
-    local locker = fl.locker()
+    local _, holder, locker = H.luv_held(server, "wk:gone")
     -- three waiters: the head mid-try, the second and the third parked
     -- (the third for its whole wait of 20 s)
     local waiters = {}

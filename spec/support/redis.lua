@@ -4,19 +4,13 @@
 local core = require "fluxalock.core"
 local resp = require "support.resp"
 local Tmp = require "support.tmp"
+local S = require "support.sys"
 
 local R = {}
 
-local function sh(cmd)
-  local p = assert(io.popen(cmd, "r"))
-  local out = p:read("a")
-  local ok, _, code = p:close()
-  return out, ok, code
-end
-R.sh = sh
-
-local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
-R.quote = q
+local sh, q = S.sh, S.quote
+R.sh, R.quote = sh, q
+R.read, R.write = S.read, S.write
 
 R.sleep = core.sleep
 R.now = core.now
@@ -34,14 +28,7 @@ R.tmpdir, R.tmpfile = Tmp.dir, Tmp.file
 local function mkdtemp() return Tmp.dir("r") end
 
 -- a process that exited but was not reaped yet (a zombie) counts as gone
-local function alive(pid)
-  local f = pid and io.open("/proc/" .. pid .. "/stat")
-  if not f then return false end
-  local st = f:read("a")
-  f:close()
-  local state = st:match("^%d+ %b() (%a)")
-  return state ~= nil and state ~= "Z" and state ~= "X"
-end
+local alive = S.alive
 R.alive = alive
 
 -- a process to stop when this one ends, if it is still running then
@@ -204,6 +191,17 @@ function Server:stop(sig)
 end
 
 function Server:kill() self:stop("KILL") end
+
+-- SIGKILL is reported before every thread of the server is gone: wait until
+-- its port really refuses connections (the kernel closed its sockets)
+function Server:refusing()
+  local socket = require "socket"
+  until_true(function()
+    local c = socket.connect("127.0.0.1", self.port)
+    if c then c:close() end
+    return c == nil
+  end, 10, "the killed server's port to close")
+end
 function Server:pause() self:signal("STOP") end
 function Server:resume() self:signal("CONT") end
 
@@ -221,32 +219,39 @@ local function lua_env()
     q(root .. "/?.so;;"))
 end
 
+R.lua_env = lua_env
+
+-- Lua code in a file main.lua of a new temporary directory -> file, dir
+function R.program(code, tag)
+  local dir = Tmp.dir(tag)
+  local file = dir .. "/main.lua"
+  S.write(file, code)
+  return file, dir
+end
+
 -- R.spawn(code, env): run Lua code in a real OS process (lua5.4).
 -- Returns a proc with :wait() -> output, exit code; :pid; :kill(sig).
 function R.spawn(code, env)
-  local dir = Tmp.dir("p")
-  local file = dir .. "/main.lua"
-  local f = assert(io.open(file, "w"))
-  f:write(code)
-  f:close()
+  local file, dir = R.program(code, "p")
   local vars = {}
   for k, v in pairs(env or {}) do vars[#vars + 1] = k .. "=" .. q(v) end
   local cmd = ("%s %s %s lua5.4 %s > %s 2>&1 & echo $!"):format(
     lua_env(), Tmp.env(), table.concat(vars, " "), q(file), q(dir .. "/out"))
   local pid = track(tonumber((sh("exec 3>&-; " .. cmd))))
   local proc = { pid = pid, dir = dir }
+  function proc.output(self) return S.read(self.dir .. "/out") or "" end
   function proc.wait(self, timeout)
     until_true(function() return not alive(self.pid) end, timeout or 60, "child process " .. self.pid)
-    local h = io.open(self.dir .. "/out")
-    local out = h and h:read("a") or ""
-    if h then h:close() end
-    return out
+    return self:output()
   end
-  function proc.output(self)
-    local h = io.open(self.dir .. "/out")
-    local out = h and h:read("a") or ""
-    if h then h:close() end
-    return out
+  -- wait until the child made path (its signal that it is ready), or ended
+  function proc.ready(self, path, what, timeout)
+    until_true(function() return S.read(path) ~= nil or not alive(self.pid) end, timeout or 20, what)
+  end
+  -- tell the child to end by making path (its stop signal); its output
+  function proc.tell(self, path, timeout)
+    S.write(path, "")
+    return self:wait(timeout)
   end
   function proc.signal(self, sig) os.execute(("kill -%s %d 2>/dev/null"):format(sig, self.pid)) end
   return proc
@@ -393,6 +398,26 @@ function R.setup_pair(fill)
     if env.master then env.master:stop() end
   end)
   return env
+end
+
+-- R.own(opts, pool): a server of the running test's own (R.start's opts),
+-- stopped at the test's end (busted's finally, also when an assertion
+-- fails) -> server, fluxalock (configured for it, pool: more pool fields),
+-- its default locker
+function R.own(opts, pool)
+  local server = R.start(opts)
+  busted_env().finally(function() server:stop() end)
+  local fl = R.fluxalock(server, pool)
+  return server, fl, fl.locker()
+end
+
+-- a loopback port that was just in use and is free now: every connect to
+-- it is refused -> port, its redis:// URL
+function R.free_port()
+  local s = R.start()
+  local port, url = s.port, s.url
+  s:stop()
+  return port, url
 end
 
 return R
