@@ -56,11 +56,8 @@ local function lines(t) return table.concat(t, "\n") .. "\n" end
 describe("examples", function()
   local server
 
-  lazy_setup(function() server = R.start() end)
-  lazy_teardown(function()
-    if server then server:stop() end
-    if tree then os.remove(cwd) end
-  end)
+  R.setup({ module = false, teardown = function() if tree then os.remove(cwd) end end },
+    function(e) server = e.server end)
 
   if tree then
     it("loads fluxalock and its C core from the tree", function()

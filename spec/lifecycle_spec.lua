@@ -123,11 +123,10 @@ describe("SCRIPT FLUSH on the server", function()
 end)
 
 describe("locks and their locker's connections", function()
-  local server, fluxalock
-  R.setup({ locker = false }, function(e) server, fluxalock = e.server, e.fluxalock end)
+  local server, fluxalock, locker
+  R.setup({}, function(e) server, fluxalock, locker = e.server, e.fluxalock, e.locker end)
 
   it("a lock outlives locker:close() and reconnects", function()
-    local locker = fluxalock.locker()
     local lock = assert(locker:obtain("closed", 10))
     locker:close()
     assert.is_true(lock:ttl() > 9)
@@ -148,20 +147,16 @@ describe("locks and their locker's connections", function()
   end)
 
   it("lua_close with locks held against a frozen server ends within the timeouts #timing", function()
-    local p = R.spawn(([[
-      local fluxalock = require "fluxalock"
-      local core = require "fluxalock.core"
-      fluxalock.configure { pools = { default = { url = %q, timeout = 0.2, connect_timeout = 0.2 } } }
+    local p = R.child(([[
       local locks = {}
-      for i = 1, 3 do locks[i] = assert(fluxalock.locker():obtain("frozen-exit-" .. i, 60)) end
+      for i = 1, 3 do locks[i] = assert(locker:obtain("frozen-exit-" .. i, 60)) end
       print("HELD")
-      io.stdout:flush()
       -- wait for the parent to freeze the server: a ping then times out
-      while fluxalock.locker()._pool:call { "PING" } do core.sleep(0.01) end
+      local ping = core.pool { host = "127.0.0.1", port = %d, timeout = 0.2 }
+      while ping:call { "PING" } do core.sleep(0.01) end
       print("EXITING", core.now())
-      io.stdout:flush()
       os.exit(0, true) -- lua_close: every lock's __gc tries its release
-    ]]):format(server.url))
+    ]]):format(server.port), { URL = server.url, TIMEOUT = 0.2 })
     R.until_true(function() return p:output():find("HELD", 1, true) ~= nil end, 10, "child holding")
     server:pause()
     local ok, out = pcall(p.wait, p, 10)

@@ -22,11 +22,9 @@ end
 describe("the debug log", function()
   local server
 
-  lazy_setup(function() server = R.start() end)
-  lazy_teardown(function()
+  R.setup({ module = false, teardown = function()
     fluxalock.configure { log = false, pools = { log_a = false, log_b = false } }
-    if server then server:stop() end
-  end)
+  end }, function(e) server = e.server end)
 
   after_each(function() fluxalock.configure { log = false } end)
 

@@ -167,6 +167,20 @@ describe("locker:once", function()
         return co
       end
 
+      -- a coroutine of the loop whose once(key, 5, 3) call runs its fn for
+      -- 'secs' (a sleep of the loop) and returns "value": st.started once fn
+      -- runs, st.calls counts it; the call's results go to out[i]
+      local function long_call(d, locker, key, secs, st, out, i)
+        d.spawn(function()
+          out[i] = call(locker.once, locker, key, 5, 3, function()
+            st.calls = st.calls + 1
+            st.started = true
+            d.sleep(secs)
+            return "value"
+          end)
+        end)
+      end
+
       it("callers that come while one runs share its values: fn runs once", function()
         local d = new()
         local locker = fluxalock.locker()
@@ -223,37 +237,29 @@ describe("locker:once", function()
       it("a waiter that gives up gets 'not obtained' at its own deadline; the call runs on for the others", function()
         local d = new()
         local locker = fluxalock.locker()
-        local calls, long, short, took = 0, {}, nil, nil
-        local started = false
+        local st, long, short, took = { calls = 0, started = false }, {}, nil, nil
+        long_call(d, locker, "once:giveup", 0.6, st, long, 1)
         d.spawn(function()
-          long[1] = call(locker.once, locker, "once:giveup", 5, 3, function()
-            calls = calls + 1
-            started = true
-            d.sleep(0.6)
-            return "value"
-          end)
-        end)
-        d.spawn(function()
-          while not started do d.sleep(0.005) end
+          while not st.started do d.sleep(0.005) end
           local t0 = core.now()
-          short = call(locker.once, locker, "once:giveup", 5, 0.1, function() calls = calls + 1 end)
+          short = call(locker.once, locker, "once:giveup", 5, 0.1, function() st.calls = st.calls + 1 end)
           took = core.now() - t0
         end)
         d.spawn(function()
-          while not started do d.sleep(0.005) end
-          long[2] = call(locker.once, locker, "once:giveup", 5, 3, function() calls = calls + 1 end)
+          while not st.started do d.sleep(0.005) end
+          long[2] = call(locker.once, locker, "once:giveup", 5, 3, function() st.calls = st.calls + 1 end)
         end)
         local now_only
         d.spawn(function()
-          while not started do d.sleep(0.005) end
+          while not st.started do d.sleep(0.005) end
           -- wait 0: the key is busy, so at once (as obtain with wait 0)
           local t0 = core.now()
-          now_only = call(locker.once, locker, "once:giveup", 5, 0, function() calls = calls + 1 end)
+          now_only = call(locker.once, locker, "once:giveup", 5, 0, function() st.calls = st.calls + 1 end)
           now_only.took = core.now() - t0
         end)
         d.run()
         assert.same({}, d.errors)
-        assert.equal(1, calls)
+        assert.equal(1, st.calls)
         assert.same({ n = 3, [2] = "not obtained", [3] = "not_obtained" }, short)
         assert.is_true(took >= 0.1 and took < 0.5, ("gave up after %.3f s"):format(took))
         assert.same({ n = 1, "value" }, long[1])
@@ -266,23 +272,16 @@ describe("locker:once", function()
       it("a waiter closed while it waits cancels nothing: the call ends and the others get its values", function()
         local d = new()
         local locker = fluxalock.locker()
-        local calls, got, started = 0, {}, false
-        d.spawn(function()
-          got[1] = call(locker.once, locker, "once:wclosed", 5, 3, function()
-            calls = calls + 1
-            started = true
-            d.sleep(0.2)
-            return "value"
-          end)
-        end)
+        local st, got = { calls = 0, started = false }, {}
+        long_call(d, locker, "once:wclosed", 0.2, st, got, 1)
         local waiter, joining = nil, false
         d.spawn(function()
-          while not started do d.sleep(0.005) end
+          while not st.started do d.sleep(0.005) end
           waiter = closable(d, function()
             joining = true -- (no yield from here to its park in once)
-            got.closed = call(locker.once, locker, "once:wclosed", 5, 3, function() calls = calls + 1 end)
+            got.closed = call(locker.once, locker, "once:wclosed", 5, 3, function() st.calls = st.calls + 1 end)
           end)
-          got[2] = call(locker.once, locker, "once:wclosed", 5, 3, function() calls = calls + 1 end)
+          got[2] = call(locker.once, locker, "once:wclosed", 5, 3, function() st.calls = st.calls + 1 end)
         end)
         d.spawn(function()
           while not joining do d.sleep(0.005) end
@@ -291,7 +290,7 @@ describe("locker:once", function()
         end)
         d.run()
         assert.same({}, d.errors)
-        assert.equal(1, calls)
+        assert.equal(1, st.calls)
         assert.is_nil(got.closed)
         assert.same({ n = 1, "value" }, got[1])
         assert.same({ n = 1, "value" }, got[2])

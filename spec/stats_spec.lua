@@ -53,11 +53,8 @@ end
 describe("locker:stats()", function()
   local server
 
-  lazy_setup(function() server = R.start() end)
-  lazy_teardown(function()
-    fluxalock.configure { log = false }
-    if server then server:stop() end
-  end)
+  R.setup({ module = false, teardown = function() fluxalock.configure { log = false } end },
+    function(e) server = e.server end)
 
   it("starts at zero and returns a fresh table each time", function()
     local l = fluxalock.locker { url = server.url }

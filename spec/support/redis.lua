@@ -338,9 +338,11 @@ end
 
 -- One line of setup for a describe block:
 --   local env = R.setup({ server = <R.start options>, pool = <more pool
---     fields>, host = <host name>, locker = false, teardown = fn }, fill)
+--     fields>, host = <host name>, locker = false, module = false,
+--     teardown = fn }, fill)
 -- registers a lazy_setup that starts a server, configures a fluxalock
--- module for it (its default pool) and makes the default locker, and a
+-- module for it (its default pool; not with module = false) and makes the
+-- default locker (not with locker = false or module = false), and a
 -- lazy_teardown that runs opts.teardown(env) and stops the server.  env
 -- gets server, fluxalock, locker at setup; fill(env), if given, is called
 -- then (to copy them into the spec's own locals).
@@ -349,9 +351,11 @@ function R.setup(opts, fill)
   local busted, env = busted_env(), {}
   busted.lazy_setup(function()
     env.server = R.start(opts.server)
-    env.fluxalock = R.fluxalock(env.server, opts.pool)
-    if opts.host then env.fluxalock.configure { host = opts.host } end
-    if opts.locker ~= false then env.locker = env.fluxalock.locker() end
+    if opts.module ~= false then
+      env.fluxalock = R.fluxalock(env.server, opts.pool)
+      if opts.host then env.fluxalock.configure { host = opts.host } end
+      if opts.locker ~= false then env.locker = env.fluxalock.locker() end
+    end
     if fill then fill(env) end
   end)
   busted.lazy_teardown(function()
