@@ -170,18 +170,18 @@ describe("a waiting obtain", function()
 
   it("is woken by a release in another process long before its backoff would retry", function()
     local slow = fluxalock.locker { url = server.url, retry_step = 5, retry_max = 5 }
-    local p = child(server.url, [[
+    local p = R.child([[
       local lock = assert(locker:obtain("woken", 30))
       event("GOT")
       -- hold until the parent is waiting: blocked on the wake-up list
       local function blocked()
-        return (locker._pool:call { "CLIENT", "LIST" } or ""):find(" flags=%a*b[^\n]- cmd=blpop") ~= nil
+        return (witness:call { "CLIENT", "LIST" } or ""):find(" flags=%a*b[^\n]- cmd=blpop") ~= nil
       end
       while not blocked() do core.sleep(0.005) end
-      assert(locker._pool:call { "GET", "woken" } == lock:token(), "the holder's value was touched")
+      assert(witness:call { "GET", "woken" } == lock:token(), "the holder's value was touched")
       event("RELEASING")
       lock:release()
-    ]])
+    ]], { URL = server.url, WITNESS = server.port })
     R.until_true(function() return server:cli("EXISTS", "woken") == "1" end, 10, "child holding")
     local lock, err = slow:obtain("woken", 10, 8)
     local got = R.now()

@@ -154,6 +154,12 @@ function Server:cli(...)
   return (sh(table.concat(args, " ") .. " 2>&1"):gsub("\n$", ""))
 end
 
+-- a command on a connection of the harness's own for this one call; the
+-- reply as a Lua value (integers, strings, tables; false for nil) or nil, err
+function Server:call(...)
+  return resp.call({ socket = self.socket }, self.opts.password, ...)
+end
+
 -- how many clients are blocked in BLPOP now (a fluxalock waiter waiting on
 -- its wake-up list), from the server's CLIENT LIST
 function Server:blocked()
