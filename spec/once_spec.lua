@@ -310,10 +310,11 @@ describe("locker:once", function()
             host.park(parked, 20)
           end)
         end)
-        local t0
+        local t0, joined = nil, 0
         for i = 1, 10 do
           d.spawn(function()
             while not inside do d.sleep(0.005) end
+            joined = joined + 1 -- (no yield from here to its park in once)
             got[i] = call(locker.once, locker, "once:closed", 30, 10, function()
               calls = calls + 1
               d.sleep(0.05)
@@ -323,8 +324,7 @@ describe("locker:once", function()
           end)
         end
         d.spawn(function()
-          while not inside do d.sleep(0.005) end
-          d.sleep(0.05) -- (the waiters have joined: they started at the same signal)
+          while joined < 10 do d.sleep(0.005) end -- the waiters have joined the flight
           t0 = core.now()
           assert(coroutine.close(leader))
           -- (under cqueues, the coroutine that resumed it still waits on

@@ -227,7 +227,8 @@ describe("a renewed lock and its process", function()
     while sys.poll(fd, 0) do io.open("/proc/self/fd/" .. fd, "rb"):read(1) end -- earlier tests' bytes
     local fl = R.fluxalock(server, { timeout = 0.2, connect_timeout = 0.2 })
     local lock = assert(fl.locker():obtain("frozen", 0.6, 0, { renew = 0.1 }))
-    R.sleep(0.3)
+    -- renewals are going on (the renewal thread has the lock)
+    R.until_true(function() return fl.locker():stats().renewed >= 2 end, 5, "renewals")
     server:pause() -- SIGSTOP: connections stay open, nothing answers
     local t0 = R.now()
     local woke = sys.poll(fd, 2000) -- no call on the lock meanwhile

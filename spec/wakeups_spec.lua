@@ -84,12 +84,14 @@ describe("a key's local queue under luv whose head is closed", function()
     local _, holder, locker = H.luv_held(server, "wk:third")
     local d = H.luv()
     local second, got, err, took
-    -- the first waiter gets the key from the holder, and holds it a moment
+    -- the first waiter gets the key from the holder, and holds it until
+    -- the third is waiting behind it
     d.spawn(function()
       local lock = assert(locker:obtain("wk:third", 30, 20))
       -- the second in line is the head now: it is closed before its turn
       assert(coroutine.close(second))
-      d.sleep(0.1)
+      local deadline = core.now() + 10
+      while locker:stats().waiting < 1 and core.now() < deadline do d.sleep(0.005) end
       assert.is_true(lock:release())
     end)
     second = coroutine.create(function() locker:obtain("wk:third", 30, 20) end)
@@ -106,7 +108,7 @@ describe("a key's local queue under luv whose head is closed", function()
     d.run()
     assert.same({}, d.errors)
     assert.is_true(got, err)
-    -- the key was free from the first waiter's release on (0.1 s)
+    -- the key was free from the first waiter's release on
     assert.is_true(took < 2.5, ("took %.2f s"):format(took))
     assert.equal(0, locker:stats().waiting)
   end)
