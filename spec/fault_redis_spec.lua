@@ -59,14 +59,11 @@ describe("Redis killed and restarted", function()
     local server, _, locker = R.own { persist = true }
     local lock = assert(locker:obtain("job", 30))
     local code = [[
-      local fl = require "fluxalock"
-      fl.configure { pools = { default = os.getenv("URL") } }
-      local core = require "fluxalock.core"
       local t = core.now()
-      local lock, err = fl.locker():obtain("job", 10, 10)
+      local lock, err = locker:obtain("job", 10, 10)
       print(string.format("result %s %s %.3f", tostring(lock), tostring(err), core.now() - t))
     ]]
-    local child = R.spawn(code, { URL = server.url })
+    local child = R.child(code, { URL = server.url })
     -- the waiter is blocked on its wake-up list: it is waiting
     R.until_true(function() return server:blocked() > 0 end, 10, "the waiter")
     server:kill()
@@ -77,7 +74,7 @@ describe("Redis killed and restarted", function()
     assert.is_true(tonumber(dt) < 5, "the waiter did not sit out its wait: " .. out)
     server:restart()
     -- the lock survived; a new waiter gets it once the holder releases
-    child = R.spawn(code, { URL = server.url })
+    child = R.child(code, { URL = server.url })
     R.until_true(function() return server:blocked() > 0 end, 10, "the waiter")
     assert.equal(lock:token(), server:cli("GET", "job")) -- the holder's value untouched
     assert.is_true(lock:release())

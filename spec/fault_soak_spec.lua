@@ -10,11 +10,8 @@ local R = require "support.redis"
 local SECONDS = tonumber(os.getenv("FLUXALOCK_SOAK_SECONDS")) or 20
 local WORKERS = 6
 
+-- (R.child: locker on URL, timeouts 0.5 s)
 local WORKER = [[
-  local fl = require "fluxalock"
-  local core = require "fluxalock.core"
-  fl.configure { pools = { default = { url = os.getenv("URL"), timeout = 0.5, connect_timeout = 0.5 } } }
-  local locker = fl.locker()
   local log = assert(io.open(os.getenv("LOG"), "a"))
   local pid = assert(io.open("/proc/self/stat")):read("a"):match("^(%d+)")
   local stop = core.now() + tonumber(os.getenv("SECONDS"))
@@ -49,7 +46,7 @@ describe("mutual exclusion under Redis restarts", function()
     finally(function() os.remove(log) end)
     local procs = {}
     for i = 1, WORKERS do
-      procs[i] = R.spawn(WORKER, { URL = server.url, LOG = log, SECONDS = SECONDS })
+      procs[i] = R.child(WORKER, { URL = server.url, TIMEOUT = 0.5, LOG = log, SECONDS = SECONDS })
     end
     finally(function() for _, p in ipairs(procs) do p:signal("KILL") end end)
     local function acquisitions()

@@ -324,26 +324,21 @@ describe("a lock", function()
 
   describe("process exit", function()
     it("os.exit(0, true) while holding a lock leaves it released", function()
-      local p = R.spawn(([[
-        local fluxalock = require "fluxalock"
-        fluxalock.configure { pools = { default = %q } }
-        local lock = assert(fluxalock.locker():obtain("exiting", 60))
+      local p = R.child([[
+        local lock = assert(locker:obtain("exiting", 60))
         io.write("HELD ", lock:token(), "\n")
-        io.stdout:flush()
         os.exit(0, true)
-      ]]):format(server.url))
+      ]], { URL = server.url })
       local out = p:wait(20)
       assert.matches("^HELD %x+", out)
       assert.is_false(exists("exiting"))
     end)
 
     it("a process that ends normally while holding a lock leaves it released", function()
-      local p = R.spawn(([[
-        local fluxalock = require "fluxalock"
-        fluxalock.configure { pools = { default = %q } }
-        HOLD = assert(fluxalock.locker():obtain("ending", 60)) -- a global: alive to the end
+      local p = R.child([[
+        HOLD = assert(locker:obtain("ending", 60)) -- a global: alive to the end
         print("HELD")
-      ]]):format(server.url))
+      ]], { URL = server.url })
       assert.matches("^HELD", p:wait(20))
       assert.is_false(exists("ending"))
     end)

@@ -146,16 +146,15 @@ describe("the debug log", function()
   end)
 
   it("a log function that raises does not break the request; it is reported once on stderr", function()
-    local child = R.spawn(([[
-      local fluxalock = require "fluxalock"
-      fluxalock.configure { pools = { default = %q }, log = function() error("boom in log") end }
+    local child = R.child([[
+      fluxalock.configure { log = function() error("boom in log") end }
       local l = fluxalock.locker()
       for _ = 1, 3 do
         local lock = assert(l:obtain("raise", 5))
         print(lock:release())
       end
       print(l:stats().obtained)
-    ]]):format(server.url))
+    ]], { URL = server.url })
     local out = child:wait()
     assert.equal(3, select(2, out:gsub("true\n", "")), out)
     assert.matches("\n3\n$", out)
@@ -164,13 +163,11 @@ describe("the debug log", function()
   end)
 
   it("FLUXALOCK_DEBUG=1 writes one line per request to stderr", function()
-    local child = R.spawn(([[
-      local fluxalock = require "fluxalock"
-      fluxalock.configure { pools = { default = %q } }
-      local lock = assert(fluxalock.locker():obtain("cron\njob", 5))
+    local child = R.child([[
+      local lock = assert(locker:obtain("cron\njob", 5))
       assert(lock:release())
       io.stdout:write("done\n")
-    ]]):format(server.url), { FLUXALOCK_DEBUG = "1" })
+    ]], { URL = server.url, FLUXALOCK_DEBUG = "1" })
     local out = child:wait()
     local lines = {}
     for l in out:gmatch("[^\n]+") do lines[#lines + 1] = l end

@@ -10,15 +10,12 @@ local function pttl(s, key) return tonumber(s:cli("PTTL", key)) end
 -- then runs BODY (Lua code with 'lock' in scope)
 local function holder(s, body, env)
   local code = [[
-local fl = require "fluxalock"
-fl.configure { pools = { default = os.getenv("URL") } }
-local lock = assert(fl.locker():obtain(os.getenv("KEY"), tonumber(os.getenv("TTL")), 0, { renew = true }))
-io.stdout:setvbuf("no")
+local lock = assert(locker:obtain(os.getenv("KEY"), tonumber(os.getenv("TTL")), 0, { renew = true }))
 print("obtained")
 ]] .. body
   local e = { URL = s.url, KEY = "job", TTL = "0.6" }
   for k, v in pairs(env or {}) do e[k] = v end
-  local p = R.spawn(code, e)
+  local p = R.child(code, e)
   R.until_true(function() return p:output():find("obtained", 1, true) end, 10, "the holder's lock")
   return p
 end
@@ -46,9 +43,8 @@ print("released", lock:release())
     local second
     local ttls = sample(2.6, 0.05, function()
       if not second then -- meanwhile, another process tries and fails
-        second = R.spawn([[
-local fl = require "fluxalock"
-local lock, err = fl.locker(os.getenv("URL")):obtain("job", 5)
+        second = R.child([[
+local lock, err = locker:obtain("job", 5)
 print(lock and "obtained" or err)
 ]], { URL = server.url })
       end

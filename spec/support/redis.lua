@@ -1,6 +1,26 @@
 -- Test support: real redis-server processes on free loopback ports (and a
 -- Unix socket), started by the specs themselves and stopped by their own
 -- PID; real OS processes for concurrency.  Never a mock.
+--
+-- The harness at a glance (each is described where it is defined):
+--   R.setup(opts, fill)    one line in a describe block: a server, a module
+--                          configured for it and its default locker
+--   R.setup_pair(fill)     the same for a master and an acknowledging replica
+--   R.own(opts, pool)      a server of one test's own, stopped at its end
+--   R.start(opts)          a server: :cli, :call, :counts (MGET, one round
+--                          trip), :blocked, :pause, :resume, :kill, :restart,
+--                          :refusing, :stop
+--   R.child(body, env)     a child process whose program starts with the
+--                          shared preamble (spec/support/child.lua): fluxalock,
+--                          core, locker, witness, event; proc:wait, :output,
+--                          :ready(file), :tell(file), :signal
+--   R.holder(server, key)  a child that holds key until proc:release() (a
+--                          Redis key) or until a waiter is blocked
+--   R.until_true(fn)       wait for a condition, never a fixed sleep
+--   R.tmpdir, R.tmpfile    temporary files (spec/support/tmp.lua removes them)
+--   R.free_port, R.timed, R.events, R.read, R.write, R.sh, R.quote
+-- Event-loop hosts: spec/support/hosts.lua; Sentinel and Cluster:
+-- spec/support/topology.lua; TLS: spec/support/tls.lua.
 local core = require "fluxalock.core"
 local resp = require "support.resp"
 local Tmp = require "support.tmp"
