@@ -394,7 +394,7 @@ end
 -- the values of keys, as numbers (0 for a missing key), in one round trip
 -- on a connection of the harness's own: server:counts("holders", "total")
 function Server:counts(...)
-  local r = resp.call({ socket = self.socket }, self.opts.password, "MGET", ...)
+  local r = assert(self:call("MGET", ...))
   local out = {}
   for i = 1, select("#", ...) do out[i] = tonumber(r[i]) or 0 end
   return table.unpack(out, 1, select("#", ...))
