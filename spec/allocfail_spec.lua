@@ -20,22 +20,12 @@ end
 
 -- (ASan replaces malloc itself: tools/checks/asan.sh leaves these out)
 describe("an allocation failure after part of a request was written (item 1, an LD_PRELOAD allocator)", function()
-  local master, replica, preload
+  local master, preload
 
-  lazy_setup(function()
+  -- a replica, so that each request is an EVALSHA and a WAIT (replicas = 1)
+  R.setup_pair(function(e)
     preload = build("failalloc", "-ldl")
-    -- a replica, so that each request is an EVALSHA and a WAIT (replicas = 1)
-    master = R.start { args = { "--repl-diskless-sync-delay", "0" } }
-    replica = R.start { args = { "--replicaof", "127.0.0.1", tostring(master.port) } }
-    R.until_true(function()
-      local out = R.sh(("printf 'SET warm 1\\nWAIT 1 100\\n' | redis-cli -p %d"):format(master.port))
-      return out == "OK\n1\n"
-    end, 10, "replica acknowledging")
-  end)
-
-  lazy_teardown(function()
-    if replica then replica:stop() end
-    if master then master:stop() end
+    master = e.master
   end)
 
   -- eight coroutines obtain one key on one link under luv, after SCRIPT
@@ -149,9 +139,7 @@ describe("a Lua memory error in the C core while it owns memory (item 11, the Lu
     local _, dir = build("failalloc_lua", "-I/usr/include/lua5.4")
     mod_dir = dir
     server = R.start()
-    local down = R.start()
-    gone = down.port -- a port nobody listens on: every connect is refused
-    down:stop()
+    gone = R.free_port() -- a port nobody listens on: every connect is refused
   end)
 
   lazy_teardown(function() if server then server:stop() end end)

@@ -17,13 +17,7 @@ end
 
 describe("bad input", function()
   local server, fl, locker
-
-  setup(function()
-    server = R.start()
-    fl = R.fluxalock(server)
-    locker = fl.locker()
-  end)
-  teardown(function() server:stop() end)
+  R.setup({}, function(e) server, fl, locker = e.server, e.fluxalock, e.locker end)
 
   describe("to locker:obtain(key, ttl, wait)", function()
     local rows = {

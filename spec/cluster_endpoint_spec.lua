@@ -56,10 +56,10 @@ describe("a cluster that redirects to ':port'", function()
     local from = cluster:master_of(slot)
     local to = other_master(from)
     move_slot(slot, from, to)
-    local moved = l._pool:info().moved
+    local moved = l:stats().moved
     local ok, err = lock:refresh(30)
     assert.is_true(ok, err)
-    assert.equal(moved + 1, l._pool:info().moved)
+    assert.equal(moved + 1, l:stats().moved)
     assert.equal("1", to:cli("EXISTS", "{ep}req"))
     for _, addr in ipairs(l._pool:info().nodes) do
       assert.is_nil(addr:find("127.0.0.1", 1, true), addr)

@@ -3,18 +3,13 @@
 -- a replica promoted while real processes contend.
 local R = require "support.redis"
 local T = require "support.topology"
+local H = require "support.hosts"
 
 -- a worker process: contends for KEY until the witness says stop; reports
 -- every lock (INCR got), any overlap (INCR on entry must give 1), and the
 -- redirects its pool followed (moved, asked) to the witness server
+-- (R.child: locker on the Cluster pool of SEEDS, witness on WITNESS)
 local WORKER = [[
-local core = require "fluxalock.core"
-local fl = require "fluxalock"
-local seeds = {}
-for s in os.getenv("SEEDS"):gmatch("%S+") do seeds[#seeds + 1] = s end
-fl.configure { pools = { default = { cluster = seeds, timeout = 0.5, connect_timeout = 0.5 } } }
-local locker = fl.locker()
-local witness = core.pool { host = "127.0.0.1", port = tonumber(os.getenv("WITNESS")) }
 local key = os.getenv("KEY")
 local moved, asked, errors = 0, 0, {}
 -- ends when the witness says stop, when the witness is gone (a failed
@@ -33,10 +28,10 @@ while going() do
     local ok, rerr = lock:release()
     if ok == nil then errors[#errors + 1] = rerr end
     witness:call { "INCR", "got" }
-  elseif err ~= fl.NOT_OBTAINED then
+  elseif err ~= fluxalock.NOT_OBTAINED then
     errors[#errors + 1] = err
   end
-  local info = locker._pool:info()
+  local info = locker:stats()
   if info.moved > moved then witness:call { "INCRBY", "moved", info.moved - moved } moved = info.moved end
   if info.asked > asked then witness:call { "INCRBY", "asked", info.asked - asked } asked = info.asked end
 end
@@ -126,16 +121,11 @@ describe("a cluster pool", function()
     -- release's wake-up can get the waiter in on time.  The holder releases
     -- once it sees the waiter blocked on a wake-up list on one of the nodes
     -- (CLIENT LIST), not after a guessed pause.
-    local holder = R.spawn([[
-      local core = require "fluxalock.core"
-      local fl = require "fluxalock"
-      local seeds = {}
-      for s in os.getenv("SEEDS"):gmatch("%S+") do seeds[#seeds + 1] = s end
-      fl.configure { pools = { default = { cluster = seeds } } }
-      local lock = assert(fl.locker():obtain("c-wait", 30))
-      print("held") io.stdout:flush()
+    local holder = R.child([[
+      local lock = assert(locker:obtain("c-wait", 30))
+      print("held")
       local nodes = {}
-      for i, s in ipairs(seeds) do
+      for i, s in ipairs(C.seeds) do
         local host, port = s:match("^(.*):(%d+)$")
         nodes[i] = core.pool { host = host, port = tonumber(port) }
       end
@@ -147,7 +137,7 @@ describe("a cluster pool", function()
       end
       local deadline = core.now() + 20
       while not blocked() and core.now() < deadline do core.sleep(0.005) end
-      print(("releasing %.6f"):format(core.now())) io.stdout:flush()
+      print(("releasing %.6f"):format(core.now()))
       assert(lock:release())
     ]], { SEEDS = table.concat(cluster.seeds, " ") })
     R.until_true(function() return holder:output():find("held", 1, true) end, 10, "holder")
@@ -163,34 +153,13 @@ describe("a cluster pool", function()
   end)
 
   it("runs under an event-loop host: coroutines contend, requests yield", function()
-    local cqueues = require "cqueues"
-    local cq_host = require("fluxalock.host").resolve("cqueues")
-    local waits = 0
-    fluxalock.configure { host = { wait = function(...) waits = waits + 1 return cq_host.wait(...) end,
-                                   park = cq_host.park, unpark = cq_host.unpark } }
-    local l = fluxalock.locker() -- the same locker: its pools now wait through the host
-    assert.equal(locker, l)
-    local cq = cqueues.new()
-    local inside, overlaps, got = 0, 0, 0
-    for _ = 1, 3 do
-      cq:wrap(function()
-        for _ = 1, 10 do
-          local lock <close>, err = l:obtain("c-host", 2, 1)
-          assert(lock, err)
-          inside = inside + 1
-          if inside > 1 then overlaps = overlaps + 1 end
-          cqueues.sleep(0.001)
-          inside = inside - 1
-          got = got + 1
-        end
-      end)
-    end
-    local ok, err = cq:loop()
-    fluxalock.configure { host = false }
-    assert.is_true(ok, tostring(err))
-    assert.equal(30, got)
-    assert.equal(0, overlaps)
-    assert.is_true(waits > 30, "the host waited " .. waits .. " times")
+    local r = H.cqueues_rounds(fluxalock, "c-host")
+    -- the same locker: its pools now wait through the host
+    assert.equal(locker, r.locker)
+    assert.is_true(r.ok, tostring(r.err))
+    assert.equal(30, r.got)
+    assert.equal(0, r.overlaps)
+    assert.is_true(r.waits > 30, "the host waited " .. r.waits .. " times")
   end)
 
   it("waits for the slot's replica with replicas = 1", function()
@@ -216,9 +185,9 @@ describe("a cluster pool", function()
   end)
 
   local function contend(key, witness)
-    local env = { SEEDS = table.concat(cluster.seeds, " "), WITNESS = witness.port, KEY = key }
+    local env = { SEEDS = table.concat(cluster.seeds, " "), TIMEOUT = 0.5, WITNESS = witness.port, KEY = key }
     local procs = {}
-    for i = 1, 3 do procs[i] = R.spawn(WORKER, env) end
+    for i = 1, 3 do procs[i] = R.child(WORKER, env) end
     return procs
   end
   local function finish(procs, witness)
@@ -229,7 +198,7 @@ describe("a cluster pool", function()
     end
     assert.equal("", witness:cli("GET", "overlaps"))
   end
-  local function count(witness, what) return tonumber(witness:cli("GET", what)) or 0 end
+  local function count(witness, what) return (witness:counts(what)) end
 
   it("follows a slot migrated while processes contend (ASK, then MOVED), zero overlaps", function()
     local witness = R.start()
@@ -239,7 +208,7 @@ describe("a cluster pool", function()
     for _, n in ipairs(cluster.nodes) do
       if n ~= from and n:cli("ROLE"):find("^master") then to = n break end
     end
-    local info = function() return locker._pool:info() end
+    local info = function() return locker:stats() end
     -- this process's locker learnt the slot map before the migration
     local mine = assert(locker:obtain("{c-hot}mine", 30))
     local procs = contend("{c-hot}shared", witness)

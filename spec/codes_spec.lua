@@ -70,9 +70,7 @@ describe("error codes", function()
 
   lazy_setup(function()
     server = R.start()
-    local down = R.start()
-    down_port = down.port
-    down:stop()
+    down_port = R.free_port()
   end)
   lazy_teardown(function()
     fluxalock.configure { host = false }

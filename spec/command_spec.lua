@@ -11,19 +11,7 @@ local ROOT = R.sh("pwd"):gsub("%s+$", "")
 local BIN = ROOT .. "/bin/fluxalock"
 local q = R.quote
 
-local function read(path)
-  local f = io.open(path)
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
-local function write(path, s)
-  local f = assert(io.open(path, "w"))
-  f:write(s)
-  f:close()
-end
+local read, write = R.read, R.write
 
 local function exists(path) return read(path) ~= nil end
 
@@ -71,16 +59,7 @@ local function kill(pid, sig) os.execute(("kill -s %s %d"):format(sig, pid)) end
 
 describe("the fluxalock command", function()
   local server, fluxalock, locker
-
-  lazy_setup(function()
-    server = R.start()
-    fluxalock = R.fluxalock(server)
-    locker = fluxalock.locker()
-  end)
-
-  lazy_teardown(function()
-    if server then server:stop() end
-  end)
+  R.setup({}, function(e) server, fluxalock, locker = e.server, e.fluxalock, e.locker end)
 
   before_each(function() server:cli("FLUSHALL") end)
 

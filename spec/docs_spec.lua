@@ -61,8 +61,7 @@ for f in R.sh("ls docs/*.md"):gmatch("[^\n]+") do files[#files + 1] = f end
 describe("docs", function()
   local server
 
-  lazy_setup(function() server = R.start() end)
-  lazy_teardown(function() if server then server:stop() end end)
+  R.setup({ module = false }, function(e) server = e.server end)
 
   local function check(name, file, expect)
     local out, stderr, code = run(file, server.url)

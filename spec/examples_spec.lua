@@ -56,11 +56,8 @@ local function lines(t) return table.concat(t, "\n") .. "\n" end
 describe("examples", function()
   local server
 
-  lazy_setup(function() server = R.start() end)
-  lazy_teardown(function()
-    if server then server:stop() end
-    if tree then os.remove(cwd) end
-  end)
+  R.setup({ module = false, teardown = function() if tree then os.remove(cwd) end end },
+    function(e) server = e.server end)
 
   if tree then
     it("loads fluxalock and its C core from the tree", function()
@@ -126,9 +123,7 @@ describe("examples", function()
   end)
 
   it("with Redis down each example fails at once with the fluxalock message", function()
-    local down = R.start()
-    local url = down.url
-    down:stop()
+    local _, url = R.free_port()
     for _, name in ipairs { "non_blocking", "waiting", "ttl_refresh", "scoped", "renewed", "prometheus",
                             "fenced_store" } do
       local t0 = R.now()

@@ -5,13 +5,12 @@ local R = require "support.redis"
 
 local PROCS, ROUNDS = 4, 300
 
-local function contender(url, key, rounds, locker_expr)
-  return R.spawn(([[
-    local fluxalock = require "fluxalock"
-    fluxalock.configure { pools = { default = %q } }
-    local locker = %s
-    -- the counters go through a pool of their own, not the lock's connection
-    local counters = fluxalock.locker { url = %q }._pool
+-- (R.child: the counters go through the witness, a connection of its own,
+-- not the lock's)
+local function contender(server, key, rounds, locker_expr)
+  return R.child(([[
+    locker = %s
+    local counters = witness
     local overlaps, failures, done = 0, {}, 0
     for _ = 1, %d do
       local lock, err = locker:obtain(%q, 10, 10)
@@ -28,20 +27,18 @@ local function contender(url, key, rounds, locker_expr)
       end
     end
     print(("DONE %%d %%d %%d %%s"):format(done, overlaps, #failures, failures[1] or "-"))
-  ]]):format(url, locker_expr or "fluxalock.locker()", url, rounds, key))
+  ]]):format(locker_expr or "locker", rounds, key), { URL = server.url, WITNESS = server.port })
 end
 
 describe("mutual exclusion", function()
   local server
-
-  lazy_setup(function() server = R.start() end)
-  lazy_teardown(function() if server then server:stop() end end)
+  R.setup({ locker = false }, function(e) server = e.server end)
 
   -- rediskey: the lock's key in Redis (with the prefix)
   local function run(key, locker_expr, rediskey)
     server:cli("DEL", "holders", "total")
     local procs = {}
-    for i = 1, PROCS do procs[i] = contender(server.url, key, ROUNDS, locker_expr) end
+    for i = 1, PROCS do procs[i] = contender(server, key, ROUNDS, locker_expr) end
     local total_done = 0
     for i, p in ipairs(procs) do
       local out = p:wait(120)
@@ -53,10 +50,8 @@ describe("mutual exclusion", function()
       total_done = total_done + tonumber(done)
     end
     assert.equal(PROCS * ROUNDS, total_done)
-    assert.equal(tostring(PROCS * ROUNDS), server:cli("GET", "total"))
-    assert.equal("0", server:cli("GET", "holders"))
-    local pool = require("fluxalock").locker(server.url)._pool
-    assert.equal(0, pool:call { "EXISTS", rediskey or key })
+    assert.same({ PROCS * ROUNDS, 0 }, { server:counts("total", "holders") })
+    assert.equal("0", server:cli("EXISTS", rediskey or key))
   end
 
   it(("holds: %d processes x %d acquisitions on one key, zero overlaps"):format(PROCS, ROUNDS), function()

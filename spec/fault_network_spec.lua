@@ -5,11 +5,7 @@
 local R = require "support.redis"
 local P = require "support.proxy"
 
-local function timed(f)
-  local t = R.now()
-  local r = table.pack(f())
-  return R.now() - t, table.unpack(r, 1, r.n)
-end
+local timed = R.timed
 
 local ERR = "^fluxalock: %a+ 127%.0%.0%.1:%d+: "
 

@@ -4,32 +4,15 @@
 -- this process or real child processes.
 local R = require "support.redis"
 
--- elapsed seconds of f(), and its results
-local function timed(f)
-  local t = R.now()
-  local r = table.pack(f())
-  return R.now() - t, table.unpack(r, 1, r.n)
-end
+local timed = R.timed
 
 local ERR = "^fluxalock: %a+ 127%.0%.0%.1:%d+: "
 
--- SIGKILL is reported before every thread of the server is gone: wait until
--- its port really refuses connections (the kernel closed its sockets)
-local function gone(server)
-  local socket = require "socket"
-  R.until_true(function()
-    local c = socket.connect("127.0.0.1", server.port)
-    if c then c:close() end
-    return c == nil
-  end, 10, "the killed server's port to close")
-end
+local function gone(server) server:refusing() end
 
 describe("Redis killed and restarted", function()
   it("mid-hold, data kept (appendfsync always): the holder still owns its lock", function()
-    local server = R.start { persist = true }
-    finally(function() server:stop() end)
-    local fl = R.fluxalock(server)
-    local locker = fl.locker()
+    local server, _, locker = R.own { persist = true }
     local lock = assert(locker:obtain("job", 30))
     local fence = lock:fence()
     server:kill() -- SIGKILL: no chance to save anything more
@@ -52,10 +35,7 @@ describe("Redis killed and restarted", function()
   end)
 
   it("mid-hold, data lost: the holder learns it lost the lock and deletes nothing", function()
-    local server = R.start()
-    finally(function() server:stop() end)
-    local fl = R.fluxalock(server)
-    local locker = fl.locker()
+    local server, _, locker = R.own()
     local lock = assert(locker:obtain("job", 30))
     server:kill()
     server:restart() -- an empty Redis on the same port
@@ -68,9 +48,7 @@ describe("Redis killed and restarted", function()
   end)
 
   it("between obtain and release (graceful restart): release reconnects and succeeds", function()
-    local server = R.start { persist = true }
-    finally(function() server:stop() end)
-    local locker = R.fluxalock(server).locker()
+    local server, _, locker = R.own { persist = true }
     local lock = assert(locker:obtain("job", 30))
     server:restart() -- SIGTERM, then the same port again
     assert.is_true(lock:release())
@@ -78,19 +56,14 @@ describe("Redis killed and restarted", function()
   end)
 
   it("mid-wait: the waiter returns an error at once, and waiting works after the restart", function()
-    local server = R.start { persist = true }
-    finally(function() server:stop() end)
-    local locker = R.fluxalock(server).locker()
+    local server, _, locker = R.own { persist = true }
     local lock = assert(locker:obtain("job", 30))
     local code = [[
-      local fl = require "fluxalock"
-      fl.configure { pools = { default = os.getenv("URL") } }
-      local core = require "fluxalock.core"
       local t = core.now()
-      local lock, err = fl.locker():obtain("job", 10, 10)
+      local lock, err = locker:obtain("job", 10, 10)
       print(string.format("result %s %s %.3f", tostring(lock), tostring(err), core.now() - t))
     ]]
-    local child = R.spawn(code, { URL = server.url })
+    local child = R.child(code, { URL = server.url })
     -- the waiter is blocked on its wake-up list: it is waiting
     R.until_true(function() return server:blocked() > 0 end, 10, "the waiter")
     server:kill()
@@ -101,7 +74,7 @@ describe("Redis killed and restarted", function()
     assert.is_true(tonumber(dt) < 5, "the waiter did not sit out its wait: " .. out)
     server:restart()
     -- the lock survived; a new waiter gets it once the holder releases
-    child = R.spawn(code, { URL = server.url })
+    child = R.child(code, { URL = server.url })
     R.until_true(function() return server:blocked() > 0 end, 10, "the waiter")
     assert.equal(lock:token(), server:cli("GET", "job")) -- the holder's value untouched
     assert.is_true(lock:release())

@@ -10,11 +10,8 @@ local R = require "support.redis"
 local SECONDS = tonumber(os.getenv("FLUXALOCK_SOAK_SECONDS")) or 20
 local WORKERS = 6
 
+-- (R.child: locker on URL, timeouts 0.5 s)
 local WORKER = [[
-  local fl = require "fluxalock"
-  local core = require "fluxalock.core"
-  fl.configure { pools = { default = { url = os.getenv("URL"), timeout = 0.5, connect_timeout = 0.5 } } }
-  local locker = fl.locker()
   local log = assert(io.open(os.getenv("LOG"), "a"))
   local pid = assert(io.open("/proc/self/stat")):read("a"):match("^(%d+)")
   local stop = core.now() + tonumber(os.getenv("SECONDS"))
@@ -43,14 +40,13 @@ local WORKER = [[
 
 describe("mutual exclusion under Redis restarts", function()
   it("shows zero overlaps over thousands of acquisitions by " .. WORKERS .. " processes", function()
-    local socket = require "socket"
     local server = R.start { persist = true }
     finally(function() server:stop() end)
     local log = R.tmpfile()
     finally(function() os.remove(log) end)
     local procs = {}
     for i = 1, WORKERS do
-      procs[i] = R.spawn(WORKER, { URL = server.url, LOG = log, SECONDS = SECONDS })
+      procs[i] = R.child(WORKER, { URL = server.url, TIMEOUT = 0.5, LOG = log, SECONDS = SECONDS })
     end
     finally(function() for _, p in ipairs(procs) do p:signal("KILL") end end)
     local function acquisitions()
@@ -75,11 +71,7 @@ describe("mutual exclusion under Redis restarts", function()
       if not ok or R.now() >= deadline then break end
       if restarts % 2 == 0 then
         server:kill()
-        R.until_true(function()
-          local c = socket.connect("127.0.0.1", server.port)
-          if c then c:close() end
-          return c == nil
-        end, 10, "the killed server's port to close")
+        server:refusing()
       end
       server:restart()
       restarts = restarts + 1

@@ -5,13 +5,7 @@ local R = require "support.redis"
 
 describe("lock:fence()", function()
   local server, fl, locker
-
-  setup(function()
-    server = R.start()
-    fl = R.fluxalock(server)
-    locker = fl.locker()
-  end)
-  teardown(function() server:stop() end)
+  R.setup({}, function(e) server, fl, locker = e.server, e.fluxalock, e.locker end)
 
   it("strictly increases with every fresh acquisition of a key", function()
     local last = 0

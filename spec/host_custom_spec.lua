@@ -40,16 +40,7 @@ describe("a custom host", function()
     return log
   end
 
-  lazy_setup(function()
-    server = R.start()
-    fluxalock = R.fluxalock(server)
-    fluxalock.configure { host = host }
-    locker = fluxalock.locker()
-  end)
-
-  lazy_teardown(function()
-    if server then server:stop() end
-  end)
+  R.setup({ host = host }, function(e) server, fluxalock, locker = e.server, e.fluxalock, e.locker end)
 
   it("rejects a host it cannot use, naming what is wrong", function()
     assert.has_error(function() fluxalock.configure { host = "tokio" } end, "fluxalock.configure: host: unknown host "

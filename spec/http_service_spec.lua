@@ -90,9 +90,7 @@ describe("examples/http_service.lua: two services, a slow backend, 200 concurren
   local server, backend, bport
   local procs = {}
 
-  lazy_setup(function()
-    server = R.start()
-  end)
+  R.setup({ module = false }, function(e) server = e.server end)
 
   before_each(function()
     backend, bport = start("examples/slow_backend.lua", { "--port", "0", "--delay", "0.02" })
@@ -102,10 +100,6 @@ describe("examples/http_service.lua: two services, a slow backend, 200 concurren
     for _, p in ipairs(procs) do stop(p) end
     procs = {}
     stop(backend)
-  end)
-
-  lazy_teardown(function()
-    if server then server:stop() end
   end)
 
   local function services(guard)

@@ -50,11 +50,7 @@ for _, client in ipairs(clients) do
       return
     end
 
-    lazy_setup(function()
-      server = R.start()
-      fluxalock = R.fluxalock(server)
-    end)
-    lazy_teardown(function() if server then server:stop() end end)
+    R.setup({ locker = false }, function(e) server, fluxalock = e.server, e.fluxalock end)
 
     local function run(mode, key)
       return assert(io.popen(("%s %s %d %s 2>&1"):format(client.command, mode, server.port, key)))

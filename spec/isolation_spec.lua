@@ -4,12 +4,7 @@ local R = require "support.redis"
 
 describe("isolation", function()
   local server, fluxalock
-
-  lazy_setup(function()
-    server = R.start()
-    fluxalock = R.fluxalock(server)
-  end)
-  lazy_teardown(function() if server then server:stop() end end)
+  R.setup({ locker = false }, function(e) server, fluxalock = e.server, e.fluxalock end)
 
   local function db_url(n) return ("redis://127.0.0.1:%d/%d"):format(server.port, n) end
 

@@ -2,20 +2,13 @@
 -- restarted, scripts flushed; and the lifetime of locks around lua_close.
 local R = require "support.redis"
 
-local function timed(f, ...)
-  local t = R.now()
-  local r = table.pack(f(...))
-  return R.now() - t, table.unpack(r, 1, r.n)
-end
+local timed = R.timed
 
 describe("a locker whose Redis is not running", function()
   local fluxalock = require "fluxalock"
 
   it("returns nil, 'fluxalock: connect 127.0.0.1:<port>: Connection refused' #timing", function()
-    -- a port that was just in use and is free now
-    local server = R.start()
-    local port = server.port
-    server:stop()
+    local port = R.free_port()
     local locker = fluxalock.locker(("redis://127.0.0.1:%d/0"):format(port))
     local dt, lock, err = timed(locker.obtain, locker, "k", 5)
     assert.is_nil(lock)
@@ -37,9 +30,7 @@ describe("a locker whose Redis is not running", function()
   end)
 
   it("never shows the password in the failure", function()
-    local server = R.start()
-    local port = server.port
-    server:stop()
+    local port = R.free_port()
     local locker = fluxalock.locker(("redis://alice:hunter2@127.0.0.1:%d/3"):format(port))
     local lock, err = locker:obtain("k", 5)
     assert.is_nil(lock)
@@ -50,17 +41,8 @@ describe("a locker whose Redis is not running", function()
 end)
 
 describe("a locker whose Redis is frozen (SIGSTOP)", function()
-  local server, fluxalock, locker
-
-  lazy_setup(function()
-    server = R.start()
-    fluxalock = R.fluxalock(server, { timeout = 0.2 })
-    locker = fluxalock.locker()
-  end)
-
-  lazy_teardown(function()
-    if server then server:resume() server:stop() end
-  end)
+  local server, locker
+  R.setup({ pool = { timeout = 0.2 } }, function(e) server, locker = e.server, e.locker end)
 
   it("gets nil, 'fluxalock: <op> 127.0.0.1:<port>: timed out' within its timeout, then works again #timing", function()
     local lock = assert(locker:obtain("frozen", 30))
@@ -97,10 +79,7 @@ end)
 
 describe("a locker whose Redis was killed while a lock was held", function()
   it("works again once Redis is back on the same port", function()
-    local server = R.start()
-    finally(function() server:stop() end)
-    local fluxalock = R.fluxalock(server)
-    local locker = fluxalock.locker()
+    local server, _, locker = R.own()
     local lock = assert(locker:obtain("killed", 30))
     server:kill()
     -- down: failures are values, nothing raises
@@ -126,9 +105,7 @@ end)
 
 describe("SCRIPT FLUSH on the server", function()
   it("between calls breaks nothing", function()
-    local server = R.start()
-    finally(function() server:stop() end)
-    local locker = R.fluxalock(server).locker()
+    local server, _, locker = R.own()
     local lock = assert(locker:obtain("flushed", 10))
     assert.equal("OK", server:cli("SCRIPT", "FLUSH"))
     assert.is_true(lock:ttl() > 9)
@@ -146,16 +123,10 @@ describe("SCRIPT FLUSH on the server", function()
 end)
 
 describe("locks and their locker's connections", function()
-  local server, fluxalock
-
-  lazy_setup(function()
-    server = R.start()
-    fluxalock = R.fluxalock(server)
-  end)
-  lazy_teardown(function() if server then server:stop() end end)
+  local server, fluxalock, locker
+  R.setup({}, function(e) server, fluxalock, locker = e.server, e.fluxalock, e.locker end)
 
   it("a lock outlives locker:close() and reconnects", function()
-    local locker = fluxalock.locker()
     local lock = assert(locker:obtain("closed", 10))
     locker:close()
     assert.is_true(lock:ttl() > 9)
@@ -176,20 +147,16 @@ describe("locks and their locker's connections", function()
   end)
 
   it("lua_close with locks held against a frozen server ends within the timeouts #timing", function()
-    local p = R.spawn(([[
-      local fluxalock = require "fluxalock"
-      local core = require "fluxalock.core"
-      fluxalock.configure { pools = { default = { url = %q, timeout = 0.2, connect_timeout = 0.2 } } }
+    local p = R.child(([[
       local locks = {}
-      for i = 1, 3 do locks[i] = assert(fluxalock.locker():obtain("frozen-exit-" .. i, 60)) end
+      for i = 1, 3 do locks[i] = assert(locker:obtain("frozen-exit-" .. i, 60)) end
       print("HELD")
-      io.stdout:flush()
       -- wait for the parent to freeze the server: a ping then times out
-      while fluxalock.locker()._pool:call { "PING" } do core.sleep(0.01) end
+      local ping = core.pool { host = "127.0.0.1", port = %d, timeout = 0.2 }
+      while ping:call { "PING" } do core.sleep(0.01) end
       print("EXITING", core.now())
-      io.stdout:flush()
       os.exit(0, true) -- lua_close: every lock's __gc tries its release
-    ]]):format(server.url))
+    ]]):format(server.port), { URL = server.url, TIMEOUT = 0.2 })
     R.until_true(function() return p:output():find("HELD", 1, true) ~= nil end, 10, "child holding")
     server:pause()
     local ok, out = pcall(p.wait, p, 10)

@@ -2,16 +2,7 @@ local R = require "support.redis"
 
 describe("a lock", function()
   local server, fluxalock, locker
-
-  lazy_setup(function()
-    server = R.start()
-    fluxalock = R.fluxalock(server)
-    locker = fluxalock.locker()
-  end)
-
-  lazy_teardown(function()
-    if server then server:stop() end
-  end)
+  R.setup({}, function(e) server, fluxalock, locker = e.server, e.fluxalock, e.locker end)
 
   -- the lock's value in Redis: exactly its token, waiters or not
   local function value(key) return server:cli("GET", key) end
@@ -333,26 +324,21 @@ describe("a lock", function()
 
   describe("process exit", function()
     it("os.exit(0, true) while holding a lock leaves it released", function()
-      local p = R.spawn(([[
-        local fluxalock = require "fluxalock"
-        fluxalock.configure { pools = { default = %q } }
-        local lock = assert(fluxalock.locker():obtain("exiting", 60))
+      local p = R.child([[
+        local lock = assert(locker:obtain("exiting", 60))
         io.write("HELD ", lock:token(), "\n")
-        io.stdout:flush()
         os.exit(0, true)
-      ]]):format(server.url))
+      ]], { URL = server.url })
       local out = p:wait(20)
       assert.matches("^HELD %x+", out)
       assert.is_false(exists("exiting"))
     end)
 
     it("a process that ends normally while holding a lock leaves it released", function()
-      local p = R.spawn(([[
-        local fluxalock = require "fluxalock"
-        fluxalock.configure { pools = { default = %q } }
-        HOLD = assert(fluxalock.locker():obtain("ending", 60)) -- a global: alive to the end
+      local p = R.child([[
+        HOLD = assert(locker:obtain("ending", 60)) -- a global: alive to the end
         print("HELD")
-      ]]):format(server.url))
+      ]], { URL = server.url })
       assert.matches("^HELD", p:wait(20))
       assert.is_false(exists("ending"))
     end)
@@ -365,18 +351,17 @@ describe("a lock", function()
       assert.equal("bin\0a", a:key())
       assert.equal("bin\0b", b:key())
       assert.equal("fluxalock.Lock: bin\0a (held)", tostring(a))
-      local pool = locker._pool
-      assert.equal(1, pool:call { "EXISTS", "bin\0a" })
-      assert.equal(a:token(), (pool:call { "GET", "bin\0a" }):gsub("%+$", ""))
-      assert.equal(0, pool:call { "EXISTS", "bin" })
+      assert.equal(1, server:call("EXISTS", "bin\0a"))
+      assert.equal(a:token(), (server:call("GET", "bin\0a")):gsub("%+$", ""))
+      assert.equal(0, server:call("EXISTS", "bin"))
       local again, err = locker:obtain("bin\0a", 5)
       assert.is_nil(again)
       assert.equal("not obtained", err)
       assert.is_true(a:refresh(1))
       assert.is_true(a:ttl() > 5)
       assert.is_true(a:release())
-      assert.equal(0, pool:call { "EXISTS", "bin\0a" })
-      assert.equal(1, pool:call { "EXISTS", "bin\0b" })
+      assert.equal(0, server:call("EXISTS", "bin\0a"))
+      assert.equal(1, server:call("EXISTS", "bin\0b"))
       assert.is_true(b:release())
     end)
 
@@ -384,17 +369,17 @@ describe("a lock", function()
       local key = string.rep("k", 1024 * 1024 - 1) .. "\0"
       local lock = assert(locker:obtain(key, 5))
       assert.equal(key, lock:key())
-      assert.equal(1, locker._pool:call { "EXISTS", key })
+      assert.equal(1, server:call("EXISTS", key))
       assert.is_nil((locker:obtain(key, 5)))
       assert.is_true(lock:ttl() > 4)
       assert.is_true(lock:refresh(1))
       assert.is_true(lock:release())
-      assert.equal(0, locker._pool:call { "EXISTS", key })
+      assert.equal(0, server:call("EXISTS", key))
       -- released by __gc too
       do local _ = assert(locker:obtain(key, 60)) end
       collectgarbage()
       collectgarbage()
-      assert.equal(0, locker._pool:call { "EXISTS", key })
+      assert.equal(0, server:call("EXISTS", key))
     end)
   end)
 end)

@@ -22,11 +22,9 @@ end
 describe("the debug log", function()
   local server
 
-  lazy_setup(function() server = R.start() end)
-  lazy_teardown(function()
+  R.setup({ module = false, teardown = function()
     fluxalock.configure { log = false, pools = { log_a = false, log_b = false } }
-    if server then server:stop() end
-  end)
+  end }, function(e) server = e.server end)
 
   after_each(function() fluxalock.configure { log = false } end)
 
@@ -60,9 +58,7 @@ describe("the debug log", function()
 
   it("reports a failure with ok = false, the message and the code obtain returned", function()
     local events, log = recorder()
-    local down = R.start()
-    local url = down.url
-    down:stop()
+    local _, url = R.free_port()
     local l = fluxalock.locker { url = url, connect_timeout = 0.5, log = log }
     local _, err, code = l:obtain("gone", 5)
     assert.equal(1, #events)
@@ -150,16 +146,15 @@ describe("the debug log", function()
   end)
 
   it("a log function that raises does not break the request; it is reported once on stderr", function()
-    local child = R.spawn(([[
-      local fluxalock = require "fluxalock"
-      fluxalock.configure { pools = { default = %q }, log = function() error("boom in log") end }
+    local child = R.child([[
+      fluxalock.configure { log = function() error("boom in log") end }
       local l = fluxalock.locker()
       for _ = 1, 3 do
         local lock = assert(l:obtain("raise", 5))
         print(lock:release())
       end
       print(l:stats().obtained)
-    ]]):format(server.url))
+    ]], { URL = server.url })
     local out = child:wait()
     assert.equal(3, select(2, out:gsub("true\n", "")), out)
     assert.matches("\n3\n$", out)
@@ -168,13 +163,11 @@ describe("the debug log", function()
   end)
 
   it("FLUXALOCK_DEBUG=1 writes one line per request to stderr", function()
-    local child = R.spawn(([[
-      local fluxalock = require "fluxalock"
-      fluxalock.configure { pools = { default = %q } }
-      local lock = assert(fluxalock.locker():obtain("cron\njob", 5))
+    local child = R.child([[
+      local lock = assert(locker:obtain("cron\njob", 5))
       assert(lock:release())
       io.stdout:write("done\n")
-    ]]):format(server.url), { FLUXALOCK_DEBUG = "1" })
+    ]], { URL = server.url, FLUXALOCK_DEBUG = "1" })
     local out = child:wait()
     local lines = {}
     for l in out:gmatch("[^\n]+") do lines[#lines + 1] = l end
@@ -186,9 +179,7 @@ describe("the debug log", function()
   end)
 
   it("FLUXALOCK_DEBUG=1 shows a failure's message", function()
-    local down = R.start()
-    local url = down.url
-    down:stop()
+    local _, url = R.free_port()
     local child = R.spawn(([[
       local fluxalock = require "fluxalock"
       print(fluxalock.locker(%q):obtain("job", 5))

@@ -26,15 +26,8 @@ end
 
 describe("lost leases, told", function()
   local server, locker
-
-  lazy_setup(function()
-    server = R.start()
-    locker = R.fluxalock(server).locker()
-  end)
-  lazy_teardown(function()
-    fluxalock.configure { host = false }
-    if server then server:stop() end
-  end)
+  R.setup({ teardown = function() fluxalock.configure { host = false } end },
+    function(e) server, locker = e.server, e.locker end)
 
   describe("misuse", function()
     it("on_lost without renew raises, naming argument #4 and the option", function()
@@ -114,17 +107,15 @@ describe("lost leases, told", function()
       end }))
       assert.is_true(lock:release())
       server:cli("SET", "released", "x") -- too late to matter: no renewal runs
-      local child = R.spawn(([[
-        local fluxalock = require "fluxalock"
-        fluxalock.configure { pools = { default = %q } }
-        local lock = assert(fluxalock.locker():obtain("raising", 0.3, 0, { renew = 0.05,
+      local child = R.child([[
+        local lock = assert(locker:obtain("raising", 0.3, 0, { renew = 0.05,
           on_lost = function() error("boom") end }))
-        os.execute("redis-cli -p %d SET raising x >/dev/null")
+        witness:call { "SET", "raising", "x" }
         local fd = { getfd = function() return fluxalock.lost_fd() end, dirty = function() return false end }
         assert(#require("socket").select({ fd }, nil, 10) == 1)
         print("dispatched", fluxalock.dispatch())
         print("held", lock:held())
-      ]]):format(server.url, server.port))
+      ]], { URL = server.url, WITNESS = server.port })
       local out = child:wait(30)
       assert.matches("fluxalock: an on_lost function raised an error: [^\n]*boom", out)
       assert.matches("dispatched\t1\nheld\tfalse\n", out)
@@ -133,13 +124,12 @@ describe("lost leases, told", function()
     end)
 
     it("a renewed obtain waits past its ttl, and gets a lock that is renewed", function()
-      local holder = R.spawn(([[
-        local fluxalock = require "fluxalock"
-        local lock = assert(fluxalock.locker(%q):obtain("long-wait", 5))
-        os.execute("redis-cli -p %d SET long-wait:ready 1 >/dev/null")
-        os.execute("sleep 0.8") -- holds it longer than the waiter's ttl
+      local holder = R.child([[
+        local lock = assert(locker:obtain("long-wait", 5))
+        witness:call { "SET", "long-wait:ready", "1" }
+        core.sleep(0.8) -- holds it longer than the waiter's ttl
         print("released", lock:release())
-      ]]):format(server.url, server.port))
+      ]], { URL = server.url, WITNESS = server.port })
       R.until_true(function() return server:cli("EXISTS", "long-wait:ready") == "1" end, 10, "holder")
       local t0 = R.now()
       local lock, err = locker:obtain("long-wait", 0.3, 5, { renew = true })

@@ -3,17 +3,8 @@
 local R = require "support.redis"
 
 describe("misuse", function()
-  local server, fluxalock, locker
-
-  lazy_setup(function()
-    server = R.start()
-    fluxalock = R.fluxalock(server)
-    locker = fluxalock.locker()
-  end)
-
-  lazy_teardown(function()
-    if server then server:stop() end
-  end)
+  local server, locker
+  R.setup({}, function(e) server, locker = e.server, e.locker end)
 
   -- the error raised by f(...), without a "file:line: " position
   local function raised(f, ...)

@@ -14,16 +14,8 @@ end
 
 describe("locker:once", function()
   local server, fluxalock
-
-  lazy_setup(function()
-    server = R.start()
-    fluxalock = R.fluxalock(server)
-  end)
-
-  lazy_teardown(function()
-    fluxalock.configure { host = false }
-    if server then server:stop() end
-  end)
+  R.setup({ locker = false, teardown = function(e) e.fluxalock.configure { host = false } end },
+    function(e) server, fluxalock = e.server, e.fluxalock end)
 
   describe("in a plain script (no host)", function()
     before_each(function() fluxalock.configure { host = false } end)
@@ -75,9 +67,7 @@ describe("locker:once", function()
     end)
 
     it("a runtime failure returns what obtain returned", function()
-      local dead = R.start()
-      local port = dead.port
-      dead:stop()
+      local port = R.free_port()
       local locker = fluxalock.locker(("redis://127.0.0.1:%d/0"):format(port))
       local r = call(locker.once, locker, "once:down", 5, 0, function() return 1 end)
       assert.is_nil(r[1])
@@ -177,6 +167,20 @@ describe("locker:once", function()
         return co
       end
 
+      -- a coroutine of the loop whose once(key, 5, 3) call runs its fn for
+      -- 'secs' (a sleep of the loop) and returns "value": st.started once fn
+      -- runs, st.calls counts it; the call's results go to out[i]
+      local function long_call(d, locker, key, secs, st, out, i)
+        d.spawn(function()
+          out[i] = call(locker.once, locker, key, 5, 3, function()
+            st.calls = st.calls + 1
+            st.started = true
+            d.sleep(secs)
+            return "value"
+          end)
+        end)
+      end
+
       it("callers that come while one runs share its values: fn runs once", function()
         local d = new()
         local locker = fluxalock.locker()
@@ -233,37 +237,29 @@ describe("locker:once", function()
       it("a waiter that gives up gets 'not obtained' at its own deadline; the call runs on for the others", function()
         local d = new()
         local locker = fluxalock.locker()
-        local calls, long, short, took = 0, {}, nil, nil
-        local started = false
+        local st, long, short, took = { calls = 0, started = false }, {}, nil, nil
+        long_call(d, locker, "once:giveup", 0.6, st, long, 1)
         d.spawn(function()
-          long[1] = call(locker.once, locker, "once:giveup", 5, 3, function()
-            calls = calls + 1
-            started = true
-            d.sleep(0.6)
-            return "value"
-          end)
-        end)
-        d.spawn(function()
-          while not started do d.sleep(0.005) end
+          while not st.started do d.sleep(0.005) end
           local t0 = core.now()
-          short = call(locker.once, locker, "once:giveup", 5, 0.1, function() calls = calls + 1 end)
+          short = call(locker.once, locker, "once:giveup", 5, 0.1, function() st.calls = st.calls + 1 end)
           took = core.now() - t0
         end)
         d.spawn(function()
-          while not started do d.sleep(0.005) end
-          long[2] = call(locker.once, locker, "once:giveup", 5, 3, function() calls = calls + 1 end)
+          while not st.started do d.sleep(0.005) end
+          long[2] = call(locker.once, locker, "once:giveup", 5, 3, function() st.calls = st.calls + 1 end)
         end)
         local now_only
         d.spawn(function()
-          while not started do d.sleep(0.005) end
+          while not st.started do d.sleep(0.005) end
           -- wait 0: the key is busy, so at once (as obtain with wait 0)
           local t0 = core.now()
-          now_only = call(locker.once, locker, "once:giveup", 5, 0, function() calls = calls + 1 end)
+          now_only = call(locker.once, locker, "once:giveup", 5, 0, function() st.calls = st.calls + 1 end)
           now_only.took = core.now() - t0
         end)
         d.run()
         assert.same({}, d.errors)
-        assert.equal(1, calls)
+        assert.equal(1, st.calls)
         assert.same({ n = 3, [2] = "not obtained", [3] = "not_obtained" }, short)
         assert.is_true(took >= 0.1 and took < 0.5, ("gave up after %.3f s"):format(took))
         assert.same({ n = 1, "value" }, long[1])
@@ -276,23 +272,16 @@ describe("locker:once", function()
       it("a waiter closed while it waits cancels nothing: the call ends and the others get its values", function()
         local d = new()
         local locker = fluxalock.locker()
-        local calls, got, started = 0, {}, false
-        d.spawn(function()
-          got[1] = call(locker.once, locker, "once:wclosed", 5, 3, function()
-            calls = calls + 1
-            started = true
-            d.sleep(0.2)
-            return "value"
-          end)
-        end)
+        local st, got = { calls = 0, started = false }, {}
+        long_call(d, locker, "once:wclosed", 0.2, st, got, 1)
         local waiter, joining = nil, false
         d.spawn(function()
-          while not started do d.sleep(0.005) end
+          while not st.started do d.sleep(0.005) end
           waiter = closable(d, function()
             joining = true -- (no yield from here to its park in once)
-            got.closed = call(locker.once, locker, "once:wclosed", 5, 3, function() calls = calls + 1 end)
+            got.closed = call(locker.once, locker, "once:wclosed", 5, 3, function() st.calls = st.calls + 1 end)
           end)
-          got[2] = call(locker.once, locker, "once:wclosed", 5, 3, function() calls = calls + 1 end)
+          got[2] = call(locker.once, locker, "once:wclosed", 5, 3, function() st.calls = st.calls + 1 end)
         end)
         d.spawn(function()
           while not joining do d.sleep(0.005) end
@@ -301,7 +290,7 @@ describe("locker:once", function()
         end)
         d.run()
         assert.same({}, d.errors)
-        assert.equal(1, calls)
+        assert.equal(1, st.calls)
         assert.is_nil(got.closed)
         assert.same({ n = 1, "value" }, got[1])
         assert.same({ n = 1, "value" }, got[2])
@@ -321,10 +310,11 @@ describe("locker:once", function()
             host.park(parked, 20)
           end)
         end)
-        local t0
+        local t0, joined = nil, 0
         for i = 1, 10 do
           d.spawn(function()
             while not inside do d.sleep(0.005) end
+            joined = joined + 1 -- (no yield from here to its park in once)
             got[i] = call(locker.once, locker, "once:closed", 30, 10, function()
               calls = calls + 1
               d.sleep(0.05)
@@ -334,8 +324,7 @@ describe("locker:once", function()
           end)
         end
         d.spawn(function()
-          while not inside do d.sleep(0.005) end
-          d.sleep(0.05) -- (the waiters have joined: they started at the same signal)
+          while joined < 10 do d.sleep(0.005) end -- the waiters have joined the flight
           t0 = core.now()
           assert(coroutine.close(leader))
           -- (under cqueues, the coroutine that resumed it still waits on

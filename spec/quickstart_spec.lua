@@ -26,8 +26,7 @@ end
 
 describe("the README's Quick start", function()
   local server
-  lazy_setup(function() server = R.start() end)
-  lazy_teardown(function() if server then server:stop() end end)
+  R.setup({ module = false }, function(e) server = e.server end)
 
   it("job.lua 3 holds the lock; a second copy started meanwhile waits, then gets it", function()
     local dir = R.tmpdir("quickstart")

@@ -11,15 +11,8 @@ local H = require "support.hosts"
 
 describe("a shared connection under luv", function()
   local server, fl
-
-  setup(function()
-    server = R.start()
-    fl = R.fluxalock(server)
-  end)
-  teardown(function()
-    fl.configure { host = false }
-    server:stop()
-  end)
+  R.setup({ locker = false, teardown = function(e) e.fluxalock.configure { host = false } end },
+    function(e) server, fl = e.server, e.fluxalock end)
 
   it("never leaves parked requests without a reader (15 stampedes of 1000, wait < timeout)", function()
     local d = H.luv()
@@ -31,21 +24,12 @@ describe("a shared connection under luv", function()
     for run = 1, 15 do
       -- the stall came in the first burst on a fresh server: connections
       -- opening, and every script answered NOSCRIPT and sent again
-      l._pool:close()
+      l:close()
       server:cli("SCRIPT", "FLUSH")
-      for i = 1, 1000 do
-        d.spawn(function()
-          local lock, err = l:obtain(("rd:%d:%d"):format(run, i % 100), 10, 3)
-          if not lock then
-            failed[#failed + 1] = tostring(err)
-            return
-          end
-          d.sleep(0.001)
-          assert(lock:release())
-          done = done + 1
-        end)
-      end
+      local st = H.stampede(d, l, 1000, function(i) return ("rd:%d:%d"):format(run, i % 100) end, 10, 3)
       d.run()
+      table.move(st.failed, 1, #st.failed, #failed + 1, failed)
+      done = done + st.done
     end
     fl.configure { host = false }
     assert.same({}, d.errors)

@@ -1,16 +1,11 @@
 -- Redlock over 5 real, independent redis-servers: a majority decides.
 local R = require "support.redis"
+local H = require "support.hosts"
 
 -- a worker process: contends for 'hot' and reports any overlap seen on a
 -- witness server (INCR on entry must give 1)
+-- (R.child: locker on the Redlock pool of URLS, witness on WITNESS)
 local WORKER = [[
-local core = require "fluxalock.core"
-local fl = require "fluxalock"
-local urls = {}
-for u in os.getenv("URLS"):gmatch("%S+") do urls[#urls + 1] = u end
-fl.configure { pools = { default = { redlock = urls, timeout = 0.3, connect_timeout = 0.3 } } }
-local locker = fl.locker()
-local witness = core.pool { host = "127.0.0.1", port = tonumber(os.getenv("WITNESS")) }
 local stop = core.now() + tonumber(os.getenv("SECONDS"))
 local got, overlaps, errors = 0, 0, 0
 while core.now() < stop do
@@ -22,7 +17,7 @@ while core.now() < stop do
     core.sleep(0.002)
     witness:call { "DECR", "inside" }
     lock:release()
-  elseif err ~= fl.NOT_OBTAINED then
+  elseif err ~= fluxalock.NOT_OBTAINED then
     errors = errors + 1
   end
 end
@@ -160,40 +155,19 @@ describe("a redlock pool", function()
   end)
 
   it("runs under an event-loop host: coroutines contend, each fan-out yields", function()
-    local cqueues = require "cqueues"
-    local cq_host = require("fluxalock.host").resolve("cqueues")
-    local waits = 0
-    fluxalock.configure { host = { wait = function(...) waits = waits + 1 return cq_host.wait(...) end,
-                                   park = cq_host.park, unpark = cq_host.unpark } }
-    local cq = cqueues.new()
-    local inside, overlaps, got = 0, 0, 0
-    for _ = 1, 3 do
-      cq:wrap(function()
-        for _ = 1, 10 do
-          local lock <close>, err = locker:obtain("r-host", 2, 1)
-          assert(lock, err)
-          inside = inside + 1
-          if inside > 1 then overlaps = overlaps + 1 end
-          cqueues.sleep(0.001) -- the others run meanwhile
-          inside = inside - 1
-          got = got + 1
-        end
-      end)
-    end
-    local ok, err = cq:loop()
-    fluxalock.configure { host = false }
-    assert.is_true(ok, tostring(err))
-    assert.equal(30, got)
-    assert.equal(0, overlaps)
-    assert.is_true(waits > 30, "the host waited " .. waits .. " times")
+    local r = H.cqueues_rounds(fluxalock, "r-host", function() return locker end)
+    assert.is_true(r.ok, tostring(r.err))
+    assert.equal(30, r.got)
+    assert.equal(0, r.overlaps)
+    assert.is_true(r.waits > 30, "the host waited " .. r.waits .. " times")
     assert.equal(0, exists("r-host"))
   end)
 
   it("keeps one holder at a time while a node is stopped and restarted mid-run", function()
     local witness = R.start()
-    local env = { URLS = table.concat(urls(), " "), WITNESS = witness.port, SECONDS = "3" }
+    local env = { URLS = table.concat(urls(), " "), TIMEOUT = 0.3, WITNESS = witness.port, SECONDS = "3" }
     local procs = {}
-    for i = 1, 4 do procs[i] = R.spawn(WORKER, env) end
+    for i = 1, 4 do procs[i] = R.child(WORKER, env) end
     local function locks() return tonumber(witness:cli("GET", "got")) or 0 end
     -- the stop falls inside the run: once the workers hold in turn, and
     -- the restart once they went on holding without the node

@@ -5,16 +5,7 @@
 local R = require "support.redis"
 local T = require "support.topology"
 
--- a master and a replica acknowledging its writes
-local function pair()
-  local master = R.start { args = { "--repl-diskless-sync-delay", "0" } }
-  local replica = R.start { args = { "--replicaof", "127.0.0.1", tostring(master.port) } }
-  R.until_true(function()
-    local out = R.sh(("printf 'SET warm 1\\nWAIT 1 100\\n' | redis-cli -p %d"):format(master.port))
-    return out == "OK\n1\n"
-  end, 10, "replica acknowledging")
-  return master, replica
-end
+local pair = R.pair
 
 -- obtain 'key' renewed on locker l, see it renewed past its ttl, stop
 -- 'replica' and see the lock found lost, and its on_lost told once;

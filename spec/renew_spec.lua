@@ -10,15 +10,12 @@ local function pttl(s, key) return tonumber(s:cli("PTTL", key)) end
 -- then runs BODY (Lua code with 'lock' in scope)
 local function holder(s, body, env)
   local code = [[
-local fl = require "fluxalock"
-fl.configure { pools = { default = os.getenv("URL") } }
-local lock = assert(fl.locker():obtain(os.getenv("KEY"), tonumber(os.getenv("TTL")), 0, { renew = true }))
-io.stdout:setvbuf("no")
+local lock = assert(locker:obtain(os.getenv("KEY"), tonumber(os.getenv("TTL")), 0, { renew = true }))
 print("obtained")
 ]] .. body
   local e = { URL = s.url, KEY = "job", TTL = "0.6" }
   for k, v in pairs(env or {}) do e[k] = v end
-  local p = R.spawn(code, e)
+  local p = R.child(code, e)
   R.until_true(function() return p:output():find("obtained", 1, true) end, 10, "the holder's lock")
   return p
 end
@@ -35,16 +32,7 @@ end
 
 describe("a renewed lock", function()
   local server, fluxalock, locker
-
-  lazy_setup(function()
-    server = R.start()
-    fluxalock = R.fluxalock(server)
-    locker = fluxalock.locker()
-  end)
-
-  lazy_teardown(function()
-    if server then server:stop() end
-  end)
+  R.setup({}, function(e) server, fluxalock, locker = e.server, e.fluxalock, e.locker end)
 
   it("outlives its 0.6 s ttl for 3 s while the process sleeps in os.execute", function()
     local p = holder(server, [[
@@ -55,9 +43,8 @@ print("released", lock:release())
     local second
     local ttls = sample(2.6, 0.05, function()
       if not second then -- meanwhile, another process tries and fails
-        second = R.spawn([[
-local fl = require "fluxalock"
-local lock, err = fl.locker(os.getenv("URL")):obtain("job", 5)
+        second = R.child([[
+local lock, err = locker:obtain("job", 5)
 print(lock and "obtained" or err)
 ]], { URL = server.url })
       end
@@ -236,7 +223,8 @@ describe("a renewed lock and its process", function()
     while sys.poll(fd, 0) do io.open("/proc/self/fd/" .. fd, "rb"):read(1) end -- earlier tests' bytes
     local fl = R.fluxalock(server, { timeout = 0.2, connect_timeout = 0.2 })
     local lock = assert(fl.locker():obtain("frozen", 0.6, 0, { renew = 0.1 }))
-    R.sleep(0.3)
+    -- renewals are going on (the renewal thread has the lock)
+    R.until_true(function() return fl.locker():stats().renewed >= 2 end, 5, "renewals")
     server:pause() -- SIGSTOP: connections stay open, nothing answers
     local t0 = R.now()
     local woke = sys.poll(fd, 2000) -- no call on the lock meanwhile
@@ -286,8 +274,7 @@ end)
 
 describe("renewal under an event-loop host", function()
   local server
-  lazy_setup(function() server = R.start() end)
-  lazy_teardown(function() if server then server:stop() end end)
+  R.setup({ module = false }, function(e) server = e.server end)
 
   for _, name in ipairs { "luv", "cqueues" } do
     it("'" .. name .. "' keeps a 0.6 s lock for 2 s of timer sleeps", function()

@@ -5,27 +5,14 @@ local R = require "support.redis"
 describe("a pool with replicas = 1", function()
   local master, replica, fluxalock, locker
 
-  lazy_setup(function()
-    -- (no 5 s diskless-sync delay: the replica syncs at once)
-    master = R.start { args = { "--repl-diskless-sync-delay", "0" } }
-    replica = R.start { args = { "--replicaof", "127.0.0.1", tostring(master.port) } }
-    R.until_true(function()
-      -- a write on one connection, then WAIT on it: the replica acknowledges
-      -- (right after the sync it may not yet, for a moment)
-      local out = R.sh(("printf 'SET warm 1\\nWAIT 1 100\\n' | redis-cli -p %d"):format(master.port))
-      return out == "OK\n1\n"
-    end, 10, "replica acknowledging")
+  R.setup_pair(function(e)
+    master, replica = e.master, e.replica
     fluxalock = require "fluxalock"
     fluxalock.configure { pools = {
       default = { url = master.url, replicas = 1, replica_timeout = 0.2 },
       two = { url = master.url, replicas = 2, replica_timeout = 0.05 },
     } }
     locker = fluxalock.locker()
-  end)
-
-  lazy_teardown(function()
-    if replica then replica:stop() end
-    if master then master:stop() end
   end)
 
   it("obtains and refreshes once the replica has the lock", function()
@@ -114,19 +101,9 @@ end)
 describe("a renewed lock with replicas = 1", function()
   local master, replica, fluxalock
 
-  lazy_setup(function()
-    master = R.start { args = { "--repl-diskless-sync-delay", "0" } }
-    replica = R.start { args = { "--replicaof", "127.0.0.1", tostring(master.port) } }
-    R.until_true(function()
-      local out = R.sh(("printf 'SET warm 1\\nWAIT 1 100\\n' | redis-cli -p %d"):format(master.port))
-      return out == "OK\n1\n"
-    end, 10, "replica acknowledging")
+  R.setup_pair(function(e)
+    master, replica = e.master, e.replica
     fluxalock = require "fluxalock"
-  end)
-
-  lazy_teardown(function()
-    if replica then replica:stop() end
-    if master then master:stop() end
   end)
 
   it("is found lost after its deadline once its replica stops acknowledging the renewals", function()

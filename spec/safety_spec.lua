@@ -48,25 +48,25 @@ describe("the safety checker", function()
     assert.same({ "a: the fenced store took 1 stale write(s)", "a: the fenced store lost 1 update(s)" }, failures)
   end)
 
-  it("fails a stale write even when the newer holder had only read", function()
-    local legs, failures = check.run(history {
+  -- histories of a fenced store with one stale write
+  for _, c in ipairs {
+    { "fails a stale write even when the newer holder had only read", {
       FENCED,
       round(1, 1, 0.0, 1, 0, 3, 2.5),                 -- wrote after fence 2's read
       round(2, 2, 1.5, 2, 0, nil, 2.6, "refused"),
-    })
-    assert.equal(1, legs[1].stale)
-    assert.same({ "a: the fenced store took 1 stale write(s)" }, failures)
-  end)
-
-  it("fails two writes of one fence by two workers (a fence a failover handed out twice)", function()
-    local legs, failures = check.run(history {
+    } },
+    { "fails two writes of one fence by two workers (a fence a failover handed out twice)", {
       FENCED,
       round(1, 5, 0.0, 1, 0, 2, 0.1),
       round(2, 5, 0.05, 3, 1, 4, 0.2),
-    })
-    assert.equal(1, legs[1].stale)
-    assert.same({ "a: the fenced store took 1 stale write(s)" }, failures)
-  end)
+    } },
+  } do
+    it(c[1], function()
+      local legs, failures = check.run(history(c[2]))
+      assert.equal(1, legs[1].stale)
+      assert.same({ "a: the fenced store took 1 stale write(s)" }, failures)
+    end)
+  end
 
   it("counts, without failing, what a store without fencing took", function()
     local legs, failures = check.run(history {

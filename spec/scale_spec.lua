@@ -79,28 +79,22 @@ end
 describe("many coroutines, few connections", function()
   for _, name in ipairs { "luv", "cqueues" } do
     describe("under host '" .. name .. "'", function()
-      it("2000 coroutines on one key, each holding it 1 ms: all obtain, one at a time, "
-        .. "over at most 5 connections (the default max_connections = 4, + 1)", function()
-        local st, s = stampede(name, nil, { n = 2000, k = 1, ttl = BIG, wait = BIG }, 5)
-        check_stampede(assert, st, s, 2000, 5)
-      end)
-
-      it("2000 coroutines on one key with max_connections = 1: at most 2 connections", function()
-        local st, s = stampede(name, { max_connections = 1 },
-          { n = 2000, k = 1, ttl = BIG, wait = BIG }, 2)
-        check_stampede(assert, st, s, 2000, 2)
-      end)
-
-      it("5000 coroutines on 5000 keys: all obtain, at most 5 connections", function()
-        local st, s = stampede(name, nil, { n = 5000, k = 5000, ttl = BIG, wait = BIG }, 5)
-        check_stampede(assert, st, s, 5000, 5)
-      end)
-
-      it("5000 coroutines on 5000 keys with max_connections = 1: at most 2 connections", function()
-        local st, s = stampede(name, { max_connections = 1 },
-          { n = 5000, k = 5000, ttl = BIG, wait = BIG }, 2)
-        check_stampede(assert, st, s, 5000, 2)
-      end)
+      -- n coroutines on k keys, pool options, the most connections allowed
+      for _, c in ipairs {
+        { "2000 coroutines on one key, each holding it 1 ms: all obtain, one at a time, "
+          .. "over at most 5 connections (the default max_connections = 4, + 1)", 2000, 1, nil, 5 },
+        { "2000 coroutines on one key with max_connections = 1: at most 2 connections",
+          2000, 1, { max_connections = 1 }, 2 },
+        { "5000 coroutines on 5000 keys: all obtain, at most 5 connections", 5000, 5000, nil, 5 },
+        { "5000 coroutines on 5000 keys with max_connections = 1: at most 2 connections",
+          5000, 5000, { max_connections = 1 }, 2 },
+      } do
+        local title, n, k, pool, bound = table.unpack(c, 1, 5)
+        it(title, function()
+          local st, s = stampede(name, pool, { n = n, k = k, ttl = BIG, wait = BIG }, bound)
+          check_stampede(assert, st, s, n, bound)
+        end)
+      end
     end)
   end
 

@@ -53,11 +53,8 @@ end
 describe("locker:stats()", function()
   local server
 
-  lazy_setup(function() server = R.start() end)
-  lazy_teardown(function()
-    fluxalock.configure { log = false }
-    if server then server:stop() end
-  end)
+  R.setup({ module = false, teardown = function() fluxalock.configure { log = false } end },
+    function(e) server = e.server end)
 
   it("starts at zero and returns a fresh table each time", function()
     local l = fluxalock.locker { url = server.url }
@@ -88,28 +85,14 @@ describe("locker:stats()", function()
   end)
 
   it("counts an obtain that waited for a holder in another process, and how long", function()
-    server:cli("DEL", "st-wait", "st-wait:held")
-    local child = R.spawn(([[
-      local fluxalock = require "fluxalock"
-      local core = require "fluxalock.core"
-      local l = fluxalock.locker(%q)
-      local redis = core.pool { host = "127.0.0.1", port = %d }
-      local lock = assert(l:obtain("st-wait", 10))
-      assert(redis:call { "SET", "st-wait:held", "1" })
-      -- hold until the parent waits: blocked on the key's wake-up list
-      local deadline = core.now() + 20
-      while not (redis:call { "CLIENT", "LIST" } or ""):find(" flags=%%a*b[^\n]- cmd=blpop")
-        and core.now() < deadline do
-        core.sleep(0.005)
-      end
-      print(lock:release())
-    ]]):format(server.url, server.port))
-    R.until_true(function() return server:cli("EXISTS", "st-wait:held") == "1" end, 10, "the holder")
+    server:cli("DEL", "st-wait")
+    -- the holder holds until the parent waits: blocked on the key's wake-up list
+    local child = R.holder(server, "st-wait", { ttl = 10, until_waiter = true })
     local l = fluxalock.locker { url = server.url }
     local t0 = R.now()
     local lock = assert(l:obtain("st-wait", 5, 5))
     local took = R.now() - t0
-    assert.equal("true\n", child:wait())
+    assert.equal("released true\n", child:wait())
     assert.is_true(lock:release())
     local s = l:stats()
     assert.equal(1, s.waited)

@@ -34,23 +34,16 @@ local function build(dir, extra, core)
   end
 end
 
-local function write(path, s)
-  local f = assert(io.open(path, "w"))
-  f:write(s)
-  f:close()
-end
+local write = R.write
 
 describe("an embedding program with a Lua state per thread", function()
   local server, dir
 
-  lazy_setup(function()
-    server = R.start()
-    dir = R.tmpdir("threads")
-  end)
-
-  lazy_teardown(function()
-    if server then server:stop() end
+  R.setup({ module = false, teardown = function()
     if dir and dir:match("^/tmp/fluxalock%-threads%.") then R.sh("rm -rf " .. q(dir)) end
+  end }, function(e)
+    server = e.server
+    dir = R.tmpdir("threads")
   end)
 
   -- item 5: two states on two threads draw tokens at once

@@ -7,11 +7,7 @@ local R = require "support.redis"
 local T = require "support.tls"
 local core = require "fluxalock.core"
 
-local function timed(f)
-  local t = R.now()
-  local r = table.pack(f())
-  return R.now() - t, table.unpack(r, 1, r.n)
-end
+local timed = R.timed
 
 local function raised(f, ...)
   local ok, err = pcall(f, ...)
@@ -360,33 +356,27 @@ describe("TLS", function()
     own:stop()
   end)
 
-  it("under a cqueues host too: 100 coroutines over TLS", function()
+  -- a TLS server of the test's own, stopped at its end, and a locker of
+  -- pool 'name' on it under host 'host' -> own, d (the host's driver), l
+  local function hosted(host, name, connect_timeout)
     local H = require "support.hosts"
     local own = T.start()
     finally(function() own:stop() end) -- also when an assertion fails
-    local d = H.cqueues()
+    local d = H[host]()
     finally(function() fl.configure { host = false } end)
-    fl.configure { host = "cqueues", pools = { cq = { url = own.tls_url, tls = { ca_file = c.ca },
-                                                      connect_timeout = 5, timeout = 5 } } }
-    local l = fl.locker "cq"
-    local done, failed = 0, {}
-    for i = 1, 100 do
-      d.spawn(function()
-        local lock, err = l:obtain("cq:" .. i % 10, 10, 8)
-        if not lock then
-          failed[#failed + 1] = tostring(err)
-          return
-        end
-        d.sleep(0.001)
-        assert(lock:release())
-        done = done + 1
-      end)
-    end
+    fl.configure { host = host, pools = { [name] = { url = own.tls_url, tls = { ca_file = c.ca },
+                                                   connect_timeout = connect_timeout, timeout = 5 } } }
+    return own, d, fl.locker(name), H
+  end
+
+  it("under a cqueues host too: 100 coroutines over TLS", function()
+    local own, d, l, H = hosted("cqueues", "cq", 5)
+    local st = H.stampede(d, l, 100, function(i) return "cq:" .. i % 10 end, 10, 8)
     d.run()
     fl.configure { host = false }
     assert.same({}, d.errors)
-    assert.same({}, failed)
-    assert.equal(100, done)
+    assert.same({}, st.failed)
+    assert.equal(100, st.done)
     -- the server's TLS clients: the pool's request connections, and at most
     -- one more for the wake-up subscription (max_connections + 1)
     local open, seen = (l._pool:connections()), tcp_clients(own)
@@ -395,37 +385,19 @@ describe("TLS", function()
   end)
 
   it("1000 coroutines under a luv host over TLS, the loop kept turning", function()
-    local H = require "support.hosts"
     -- 1000 coroutines share the pool's few TLS connections (max_connections)
-    local own = T.start()
-    finally(function() own:stop() end) -- also when an assertion fails
-    local d = H.luv()
-    finally(function() fl.configure { host = false } end)
-    fl.configure { host = "luv", pools = { many = { url = own.tls_url, tls = { ca_file = c.ca },
-                                                    connect_timeout = 10, timeout = 5 } } }
-    local l = fl.locker "many"
-    local done, failed, n = 0, {}, 1000
-    local hb = H.heartbeat(d, 0.005, function() return done + #failed < n end)
-    local peak = 0
-    for i = 1, n do
-      d.spawn(function()
-        local lock, err = l:obtain("many:" .. i % 100, 10, 8)
-        if not lock then
-          failed[#failed + 1] = tostring(err)
-          return
-        end
-        d.sleep(0.001) -- held across a yield to the loop
-        local open = l._pool:connections()
-        if open > peak then peak = open end
-        assert(lock:release())
-        done = done + 1
-      end)
-    end
+    local own, d, l, H = hosted("luv", "many", 10)
+    local n, peak = 1000, 0
+    local st = H.stampede(d, l, n, function(i) return "many:" .. i % 100 end, 10, 8, function()
+      local open = l._pool:connections()
+      if open > peak then peak = open end
+    end)
+    local hb = H.heartbeat(d, 0.005, function() return st.done + #st.failed < n end)
     d.run()
     fl.configure { host = false }
     assert.same({}, d.errors)
-    assert.same({}, failed)
-    assert.equal(n, done)
+    assert.same({}, st.failed)
+    assert.equal(n, st.done)
     -- the server's TLS clients: the pool's request connections, and at most
     -- one more for the wake-up subscription (max_connections + 1)
     local open, seen = (l._pool:connections()), tcp_clients(own)

@@ -5,6 +5,7 @@
 -- step can only have been woken.
 local R = require "support.redis"
 local T = require "support.topology"
+local H = require "support.hosts"
 local core = require "fluxalock.core"
 local uv = require "luv"
 
@@ -85,10 +86,7 @@ describe("the wake-up subscription under host 'luv'", function()
   end)
 
   it("subscribes over one connection of its own (a client in pub/sub mode) while a key has waiters", function()
-    local fl = R.fluxalock(server, { retry_step = STEP, retry_max = STEP })
-    local holder = assert(fl.locker():obtain("wake:count", 30))
-    fl.configure { host = "luv" }
-    local locker = fl.locker()
+    local _, holder, locker = H.luv_held(server, "wake:count", { retry_step = STEP, retry_max = STEP })
     local seen
     coroutine.wrap(function()
       local lock = assert(locker:obtain("wake:count", 30, 10))
@@ -108,10 +106,7 @@ describe("the wake-up subscription under host 'luv'", function()
   end)
 
   it("skips a waiter whose coroutine was closed while it waited: the next one gets the key", function()
-    local fl = R.fluxalock(server, { retry_step = 0.01, retry_max = 0.05 })
-    local holder = assert(fl.locker():obtain("wake:closed", 30))
-    fl.configure { host = "luv" }
-    local locker = fl.locker()
+    local _, holder, locker = H.luv_held(server, "wake:closed")
     -- the first waiter is the head of the key's queue when it is closed
     local first = coroutine.create(function() locker:obtain("wake:closed", 30, 20) end)
     assert(coroutine.resume(first))

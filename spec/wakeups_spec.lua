@@ -81,18 +81,17 @@ describe("a key's local queue under luv whose head is closed", function()
   end)
 
   it("hands the turn to the waiter behind it: the third in line gets the key, not 'not obtained'", function()
-    local fl = R.fluxalock(server, { retry_step = 0.01, retry_max = 0.05 })
-    local holder = assert(fl.locker():obtain("wk:third", 30))
-    fl.configure { host = "luv" }
-    local locker = fl.locker()
+    local _, holder, locker = H.luv_held(server, "wk:third")
     local d = H.luv()
     local second, got, err, took
-    -- the first waiter gets the key from the holder, and holds it a moment
+    -- the first waiter gets the key from the holder, and holds it until
+    -- the third is waiting behind it
     d.spawn(function()
       local lock = assert(locker:obtain("wk:third", 30, 20))
       -- the second in line is the head now: it is closed before its turn
       assert(coroutine.close(second))
-      d.sleep(0.1)
+      local deadline = core.now() + 10
+      while locker:stats().waiting < 1 and core.now() < deadline do d.sleep(0.005) end
       assert.is_true(lock:release())
     end)
     second = coroutine.create(function() locker:obtain("wk:third", 30, 20) end)
@@ -109,16 +108,13 @@ describe("a key's local queue under luv whose head is closed", function()
     d.run()
     assert.same({}, d.errors)
     assert.is_true(got, err)
-    -- the key was free from the first waiter's release on (0.1 s)
+    -- the key was free from the first waiter's release on
     assert.is_true(took < 2.5, ("took %.2f s"):format(took))
     assert.equal(0, locker:stats().waiting)
   end)
 
   it("leaves nothing of closed waiters in the loop: no timer runs on for their wait", function()
-    local fl = R.fluxalock(server, { retry_step = 0.01, retry_max = 0.05 })
-    local holder = assert(fl.locker():obtain("wk:gone", 30))
-    fl.configure { host = "luv" }
-    local locker = fl.locker()
+    local _, holder, locker = H.luv_held(server, "wk:gone")
     -- three waiters: the head mid-try, the second and the third parked
     -- (the third for its whole wait of 20 s)
     local waiters = {}

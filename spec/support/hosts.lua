@@ -76,6 +76,71 @@ function H.heartbeat(d, beat, busy)
   return hb
 end
 
+-- H.cqueues_rounds(fluxalock, key, get_locker): the module's host becomes
+-- cqueues with its wait calls counted; 3 coroutines take key 10 times each,
+-- every lock held across a sleep of the loop (the others run meanwhile).
+-- get_locker() (after the host is set; default fluxalock.locker) gives the
+-- locker.  The host is unset again.  -> { ok, err (of the loop), got,
+-- overlaps, waits, locker }
+function H.cqueues_rounds(fluxalock, key, get_locker)
+  local cqueues = require "cqueues"
+  local cq_host = require("fluxalock.host").resolve("cqueues")
+  local r = { got = 0, overlaps = 0, waits = 0 }
+  fluxalock.configure { host = { wait = function(...) r.waits = r.waits + 1 return cq_host.wait(...) end,
+                                 park = cq_host.park, unpark = cq_host.unpark } }
+  r.locker = (get_locker or fluxalock.locker)()
+  local cq, inside = cqueues.new(), 0
+  for _ = 1, 3 do
+    cq:wrap(function()
+      for _ = 1, 10 do
+        local lock <close>, err = r.locker:obtain(key, 2, 1)
+        assert(lock, err)
+        inside = inside + 1
+        if inside > 1 then r.overlaps = r.overlaps + 1 end
+        cqueues.sleep(0.001) -- the others run meanwhile
+        inside = inside - 1
+        r.got = r.got + 1
+      end
+    end)
+  end
+  r.ok, r.err = cq:loop()
+  fluxalock.configure { host = false }
+  return r
+end
+
+-- H.luv_held(server, key, pool): a module for server (pool: its options;
+-- default a quick backoff), a lock on key taken before the host is set, and
+-- the locker under host luv -> fluxalock, the holder's lock, the locker
+function H.luv_held(server, key, pool)
+  local fl = R.fluxalock(server, pool or { retry_step = 0.01, retry_max = 0.05 })
+  local holder = assert(fl.locker():obtain(key, 30))
+  fl.configure { host = "luv" }
+  return fl, holder, fl.locker()
+end
+
+-- H.stampede(d, locker, n, key_of, ttl, wait, during): n coroutines under
+-- host d, coroutine i obtains key_of(i) (ttl, wait), holds it across a
+-- 1 ms sleep of the loop (calling during(lock) if given), and releases it.
+-- Returns { done = n released, failed = { error messages } }, counted as
+-- they happen (a heartbeat may watch them); d.run() is the caller's.
+function H.stampede(d, locker, n, key_of, ttl, wait, during)
+  local st = { done = 0, failed = {} }
+  for i = 1, n do
+    d.spawn(function()
+      local lock, err = locker:obtain(key_of(i), ttl, wait)
+      if not lock then
+        st.failed[#st.failed + 1] = tostring(err)
+        return
+      end
+      d.sleep(0.001) -- held across a yield to the loop
+      if during then during(lock) end
+      assert(lock:release())
+      st.done = st.done + 1
+    end)
+  end
+  return st
+end
+
 -- n coroutines contend for k keys, each holding its lock across a timer
 -- sleep of 'hold' seconds.  Overlaps are counted twice: in Lua (this
 -- process) and with INCR/DECR in Redis (every process, also a plain one).

@@ -28,22 +28,11 @@
 --   px:mode("stall")  px:cut()  px:count()  px:stop()
 
 local socket = require "socket"
-
-local function self_pid()
-  local f = assert(io.open("/proc/self/stat"))
-  local pid = tonumber(f:read("a"):match("^(%d+)"))
-  f:close()
-  return pid
+if ... ~= "support.proxy" then -- run as a program: support.sys is beside it
+  package.path = (debug.getinfo(1, "S").source:sub(2):gsub("support/proxy%.lua$", "?.lua")) .. ";" .. package.path
 end
-
-local function alive(pid)
-  local f = io.open("/proc/" .. pid .. "/stat")
-  if not f then return false end
-  local st = f:read("a")
-  f:close()
-  local state = st:match("^%d+ %b() (%a)")
-  return state ~= nil and state ~= "Z" and state ~= "X"
-end
+local S = require "support.sys"
+local self_pid, alive = S.self_pid, S.alive
 
 -- ---- the spec side (module) -------------------------------------------------
 
@@ -52,14 +41,8 @@ if ... == "support.proxy" then
   local Proxy = {}
   Proxy.__index = Proxy
 
-  local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
-
-  local function sh(cmd)
-    local p = assert(io.popen(cmd, "r"))
-    local out = p:read("a")
-    p:close()
-    return out
-  end
+  local q = S.quote
+  local function sh(cmd) return (S.sh(cmd)) end
 
   local function here()
     local src = debug.getinfo(1, "S").source:sub(2)

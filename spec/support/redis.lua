@@ -1,25 +1,46 @@
 -- Test support: real redis-server processes on free loopback ports (and a
 -- Unix socket), started by the specs themselves and stopped by their own
 -- PID; real OS processes for concurrency.  Never a mock.
+--
+-- The harness at a glance (each is described where it is defined):
+--   R.setup(opts, fill)    one line in a describe block: a server, a module
+--                          configured for it and its default locker
+--   R.setup_pair(fill)     the same for a master and an acknowledging replica
+--   R.own(opts, pool)      a server of one test's own, stopped at its end
+--   R.start(opts)          a server: :cli, :call, :counts (MGET, one round
+--                          trip), :blocked, :pause, :resume, :kill, :restart,
+--                          :refusing, :stop
+--   R.child(body, env)     a child process whose program starts with the
+--                          shared preamble (spec/support/child.lua): fluxalock,
+--                          core, locker, witness, event; proc:wait, :output,
+--                          :ready(file), :tell(file), :signal
+--   R.holder(server, key)  a child that holds key until proc:release() (a
+--                          Redis key) or until a waiter is blocked
+--   R.until_true(fn)       wait for a condition, never a fixed sleep
+--   R.tmpdir, R.tmpfile    temporary files (spec/support/tmp.lua removes them)
+--   R.free_port, R.timed, R.events, R.read, R.write, R.sh, R.quote
+-- Event-loop hosts: spec/support/hosts.lua; Sentinel and Cluster:
+-- spec/support/topology.lua; TLS: spec/support/tls.lua.
 local core = require "fluxalock.core"
 local resp = require "support.resp"
 local Tmp = require "support.tmp"
+local S = require "support.sys"
 
 local R = {}
 
-local function sh(cmd)
-  local p = assert(io.popen(cmd, "r"))
-  local out = p:read("a")
-  local ok, _, code = p:close()
-  return out, ok, code
-end
-R.sh = sh
-
-local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
-R.quote = q
+local sh, q = S.sh, S.quote
+R.sh, R.quote = sh, q
+R.read, R.write = S.read, S.write
 
 R.sleep = core.sleep
 R.now = core.now
+
+-- elapsed seconds of f(...), and its results
+function R.timed(f, ...)
+  local t = core.now()
+  local r = table.pack(f(...))
+  return core.now() - t, table.unpack(r, 1, r.n)
+end
 
 -- temporary directories and files, removed when the process ends
 -- (spec/support/tmp.lua): R.tmpdir("tag"), R.tmpfile("tag")
@@ -27,14 +48,7 @@ R.tmpdir, R.tmpfile = Tmp.dir, Tmp.file
 local function mkdtemp() return Tmp.dir("r") end
 
 -- a process that exited but was not reaped yet (a zombie) counts as gone
-local function alive(pid)
-  local f = pid and io.open("/proc/" .. pid .. "/stat")
-  if not f then return false end
-  local st = f:read("a")
-  f:close()
-  local state = st:match("^%d+ %b() (%a)")
-  return state ~= nil and state ~= "Z" and state ~= "X"
-end
+local alive = S.alive
 R.alive = alive
 
 -- a process to stop when this one ends, if it is still running then
@@ -160,6 +174,12 @@ function Server:cli(...)
   return (sh(table.concat(args, " ") .. " 2>&1"):gsub("\n$", ""))
 end
 
+-- a command on a connection of the harness's own for this one call; the
+-- reply as a Lua value (integers, strings, tables; false for nil) or nil, err
+function Server:call(...)
+  return resp.call({ socket = self.socket }, self.opts.password, ...)
+end
+
 -- how many clients are blocked in BLPOP now (a fluxalock waiter waiting on
 -- its wake-up list), from the server's CLIENT LIST
 function Server:blocked()
@@ -197,6 +217,17 @@ function Server:stop(sig)
 end
 
 function Server:kill() self:stop("KILL") end
+
+-- SIGKILL is reported before every thread of the server is gone: wait until
+-- its port really refuses connections (the kernel closed its sockets)
+function Server:refusing()
+  local socket = require "socket"
+  until_true(function()
+    local c = socket.connect("127.0.0.1", self.port)
+    if c then c:close() end
+    return c == nil
+  end, 10, "the killed server's port to close")
+end
 function Server:pause() self:signal("STOP") end
 function Server:resume() self:signal("CONT") end
 
@@ -214,35 +245,97 @@ local function lua_env()
     q(root .. "/?.so;;"))
 end
 
+R.lua_env = lua_env
+
+-- Lua code in a file main.lua of a new temporary directory -> file, dir
+function R.program(code, tag)
+  local dir = Tmp.dir(tag)
+  local file = dir .. "/main.lua"
+  S.write(file, code)
+  return file, dir
+end
+
 -- R.spawn(code, env): run Lua code in a real OS process (lua5.4).
 -- Returns a proc with :wait() -> output, exit code; :pid; :kill(sig).
 function R.spawn(code, env)
-  local dir = Tmp.dir("p")
-  local file = dir .. "/main.lua"
-  local f = assert(io.open(file, "w"))
-  f:write(code)
-  f:close()
+  local file, dir = R.program(code, "p")
   local vars = {}
   for k, v in pairs(env or {}) do vars[#vars + 1] = k .. "=" .. q(v) end
   local cmd = ("%s %s %s lua5.4 %s > %s 2>&1 & echo $!"):format(
     lua_env(), Tmp.env(), table.concat(vars, " "), q(file), q(dir .. "/out"))
   local pid = track(tonumber((sh("exec 3>&-; " .. cmd))))
   local proc = { pid = pid, dir = dir }
+  function proc.output(self) return S.read(self.dir .. "/out") or "" end
   function proc.wait(self, timeout)
     until_true(function() return not alive(self.pid) end, timeout or 60, "child process " .. self.pid)
-    local h = io.open(self.dir .. "/out")
-    local out = h and h:read("a") or ""
-    if h then h:close() end
-    return out
+    return self:output()
   end
-  function proc.output(self)
-    local h = io.open(self.dir .. "/out")
-    local out = h and h:read("a") or ""
-    if h then h:close() end
-    return out
+  -- wait until the child made path (its signal that it is ready), or ended
+  function proc.ready(self, path, what, timeout)
+    until_true(function() return S.read(path) ~= nil or not alive(self.pid) end, timeout or 20, what)
+  end
+  -- tell the child to end by making path (its stop signal); its output
+  function proc.tell(self, path, timeout)
+    S.write(path, "")
+    return self:wait(timeout)
   end
   function proc.signal(self, sig) os.execute(("kill -%s %d 2>/dev/null"):format(sig, self.pid)) end
   return proc
+end
+
+-- R.child(body, env): R.spawn of a program that starts with the preamble of
+-- spec/support/child.lua (fluxalock configured from env's URL, URLS or
+-- SEEDS, and TIMEOUT; a witness connection from WITNESS); body sees
+-- fluxalock, core, locker, witness, event (and C, the whole preamble)
+local PREAMBLE = 'local C = require "support.child" '
+  .. "local fluxalock, core, locker, witness, event = C.fluxalock, C.core, C.locker, C.witness, C.event\n"
+function R.child(body, env)
+  return R.spawn(PREAMBLE .. body, env)
+end
+
+-- R.holder(server, key, o): a child process that obtains key (ttl o.ttl,
+-- default 30; renewed with o.renew) and holds it until it is told to
+-- release, never after a guessed pause: the test's proc:release() (it sets
+-- the Redis key "<key>:go"), or with o.until_waiter a client of the server
+-- blocked in BLPOP (a waiter on the key's wake-up list, from CLIENT LIST).
+-- Returns the proc once the lock is held (the child set "<key>:held");
+-- proc:wait() ends with "released true" (what release() returned).
+local HOLDER = [[
+local key, ttl = os.getenv("KEY"), tonumber(os.getenv("TTL"))
+local redis = core.pool { path = os.getenv("SOCK") }
+local lock = assert(locker:obtain(key, ttl, 0, os.getenv("RENEW") and { renew = true } or nil))
+assert(redis:call { "SET", key .. ":held", lock:token() })
+local function told()
+  if os.getenv("UNTIL_WAITER") then
+    return (redis:call { "CLIENT", "LIST" } or ""):find(" flags=%a*b[^\n]- cmd=blpop") ~= nil
+  end
+  return redis:call { "EXISTS", key .. ":go" } == 1
+end
+local deadline = core.now() + 60
+while not told() and core.now() < deadline do core.sleep(0.005) end
+print("released " .. tostring(lock:release()))
+]]
+function R.holder(server, key, o)
+  o = o or {}
+  server:cli("DEL", key .. ":held", key .. ":go")
+  local p = R.child(HOLDER, { URL = server.url, SOCK = server.socket, KEY = key, TTL = o.ttl or 30,
+    RENEW = o.renew and "1" or nil, UNTIL_WAITER = o.until_waiter and "1" or nil })
+  until_true(function() return server:cli("EXISTS", key .. ":held") == "1" end, 10, "the holder of " .. key)
+  p.token = server:cli("GET", key .. ":held")
+  function p.release(self)
+    server:cli("SET", key .. ":go", "1")
+    return self:wait()
+  end
+  return p
+end
+
+-- the events a child printed with event(): NAME -> { t = seconds, detail }
+function R.events(out)
+  local e = {}
+  for name, t, detail in out:gmatch("(%u[%u_]*) (%d+%.%d+) ([^\n]*)") do
+    e[name] = { t = tonumber(t), detail = detail }
+  end
+  return e
 end
 
 -- a fresh module instance configured for server s (package.loaded reset)
@@ -252,6 +345,109 @@ function R.fluxalock(s, extra)
   for k, v in pairs(extra or {}) do pool[k] = v end
   fl.configure { pools = { default = pool } }
   return fl
+end
+
+-- busted gives lazy_setup/lazy_teardown to spec files only (their _ENV):
+-- the nearest caller whose _ENV has them
+local function busted_env()
+  for level = 3, 12 do
+    local info = debug.getinfo(level, "f")
+    if not info then break end
+    for i = 1, math.huge do
+      local name, v = debug.getupvalue(info.func, i)
+      if not name then break end
+      if name == "_ENV" and type(v) == "table" and v.lazy_setup then return v end
+    end
+  end
+  error("R.setup: call it from a describe block of a spec file", 3)
+end
+
+-- One line of setup for a describe block:
+--   local env = R.setup({ server = <R.start options>, pool = <more pool
+--     fields>, host = <host name>, locker = false, module = false,
+--     teardown = fn }, fill)
+-- registers a lazy_setup that starts a server, configures a fluxalock
+-- module for it (its default pool; not with module = false) and makes the
+-- default locker (not with locker = false or module = false), and a
+-- lazy_teardown that runs opts.teardown(env) and stops the server.  env
+-- gets server, fluxalock, locker at setup; fill(env), if given, is called
+-- then (to copy them into the spec's own locals).
+function R.setup(opts, fill)
+  opts = opts or {}
+  local busted, env = busted_env(), {}
+  busted.lazy_setup(function()
+    env.server = R.start(opts.server)
+    if opts.module ~= false then
+      env.fluxalock = R.fluxalock(env.server, opts.pool)
+      if opts.host then env.fluxalock.configure { host = opts.host } end
+      if opts.locker ~= false then env.locker = env.fluxalock.locker() end
+    end
+    if fill then fill(env) end
+  end)
+  busted.lazy_teardown(function()
+    if opts.teardown then opts.teardown(env) end
+    if env.server then env.server:stop() end
+  end)
+  return env
+end
+
+-- the values of keys, as numbers (0 for a missing key), in one round trip
+-- on a connection of the harness's own: server:counts("holders", "total")
+function Server:counts(...)
+  local r = assert(self:call("MGET", ...))
+  local out = {}
+  for i = 1, select("#", ...) do out[i] = tonumber(r[i]) or 0 end
+  return table.unpack(out, 1, select("#", ...))
+end
+
+-- a master and a replica acknowledging its writes (a write, then WAIT on
+-- the same connection: right after the sync the replica may not yet, for
+-- a moment) -> master, replica
+function R.pair()
+  -- (no 5 s diskless-sync delay: the replica syncs at once)
+  local master = R.start { args = { "--repl-diskless-sync-delay", "0" } }
+  local replica = R.start { args = { "--replicaof", "127.0.0.1", tostring(master.port) } }
+  until_true(function()
+    local out = sh(("printf 'SET warm 1\\nWAIT 1 100\\n' | redis-cli -p %d"):format(master.port))
+    return out == "OK\n1\n"
+  end, 10, "replica acknowledging")
+  return master, replica
+end
+
+-- R.setup_pair(fill): for a describe block, R.pair() at its lazy_setup
+-- (fill(env) then, env.master and env.replica), both stopped at its
+-- lazy_teardown; returns env
+function R.setup_pair(fill)
+  local busted, env = busted_env(), {}
+  busted.lazy_setup(function()
+    env.master, env.replica = R.pair()
+    if fill then fill(env) end
+  end)
+  busted.lazy_teardown(function()
+    if env.replica then env.replica:stop() end
+    if env.master then env.master:stop() end
+  end)
+  return env
+end
+
+-- R.own(opts, pool): a server of the running test's own (R.start's opts),
+-- stopped at the test's end (busted's finally, also when an assertion
+-- fails) -> server, fluxalock (configured for it, pool: more pool fields),
+-- its default locker
+function R.own(opts, pool)
+  local server = R.start(opts)
+  busted_env().finally(function() server:stop() end)
+  local fl = R.fluxalock(server, pool)
+  return server, fl, fl.locker()
+end
+
+-- a loopback port that was just in use and is free now: every connect to
+-- it is refused -> port, its redis:// URL
+function R.free_port()
+  local s = R.start()
+  local port, url = s.port, s.url
+  s:stop()
+  return port, url
 end
 
 return R

@@ -203,15 +203,10 @@ function S.sampler(server, trip)
   local s = { stopfile = dir .. "/stop", readyfile = dir .. "/ready", dir = dir }
   s.proc = R.spawn(SAMPLER, { SOCK = server.socket or "", PORT = tostring(server.port), STOP = s.stopfile,
     READY = s.readyfile, TRIP = trip and tostring(trip) or "", PID = tostring(server.pid) })
-  R.until_true(function()
-    local f = io.open(s.readyfile)
-    if f then f:close() end
-    return f ~= nil or not R.alive(s.proc.pid)
-  end, 20, "the connection sampler to take its first sample")
+  s.proc:ready(s.readyfile, "the connection sampler to take its first sample")
   -- stop(): the most connections seen, how many samples, and the report
   function s.stop()
-    io.open(s.stopfile, "w"):close()
-    local out = s.proc:wait(30)
+    local out = s.proc:tell(s.stopfile, 30)
     R.sh("rm -rf " .. R.quote(dir))
     local max, samples, errors, tripped = out:match("sampler max=(%d+) samples=(%d+) errors=(%d+) tripped=(%a+)")
     s.max, s.samples, s.errors, s.tripped = tonumber(max), tonumber(samples), tonumber(errors), tripped == "true"
@@ -319,14 +314,9 @@ function S.plain(server, prefix, k)
   local p = { stopfile = dir .. "/stop" }
   local ready = dir .. "/ready"
   p.proc = R.spawn(PLAIN, { SOCK = server.socket, PREFIX = prefix, K = tostring(k), STOP = p.stopfile, READY = ready })
-  R.until_true(function()
-    local f = io.open(ready)
-    if f then f:close() end
-    return f ~= nil or not R.alive(p.proc.pid)
-  end, 20, "the plain contender to start")
+  p.proc:ready(ready, "the plain contender to start")
   function p.stop()
-    io.open(p.stopfile, "w"):close()
-    local out = p.proc:wait(60)
+    local out = p.proc:tell(p.stopfile, 60)
     R.sh("rm -rf " .. R.quote(dir))
     local done, overlaps, missed, errors = out:match("plain done=(%d+) overlaps=(%d+) not_obtained=(%d+) errors=(%d+)")
     return { done = tonumber(done), overlaps = tonumber(overlaps), not_obtained = tonumber(missed),

@@ -12,11 +12,7 @@ local function run(cmd)
   assert(ok, "openssl failed: " .. cmd .. "\n" .. out)
 end
 
-local function write(path, text)
-  local f = assert(io.open(path, "w"))
-  f:write(text)
-  f:close()
-end
+local write = R.write
 
 -- a key and a certificate signed by ca (or self-signed when ca is nil)
 local function cert(d, name, subj, ca, san, dates)
@@ -223,16 +219,9 @@ end
 -- whose /etc/resolv.conf (in a mount namespace of its own) names only our
 -- DNS server: the real network is never asked
 function T.isolated(dns, code)
-  local dir = R.tmpdir("dns")
-  local file = dir .. "/main.lua"
-  local f = assert(io.open(file, "w"))
-  f:write(code)
-  f:close()
-  local root = R.sh("pwd"):gsub("%s+$", "")
-  local inner = ("mount --bind %s /etc/resolv.conf && LUA_PATH=%s LUA_CPATH=%s exec lua5.4 %s")
-    :format(R.quote(dns.resolv),
-      R.quote(root .. "/lua/?.lua;" .. root .. "/spec/?.lua;;"), R.quote(root .. "/?.so;;"),
-      R.quote(file))
+  local file = R.program(code, "dns")
+  local inner = ("mount --bind %s /etc/resolv.conf && %s exec lua5.4 %s")
+    :format(R.quote(dns.resolv), R.lua_env(), R.quote(file))
   return (R.sh("timeout 60 unshare --mount sh -c " .. R.quote(inner) .. " 2>&1"))
 end
 

@@ -22,22 +22,12 @@
 --   Tmp.env() -> "FLUXALOCK_TEST_ROOT=... TMPDIR=..." for a child's command line
 local KEY = "fluxalock.spec.tmp"
 
-local function sh(cmd)
-  local p = assert(io.popen(cmd, "r"))
-  local out = p:read("a")
-  p:close()
-  return out
-end
-
-local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
+local S = require "support.sys"
+local function sh(cmd) return (S.sh(cmd)) end
+local q = S.quote
 
 -- this process's pid (a fork made by C keeps the Lua state: compare it)
-local function self_pid()
-  local f = assert(io.open("/proc/self/stat"))
-  local pid = f:read("a"):match("^(%d+)")
-  f:close()
-  return pid
-end
+local function self_pid() return tostring(S.self_pid()) end
 
 -- a process's start time (clock ticks after boot; field 22 of its stat),
 -- nil once it is gone or a zombie: a pid with another start time is some
