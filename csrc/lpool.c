@@ -213,6 +213,7 @@ static int pool_obtain(lua_State *L) {
   const char *key = luaL_checklstring(L, 2, &keylen);
   lua_Integer ms = luaL_checkinteger(L, 3);
   fl_lock *lk;
+  if (!lua_isnoneornil(L, 4)) luaL_checktype(L, 4, LUA_TTABLE); /* a mode */
   lua_settop(L, FAN_HOST);
   lk = fl_lock_new(L, 1, p, key, keylen); /* at FAN_LOCK */
   if (fl_token(lk->token) != 0) {
