@@ -204,34 +204,20 @@ describe("a cluster pool", function()
     local witness = R.start()
     local slot = cluster:slot("{c-hot}")
     local from = cluster:master_of(slot)
-    local to
-    for _, n in ipairs(cluster.nodes) do
-      if n ~= from and n:cli("ROLE"):find("^master") then to = n break end
-    end
+    local to = cluster:other_master(from)
     local info = function() return locker:stats() end
     -- this process's locker learnt the slot map before the migration
     local mine = assert(locker:obtain("{c-hot}mine", 30))
     local procs = contend("{c-hot}shared", witness)
     R.until_true(function() return count(witness, "got") >= 20 end, 10, "contention")
-    to:cli("CLUSTER", "SETSLOT", slot, "IMPORTING", from.id)
-    from:cli("CLUSTER", "SETSLOT", slot, "MIGRATING", to.id)
-    repeat -- move every key of the slot (locks, fence, wake-ups)
-      local keys = from:cli("CLUSTER", "GETKEYSINSLOT", slot, "100")
-      if keys ~= "" then
-        local args = { "MIGRATE", "127.0.0.1", to.port, "", "0", "5000", "KEYS" }
-        for k in keys:gmatch("[^\n]+") do args[#args + 1] = k end
-        from:cli(table.unpack(args))
-      end
-    until keys == ""
+    cluster:move_slot(slot, from, to, true) -- keys moved, the slot still migrating
     -- the slot is still migrating: the source answers ASK for its keys, and
     -- the lock's own methods follow it
     local asked = info().asked
     local left, terr = mine:ttl()
     assert.is_true(left and left > 0, tostring(terr) .. " from=" .. from.port .. " to=" .. to.port)
     assert.is_true(info().asked > asked, "no ASK followed")
-    for _, n in ipairs(cluster.nodes) do
-      if n:cli("ROLE"):find("^master") then n:cli("CLUSTER", "SETSLOT", slot, "NODE", to.id) end
-    end
+    cluster:give_slot(slot, to)
     -- done: the source answers MOVED, the map is updated once
     local moved = info().moved
     assert.is_true(mine:refresh(1))

@@ -6,17 +6,10 @@ local T = require "support.topology"
 
 describe("modes on a cluster pool", function()
   local cluster, fluxalock
-
-  lazy_setup(function()
-    cluster = T.cluster()
-    fluxalock = require "fluxalock"
-    fluxalock.configure { pools = {
-      mcluster = { cluster = cluster.seeds, timeout = 0.5, connect_timeout = 0.5 },
-      mprefixed = { cluster = { cluster.seeds[2] }, prefix = "app:" },
-    } }
-  end)
-
-  lazy_teardown(function() if cluster then cluster:stop() end end)
+  T.setup_cluster(function(c) return {
+    mcluster = { cluster = c.seeds, timeout = 0.5, connect_timeout = 0.5 },
+    mprefixed = { cluster = { c.seeds[2] }, prefix = "app:" },
+  } end, function(c, fl) cluster, fluxalock = c, fl end)
 
   it("keeps every key of a mode in the lock key's slot, on every master, prefix included", function()
     local masters = {}
@@ -72,26 +65,16 @@ end)
 
 describe("modes on a cluster pool whose slot moves", function()
   local cluster, fluxalock
-
-  lazy_setup(function()
-    cluster = T.cluster()
-    fluxalock = require "fluxalock"
-    fluxalock.configure { pools = {
-      mmoving = { cluster = cluster.seeds, timeout = 0.5, connect_timeout = 0.5 },
-    } }
-  end)
-
-  lazy_teardown(function() if cluster then cluster:stop() end end)
+  T.setup_cluster(function(c) return {
+    mmoving = { cluster = c.seeds, timeout = 0.5, connect_timeout = 0.5 },
+  } end, function(c, fl) cluster, fluxalock = c, fl end)
 
   it("a waiter queued before the slot moved gets the permit on the new owner (MOVED during the wait)", function()
     local l = fluxalock.locker("mmoving")
     local key = "{m-mv}sem"
     local slot = cluster:slot(key)
     local from = cluster:master_of(slot)
-    local to
-    for _, n in ipairs(cluster.nodes) do
-      if n ~= from and n:cli("ROLE"):find("^master") then to = n break end
-    end
+    local to = cluster:other_master(from)
     local held = assert(l:obtain(key, 30, 0, { limit = 1 }))
     local p = R.spawn(([[
       local fluxalock = require "fluxalock"
@@ -101,19 +84,9 @@ describe("modes on a cluster pool whose slot moves", function()
       if lock then lock:release() end
     ]]):format(cluster.seeds[1], key))
     R.until_true(function() return l:inspect(key).waiting == 1 end, 20, "the waiter")
-    to:cli("CLUSTER", "SETSLOT", slot, "IMPORTING", from.id)
-    from:cli("CLUSTER", "SETSLOT", slot, "MIGRATING", to.id)
-    repeat -- every key of the slot: the lock, its holders, queue and meta, fence, wake-ups
-      local keys = from:cli("CLUSTER", "GETKEYSINSLOT", slot, "100")
-      if keys ~= "" then
-        local args = { "MIGRATE", "127.0.0.1", to.port, "", "0", "5000", "KEYS" }
-        for k in keys:gmatch("[^\n]+") do args[#args + 1] = k end
-        from:cli(table.unpack(args))
-      end
-    until keys == ""
-    for _, n in ipairs(cluster.nodes) do
-      if n:cli("ROLE"):find("^master") then n:cli("CLUSTER", "SETSLOT", slot, "NODE", to.id) end
-    end
+    -- every key of the slot moves: the lock, its holders, queue and meta,
+    -- fence, wake-ups
+    cluster:move_slot(slot, from, to)
     assert.equal("fluxalock:modes", to:cli("GET", key))
     assert.is_true(held:release()) -- follows MOVED to the new owner
     assert.equal("GOT\n", p:wait(30))
@@ -122,20 +95,15 @@ describe("modes on a cluster pool whose slot moves", function()
 end)
 
 describe("modes on a sentinel pool", function()
-  local stop, fluxalock, master, replica, sentinels
+  local fluxalock, master, replica, sentinels
   local NAME = "flmodes"
 
-  lazy_setup(function()
-    local addrs
-    master, replica, sentinels, addrs, stop = T.replicated(NAME)
-    fluxalock = require "fluxalock"
-    fluxalock.configure { pools = {
-      msentinel = { sentinels = addrs, master = NAME, timeout = 0.5, connect_timeout = 0.5 },
-      msentinel2 = { sentinels = addrs, master = NAME, timeout = 0.5, connect_timeout = 0.5 },
-    } }
+  T.setup_sentinel(NAME, function(addrs) return {
+    msentinel = { sentinels = addrs, master = NAME, timeout = 0.5, connect_timeout = 0.5 },
+    msentinel2 = { sentinels = addrs, master = NAME, timeout = 0.5, connect_timeout = 0.5 },
+  } end, function(e)
+    master, replica, sentinels, fluxalock = e.master, e.replica, e.sentinels, e.fluxalock
   end)
-
-  lazy_teardown(function() if stop then stop() end end)
 
   it("gives permits and shared holds on the master, with inspect, renew and release", function()
     local l = fluxalock.locker("msentinel")

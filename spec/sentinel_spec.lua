@@ -5,24 +5,19 @@ local R = require "support.redis"
 local T = require "support.topology"
 
 describe("a sentinel pool", function()
-  local master, replica, sentinels, fluxalock, locker, stop
+  local master, replica, sentinels, fluxalock, locker
   local NAME = "flmaster"
 
   local function role(s) return (s:cli("ROLE"):match("^(%a+)")) end
 
-  lazy_setup(function()
-    local addrs
-    master, replica, sentinels, addrs, stop = T.replicated(NAME)
-    fluxalock = require "fluxalock"
-    fluxalock.configure { pools = {
-      default = { sentinels = addrs, master = NAME, timeout = 0.5, connect_timeout = 0.5 },
-      nowhere = { sentinels = { "127.0.0.1:1", "127.0.0.1:2" }, master = NAME, connect_timeout = 0.2 },
-      second = { sentinels = addrs, master = NAME, timeout = 0.5, connect_timeout = 0.5 },
-    } }
+  T.setup_sentinel(NAME, function(addrs) return {
+    default = { sentinels = addrs, master = NAME, timeout = 0.5, connect_timeout = 0.5 },
+    nowhere = { sentinels = { "127.0.0.1:1", "127.0.0.1:2" }, master = NAME, connect_timeout = 0.2 },
+    second = { sentinels = addrs, master = NAME, timeout = 0.5, connect_timeout = 0.5 },
+  } end, function(e)
+    master, replica, sentinels, fluxalock = e.master, e.replica, e.sentinels, e.fluxalock
     locker = fluxalock.locker()
   end)
-
-  lazy_teardown(function() if stop then stop() end end)
 
   it("never connects in locker(), and says which sentinels failed", function()
     local l = fluxalock.locker("nowhere")

@@ -294,15 +294,8 @@ describe("locker:stats() in the pool kinds", function()
       local key = "st-moved"
       local slot = cluster:slot(key)
       local from = cluster:master_of(slot)
-      local to
-      for _, n in ipairs(cluster.nodes) do
-        if n ~= from and n:cli("ROLE"):find("^master") then to = n break end
-      end
-      for _, n in ipairs(cluster.nodes) do
-        if n:cli("ROLE"):find("^master") then
-          assert.equal("OK", n:cli("CLUSTER", "SETSLOT", slot, "NODE", to.id))
-        end
-      end
+      local to = cluster:other_master(from)
+      cluster:give_slot(slot, to)
       R.until_true(function() return cluster:master_of(slot, from) == to end, 10, "the slot moved")
       assert(l:obtain(key, 5)):release()
       local s = l:stats()

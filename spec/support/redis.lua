@@ -372,6 +372,8 @@ end
 -- lazy_teardown that runs opts.teardown(env) and stops the server.  env
 -- gets server, fluxalock, locker at setup; fill(env), if given, is called
 -- then (to copy them into the spec's own locals).
+R.busted_env = busted_env
+
 function R.setup(opts, fill)
   opts = opts or {}
   local busted, env = busted_env(), {}

@@ -217,4 +217,70 @@ function Cluster:stop()
   for _, n in ipairs(self.nodes) do if n.pid then n:stop() end end
 end
 
+-- a master other than 'node'
+function Cluster:other_master(node)
+  for _, n in ipairs(self.nodes) do
+    if n ~= node and n:cli("ROLE"):find("^master") then return n end
+  end
+end
+
+-- slot's keys migrated from 'from' to 'to' (MIGRATING/IMPORTING, every key
+-- of the slot MIGRATEd: the source answers ASK from here on); then, unless
+-- 'migrating_only', the slot given to 'to' on every master (MOVED)
+function Cluster:move_slot(slot, from, to, migrating_only)
+  to:cli("CLUSTER", "SETSLOT", slot, "IMPORTING", from.id)
+  from:cli("CLUSTER", "SETSLOT", slot, "MIGRATING", to.id)
+  repeat
+    local keys = from:cli("CLUSTER", "GETKEYSINSLOT", slot, "100")
+    if keys ~= "" then
+      local args = { "MIGRATE", "127.0.0.1", to.port, "", "0", "5000", "KEYS" }
+      for k in keys:gmatch("[^\n]+") do args[#args + 1] = k end
+      from:cli(table.unpack(args))
+    end
+  until keys == ""
+  if not migrating_only then self:give_slot(slot, to) end
+end
+
+-- slot handed to 'to' on every master (no key moved)
+function Cluster:give_slot(slot, to)
+  for _, n in ipairs(self.nodes) do
+    if n:cli("ROLE"):find("^master") then assert(n:cli("CLUSTER", "SETSLOT", slot, "NODE", to.id) == "OK") end
+  end
+end
+
+-- T.setup_sentinel(name, pools, fill): in the calling describe block, a
+-- master, its replica and sentinels watching it as 'name' (T.replicated),
+-- started at lazy_setup and stopped at lazy_teardown, and fluxalock
+-- configured with pools(addrs); fill(env) with env.master, env.replica,
+-- env.sentinels, env.fluxalock
+function T.setup_sentinel(name, pools, fill)
+  local env = {}
+  local busted = R.busted_env()
+  busted.lazy_setup(function()
+    local addrs
+    env.master, env.replica, env.sentinels, addrs, env.stop = T.replicated(name)
+    env.fluxalock = require "fluxalock"
+    env.fluxalock.configure { pools = pools(addrs) }
+    if fill then fill(env) end
+  end)
+  busted.lazy_teardown(function() if env.stop then env.stop() end end)
+  return env
+end
+
+-- T.setup_cluster(pools, fill): in the calling describe block, a cluster
+-- started at lazy_setup (stopped at lazy_teardown) and fluxalock configured
+-- with pools(cluster); fill(cluster, fluxalock)
+function T.setup_cluster(pools, fill)
+  local env = {}
+  local busted = R.busted_env()
+  busted.lazy_setup(function()
+    env.cluster = T.cluster()
+    env.fluxalock = require "fluxalock"
+    env.fluxalock.configure { pools = pools(env.cluster) }
+    if fill then fill(env.cluster, env.fluxalock) end
+  end)
+  busted.lazy_teardown(function() if env.cluster then env.cluster:stop() end end)
+  return env
+end
+
 return T
