@@ -78,9 +78,10 @@ describe("lost leases, told", function()
 
     it("runs at the next call of a lock's method, or of a locker's", function()
       local calls = 0
-      local lock = assert(locker:obtain("by-method", 0.3, 0, { renew = 0.05, on_lost = function()
-        calls = calls + 1
-      end }))
+      local function counted(key)
+        return assert(locker:obtain(key, 0.3, 0, { renew = 0.05, on_lost = function() calls = calls + 1 end }))
+      end
+      local lock = counted("by-method")
       local fd = fluxalock.lost_fd()
       server:cli("SET", "by-method", "x")
       assert.is_true(readable(fd, 5))
@@ -89,9 +90,7 @@ describe("lost leases, told", function()
       assert.equal(1, calls)
       lock:release()
       -- a locker's method too
-      local other = assert(locker:obtain("by-locker", 0.3, 0, { renew = 0.05, on_lost = function()
-        calls = calls + 1
-      end }))
+      local other = counted("by-locker")
       server:cli("SET", "by-locker", "x")
       assert.is_true(readable(fd, 5))
       assert.equal(1, calls)

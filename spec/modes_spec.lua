@@ -10,11 +10,9 @@ local S = dofile(HERE .. "support/scale.lua")
 -- a process that takes key `rounds` times with opts, counts itself in
 -- Redis inside the section, and prints what it saw
 local function contender(url, key, rounds, opts, body)
-  return R.spawn(([[
-    local fluxalock = require "fluxalock"
-    local locker = fluxalock.locker(%q)
-    -- the counters go through a pool of their own, not the lock's connection
-    local counters = fluxalock.locker { url = %q }._pool
+  return R.child(([[
+    -- the counters go through a connection of their own, not the lock's
+    local counters = witness
     local opts = %s
     local bad, most, failures, done = 0, 0, {}, 0
     for _ = 1, %d do
@@ -28,7 +26,7 @@ local function contender(url, key, rounds, opts, body)
       end
     end
     print(("DONE %%d %%d %%d %%d %%s"):format(done, bad, most, #failures, failures[1] or "-"))
-  ]]):format(url, url, opts, rounds, key, body))
+  ]]):format(opts, rounds, key, body), { URL = url, WITNESS = url:match(":(%d+)/") })
 end
 
 local function finish(procs, rounds)
@@ -114,14 +112,13 @@ describe("modes", function()
     end)
 
     it("gives a SIGKILLed holder's permits back at their ttl, not before", function()
-      local p = R.spawn(([[
-        local fluxalock = require "fluxalock"
-        local l = fluxalock.locker(%q)
+      local p = R.child(([[
+        local l = locker
         local a = assert(l:obtain("sem-k", 1.5, 0, { limit = 2 }))
         local b = assert(l:obtain("sem-k", 1.5, 0, { limit = 2 }))
-        l._pool:call { "SET", "sem-k-ready", "1" }
-        require("fluxalock.core").sleep(60)
-      ]]):format(server.url))
+        witness:call { "SET", "sem-k-ready", "1" }
+        core.sleep(60)
+      ]]), { URL = server.url, WITNESS = tostring(server.port) })
       until_true(function() return server:cli("GET", "sem-k-ready") == "1" end, 20, "the holder")
       local left = locker:inspect("sem-k").ttl
       p:signal("KILL")
@@ -138,14 +135,13 @@ describe("modes", function()
     it("a SIGKILLed waiter holds the next waiter up for at most about 1 s", function()
       local holder = assert(locker:obtain("sem-w", 20, 0, { limit = 1 }))
       local function waiter(name)
-        return R.spawn(([[
-          local fluxalock = require "fluxalock"
-          local l = fluxalock.locker(%q)
+        return R.child(([[
+          local l = locker
           local lock, err = l:obtain("sem-w", 15, 15, { limit = 1 })
-          if lock then l._pool:call { "SET", "sem-w-got", %q } end
+          if lock then witness:call { "SET", "sem-w-got", %q } end
           print(lock and "GOT" or tostring(err))
           if lock then lock:release() end
-        ]]):format(server.url, name))
+        ]]):format(name), { URL = server.url, WITNESS = tostring(server.port) })
       end
       local dead = waiter("dead")
       until_true(function() return locker:inspect("sem-w").waiting == 1 end, 20, "the first waiter")
@@ -264,23 +260,21 @@ describe("modes", function()
       -- three readers take turns so that a shared hold is always there
       local readers = {}
       for i = 1, 3 do
-        readers[i] = R.spawn(([[
-          local fluxalock = require "fluxalock"
-          local core = require "fluxalock.core"
-          local l = fluxalock.locker(%q)
+        readers[i] = R.child(([[
+          local l = locker
           local t = core.now() + 4
           local n = 0
           while core.now() < t do
             local lock = l:obtain("rw-f", 1, 1, { shared = true })
             if lock then
               n = n + 1
-              l._pool:call { "INCR", "rw-f-reads" }
+              witness:call { "INCR", "rw-f-reads" }
               core.sleep(0.2 + %d * 0.05)
               lock:release()
             end
           end
           print("READS", n)
-        ]]):format(server.url, i))
+        ]]):format(i), { URL = server.url, WITNESS = tostring(server.port) })
       end
       until_true(function() return locker:inspect("rw-f").holders >= 2 end, 20, "overlapping readers")
       local t0 = R.now()
@@ -299,19 +293,18 @@ describe("modes", function()
 
     it("an obtain without options waits as a writer: later readers wait behind it; it gets a plain lock", function()
       local r = assert(locker:obtain("rw-w", 10, 0, { shared = true }))
-      local p = R.spawn(([[
-        local fluxalock = require "fluxalock"
-        local l = fluxalock.locker(%q)
+      local p = R.child(([[
+        local l = locker
         local lock, err = l:obtain("rw-w", 10, 10)
         if not lock then print(tostring(err)) return end
-        print("GOT", lock:token() == l._pool:call { "GET", "rw-w" })
-        l._pool:call { "SET", "rw-w-got", "1" }
-        local t = require("fluxalock.core").now() + 5
-        while l._pool:call { "GET", "rw-w-done" } ~= "1" and require("fluxalock.core").now() < t do
-          require("fluxalock.core").sleep(0.01)
+        print("GOT", lock:token() == witness:call { "GET", "rw-w" })
+        witness:call { "SET", "rw-w-got", "1" }
+        local t = core.now() + 5
+        while witness:call { "GET", "rw-w-done" } ~= "1" and core.now() < t do
+          core.sleep(0.01)
         end
         print("RELEASED", lock:release())
-      ]]):format(server.url))
+      ]]), { URL = server.url, WITNESS = tostring(server.port) })
       until_true(function() return locker:inspect("rw-w").waiting == 1 end, 20, "the plain waiter")
       -- a reader that comes now waits behind it
       assert.same({ nil, "not obtained", "not_obtained" }, { locker:obtain("rw-w", 5, 0, { shared = true }) })
@@ -348,16 +341,15 @@ describe("modes", function()
       server:cli("DEL", "fair-order")
       local procs = {}
       for i = 1, 8 do
-        procs[i] = R.spawn(([[
-          local fluxalock = require "fluxalock"
-          local l = fluxalock.locker(%q)
+        procs[i] = R.child(([[
+          local l = locker
           local lock, err = l:obtain("fair", 15, 15, { fair = true })
           if lock then
-            l._pool:call { "RPUSH", "fair-order", "%d" }
+            witness:call { "RPUSH", "fair-order", "%d" }
             lock:release()
           end
           print(lock and "GOT" or tostring(err))
-        ]]):format(server.url, i))
+        ]]):format(i), { URL = server.url, WITNESS = tostring(server.port) })
         until_true(function() return locker:inspect("fair").waiting == i end, 20, "waiter " .. i)
       end
       assert.is_true(held:release())
@@ -371,11 +363,9 @@ describe("modes", function()
       server:cli("DEL", "ticket", "pending", "grants", "ready")
       local procs = {}
       for i = 1, 8 do
-        procs[i] = R.spawn(([[
-          local fluxalock = require "fluxalock"
-          local core = require "fluxalock.core"
-          local l = fluxalock.locker(%q)
-          local c = core.pool { host = "127.0.0.1", port = %d }
+        procs[i] = R.child(([[
+          local l = locker
+          local c = witness
           local overtaken, failures, done = 0, 0, 0
           -- all eight start together (a process started first would
           -- otherwise take its first rounds alone)
@@ -402,7 +392,7 @@ describe("modes", function()
             end
           end
           print(("DONE %%d %%d %%d"):format(done, overtaken, failures))
-        ]]):format(server.url, server.port, i))
+        ]]):format(i), { URL = server.url, WITNESS = tostring(server.port) })
       end
       for i, p in ipairs(procs) do
         local out = p:wait(240)
