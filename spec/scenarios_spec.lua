@@ -143,8 +143,12 @@ describe("a waiting obtain", function()
     holder:release()
   end)
 
+  -- a locker whose backoff step (5 s) is longer than any wait below: only a
+  -- wake-up or the last try at the deadline can get it the lock in time
+  local function slow_locker() return fluxalock.locker { url = server.url, retry_step = 5, retry_max = 5 } end
+
   it("never sleeps past the deadline, however long its backoff step", function()
-    local slow = fluxalock.locker { url = server.url, retry_step = 5, retry_max = 5 }
+    local slow = slow_locker()
     local holder = assert(slow:obtain("deadline-slow", 10))
     local took, lock, err = R.timed(slow.obtain, slow, "deadline-slow", 10, 0.2)
     assert.is_nil(lock)
@@ -157,7 +161,7 @@ describe("a waiting obtain", function()
     -- one backoff step longer than the whole wait: after its first try the
     -- waiter only wakes at the deadline; an expiry sends no wake-up, so only
     -- the last try can find the key free
-    local slow = fluxalock.locker { url = server.url, retry_step = 5, retry_max = 5 }
+    local slow = slow_locker()
     local holder = assert(slow:obtain("deadline-last", 0.2))
     local took, lock, err = R.timed(slow.obtain, slow, "deadline-last", 10, 0.5)
     assert.is_nil(err)
@@ -169,7 +173,7 @@ describe("a waiting obtain", function()
   end)
 
   it("is woken by a release in another process long before its backoff would retry", function()
-    local slow = fluxalock.locker { url = server.url, retry_step = 5, retry_max = 5 }
+    local slow = slow_locker()
     local p = R.child([[
       local lock = assert(locker:obtain("woken", 30))
       event("GOT")
