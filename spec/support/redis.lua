@@ -143,7 +143,10 @@ function Server:_launch(port)
       end
       self.pid = tonumber(f:read("l"))
       f:close()
-      return self.pid and self:cli("PING"):match("PONG") or self.opts.args and self:cli("PING"):match("NOAUTH")
+      -- ours, not another run's server on a port ours could not bind
+      local info = self.pid and self:cli("INFO", "server")
+      if info and tonumber(info:match("process_id:(%d+)")) == self.pid then return true end
+      return self.pid and self.opts.args and info:match("NOAUTH") and alive(self.pid)
     end, 5, "redis-server")
     if ok then
       self.port = p

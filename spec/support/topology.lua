@@ -56,7 +56,8 @@ local function launch(lines, extra, port, host)
       if not h then return false end
       n.pid = tonumber(h:read("l"))
       h:close()
-      return n.pid and n:cli("PING") == "PONG"
+      -- ours, not another run's server on a port ours could not bind
+      return n.pid and tonumber(n:cli("INFO", "server"):match("process_id:(%d+)")) == n.pid
     end, 5, "redis-server")
     if ok then
       track(n.pid)
