@@ -364,10 +364,12 @@ int fl_verdict_one(lua_State *L, fl_fan *f) {
     /* fallthrough */
   case FL_OP_CLOSE:
     if (err) lk->held = 1; /* not known to be released: may try again */
-    if (f->hand && done && l->n > 0) { /* handed over: the waiter's lock */
-      f->hand->held = 1;
+    if (f->hand && done && l->n > 0) /* handed over: the waiter's lock */
       f->hand->fence = l->n;
-    }
+    else if (f->hand && err) /* it may have been: given back */
+      fl_fan_defer(f->hand);
+    else if (f->hand)
+      f->hand->held = 0;
     break;
   case FL_OP_TTL:
     if (err) break;

@@ -235,3 +235,41 @@ describe("a hand-over whose waiter is closed before it runs (luv)", function()
     end
   end)
 end)
+
+describe("a release whose coroutine is closed while its hand-over is in flight (luv)", function()
+  local env = R.setup { host = "luv", pool = { retry_step = 0.2, retry_max = 0.2 } }
+
+  it("leaves no lock held by nobody: the waiter gets the key once the lost one is collected", function()
+    local d, l, s = H.luv(), env.locker, env.server
+    local key = "ho:abandoned"
+    local b, returned
+    d.spawn(function()
+      -- a first hand-over, so that the server knows the script (an
+      -- abandoned first use would leave the key to the releaser's token:
+      -- its NOSCRIPT answer is never followed by the script itself)
+      local a0, a = assert(l:obtain(key, 30)), nil
+      d.spawn(function() a = assert(l:obtain(key, 30, 8)) end)
+      until_loop(d, function() return l:stats().waiting == 1 end, 10, "the first waiter")
+      assert(a0:release())
+      until_loop(d, function() return a ~= nil end, 5, "the first hand-over")
+      d.spawn(function() b = assert(l:obtain(key, 30, 8)) end)
+      until_loop(d, function() return l:stats().waiting == 1 end, 10, "the waiter")
+      local aco = coroutine.create(function()
+        a:release()
+        returned = true
+      end)
+      assert(coroutine.resume(aco)) -- sent; it waits for the reply
+      assert.equal("suspended", coroutine.status(aco))
+      assert(coroutine.close(aco))
+      aco, a = nil, nil
+      collectgarbage()
+      collectgarbage()
+      until_loop(d, function() return b ~= nil end, 6, "the waiter to get the key")
+      assert(b:release())
+    end)
+    d.run()
+    assert.same({}, d.errors)
+    assert.is_nil(returned)
+    assert.equal("", s:cli("GET", key))
+  end)
+end)
