@@ -407,6 +407,15 @@ int fl_drive_lock(lua_State *L, int op) {
   f->ms = ms;
   f->replace = (unsigned char)replace;
   if (lk->mode) f->mode = lk;
+  if (op == FL_OP_RELEASE || op == FL_OP_CLOSE) { /* 2: a hand-over's lock, 3: its ms */
+    f->hand = luaL_testudata(L, 2, FL_LOCK_MT);
+    if (f->hand) {
+      f->ms = lua_tointeger(L, 3);
+      /* held until the verdict says otherwise: a release abandoned with its
+         coroutine leaves the lock to __gc, which gives it back */
+      f->hand->held = 1;
+    }
+  }
   if (op == FL_OP_RELEASE || op == FL_OP_CLOSE) lk->held = 0; /* first */
   fl_fan_start(f);
   return fan_loop(L, f);

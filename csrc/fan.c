@@ -66,9 +66,15 @@ static int leg_cmd(fl_fan *f, fl_conn *c, double *extra) {
   }
   if (f->mode && op != FL_OP_AWAIT) return fl_mode_cmd(f, c);
   if (op != FL_OP_TTL && op != FL_OP_REFRESH &&
-      !(comp = fl_companion(c, FAN_KEY(f), FAN_KEYLEN(f), op == FL_OP_OBTAIN ? "fence" : "wake:",
-                            op != FL_OP_OBTAIN, &complen)))
+      !(comp = fl_companion(c, FAN_KEY(f), FAN_KEYLEN(f),
+                            op == FL_OP_OBTAIN || f->hand ? "fence" : "wake:",
+                            op != FL_OP_OBTAIN && !f->hand, &complen)))
     return -1;
+  if (f->hand && (op == FL_OP_RELEASE || op == FL_OP_CLOSE)) {
+    fl_cmd_handover(&c->cmd, c->num[0], f->lkey, f->lkeylen, comp, complen, f->token,
+                    f->hand->token, f->ms);
+    return 0;
+  }
   switch (op) {
   case FL_OP_OBTAIN:
     fl_cmd_obtain(&c->cmd, c->num[0], f->lkey, f->lkeylen, comp, complen, f->token, f->ms);
@@ -358,6 +364,12 @@ int fl_verdict_one(lua_State *L, fl_fan *f) {
     /* fallthrough */
   case FL_OP_CLOSE:
     if (err) lk->held = 1; /* not known to be released: may try again */
+    if (f->hand && done && l->n > 0) /* handed over: the waiter's lock */
+      f->hand->fence = l->n;
+    else if (f->hand && err) /* it may have been: given back */
+      fl_fan_defer(f->hand);
+    else if (f->hand)
+      f->hand->held = 0;
     break;
   case FL_OP_TTL:
     if (err) break;
@@ -446,4 +458,13 @@ void fl_fan_defer(fl_lock *lk) {
     free(wake);
     if (!g->has_host) fl_pool_flush(nodes[i]);
   }
+}
+
+/* a held lock released at once without waiting for the answer (a host's
+   loop never stalls: fl_pool_flush) */
+void fl_fan_drop(fl_lock *lk) {
+  fl_pool *g = lk->pool, *nodes[FL_MAXNODES];
+  int i, n = g->ops->nodes(g, lk->key, lk->keylen, nodes);
+  fl_fan_defer(lk);
+  for (i = 0; i < n; i++) fl_pool_flush(nodes[i]);
 }

@@ -40,6 +40,7 @@ typedef struct fl_fan {
   const char *token;  /* the lock's, anchored with it */
   const fl_cmd *call; /* FL_OP_CALL: the command (words anchored) */
   const fl_lock *mode; /* a lock in a mode (modes.c builds its commands) */
+  fl_lock *hand;      /* a release's hand-over: the next waiter's lock (llock.c) */
   size_t lkeylen;
   long long ms;       /* obtain, refresh: the ttl; a wait: its seconds, in ms */
   double limit, start;
@@ -82,6 +83,7 @@ void fl_fan_start(fl_fan *f);
 void fl_fan_end_legs(fl_fan *f);
 void fl_fan_release(fl_fan *f);
 void fl_fan_defer(fl_lock *lk);
+void fl_fan_drop(fl_lock *lk);
 
 /* drive.c: the requests, run to their answer */
 int fl_drive_obtain(lua_State *L, fl_lock *lk, lua_Integer ms);

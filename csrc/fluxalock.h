@@ -37,7 +37,7 @@ const char *fl_code_name(int code);
 /* the scripts, indexes into fl_scripts[] */
 enum { FL_S_OBTAIN, FL_S_RELEASE, FL_S_TTL, FL_S_REFRESH,
        FL_S_MOBTAIN, FL_S_MRELEASE, FL_S_MTTL, FL_S_MREFRESH, FL_S_INSPECT, /* modes.c */
-       FL_NSCRIPTS };
+       FL_S_HANDOVER, FL_NSCRIPTS };
 
 typedef struct fl_script {
   const char *name;
@@ -305,6 +305,7 @@ fl_lock *fl_lock_new(lua_State *L, int poolidx, fl_pool *p, const char *key,
 lua_Integer fl_checkms(lua_State *L, int arg, const char *what);
 int fl_lock_open(lua_State *L);
 #define FL_NOTIFY "fluxalock.notify" /* registry: core.setnotify's function */
+#define FL_HANDOVER "fluxalock.handover" /* registry: core.sethandover's */
 
 /* renew.c: the renewal thread (its own connections, never the Lua state) */
 int fl_renew_start(lua_State *L);  /* core.renew(lock, ttl_ms, every_ms, sent_at) */
@@ -352,6 +353,9 @@ void fl_cmd_script(fl_cmd *cmd, int script, int nkeys);
 void fl_cmd_arg(fl_cmd *cmd, const char *s, size_t len);
 void fl_cmd_obtain(fl_cmd *cmd, char num[32], const char *key, size_t keylen,
                    const char *fence, size_t fencelen, const char *token, long long ms);
+void fl_cmd_handover(fl_cmd *cmd, char num[32], const char *key, size_t keylen,
+                     const char *fence, size_t fencelen, const char *old,
+                     const char *token, long long ms);
 void fl_cmd_release(fl_cmd *cmd, const char *key, size_t keylen,
                     const char *wake, size_t wakelen, const char *token);
 void fl_cmd_ttl(fl_cmd *cmd, const char *key, size_t keylen, const char *token);

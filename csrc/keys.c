@@ -79,7 +79,16 @@ fl_script fl_scripts[FL_NSCRIPTS] = {
     "end\n"
     "redis.call('pexpire', KEYS[1], ms)\n"
     "return 1\n", "" },
-  FL_MODE_SCRIPTS
+  FL_MODE_SCRIPTS,
+  { "handover",
+    /* a release that hands the lock straight to this process's next waiter
+       (llock.c): it is never free, so no other process slips in between.
+       KEYS: lock, fence. ARGV: the holder's token, the waiter's, its ms.
+       -> the waiter's fence, or 0 when the holder no longer held it */
+    "local v = redis.call('get', KEYS[1])\n"
+    "if v ~= ARGV[1] and v ~= ARGV[1] .. '+' then return 0 end\n"
+    "redis.call('set', KEYS[1], ARGV[2], 'PX', ARGV[3])\n"
+    "return redis.call('incr', KEYS[2])\n", "" }
 };
 
 /* ---- SHA-1, for EVALSHA (FIPS 180-4) ------------------------------------ */
@@ -293,6 +302,18 @@ void fl_cmd_obtain(fl_cmd *cmd, char num[32], const char *key, size_t keylen,
   fl_cmd_script(cmd, FL_S_OBTAIN, 2);
   fl_cmd_arg(cmd, key, keylen);
   fl_cmd_arg(cmd, fence, fencelen);
+  fl_cmd_arg(cmd, token, FL_TOKEN_LEN);
+  fl_cmd_arg(cmd, num, strlen(num));
+}
+
+void fl_cmd_handover(fl_cmd *cmd, char num[32], const char *key, size_t keylen,
+                     const char *fence, size_t fencelen, const char *old,
+                     const char *token, long long ms) {
+  snprintf(num, 32, "%lld", ms);
+  fl_cmd_script(cmd, FL_S_HANDOVER, 2);
+  fl_cmd_arg(cmd, key, keylen);
+  fl_cmd_arg(cmd, fence, fencelen);
+  fl_cmd_arg(cmd, old, FL_TOKEN_LEN);
   fl_cmd_arg(cmd, token, FL_TOKEN_LEN);
   fl_cmd_arg(cmd, num, strlen(num));
 }

@@ -62,6 +62,57 @@ static int lock_setnotify(lua_State *L) {
   return 0;
 }
 
+/* core.sethandover(fn | nil): fn(full key, Pool userdata) -> ms | nil
+   before a plain lock's release under a host: ms when this process has a
+   waiter for the key, which then gets the lock in the release's own
+   script (keys.c "handover") */
+static int lock_sethandover(lua_State *L) {
+  if (!lua_isnoneornil(L, 1)) luaL_checktype(L, 1, LUA_TFUNCTION);
+  lua_settop(L, 1);
+  lua_setfield(L, LUA_REGISTRYINDEX, FL_HANDOVER);
+  return 0;
+}
+
+/* the stack of a release of lk at 1: 2 the lock a hand-over makes for the
+   next local waiter (a fresh token, not held yet), 3 its ms; or nothing */
+static void hand_prepare(lua_State *L, fl_lock *lk) {
+  lua_Integer ms;
+  fl_lock *nl;
+  lua_settop(L, 1);
+  /* (a lock confirmed by replicas keeps the plain path: the hand-over
+     sends no WAIT) */
+  if (lk->mode || !lk->pool->has_host || !lk->pool->ops->fence || lk->pool->o.replicas > 0)
+    return;
+  if (lua_getfield(L, LUA_REGISTRYINDEX, FL_HANDOVER) != LUA_TFUNCTION) {
+    lua_settop(L, 1);
+    return;
+  }
+  lua_pushlstring(L, lk->key, lk->keylen);
+  lua_getiuservalue(L, 1, 1);
+  if (lua_pcall(L, 2, 1, 0) != LUA_OK || !lua_isinteger(L, -1) || lua_tointeger(L, -1) < 1) {
+    lua_settop(L, 1);
+    return;
+  }
+  ms = lua_tointeger(L, -1);
+  lua_settop(L, 1);
+  lua_getiuservalue(L, 1, 1); /* 2: the pool userdata, then the new lock */
+  nl = fl_lock_new(L, 2, lk->pool, lk->key + lk->prefixlen, lk->keylen - lk->prefixlen);
+  lua_replace(L, 2);
+  if (fl_token(nl->token) != 0) {
+    lua_settop(L, 1); /* no hand-over: a plain release */
+    return;
+  }
+  lua_pushinteger(L, ms);
+}
+
+/* core.handback(lock): a handed-over lock nobody took is released now,
+   without waiting for the answer (never yields) */
+static int lock_handback(lua_State *L) {
+  fl_lock *lk = luaL_checkudata(L, 1, FL_LOCK_MT);
+  if (lk->held && lk->pool) fl_fan_drop(lk);
+  return 0;
+}
+
 /* lock:release() -> true | false | nil, message */
 static int lock_release(lua_State *L) {
   fl_lock *lk = checklock(L);
@@ -71,6 +122,7 @@ static int lock_release(lua_State *L) {
     return 1;
   }
   fl_renew_stop(lk); /* before the release is sent */
+  hand_prepare(L, lk);
   return fl_drive_lock(L, FL_OP_RELEASE);
 }
 
@@ -86,6 +138,7 @@ static int lock_close(lua_State *L) {
     fl_fan_defer(lk);
     return 0;
   }
+  hand_prepare(L, lk);
   return fl_drive_lock(L, FL_OP_CLOSE); /* errors swallowed: the scope's own
                                          error must win */
 }
@@ -225,5 +278,9 @@ int fl_lock_open(lua_State *L) {
   lua_pop(L, 1);
   lua_pushcfunction(L, lock_setnotify);
   lua_setfield(L, -2, "setnotify");
+  lua_pushcfunction(L, lock_sethandover);
+  lua_setfield(L, -2, "sethandover");
+  lua_pushcfunction(L, lock_handback);
+  lua_setfield(L, -2, "handback");
   return 0;
 }

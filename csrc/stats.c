@@ -216,14 +216,18 @@ void fl_stats_open(lua_State *L) {
 }
 
 /* tell the Lua layer that the key of the lock at lockidx was released:
-   notify(full key, the Pool userdata that made it); never raises or yields */
+   notify(full key, the Pool userdata that made it [, the lock it was
+   handed over to: at index 2, llock.c]); never raises or yields */
 void fl_notify(lua_State *L, int lockidx) {
   const fl_lock *lk = luaL_testudata(L, lockidx, FL_LOCK_MT);
+  const fl_lock *hand = luaL_testudata(L, 2, FL_LOCK_MT);
   if (!lk || lua_getfield(L, LUA_REGISTRYINDEX, FL_NOTIFY) != LUA_TFUNCTION) {
     if (lk) lua_pop(L, 1);
     return;
   }
   lua_pushlstring(L, lk->key, lk->keylen);
   lua_getiuservalue(L, lockidx, 1);
-  if (lua_pcall(L, 2, 0, 0) != LUA_OK) lua_pop(L, 1);
+  if (hand && hand->held) lua_pushvalue(L, 2);
+  else lua_pushnil(L);
+  if (lua_pcall(L, 3, 0, 0) != LUA_OK) lua_pop(L, 1);
 }

@@ -428,6 +428,13 @@ local function unpark(w)
   if h and h.unpark then h.unpark(w) end
 end
 
+-- a head that stopped taking its turns: its coroutine was closed, or was
+-- abandoned (never resumed) past the end of its own step; it would hold
+-- the queue up for ever
+local function stale(h)
+  return coroutine.status(h.co) == "dead" or now() > h.alive + 1
+end
+
 local function head(q)
   while q.first <= q.last and not q[q.first] do
     q[q.first] = nil
@@ -439,11 +446,44 @@ end
 -- a release of 'full' (a full key, or its wake-up channel) by a lock of
 -- pool 'cp': the head of its queue tries at once; -> that head (the
 -- subscription's reader, csrc/wake.c, then knows it was woken itself)
-local function released(full, cp)
+-- a plain lock of 'full' is about to be released (pool 'cp'): -> the ms
+-- of the head waiter here when the release should hand the lock straight
+-- to it (one script: the key is never free; llock.c hand_prepare)
+local function handover(full, cp)
+  local qs = queues[cp]
+  local q = qs and qs[full]
+  if type(q) ~= "table" then return nil end
+  local w = head(q)
+  if not w or not w.ms or w.grant or w.deadline <= now() or stale(w) then return nil end
+  q.hand, q.hand_sent = w, now()
+  return math.floor(w.ms)
+end
+
+-- a handed-over lock to its waiter, if it still waits; else released now
+local function take_grant(q, grant)
+  local w = q and q.hand
+  if q then q.hand = nil end
+  if w and q[w.at] == w and w.q == q and not w.grant then
+    w.grant, w.sent = grant, q.hand_sent
+    w.kicked = true
+    unpark(w)
+    return w
+  end
+  core.handback(grant)
+end
+
+local function released(full, cp, grant)
   if kick then kick() end -- an on_lost watcher looks whether it still has locks to watch
   local qs = queues[cp]
-  if not qs then return end
+  if not qs then
+    if grant then core.handback(grant) end
+    return
+  end
   local q = qs[full] or qs[qs.chans[full] or false]
+  if grant then
+    local w = take_grant(type(q) == "table" and q or nil, grant)
+    if w then return w end
+  end
   if type(q) == "thread" then -- its try is in flight: it tries again at once
     firsts[q] = true
     return
@@ -497,6 +537,10 @@ local function dequeue(w)
   local q = w.q
   if not q then return end
   w.q = nil
+  w.ms = nil -- no hand-over to it from now on
+  local grant = w.grant
+  w.grant = nil
+  if grant then core.handback(grant) end -- handed over, never taken
   leave(q, w)
   local locker = w.counted
   if locker then
@@ -554,13 +598,6 @@ local function queue_of(pool, key, full)
   return q
 end
 
--- a head that stopped taking its turns: its coroutine was closed, or was
--- abandoned (never resumed) past the end of its own step; it would hold
--- the queue up for ever
-local function stale(h)
-  return coroutine.status(h.co) == "dead" or now() > h.alive + 1
-end
-
 -- the waiter right behind the head: it watches for a stale head
 local function second(q, w)
   for i = q.first + 1, q.last do
@@ -607,10 +644,12 @@ local function wait_queued(self, pool, key, ms, deadline, q, w, mode)
   self._waiting = self._waiting + 1
   w.counted = self -- dequeue counts it out
   modes.share(w, mode) -- shared holds: several try at once
+  -- a plain waiter may be handed the lock by a release here (handover)
+  if not mode then w.ms, w.deadline = ms, deadline end
   local step, smax, pause = self._step, self._max, 0
   if mode then smax = min(smax, modes.HEARTBEAT_STEP) end -- (its heartbeat)
   local lock, err, code, sent = false, nil, nil, nil
-  while true do
+  while not w.grant do
     local left = deadline - now()
     if q[w.at] ~= w then append(q, w) end -- skipped as stale while held up
     local h = head(q)
@@ -645,14 +684,25 @@ local function wait_queued(self, pool, key, ms, deadline, q, w, mode)
         if w.kicked then w.quick = queues[q.cp].settle and 2 or 0 end
         w.kicked = false
       end
+      if w.grant then break end -- handed over while it slept its step
       w.alive = now() + 5 -- the try may take a command's timeout
       sent = now()
       lock, err, code = pool:obtain(key, ms, mode)
       if err == "mode" then
+        w.ms = nil
         mode, smax = modes.writer(), min(smax, modes.HEARTBEAT_STEP)
         lock, err, code = pool:obtain(key, ms, mode)
       end
       if lock ~= false or now() >= deadline then break end
+    end
+  end
+  local grant = w.grant -- handed over by a release here: no request of its own
+  if grant then
+    w.grant = nil
+    if lock then
+      core.handback(grant) -- (cannot be: the key was the grant's)
+    else
+      lock, sent = grant, w.sent
     end
   end
   dequeue(w)
@@ -884,6 +934,7 @@ function M.configure(cfg)
     for _, l in pairs(by_url) do l._pool:sethost(wait) end
     -- a release in this process hands its key to the next local waiter
     core.setnotify(wait and released or nil)
+    core.sethandover(wait and handover or nil)
     arrange_telling() -- on_lost: a watcher of this host, or the plain way
   end
   for l in pairs(all) do apply_log(l) end
