@@ -38,7 +38,7 @@ FLUXALOCK_EXAMPLES_TREE=$tree lua5.4 /usr/bin/busted -o TAP spec/examples_spec.l
 redis-server --port 0 --unixsocket "$tmp/redis.sock" --save '' --appendonly no \
   --dir "$tmp" >"$tmp/redis.log" 2>&1 &
 rpid=$!
-trap 'kill "$rpid" 2>/dev/null; rm -rf "$tmp"' EXIT
+trap 'kill "$rpid" 2>/dev/null; wait "$rpid" 2>/dev/null; rm -rf "$tmp"' EXIT
 i=0
 until [ -S "$tmp/redis.sock" ]; do
   i=$((i + 1)); [ "$i" -lt 200 ] || { echo "install: redis-server did not start" >&2; exit 1; }
