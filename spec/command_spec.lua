@@ -409,8 +409,9 @@ sleep 0.2; redis-cli -s "$S" decr running >/dev/null]] }, { env = { S = server.s
       for i = 1, 3 do
         hs[i] = start(server, { "-w", "20", "-t", "20", "-s", "job", "-c", [[
 redis-cli -s "$S" incr r >/dev/null
-i=0; while [ "$(redis-cli -s "$S" get r)" -lt 3 ] && [ $i -lt 500 ]; do sleep 0.01; i=$((i+1)); done
-redis-cli -s "$S" rpush together "$(redis-cli -s "$S" get r)" >/dev/null
+i=0; v=$(redis-cli -s "$S" get r)
+while [ "$v" -lt 3 ] && [ $i -lt 500 ]; do sleep 0.01; i=$((i+1)); v=$(redis-cli -s "$S" get r); done
+redis-cli -s "$S" rpush together "$v" >/dev/null
 redis-cli -s "$S" rpush readers-saw-x "$(redis-cli -s "$S" get x)" >/dev/null
 redis-cli -s "$S" decr r >/dev/null]] }, { env = { S = server.socket } })
       end
