@@ -421,13 +421,19 @@ int fl_drive_lock(lua_State *L, int op) {
   return fan_loop(L, f);
 }
 
-/* pool:call(words): cmd's words are anchored at FAN_LOCK (a table) */
-int fl_drive_call(lua_State *L, const fl_cmd *cmd) {
+/* pool:call(words): cmd's words are anchored at FAN_LOCK (a table); or
+   pool:call(round): a Sentinel discovery's question (judge: its round,
+   anchored at 2, judges the reply) */
+int fl_drive_call(lua_State *L, const fl_cmd *cmd, fl_sdisc *judge) {
   fl_pool *g = fl_checkpool(L, 1);
   /* the command word names the event, never the arguments */
   /* always a userdata: its __gc frees a reply a memory error left */
   fl_fan *f = fl_fan_new(L, g, FL_OP_CALL, 1, cmd->argv[0], cmd->argvlen[0], NULL);
   f->call = cmd;
+  if (judge) {
+    f->judge = fl_sdisc_judge;
+    f->judgectx = judge;
+  }
   fl_fan_start(f);
   return fan_loop(L, f);
 }

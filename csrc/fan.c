@@ -380,6 +380,7 @@ int fl_verdict_one(lua_State *L, fl_fan *f) {
     if (!err && !(done && l->n > 0)) lk->held = 0;
     break;
   case FL_OP_CALL:
+    if (f->judge) f->judge(f->judgectx, done ? l->reply : NULL, err ? l->err : NULL, l->code);
     if (done) return push_call(L, l);
     break;
   default: /* FL_OP_AWAIT: woken, or not (LEG_LATE: the obtain's end came) */

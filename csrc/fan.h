@@ -39,6 +39,11 @@ typedef struct fl_fan {
   const char *lkey;   /* the full key (prefix + key), anchored on the stack */
   const char *token;  /* the lock's, anchored with it */
   const fl_cmd *call; /* FL_OP_CALL: the command (words anchored) */
+  /* FL_OP_CALL: NULL, or who judges its raw reply (or its failure: r
+     NULL, the message and FL_E_* code) before it is returned: a Sentinel
+     discovery round (sentinel.c), whose rules need the reply as Redis sent it */
+  void (*judge)(void *ctx, const redisReply *r, const char *err, int code);
+  void *judgectx;
   const fl_lock *mode; /* a lock in a mode (modes.c builds its commands) */
   fl_lock *hand;      /* a release's hand-over: the next waiter's lock (llock.c) */
   size_t lkeylen;
@@ -89,6 +94,6 @@ void fl_fan_drop(fl_lock *lk);
 int fl_drive_obtain(lua_State *L, fl_lock *lk, lua_Integer ms);
 int fl_drive_await(lua_State *L);
 int fl_drive_lock(lua_State *L, int op);
-int fl_drive_call(lua_State *L, const fl_cmd *cmd);
+int fl_drive_call(lua_State *L, const fl_cmd *cmd, fl_sdisc *judge);
 
 #endif

@@ -82,6 +82,15 @@ typedef struct fl_opts {
   struct fl_tls *tls; /* NULL, or TLS settings (one reference: net.h) */
 } fl_opts;
 
+/* a Sentinel pool's sentinels (kind_sentinel.c makes them, sentinel.c has
+   the rules of asking them; the renewal thread keeps a deep copy) */
+typedef struct fl_sentinels {
+  char *master;  /* the name they monitor */
+  int n;         /* of o[] made */
+  int last;      /* the one that answered last: a round starts there */
+  fl_opts *o;    /* each sentinel's options */
+} fl_sentinels;
+
 /* a request: one coroutine's command(s) queued on a shared link */
 enum { FL_RQ_IDLE, FL_RQ_QUEUED, FL_RQ_DONE, FL_RQ_ERR };
 
@@ -192,6 +201,7 @@ typedef struct fl_pool {
                                thread's entries (renew.c); NULL until the
                                first renewed lock */
   int has_log;   /* uservalue 3 of the Pool userdata is a log function */
+  fl_sentinels *sentinels; /* a Sentinel group's, else NULL */
   fl_counts n;
 } fl_pool;
 
@@ -224,6 +234,8 @@ typedef struct fl_lock {
 /* opts.c */
 void fl_opts_free(fl_opts *o);
 int fl_opts_copy(fl_opts *dst, const fl_opts *src);
+void fl_sentinels_free(fl_sentinels *s);
+fl_sentinels *fl_sentinels_copy(const fl_sentinels *s);
 
 /* clock.c: CLOCK_BOOTTIME where there is one, else CLOCK_MONOTONIC */
 double fl_now(void);
@@ -296,6 +308,8 @@ int fl_group_info(lua_State *L);
 int fl_group_redirects(lua_State *L);
 int fl_cluster_setslots(lua_State *L);
 int fl_sentinel_setrecover(lua_State *L);
+int fl_sentinel_discovery(lua_State *L);
+int fl_sentinel_pool(lua_State *L);
 enum { FL_OP_OBTAIN, FL_OP_AWAIT, FL_OP_RELEASE, FL_OP_CLOSE, FL_OP_TTL, FL_OP_REFRESH,
        FL_OP_CALL };
 

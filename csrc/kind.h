@@ -37,4 +37,33 @@ typedef struct fl_kind {
 
 extern const fl_kind fl_kind_single, fl_kind_redlock, fl_kind_cluster, fl_kind_sentinel;
 
+/* sentinel.c: Sentinel discovery, its rules once (no I/O).  A round
+   (fl_sdisc) says what to ask next and judges each answer; the Lua side
+   (kind_sentinel.c, through pool:call) and the renewal thread (renew_io.c)
+   drive it with their own I/O */
+enum { FL_SD_SENTINEL, FL_SD_ROLE, FL_SD_FOUND, FL_SD_FAILED };
+
+typedef struct fl_sdisc {
+  fl_sentinels *s; /* borrowed: its 'last' moves when a master is found */
+  int step;        /* FL_SD_*: ask sentinel cur; ask ROLE at host:port;
+                      found (the master is host:port); failed */
+  int cur;         /* the sentinel asked (0-based) */
+  int asked;       /* sentinels that failed so far in this round */
+  int code;        /* the first failure's FL_E_* */
+  int port;
+  char host[200];  /* the address a sentinel named */
+  char errs[FL_ERRLEN]; /* the failures, "; " between them */
+  size_t len;
+} fl_sdisc;
+
+#define FL_SDISC_MT "fluxalock.Discovery" /* a round for the Lua side:
+                                            its fl_sdisc first */
+
+int fl_sentinels_add(fl_sentinels *s, const char *host, size_t len, int port,
+                     const char *password, const fl_opts *like);
+void fl_sdisc_start(fl_sdisc *d, fl_sentinels *s);
+void fl_sdisc_cmd(const fl_sdisc *d, fl_cmd *cmd);
+void fl_sdisc_judge(void *ctx, const redisReply *r, const char *err, int code);
+int fl_sdisc_failure(const fl_sdisc *d, char *out, size_t cap);
+
 #endif

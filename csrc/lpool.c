@@ -226,6 +226,20 @@ static int pool_obtain(lua_State *L) {
   return fl_drive_obtain(L, lk, ms);
 }
 
+/* pool:call(round): the question of a Sentinel discovery round
+   (kind_sentinel.c), which judges the reply; the round anchored at 2 */
+static int call_round(lua_State *L, fl_sdisc *round) {
+  fl_cmd *cmd;
+  luaL_argcheck(L, round->step == FL_SD_SENTINEL || round->step == FL_SD_ROLE, 2,
+                "the round has no question");
+  lua_settop(L, 3);
+  cmd = lua_newuserdatauv(L, sizeof *cmd, 0); /* 4 */
+  lua_pushnil(L);                             /* FAN_HOST */
+  lua_pushvalue(L, 2);                        /* FAN_LOCK */
+  fl_sdisc_cmd(round, cmd); /* words: literals and the group's master name */
+  return fl_drive_call(L, cmd, round);
+}
+
 /* pool:call({"CMD", arg, ...}) -> reply as Lua values | nil, message; the
    words are kept as strings in a table at FAN_LOCK, the command in a
    userdata at 4 */
@@ -233,7 +247,9 @@ static int pool_call(lua_State *L) {
   fl_pool *p = checkpool(L);
   int n, i;
   fl_cmd *cmd;
+  fl_sdisc *round;
   if (!p->ops->call) return luaL_error(L, "fluxalock: call is not available on a %s pool", p->ops->name);
+  if ((round = luaL_testudata(L, 2, FL_SDISC_MT))) return call_round(L, round);
   luaL_checktype(L, 2, LUA_TTABLE);
   n = (int)luaL_len(L, 2);
   luaL_argcheck(L, n >= 1 && n <= 9, 2, "1 to 9 command words");
@@ -255,7 +271,7 @@ static int pool_call(lua_State *L) {
     lua_pop(L, 1);
     fl_cmd_arg(cmd, s, len);
   }
-  return fl_drive_call(L, cmd);
+  return fl_drive_call(L, cmd, NULL);
 }
 
 static int core_now(lua_State *L) {
@@ -271,7 +287,8 @@ int fl_pool_open(lua_State *L) {
     {"call", pool_call}, {"retarget", pool_retarget},
     {"group", pool_group}, {"setslots", fl_cluster_setslots},
     {"info", fl_group_info}, {"redirects", fl_group_redirects},
-    {"setrecover", fl_sentinel_setrecover}, {NULL, NULL}};
+    {"setrecover", fl_sentinel_setrecover}, {"discovery", fl_sentinel_discovery},
+    {"sentinel", fl_sentinel_pool}, {NULL, NULL}};
   static const luaL_Reg mt[] = {{"__gc", pool_gc}, {NULL, NULL}};
   luaL_newmetatable(L, FL_POOL_MT);
   luaL_setfuncs(L, mt, 0);

@@ -1,6 +1,7 @@
 /*
- * Connection options (fl_opts): freed, and deep-copied for the renewal
- * thread, which keeps its own.
+ * Connection options (fl_opts), and a Sentinel pool's sentinels
+ * (fl_sentinels): freed, and deep-copied for the renewal thread, which
+ * keeps its own.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -47,4 +48,31 @@ int fl_opts_copy(fl_opts *dst, const fl_opts *src) {
     return -1;
   }
   return 0;
+}
+
+void fl_sentinels_free(fl_sentinels *s) {
+  int i;
+  if (!s) return;
+  for (i = 0; i < s->n; i++) fl_opts_free(&s->o[i]);
+  free(s->o);
+  free(s->master);
+  free(s);
+}
+
+/* a deep copy of s, or NULL when out of memory.  Its 'last' is its own:
+   which sentinel answered its owner last (none yet: the first) */
+fl_sentinels *fl_sentinels_copy(const fl_sentinels *s) {
+  fl_sentinels *c = calloc(1, sizeof *c);
+  if (!c) return NULL;
+  if (sdup(&c->master, s->master, (size_t)-1) != 0 ||
+      !(c->o = calloc((size_t)s->n, sizeof *c->o))) {
+    fl_sentinels_free(c);
+    return NULL;
+  }
+  for (; c->n < s->n; c->n++)
+    if (fl_opts_copy(&c->o[c->n], &s->o[c->n]) != 0) {
+      fl_sentinels_free(c);
+      return NULL;
+    }
+  return c;
 }

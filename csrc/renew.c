@@ -59,8 +59,10 @@
  * is lost at once.  Cluster: the node of the key's slot at obtain; a MOVED
  * retargets it (renew_io.c; ":port" is the host of the node that
  * answered).  Sentinel: the master at obtain; after a failed renewal the
- * thread asks the sentinels (given by the Lua layer) in turn, SENTINEL
- * get-master-addr-by-name, and retargets once ROLE there says "master".
+ * thread runs a discovery round of sentinel.c (the same rules as the Lua
+ * side: the sentinels in turn from the one that answered last, SENTINEL
+ * get-master-addr-by-name, believed once ROLE there says "master") on a
+ * copy of the pool's sentinels, and retargets there.
  * The pool's 'replicas' option applies: each refresh is followed by WAIT
  * (conn.c), and one that too few replicas acknowledged has failed.
  *
@@ -125,10 +127,8 @@ static void *volatile orphan[2]; /* a fork child keeps the parent's state
 static void entry_free(fl_renewal *e) {
   int i;
   for (i = 0; i < e->ntargets; i++) fl_opts_free(&e->targets[i]);
-  for (i = 0; i < e->nsentinels; i++) fl_opts_free(&e->sentinels[i]);
+  fl_sentinels_free(e->sentinels);
   fl_opts_free(&e->cand);
-  free(e->sentinels);
-  free(e->master);
   memset(e->token, 0, sizeof e->token);
   fl_rcounts_unref(e->counts);
   free(e->key);
@@ -167,10 +167,16 @@ static void attempt(thr *t, fl_renewal *e, long long now) {
   for (i = 0; i < n; i++) {
     rn_leg *l = &e->legs[i];
     l->e = e;
-    l->query = e->asking ? RQ_SENTINEL : RQ_REFRESH; /* Sentinel: where is the master now? */
-    l->ti = e->asking ? e->asking - 1 : i;
+    l->ti = i;
     l->hops = 0;
-    rn_leg_send(&t->io, l);
+    if (e->asking) { /* Sentinel: where is the master now? */
+      l->query = RQ_DISCOVER;
+      fl_sdisc_start(&e->disc, e->sentinels);
+      rn_discover(&t->io, l);
+    } else {
+      l->query = RQ_REFRESH;
+      rn_leg_send(&t->io, l);
+    }
   }
 }
 
@@ -179,13 +185,13 @@ static long long backoff(fl_renewal *e, long long now) {
   return now + (b < e->every_ns ? b : e->every_ns);
 }
 
-/* a sentinel answered (renew at once where it said) or not (ask the next) */
+/* a discovery round found the master (renew at once there) or not (a
+   new round after the backoff) */
 static void asked(fl_renewal *e, long long now) {
   if (e->legs[0].st == LEG_OK) {
     e->asking = 0;
     e->due = now;
   } else {
-    e->asking = e->asking % e->nsentinels + 1;
     e->due = backoff(e, now);
   }
 }
@@ -213,7 +219,7 @@ static void verdict(fl_renewal *e, long long now) {
   } else {
     e->fails++;
     e->due = backoff(e, now);
-    if (e->nsentinels) e->asking = 1; /* the master may have moved */
+    if (e->sentinels) e->asking = 1; /* the master may have moved */
   }
   e->started = 0;
 }
@@ -477,65 +483,19 @@ static fl_renewal *entry_new(const fl_lock *lk, fl_pool *p, lua_Integer ttl,
   return e;
 }
 
-static char *dupn(const char *s, size_t n) {
-  char *r = s ? malloc(n + 1) : NULL;
-  if (r) memcpy(r, s, n), r[n] = '\0';
-  return r;
-}
-
-/* Sentinel: arguments from 'at' on are master, password|nil, then host,
-   port pairs, already checked; copied into e (0, or -1 out of memory) */
-static int sentinels(lua_State *L, int at, fl_renewal *e) {
-  int i, n = (lua_gettop(L) - at - 1) / 2;
-  size_t len;
-  const char *pw = lua_tolstring(L, at + 1, &len);
-  if (!(e->master = dupn(lua_tostring(L, at), strlen(lua_tostring(L, at)))) ||
-      !(e->sentinels = calloc((size_t)n, sizeof *e->sentinels)))
-    return -1;
-  for (i = 0; i < n; i++) {
-    fl_opts *o = &e->sentinels[i];
-    const char *h = lua_tolstring(L, at + 2 + 2 * i, &len);
-    e->nsentinels = i + 1;
-    o->connect_timeout = e->targets[0].connect_timeout;
-    o->timeout = e->targets[0].timeout;
-    o->port = (int)lua_tointeger(L, at + 3 + 2 * i);
-    snprintf(o->where, sizeof o->where, "%s:%d", h, o->port);
-    o->tls = fl_tls_ref(e->targets[0].tls); /* sentinels: the pool's TLS too */
-    if (!(o->host = dupn(h, len))) return -1;
-    if (pw && !(o->password = dupn(pw, strlen(pw)))) return -1;
-  }
-  return 0;
-}
-
-static void check_sentinels(lua_State *L, int at) {
-  int i, top = lua_gettop(L);
-  if (top < at) return;
-  luaL_checkstring(L, at);
-  if (!lua_isnil(L, at + 1)) luaL_checkstring(L, at + 1);
-  luaL_argcheck(L, top >= at + 3 && (top - at - 1) % 2 == 0, at, "host, port pairs expected");
-  for (i = at + 2; i <= top; i += 2) {
-    luaL_checkstring(L, i);
-    luaL_argcheck(L, luaL_checkinteger(L, i + 1) > 0 && lua_tointeger(L, i + 1) < 65536, i + 1,
-                  "port expected");
-  }
-}
-
-/* core.renew(lock, ttl_ms, every_ms, sent_at [, master, password, host,
-   port, ...]) -> true | nil, message.  sent_at: core.now() when the
-   obtain that got the lock was sent; for a Sentinel pool, the master's
-   name and its sentinels, whom the thread asks after a failed renewal */
+/* core.renew(lock, ttl_ms, every_ms, sent_at) -> true | nil, message.
+   sent_at: core.now() when the obtain that got the lock was sent.  A
+   Sentinel pool's sentinels (a copy) go with the entry: the thread asks
+   them after a failed renewal */
 int fl_renew_start(lua_State *L) {
   fl_lock *lk = luaL_checkudata(L, 1, FL_LOCK_MT);
   lua_Integer ttl = luaL_checkinteger(L, 2), every = luaL_checkinteger(L, 3);
   double sent = (double)luaL_checknumber(L, 4);
   fl_pool *p = lk->pool;
   fl_renewal *e = NULL;
-  int has_sentinels;
   luaL_argcheck(L, ttl >= 1, 2, "ttl must be at least 1 ms");
   luaL_argcheck(L, every >= 1 && every < ttl, 3, "renew interval must be less than ttl");
   luaL_argcheck(L, !lk->renew, 1, "lock is already renewed");
-  check_sentinels(L, 5);
-  has_sentinels = lua_gettop(L) >= 5; /* before anything is pushed */
   if (!lk->held || !p) {
     lua_pushboolean(L, 0);
     return 1;
@@ -547,7 +507,7 @@ int fl_renew_start(lua_State *L) {
   }
   if (!p->rcounts && (p->rcounts = calloc(1, sizeof *p->rcounts))) p->rcounts->refs = 1;
   if (!p->rcounts || !(e = entry_new(lk, p, ttl, every, sent)) ||
-      (has_sentinels && sentinels(L, 5, e) != 0)) {
+      (p->sentinels && !(e->sentinels = fl_sentinels_copy(p->sentinels)))) {
     if (e) entry_free(e);
     lua_pushstring(L, "fluxalock: renew: out of memory");
     return 2;

@@ -8,6 +8,7 @@
 #include <poll.h>
 
 #include "fluxalock.h"
+#include "kind.h"
 
 #define RN_LOAD(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
 #define RN_STORE(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
@@ -20,18 +21,18 @@ enum { RN_RUN = 0, RN_STOPPED = 1, RN_LOST = 2 };
 /* the outcome of one leg (one node asked once) */
 enum { LEG_IDLE, LEG_QUEUED, LEG_OK, LEG_NOTOWNER, LEG_ERR };
 
-/* what a leg asks */
-enum { RQ_REFRESH, RQ_SENTINEL, RQ_ROLE };
+/* what a leg asks: the refresh, or the question of its entry's Sentinel
+   discovery round (e->disc: a sentinel, or ROLE at e->cand) */
+enum { RQ_REFRESH, RQ_DISCOVER };
 
 typedef struct rn_leg {
   struct fl_renewal *e;
-  int ti;           /* index into e->targets (RQ_SENTINEL: e->sentinels) */
+  int ti;           /* index into e->targets */
   int st;           /* LEG_* */
   int hops;         /* MOVED redirects followed in this attempt */
-  int query;        /* RQ_REFRESH; RQ_SENTINEL: SENTINEL get-master-addr-by-
-                       name to sentinel ti, whose answer becomes e->cand;
-                       RQ_ROLE: ROLE to e->cand, a "master" retargets
-                       targets[0] there */
+  int query;        /* RQ_REFRESH, or RQ_DISCOVER: one question after
+                       another until e->disc's round ends; a master found
+                       retargets targets[0] there */
   fl_conn *c;       /* its request while LEG_QUEUED (conn.c) */
   struct rn_leg *qnext; /* the legs in flight (rn_io.flight) */
 } rn_leg;
@@ -54,10 +55,9 @@ typedef struct fl_renewal {
   int ntargets, quorum;
   /* the renewal thread's own from hand-over on */
   fl_opts targets[FL_MAXNODES]; /* deep copies; MOVED rewrites host/port */
-  fl_opts *sentinels;  /* a Sentinel pool's sentinels (nsentinels), or NULL */
-  int nsentinels, asking; /* asking: the next attempt asks sentinel
-                             (asking - 1) where the master is */
-  char *master;        /* the Sentinel name of the master */
+  fl_sentinels *sentinels; /* a Sentinel pool's (a copy), or NULL */
+  int asking;          /* the next attempt is a discovery round */
+  fl_sdisc disc;       /* its round (sentinel.c has the rules) */
   fl_opts cand;        /* the master a sentinel named, until ROLE confirms
                           it (host NULL: none) */
   rn_leg legs[FL_MAXNODES];
@@ -77,6 +77,7 @@ typedef struct rn_io {
 
 long long rn_mono(void);
 void rn_leg_send(rn_io *io, rn_leg *l);
+void rn_discover(rn_io *io, rn_leg *l);
 int rn_io_fill(rn_io *io, struct pollfd *pf, int max, long long *wake_at);
 void rn_io_step(rn_io *io, const struct pollfd *pf, int n);
 void rn_io_sweep(rn_io *io, fl_renewal **live, int nlive);

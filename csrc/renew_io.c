@@ -75,8 +75,8 @@ static int targets_server(const fl_renewal *e, const fl_pool *p) {
   int j;
   for (j = 0; j < e->ntargets; j++)
     if (same_target(&p->o, &e->targets[j])) return 1;
-  for (j = 0; j < e->nsentinels; j++)
-    if (same_target(&p->o, &e->sentinels[j])) return 1;
+  for (j = 0; e->sentinels && j < e->sentinels->n; j++)
+    if (same_target(&p->o, &e->sentinels->o[j])) return 1;
   return e->cand.host && same_target(&p->o, &e->cand);
 }
 
@@ -96,9 +96,9 @@ void rn_io_sweep(rn_io *io, fl_renewal **live, int nlive) {
 /* ---- legs ---------------------------------------------------------------- */
 
 static const fl_opts *leg_target(const rn_leg *l) {
-  if (l->query == RQ_SENTINEL) return &l->e->sentinels[l->ti];
-  if (l->query == RQ_ROLE) return &l->e->cand;
-  return &l->e->targets[l->ti];
+  const fl_renewal *e = l->e;
+  if (l->query == RQ_REFRESH) return &e->targets[l->ti];
+  return e->disc.step == FL_SD_SENTINEL ? &e->sentinels->o[e->disc.cur] : &e->cand;
 }
 
 /* the command of leg l, into its request */
@@ -118,12 +118,8 @@ static void leg_cmd(rn_leg *l, fl_conn *c) {
     fl_cmd_arg(&c->cmd, "1", 1);
   } else if (l->query == RQ_REFRESH) { /* replace: the time left becomes the ttl */
     fl_cmd_refresh(&c->cmd, c->num[0], e->key, e->keylen, e->token, e->ttl_ns / 1000000LL, 1);
-  } else if (l->query == RQ_SENTINEL) {
-    fl_cmd_arg(&c->cmd, "SENTINEL", 8);
-    fl_cmd_arg(&c->cmd, "get-master-addr-by-name", 23);
-    fl_cmd_arg(&c->cmd, e->master, strlen(e->master));
   } else {
-    fl_cmd_arg(&c->cmd, "ROLE", 4);
+    fl_sdisc_cmd(&e->disc, &c->cmd); /* the discovery's question */
   }
 }
 
@@ -138,6 +134,19 @@ static void leg_done(rn_io *io, rn_leg *l, int st) {
   l->e->inflight--;
 }
 
+/* l's request failed: a refresh's leg ends; a discovery's round judges
+   the failure and goes on */
+static void leg_failed(rn_io *io, rn_leg *l) {
+  if (l->query == RQ_DISCOVER) {
+    fl_sdisc_judge(&l->e->disc, NULL, l->c ? fl_conn_errmsg(l->c) : "fluxalock: out of memory",
+                   l->c ? l->c->code : FL_E_IO);
+    leg_done(io, l, LEG_IDLE);
+    rn_discover(io, l);
+  } else {
+    leg_done(io, l, LEG_ERR);
+  }
+}
+
 /* send leg l to its target (its entry's inflight count goes up by one; it
    comes down when the leg ends, LEG_OK, LEG_NOTOWNER or LEG_ERR) */
 void rn_leg_send(rn_io *io, rn_leg *l) {
@@ -148,12 +157,12 @@ void rn_leg_send(rn_io *io, rn_leg *l) {
   l->qnext = io->flight;
   io->flight = l;
   if (!l->c) {
-    leg_done(io, l, LEG_ERR);
+    leg_failed(io, l);
     return;
   }
   leg_cmd(l, l->c);
   if (fl_conn_begin(l->c, l->query == RQ_REFRESH ? "renew" : "sentinel", 0) == FL_ERR) {
-    leg_done(io, l, LEG_ERR);
+    leg_failed(io, l);
     return;
   }
   l->c->events = POLLOUT; /* not stepped yet: the first step writes */
@@ -186,37 +195,35 @@ static int moved(fl_opts *o, const char *msg) {
   return retarget(o, host, strlen(host), port);
 }
 
-/* a sentinel's answer, [host, port] of the master: e->cand, a copy of the
-   master's options pointed there.  0, or -1 */
-static int sentinel_answer(fl_renewal *e, const redisReply *r) {
-  char *end;
-  long port;
-  char num[8];
-  if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
-      r->element[0]->type != REDIS_REPLY_STRING || r->element[1]->type != REDIS_REPLY_STRING ||
-      r->element[1]->len == 0 || r->element[1]->len >= sizeof num)
-    return -1;
-  memcpy(num, r->element[1]->str, r->element[1]->len);
-  num[r->element[1]->len] = '\0';
-  port = strtol(num, &end, 10);
-  if (*end != '\0') return -1;
+/* e->cand: a copy of the master's options pointed at the address the
+   round's sentinel named.  0, or -1 */
+static int candidate(fl_renewal *e) {
   fl_opts_free(&e->cand);
   if (fl_opts_copy(&e->cand, &e->targets[0]) != 0) {
     memset(&e->cand, 0, sizeof e->cand);
     return -1;
   }
-  return retarget(&e->cand, r->element[0]->str, r->element[0]->len, (int)port);
+  return retarget(&e->cand, e->disc.host, strlen(e->disc.host), e->disc.port);
 }
 
-/* ROLE of the candidate: "master" makes it the target; 0, or -1 */
-static int role_answer(fl_renewal *e, const redisReply *r) {
-  if (r->type != REDIS_REPLY_ARRAY || r->elements < 1 ||
-      r->element[0]->type != REDIS_REPLY_STRING || strcmp(r->element[0]->str, "master") != 0)
-    return -1; /* a replica (not yet promoted, or demoted): ask again */
-  fl_opts_free(&e->targets[0]);
-  e->targets[0] = e->cand;
-  memset(&e->cand, 0, sizeof e->cand);
-  return 0;
+/* leg l (idle) asks the next question of its entry's discovery round, or
+   ends with the round: LEG_OK once the master is found (targets[0] moves
+   there), LEG_ERR when no sentinel named one */
+void rn_discover(rn_io *io, rn_leg *l) {
+  fl_renewal *e = l->e;
+  if (e->disc.step == FL_SD_FOUND) {
+    fl_opts_free(&e->targets[0]);
+    e->targets[0] = e->cand;
+    memset(&e->cand, 0, sizeof e->cand);
+    l->st = LEG_OK;
+  } else if (e->disc.step == FL_SD_FAILED) {
+    l->st = LEG_ERR;
+  } else if (e->disc.step == FL_SD_ROLE && candidate(e) != 0) {
+    fl_sdisc_judge(&e->disc, NULL, "fluxalock: out of memory", FL_E_IO);
+    rn_discover(io, l);
+  } else {
+    rn_leg_send(io, l);
+  }
 }
 
 /* a refresh's reply: renewed (and, with 'replicas', acknowledged by that
@@ -244,12 +251,10 @@ static void leg_reply(rn_io *io, rn_leg *l) {
   const redisReply *r = l->c->reply;
   if (l->query == RQ_REFRESH) {
     refresh_reply(io, l, r);
-  } else if (l->query == RQ_SENTINEL && sentinel_answer(l->e, r) == 0) {
-    leg_done(io, l, LEG_IDLE); /* believed once ROLE there says master */
-    l->query = RQ_ROLE;
-    rn_leg_send(io, l);
-  } else {
-    leg_done(io, l, l->query == RQ_ROLE && role_answer(l->e, r) == 0 ? LEG_OK : LEG_ERR);
+  } else { /* the round judges it, then asks on or ends */
+    fl_sdisc_judge(&l->e->disc, r, NULL, 0);
+    leg_done(io, l, LEG_IDLE);
+    rn_discover(io, l);
   }
 }
 
@@ -287,7 +292,7 @@ void rn_io_step(rn_io *io, const struct pollfd *pf, int n) {
     next = l->qnext; /* a leg sent on is put in front: not seen again now */
     if (st == FL_WAIT && fl_now() >= l->c->deadline) st = fl_conn_timeout(l->c);
     if (st == FL_DONE) leg_reply(io, l);
-    else if (st == FL_ERR) leg_done(io, l, LEG_ERR);
+    else if (st == FL_ERR) leg_failed(io, l);
   }
 }
 

@@ -45,6 +45,7 @@ void fl_pool_unref(fl_pool *p) {
   for (i = 0; i < p->nnodes; i++) fl_pool_unref(p->nodes[i]); /* a group's */
   free(p->nodes);
   free(p->slots);
+  fl_sentinels_free(p->sentinels);
   fl_rcounts_unref(p->rcounts);
   fl_opts_free(&p->o);
   free(p);

@@ -220,13 +220,11 @@ function M.dispatch() return tell(spawned) end
 -- that silently expires.  A lock whose lease ran out before the renewal
 -- could start (its obtain's answer came too late) is lost already
 local LOST = "fluxalock: renew: the lock was lost before its renewal started"
-local function renewed(pool, lock, ms, every, sent, on_lost)
+local function renewed(lock, ms, every, sent, on_lost)
   local ok, err
   if now() - sent >= (ms - ms / 100 - 2) / 1000 then -- renew.c's deadline
     ok = false
-  elseif pool.renewal then -- Sentinel: the thread asks the sentinels itself
-    ok, err = core.renew(lock, ms, every, sent, pool:renewal())
-  else
+  else -- (a Sentinel pool's sentinels go with it: the thread asks them itself)
     ok, err = core.renew(lock, ms, every, sent)
   end
   if ok then
@@ -812,7 +810,7 @@ function Locker.obtain(self, key, ttl, wait, opts)
   -- counted here, where the final answer is known (plain increments)
   if lock then
     if every then -- a lock that could not be renewed is given back: an error
-      lock, err, code = renewed(pool, lock, ms, every, sent, on_lost)
+      lock, err, code = renewed(lock, ms, every, sent, on_lost)
       if not lock then
         self._errors = self._errors + 1
         return nil, err, code

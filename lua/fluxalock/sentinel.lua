@@ -9,9 +9,12 @@
 --
 -- Nothing connects before the first call.  The master is looked up on the
 -- first call, and again after any call that failed (the master died, or it
--- came back as a replica and refused the write with READONLY): each sentinel
--- in turn is asked SENTINEL get-master-addr-by-name, and the answer is
--- believed only when ROLE on that server says "master".
+-- came back as a replica and refused the write with READONLY).  The rules
+-- of that discovery are csrc/sentinel.c's, shared with the renewal thread
+-- (each sentinel in turn from the one that answered last, SENTINEL
+-- get-master-addr-by-name, believed only when ROLE on that server says
+-- "master"); this layer only sends its questions, as pool calls, so a
+-- host's loop runs meanwhile.
 local core = require "fluxalock.core"
 local config = require "fluxalock.config"
 
@@ -25,20 +28,17 @@ function M.pool(o)
     core = core.pool(o),  -- points nowhere useful until discovered
     group = core.pool(o),
     master = o.master,
-    sentinels = {},
-    last = 1,             -- the sentinel that answered last
     resolved = false,
     host = nil,
     log = nil,            -- the locker's log function (pool:setlog)
     failovers = 0,        -- times the master was found at another address
   }, Pool)
+  -- the sentinels: with the pool's timeouts and TLS (csrc/sentinel.c)
+  local list = { master = o.master, password = o.sentinel_password }
   for i, s in ipairs(o.sentinels) do
-    local host, port = config.hostport(s)
-    self.sentinels[i] = { host = host, port = port, password = o.sentinel_password,
-                          connect_timeout = o.connect_timeout, timeout = o.timeout,
-                          tls = o.tls } -- sentinels speak TLS when the pool does
+    list[2 * i - 1], list[2 * i] = config.hostport(s)
   end
-  self.group:group("sentinel", { self.core }, "sentinel:" .. o.master)
+  self.group:group("sentinel", { self.core }, "sentinel:" .. o.master, list)
   self.group:setrecover(function()
     self.resolved = false
     return self:discover() == true
@@ -46,52 +46,33 @@ function M.pool(o)
   return self
 end
 
--- find the master; true | nil, message, code (the first failure's code:
--- "connect" when no sentinel could be reached; "server" when they answered
--- but named no master)
+-- find the master: one round of csrc/sentinel.c, whose questions go out
+-- here (a sentinel's through a pool of its own, closed after; ROLE through
+-- the data pool, pointed at the address named) and which judges each reply
+-- -> true | nil, message, code (the first failure's code: "connect" when no
+-- sentinel could be reached; "server" when they answered but named no master)
 function Pool:discover()
-  local errs, n, first = {}, #self.sentinels, nil
-  for i = 0, n - 1 do
-    local idx = (self.last + i - 1) % n + 1
-    local sp = core.pool(self.sentinels[idx])
-    if self.host then sp:sethost(self.host) end
-    if self.log then sp:setlog(self.log) end
-    local addr, err, code = sp:call { "SENTINEL", "get-master-addr-by-name", self.master }
-    sp:close()
-    if type(addr) == "table" and addr[1] and tonumber(addr[2]) then
-      self.core:retarget(addr[1], tonumber(addr[2]))
-      local role, rerr, rcode = self.core:call { "ROLE" }
-      if type(role) == "table" and role[1] == "master" then
-        local at = addr[1] .. ":" .. addr[2]
-        if self.master_at and self.master_at ~= at then self.failovers = self.failovers + 1 end
-        self.master_at = at
-        self.last, self.resolved = idx, true
-        return true
-      end
-      errs[#errs + 1] = role and ("%s:%s is a %s"):format(addr[1], addr[2], tostring(role[1])) or rerr
-      first = first or (role and "server" or rcode)
-    elseif addr ~= nil then
-      errs[#errs + 1] = ("sentinel %s:%d knows no master '%s'"):format(
-        self.sentinels[idx].host, self.sentinels[idx].port, self.master)
-      first = first or "server"
+  local round = self.group:discovery()
+  while true do
+    local ask, a, b = round:next()
+    if ask == "sentinel" then
+      local sp = self.group:sentinel(a)
+      if self.host then sp:sethost(self.host) end
+      if self.log then sp:setlog(self.log) end
+      sp:call(round)
+      sp:close()
+    elseif ask == "role" then
+      self.core:retarget(a, b)
+      self.core:call(round)
+    elseif ask then
+      local at = a .. ":" .. b
+      if self.master_at and self.master_at ~= at then self.failovers = self.failovers + 1 end
+      self.master_at, self.resolved = at, true
+      return true
     else
-      errs[#errs + 1] = err
-      first = first or code
+      return nil, a, b
     end
   end
-  return nil, ("fluxalock: sentinel master '%s': not found (%s)"):format(self.master, table.concat(errs, "; ")),
-    first or "io"
-end
-
--- for core.renew: the master's name, the sentinels' password, then host,
--- port of each sentinel (the renewal thread asks them after a failure)
-function Pool:renewal()
-  local t = { self.master, self.sentinels[1].password }
-  for i, s in ipairs(self.sentinels) do
-    t[1 + 2 * i] = s.host
-    t[2 + 2 * i] = s.port
-  end
-  return table.unpack(t, 1, 2 + 2 * #self.sentinels)
 end
 
 function Pool:obtain(key, ms, mode)
