@@ -469,10 +469,7 @@ end)
 -- tell how many were inside at once; the sampler counts the pool's
 -- connections from the server's CLIENT LIST
 local HOSTED = [[
-  local d = S.drivers[ARGS.host]()
-  local fl = R.fluxalock(SERVER)
-  fl.configure { host = d.host }
-  local locker = fl.locker()
+  local d, _, locker = S.hosted(SERVER, ARGS.host)
   local counter = S.counter(SERVER, d)
   local st = { obtained = 0, released = 0, most = 0, over = 0, failed = {} }
   for i = 1, ARGS.n do

@@ -47,10 +47,8 @@ end
 
 -- the stampede, as the child process runs it
 local STAMPEDE = [[
-  local d = S.drivers[ARGS.host]()
-  local fl = R.fluxalock(SERVER, ARGS.pool)
-  fl.configure { host = d.host }
-  return S.stampede(d, fl.locker(), S.counter(SERVER, d), ARGS)
+  local d, _, locker = S.hosted(SERVER, ARGS.host, ARGS.pool)
+  return S.stampede(d, locker, S.counter(SERVER, d), ARGS)
 ]]
 
 -- run a scenario in a child process against a fresh server while the
@@ -153,10 +151,7 @@ describe("many coroutines, few connections", function()
   -- 0.3 s, before the holder releases.  The holder is in this process, or
   -- in another (a plain process, released when the waiters say so)
   local FIFO = [[
-    local d = S.drivers[ARGS.host]()
-    local fl = R.fluxalock(SERVER)
-    fl.configure { host = d.host }
-    local locker = fl.locker()
+    local d, _, locker = S.hosted(SERVER, ARGS.host)
     local order, res = {}, {}
     d.spawn(function()
       local holder = not ARGS.release and assert(locker:obtain("fifo", 60))
@@ -234,10 +229,8 @@ describe("many coroutines, few connections", function()
       local sampler, h
       local ok, res = pcall(function()
         h = S.spawn_child(server, [[
-          local d = S.drivers[ARGS.host]()
-          local fl = R.fluxalock(SERVER, { timeout = ARGS.timeout, connect_timeout = ARGS.timeout })
-          fl.configure { host = d.host }
-          local locker = fl.locker()
+          local d, _, locker = S.hosted(SERVER, ARGS.host,
+            { timeout = ARGS.timeout, connect_timeout = ARGS.timeout })
           local calls, obtained, inside, overlaps = {}, 0, 0, 0
           for _ = 1, ARGS.n do
             d.spawn(function()
@@ -309,10 +302,7 @@ describe("many coroutines, few connections", function()
   -- connection: each of them ends by its own deadline; once Redis answers
   -- again, their late replies must not be taken for later requests' answers
   local STALL = [[
-    local d = S.drivers[ARGS.host]()
-    local fl = R.fluxalock(SERVER, { max_connections = 1, timeout = 0.5, connect_timeout = 0.5 })
-    fl.configure { host = d.host }
-    local locker = fl.locker()
+    local d, fl, locker = S.hosted(SERVER, ARGS.host, { max_connections = 1, timeout = 0.5, connect_timeout = 0.5 })
     local res = { stalled = {}, after = 0, bad = {} }
     local function bad(what) if #res.bad < 10 then res.bad[#res.bad + 1] = what end end
     d.spawn(function()

@@ -24,18 +24,26 @@ describe("the reference scenarios", function()
     ]]):format(hold))
   end
 
-  it("1. non-blocking: B gets nil, 'not obtained' at once while A holds the lock", function()
+  -- A holds test_lock for 2 s; once it does, B obtains it with 'wait' (and
+  -- releases what it got); A's and B's events
+  local function a_then_b(wait)
     local a = holder_a(2)
     R.until_true(function() return server:cli("EXISTS", "test_lock") == "1" end, 10, "A holding")
-    local b = child(server.url, [[
+    local b = child(server.url, ([[
       event("GETTING_B")
-      local lock, err = locker:obtain("test_lock", 60, 0)
+      local lock, err = locker:obtain("test_lock", 60, %s)
       event("DONE_B", tostring(lock) .. "|" .. tostring(err))
-    ]])
+      if lock then lock:release() end
+    ]]):format(wait))
     local eb = events(b:wait(20))
     local ea = events(a:wait(20))
     assert.truthy(ea.RELEASED_A, "A did not finish")
     assert.truthy(eb.DONE_B, "B did not finish")
+    return ea, eb
+  end
+
+  it("1. non-blocking: B gets nil, 'not obtained' at once while A holds the lock", function()
+    local ea, eb = a_then_b(0)
     assert.equal("nil|not obtained", eb.DONE_B.detail)
     -- B answered while A still held the lock, and did not wait for it
     assert.is_true(eb.DONE_B.t < ea.RELEASING_A.t)
@@ -44,18 +52,7 @@ describe("the reference scenarios", function()
   end)
 
   it("2. waiting: B (wait 5) obtains the lock shortly after A releases it", function()
-    local a = holder_a(2)
-    R.until_true(function() return server:cli("EXISTS", "test_lock") == "1" end, 10, "A holding")
-    local b = child(server.url, [[
-      event("GETTING_B")
-      local lock, err = locker:obtain("test_lock", 60, 5)
-      event("DONE_B", tostring(lock) .. "|" .. tostring(err))
-      if lock then lock:release() end
-    ]])
-    local eb = events(b:wait(20))
-    local ea = events(a:wait(20))
-    assert.truthy(ea.RELEASED_A, "A did not finish")
-    assert.truthy(eb.DONE_B, "B did not finish")
+    local ea, eb = a_then_b(5)
     assert.equal("fluxalock.Lock: test_lock (held)|nil", eb.DONE_B.detail)
     -- B was already waiting when A released, and got it only after that
     assert.is_true(eb.GETTING_B.t < ea.RELEASING_A.t, "B started after A's release")

@@ -446,13 +446,19 @@ function R.own(opts, pool)
   return server, fl, fl.locker()
 end
 
--- a loopback port that was just in use and is free now: every connect to
--- it is refused -> port, its redis:// URL
+-- a loopback port where every connect is refused -> port, its redis:// URL.
+-- A socket of this process stays bound to it, without listening (and
+-- without SO_REUSEADDR), until the process ends: no server of another spec
+-- running beside this one can take the port meanwhile
+local reserved = {}
 function R.free_port()
-  local s = R.start()
-  local port, url = s.port, s.url
-  s:stop()
-  return port, url
+  local socket = require "socket"
+  local s = assert(socket.tcp())
+  assert(s:bind("127.0.0.1", 0))
+  local _, port = s:getsockname()
+  reserved[#reserved + 1] = s
+  port = assert(tonumber(port))
+  return port, ("redis://127.0.0.1:%d/0"):format(port)
 end
 
 return R

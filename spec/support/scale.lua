@@ -132,6 +132,16 @@ end
 
 S.drivers = { luv = S.luv, cqueues = S.cqueues }
 
+-- in a child: the loop of host ("luv" or "cqueues"), and fluxalock
+-- configured on it with a pool of the server's (pool: its options), as
+-- d, fluxalock, locker
+function S.hosted(server, host, pool)
+  local d = S.drivers[host]()
+  local fl = R.fluxalock(server, pool)
+  fl.configure { host = d.host }
+  return d, fl, fl.locker()
+end
+
 -- a plain core pool over the server's Unix socket for the specs' own
 -- commands (INCR/DECR of the holders of a key), waiting through the
 -- driver's host so it never blocks the loop
