@@ -3,12 +3,86 @@
 # that the specs start themselves, then every tools/checks/*.sh (sanitizer,
 # valgrind, fuzz and lint runs; each counts as one test).  Ends with the line
 # "N passed, N failed" and exits non-zero on any failure.
+#
+#   sh tools/test.sh                  everything, as jobs run side by side
+#   sh tools/test.sh spec/x_spec.lua  busted with these arguments, in turn
+#
+# The whole suite runs as jobs: each spec file, each check, the ASan rerun
+# cut in FLUXALOCK_ASAN_PARTS parts and valgrind's in FLUXALOCK_VALGRIND_PARTS
+# (tools/checks/lib/part.sh), FLUXALOCK_TEST_JOBS of them at a time (default
+# 4: most of a spec's time is spent waiting on servers, timeouts and
+# children, not on a core), the longest first (tools/test-times.txt).  No
+# two jobs share anything: each has a TMPDIR and a list of PIDs of its own,
+# its redis-servers on free ports of their own.  A job's output is printed
+# whole when it ends, never interleaved with another's.
+# FLUXALOCK_TEST_JOBS=1 runs the jobs one after another.
+# FLUXALOCK_SKIP_CHECKS=1 leaves the checks out (spec files only).
+#
 # Any redis-server a crashed spec left behind is stopped by its own PID.
-# The run gets a TMPDIR of its own: whatever is left in it after busted (a
-# file, a directory, a process that carries it in its environment) counts as
-# one more failure (tools/checks/lib/leftover.sh), and so after the checks.
+# Each busted run gets a TMPDIR of its own: whatever is left in it afterwards
+# (a file, a directory, a process that carries it in its environment)
+# counts as one more failure (tools/checks/lib/leftover.sh).
 set -u
 cd "$(dirname "$0")/.."
+
+# busted's summary line, "12 successes / 0 failures / 0 errors / 0 pending :
+# 1.2 seconds", as "passed failed" (a pending spec counts as failed);
+# nothing when busted did not finish
+busted_counts() {
+  sed 's/\x1b\[[0-9;]*m//g' "$1" |
+    grep -E '[0-9]+ success(es)? / [0-9]+ failures? / [0-9]+ errors? / [0-9]+ pending' | tail -n 1 |
+    sed -nE 's/^[^0-9]*([0-9]+) success(es)? \/ ([0-9]+) failures? \/ ([0-9]+) errors? \/ ([0-9]+) pending.*/\1 \3 \4 \5/p' |
+    { read -r ok f e p && echo "$ok $((f + e + p))"; }
+}
+
+# one job (a spec file, a check, or a part of one), with a TMPDIR and a PID
+# list of its own: appends "name passed failed seconds" to $results and
+# prints its output in one piece under the run's lock
+if [ "${1:-}" = "--job" ]; then
+  name=$2 results=$3 lock=$4
+  # beside the run's directory, not inside it: Unix socket paths are short
+  dir=$(mktemp -d "${TMPDIR:-/tmp}/fl-job.XXXXXX")
+  pids=$(mktemp "${TMPDIR:-/tmp}/fl-pids.XXXXXX")
+  log=$(mktemp "${TMPDIR:-/tmp}/fl-log.XXXXXX")
+  start=$(date +%s)
+  case $name in
+  spec/*)
+    TMPDIR=$dir FLUXALOCK_TEST_PIDS=$pids lua5.4 /usr/bin/busted "$name" >"$log" 2>&1
+    counts=$(busted_counts "$log")
+    [ -n "$counts" ] || { echo "busted did not finish (no summary line)" >>"$log"; counts="0 1"; } ;;
+  asan:* | valgrind:*)
+    check=tools/checks/${name%%:*}.sh
+    echo "== check: $check, part ${name#*:}" >"$log"
+    if TMPDIR=$dir FLUXALOCK_TEST_PIDS=$pids FLUXALOCK_PART=${name#*:} sh "$check" >>"$log" 2>&1; then
+      counts="1 0"; echo "== ok: $name" >>"$log"
+    else
+      counts="0 1"; echo "== FAILED: $name" >>"$log"
+    fi ;;
+  *)
+    echo "== check: $name" >"$log"
+    if TMPDIR=$dir FLUXALOCK_TEST_PIDS=$pids sh "$name" >>"$log" 2>&1; then
+      counts="1 0"; echo "== ok: $name" >>"$log"
+    else
+      counts="0 1"; echo "== FAILED: $name" >>"$log"
+    fi ;;
+  esac
+  while read -r pid; do
+    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && kill "$pid" 2>/dev/null
+  done <"$pids"
+  if ! env -u TMPDIR sh tools/checks/lib/leftover.sh "$dir" "$name" >>"$log" 2>&1; then
+    counts="${counts% *} $((${counts#* } + 1))"
+  fi
+  secs=$(($(date +%s) - start))
+  # the CPU seconds of its processes (user + system), as "times" counts
+  # the children this shell waited for
+  times >"$log.cpu" # in this shell: in a pipeline it would count the pipeline's
+  cpu=$(tail -n 1 "$log.cpu" | awk '{ n = 0; for (i = 1; i <= NF; i++) { split($i, a, "m"); n += a[1] * 60 + a[2] } printf "%d", n }')
+  echo "$name $counts $secs $cpu" >>"$results"
+  flock "$lock" sh -c 'cat "$1"; echo "== $2: $3 passed, $4 failed, $5 s ($6 s of CPU)"' sh "$log" "$name" $counts "$secs" "$cpu"
+  rm -f "$log" "$log.cpu" "$pids"
+  exit 0
+fi
+
 FLUXALOCK_TEST_PIDS=$(mktemp)
 export FLUXALOCK_TEST_PIDS
 log=$(mktemp)
@@ -27,45 +101,67 @@ TMPDIR=$run
 export TMPDIR
 passed=0
 failed=0
-nargs=$#
 
-lua5.4 /usr/bin/busted "$@" 2>&1 | tee "$log"
-# busted: "12 successes / 0 failures / 0 errors / 0 pending : 1.2 seconds"
-sum=$(sed 's/\x1b\[[0-9;]*m//g' "$log" |
-  grep -E '[0-9]+ success(es)? / [0-9]+ failures? / [0-9]+ errors? / [0-9]+ pending' | tail -n 1)
-ok=$(echo "$sum" | sed -nE 's/^[^0-9]*([0-9]+) success.*/\1/p')
-bad=$(echo "$sum" | sed -nE 's/.* ([0-9]+) failures? \/ ([0-9]+) errors? \/ ([0-9]+) pending.*/\1 \2 \3/p')
-if [ -z "$ok" ] || [ -z "$bad" ]; then
-  echo "busted did not finish (no summary line)"
-  failed=$((failed + 1))
-else
-  # shellcheck disable=SC2086
-  set -- $bad
-  passed=$((passed + ok))
-  failed=$((failed + $1 + $2 + $3)) # a pending spec counts as failed
-fi
-# the suite's own temporary files and processes are gone when busted is
-if ! env -u TMPDIR sh tools/checks/lib/leftover.sh "$run" "the busted run"; then
-  failed=$((failed + 1))
-fi
-mkdir -p "$run"
-
-# extra checks only when the whole suite was asked for (no busted arguments)
-if [ "$nargs" -eq 0 ]; then
-  for check in tools/checks/*.sh; do
-    [ -e "$check" ] || continue
-    [ -n "${FLUXALOCK_SKIP_CHECKS:-}" ] && break
-    echo "== check: $check"
-    if sh "$check"; then
-      passed=$((passed + 1)); echo "== ok: $check"
-    else
-      failed=$((failed + 1)); echo "== FAILED: $check"
-    fi
-  done
-  if ! env -u TMPDIR sh tools/checks/lib/leftover.sh "$run" "the checks"; then
+if [ $# -gt 0 ]; then
+  # the given busted arguments, in one busted run
+  lua5.4 /usr/bin/busted "$@" 2>&1 | tee "$log"
+  counts=$(busted_counts "$log")
+  if [ -z "$counts" ]; then
+    echo "busted did not finish (no summary line)"
+    failed=$((failed + 1))
+  else
+    passed=${counts% *} failed=${counts#* }
+  fi
+  # the suite's own temporary files and processes are gone when busted is
+  if ! env -u TMPDIR sh tools/checks/lib/leftover.sh "$run" "the busted run"; then
     failed=$((failed + 1))
   fi
+  echo "$passed passed, $failed failed"
+  [ "$failed" -eq 0 ] && [ "$passed" -gt 0 ]
+  exit
 fi
+
+# the jobs, the longest first by the times of an earlier run (one not timed
+# yet first of all: it may be long)
+asan_parts=${FLUXALOCK_ASAN_PARTS:-4}
+valgrind_parts=${FLUXALOCK_VALGRIND_PARTS:-2}
+{
+  for spec in spec/*_spec.lua; do echo "$spec"; done
+  if [ -z "${FLUXALOCK_SKIP_CHECKS:-}" ]; then
+    for check in tools/checks/*.sh; do
+      case $check in
+      */asan.sh) i=1; while [ "$i" -le "$asan_parts" ]; do echo "asan:$i/$asan_parts"; i=$((i + 1)); done ;;
+      */valgrind.sh) i=1; while [ "$i" -le "$valgrind_parts" ]; do echo "valgrind:$i/$valgrind_parts"; i=$((i + 1)); done ;;
+      *) echo "$check" ;;
+      esac
+    done
+  fi
+} | awk 'FILENAME != "-" { t[$1] = $2; next } { print (($0 in t) ? t[$0] : 100000), $0 }' \
+  tools/test-times.txt - | sort -k1,1nr -k2 | cut -d' ' -f2 >"$run/jobs"
+
+results=$run/results
+: >"$results"
+start=$(date +%s)
+n=$(wc -l <"$run/jobs")
+echo "== $n jobs, ${FLUXALOCK_TEST_JOBS:-4} at a time"
+# each job makes its own directories beside the run's, in the TMPDIR this
+# run was given
+env TMPDIR="$(dirname "$run")" xargs -P "${FLUXALOCK_TEST_JOBS:-4}" -I{} \
+  sh tools/test.sh --job {} "$results" "$run/lock" <"$run/jobs"
+
+while read -r name ok bad secs cpu; do
+  passed=$((passed + ok)) failed=$((failed + bad))
+done <"$results"
+done_jobs=$(wc -l <"$results")
+if [ "$done_jobs" -ne "$n" ]; then
+  echo "$((n - done_jobs)) of $n jobs did not report"
+  failed=$((failed + n - done_jobs))
+fi
+if [ -n "${FLUXALOCK_TEST_TIMES:-}" ]; then
+  sort -k4,4nr "$results" | awk '{ print $1, $4, $5 }' >"$FLUXALOCK_TEST_TIMES"
+fi
+echo "== the slowest jobs: $(sort -k4,4nr "$results" | head -n 5 | awk '{ printf "%s%s %s s", s, $1, $4; s = ", " }')"
+echo "== $n jobs in $(($(date +%s) - start)) s"
 
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ] && [ "$passed" -gt 0 ]
