@@ -69,7 +69,7 @@ build = {
         "csrc/core.c", "csrc/lpool.c", "csrc/llock.c", "csrc/stats.c",
         "csrc/fan.c", "csrc/group.c", "csrc/kind_single.c",
         "csrc/kind_redlock.c", "csrc/kind_cluster.c",
-        "csrc/kind_sentinel.c", "csrc/drive.c", "csrc/server.c",
+        "csrc/kind_sentinel.c", "csrc/sentinel.c", "csrc/drive.c", "csrc/server.c",
         "csrc/wake.c", "csrc/conn.c", "csrc/conn_io.c", "csrc/net_tcp.c",
         "csrc/net_tls.c", "csrc/net_resolve.c", "csrc/net_lua.c",
         "csrc/keys.c", "csrc/modes.c", "csrc/token.c", "csrc/clock.c", "csrc/opts.c",
