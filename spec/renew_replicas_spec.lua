@@ -25,7 +25,9 @@ local function lost_without(l, key, master, replica)
   R.until_true(function() return not lock:held() end, 5, "the lock to be found lost")
   assert.is_true(R.now() - t0 >= 0.5, "lost before its deadline")
   assert.equal("1", master:cli("EXISTS", key))
-  assert.is_true(l:stats().lost >= 1)
+  -- held() turns false at the local deadline; the renewal thread counts the
+  -- loss when its last retry fails, which a loaded machine can delay a little
+  R.until_true(function() return l:stats().lost >= 1 end, 5, "the loss counted")
   require("fluxalock").dispatch() -- (a method of the lock may have run it already)
   assert.equal(1, #told)
   assert.equal(lock, told[1])

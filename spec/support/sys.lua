@@ -33,12 +33,20 @@ function S.self_pid()
   return tonumber(S.read("/proc/self/stat"):match("^(%d+)"))
 end
 
--- a process that exited but was not reaped yet (a zombie) counts as gone
+-- a process that exited but was not reaped yet (a zombie) counts as gone;
+-- one whose main thread has exited while other threads of it still run
+-- (redis-server's background threads) does not: until the last one ends,
+-- its descriptors stay open (a client connection the server was to close
+-- could still take a write, and answer it with a reset)
 function S.alive(pid)
   local st = pid and S.read("/proc/" .. pid .. "/stat")
   if not st then return false end
   local state = st:match("^%d+ %b() (%a)")
-  return state ~= nil and state ~= "Z" and state ~= "X"
+  if state == nil then return false end
+  if state ~= "Z" and state ~= "X" then return true end
+  local status = S.read("/proc/" .. pid .. "/status")
+  local threads = status and tonumber(status:match("\nThreads:%s*(%d+)"))
+  return threads ~= nil and threads > 1 -- its main thread is one of them
 end
 
 return S
