@@ -14,7 +14,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include "conn.h"
 #include "net.h"
@@ -58,7 +60,15 @@ void fl_reader_cap(redisReader *r) {
 
 int fl_link_idle(const fl_link *k) { return k->qlen == 0; }
 
+/* k's epoll descriptor stops watching the descriptor it watched (a
+   closed one, or the resolver's once the socket is there) */
+static void unwatch(fl_link *k) {
+  if (k->eopen && k->esock >= 0) epoll_ctl(k->efd, EPOLL_CTL_DEL, k->esock, NULL);
+  k->esock = -1;
+}
+
 static void release_io(fl_link *k) {
+  unwatch(k);
   if (k->net) fl_net_close(k->net);
   if (k->rd) redisReaderFree(k->rd);
   k->net = NULL;
@@ -115,6 +125,7 @@ void fl_link_free(fl_link *k) {
   k->reader = NULL;
   k->watched = 0;
   close_as(k, NULL, "pool closed");
+  if (k->eopen) close(k->efd);
   free(k->out);
   free(k->q);
   free(k);
@@ -466,6 +477,43 @@ int fl_link_wait(fl_link *k, void *self, double left) {
   if (read_all(k, self, 1)) return 0;
   after_read(k);
   return 1;
+}
+
+/*
+ * The descriptor a host waits on for k (drive.c, wake.c): an epoll
+ * descriptor of the link's own that watches its socket (or its resolver's
+ * eventfd) for 'events', kept for the link's life.  It is readable when
+ * the socket is ready, and also when the socket failed (EPOLLERR, EPOLLHUP
+ * are always reported), but never is in an error state itself: a server's
+ * reset then reaches the core's own receive, where the request fails with
+ * it, and never the host's poll (libuv reports POLLERR as UV_EBADF, which
+ * luv prints to stderr before any Lua code runs).  -1 when there is none
+ * (no descriptor left for it): the caller waits on the socket itself.
+ */
+int fl_link_hostfd(fl_link *k, int events) {
+  struct epoll_event ev;
+  int fd = k->net ? fl_net_fd(k->net) : -1, op;
+  if (fd < 0) return -1;
+  if (!k->eopen) {
+    if ((k->efd = epoll_create1(EPOLL_CLOEXEC)) < 0) return -1;
+    k->eopen = 1;
+    k->esock = -1;
+  }
+  if (k->esock == fd && k->eevents == events) return k->efd;
+  if (k->esock != fd) unwatch(k);
+  memset(&ev, 0, sizeof ev);
+  ev.events = (events & POLLOUT ? (unsigned)EPOLLOUT : 0u) | (events & POLLIN ? (unsigned)EPOLLIN : 0u);
+  ev.data.fd = fd;
+  op = k->esock == fd ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
+  /* a MOD of a registration its closing dropped (the number reused): ADD */
+  if (epoll_ctl(k->efd, op, fd, &ev) != 0 &&
+      (op == EPOLL_CTL_ADD || epoll_ctl(k->efd, EPOLL_CTL_ADD, fd, &ev) != 0)) {
+    k->esock = -1;
+    return -1;
+  }
+  k->esock = fd;
+  k->eevents = events;
+  return k->efd;
 }
 
 /* is an idle link still usable?  A server that went away leaves the

@@ -192,6 +192,8 @@ static int host_wait(lua_State *L, fl_fan *f, double now, double left, lua_KFunc
     if (park) g->f = f;
     if (n > 1) g->fd = wfd = watch_all(watch, n);
   }
+  /* one socket: its link's epoll descriptor (conn_io.c fl_link_hostfd) */
+  if (n == 1) wfd = fl_link_hostfd(watch[0]->link, watch[0]->events);
   if (n) {
     lua_getfield(L, f->hidx, "wait");
     lua_pushinteger(L, wfd >= 0 ? wfd : fl_conn_fd(watch[0]));

@@ -146,6 +146,10 @@ typedef struct fl_link {
   void (*on_message)(struct fl_link *k, redisReply *r);
   void *ctx;           /* theirs (wake.c: the fl_sub) */
   int watched;         /* a waiter outside the FIFO waits on the socket */
+  int efd;             /* with eopen: the epoll descriptor a host waits on
+                          (conn_io.c fl_link_hostfd) */
+  int esock, eevents;  /* the descriptor it watches (-1: none), for what */
+  unsigned char eopen;
   unsigned gen;        /* the pool's target generation at connect */
   char *out;           /* RESP bytes not yet sent */
   size_t outlen, outpos, outcap;
@@ -251,6 +255,7 @@ void fl_link_close(fl_link *k, const char *why);
 int fl_link_idle(const fl_link *k);
 void fl_link_send(fl_link *k);
 int fl_link_wait(fl_link *k, void *self, double left);
+int fl_link_hostfd(fl_link *k, int events);
 void fl_reader_cap(redisReader *r);
 
 int fl_conn_block(fl_conn *c);

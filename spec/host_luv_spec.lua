@@ -109,3 +109,40 @@ describe("host 'luv': a pool collected with deferred releases", function()
     R.until_true(function() return server:cli("EXISTS", "gc:frozen") == "0" end, 10, "the deferred release")
   end)
 end)
+
+-- luv's poll handle reports a socket in an error state (POLLERR: the
+-- server's reset) as UV_EBADF, and luv prints "EBADF: bad file descriptor"
+-- to stderr before any Lua code runs.  The core never hands the host a
+-- socket that can end so: a reset comes back as the request's failure, and
+-- the program's output has no stray line.
+describe("host 'luv': a server that resets the connection a request waits on", function()
+  local R = require "support.redis"
+
+  it("fails the request with the reset, and nothing is printed", function()
+    local server = R.start()
+    -- the child holds an idle pooled connection, freezes the server, sends
+    -- an obtain (it stays unread in the server's socket), then kills the
+    -- server: the kernel answers unread bytes with a reset
+    local proc = R.child([[
+      local uv = require "luv"
+      local pid = os.getenv("PID")
+      assert(locker:obtain("reset:warm", 30)) -- the connection, now idle
+      fluxalock.configure { host = "luv" }
+      local l2 = fluxalock.locker()
+      assert(os.execute("kill -STOP " .. pid))
+      local res
+      coroutine.wrap(function()
+        local lock, err = l2:obtain("reset", 30)
+        res = tostring(lock) .. " " .. tostring(err)
+      end)() -- sent; now waiting in the loop's poll
+      assert(os.execute("kill -KILL " .. pid .. "; kill -CONT " .. pid))
+      uv.run()
+      print("result " .. tostring(res))
+    ]], { URL = server.url, PID = tostring(server.pid), TIMEOUT = "2" })
+    local out = proc:wait(30)
+    server.pid = nil
+    assert.matches("result nil fluxalock: obtain 127%.0%.0%.1:%d+: ", out)
+    assert.is_nil(out:find("EBADF", 1, true), out)
+    assert.equal(1, select(2, out:gsub("\n", "\n")), out) -- the result line alone
+  end)
+end)
