@@ -176,8 +176,10 @@ int fl_link_out(fl_link *k, int argc, const char *const *argv, const size_t *len
   return 0;
 }
 
-/* c's entry at the tail of k's FIFO */
-int fl_link_push(fl_link *k, fl_conn *c) {
+/* an entry at the tail of k's FIFO: c's, or (c NULL) a ghost of 'ghost'
+   replies that nobody waits for */
+static int push(fl_link *k, fl_conn *c, unsigned h, int ghost) {
+  fl_entry *e;
   if (k->qlen == k->qcap) {
     int cap = k->qcap ? 2 * k->qcap : 8, i;
     fl_entry *q = malloc((size_t)cap * sizeof *q);
@@ -189,13 +191,20 @@ int fl_link_push(fl_link *k, fl_conn *c) {
     k->qhead = 0;
   }
   if (k->qlen == 0) k->progress = fl_now();
-  k->q[(k->qhead + k->qlen) % k->qcap].c = c;
-  k->q[(k->qhead + k->qlen) % k->qcap].ghost = 0;
-  k->q[(k->qhead + k->qlen) % k->qcap].h = c->h;
-  k->keys[c->h & 63]++;
+  e = &k->q[(k->qhead + k->qlen) % k->qcap];
+  e->c = c;
+  e->ghost = ghost;
+  e->h = h;
+  k->keys[h & 63]++;
   k->qlen++;
   return 0;
 }
+
+int fl_link_push(fl_link *k, fl_conn *c) { return push(k, c, c->h, 0); }
+
+/* the reply of a command sent for no caller (conn.c orphan_release) is
+   dropped when it comes; h: its key's hash, as a request's */
+int fl_link_push_ghost(fl_link *k, unsigned h) { return push(k, NULL, h, 1); }
 
 static void pop(fl_link *k) {
   unsigned *n = &k->keys[k->q[k->qhead].h & 63];

@@ -94,7 +94,7 @@ static int guard_close(lua_State *L) { /* never raises, never yields */
   g->fd = -1;
   g->f = NULL;
   if (!f || !f->g) return 0;
-  fl_fan_end_legs(f); /* their replies dropped, the reading handed on */
+  fl_fan_abandon(f); /* their replies dropped, the reading handed on */
   lua_getiuservalue(L, 1, 1);
   fl_wake_flush(L, f->g, lua_gettop(L));
   for (i = 0; i < f->g->nnodes; i++) fl_wake_flush(L, f->g->nodes[i], lua_gettop(L));

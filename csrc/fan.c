@@ -107,6 +107,10 @@ void fl_leg_start(fl_fan *f, fl_leg *l) {
   }
   c->wkey = f; /* a reply for any leg wakes the fan's coroutine */
   c->asking = l->asking;
+  /* one node's obtain given up before its answer fails the call: its lock
+     goes back (conn.c).  Of several, only when the call is abandoned
+     (fl_fan_abandon): a majority may hold it, a failed one is undone */
+  c->orphan = f->op == FL_OP_OBTAIN && f->nlegs == 1;
   l->st = LEG_RUN;
   if (fl_conn_begin(c, fl_opname(f->op), extra) == FL_ERR) {
     l->st = LEG_ERR;
@@ -217,6 +221,32 @@ void fl_fan_end_legs(fl_fan *f) {
   for (i = 0; i < f->nlegs; i++) leg_drop(&f->legs[i]);
 }
 
+/* the fan's coroutine is gone before the verdict (closed in a wait,
+   collected): an obtain's lock goes back at once, not at its ttl.  A leg
+   still running is released behind its obtain (conn.c), a node that has
+   already said obtained (Redlock, while the others ran) gets its release
+   deferred, sent now when the server has an idle connection */
+void fl_fan_abandon(fl_fan *f) {
+  int i;
+  for (i = 0; i < f->nlegs && f->op == FL_OP_OBTAIN; i++) {
+    fl_leg *l = &f->legs[i];
+    fl_pool *p = l->node;
+    size_t wakelen;
+    char *wake;
+    if (l->st == LEG_RUN && l->c) l->c->orphan = 1;
+    if (l->st != LEG_DONE || l->n <= 0 || !p) continue;
+    if (!(wake = fl_companion_dup(&p->o, FAN_KEY(f), FAN_KEYLEN(f), "wake:", &wakelen)))
+      continue; /* best effort: the ttl still frees it */
+    fl_pool_defer(p, f->lkey, f->lkeylen, wake, wakelen, f->token);
+    if (p->pending && memcmp(p->pending->token, f->token, FL_TOKEN_LEN) == 0)
+      p->pending->mode = f->mode ? f->mode->mode : 0;
+    free(wake);
+    l->n = 0;
+    fl_pool_flush(p);
+  }
+  fl_fan_end_legs(f);
+}
+
 void fl_fan_release(fl_fan *f) {
   fl_fan_end_legs(f);
   if (f->g && !f->onstack) fl_pool_unref(f->g);
@@ -226,6 +256,7 @@ void fl_fan_release(fl_fan *f) {
 /* a coroutine abandoned mid-request: its requests go back to the pool */
 static int fan_gc(lua_State *L) {
   fl_fan *f = lua_touserdata(L, 1);
+  if (f->g) fl_fan_abandon(f);
   if (f->g) fl_fan_release(f);
   return 0;
 }

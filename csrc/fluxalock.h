@@ -98,6 +98,8 @@ typedef struct fl_conn {
   unsigned char state; /* FL_RQ_* */
   unsigned char busy;  /* begun and not yet ended */
   unsigned char retried;  /* NOSCRIPT fallback done */
+  unsigned char orphan;   /* an obtain: given up before its answer, its
+                             release follows it (conn.c orphan_release) */
   unsigned char connwait; /* its deadline is the link's connect time */
   unsigned char asking;   /* send ASKING before the command (cluster ASK) */
   unsigned char post;     /* a WAIT for replicas follows the main command */

@@ -146,3 +146,53 @@ describe("host 'luv': a server that resets the connection a request waits on", f
     assert.equal(1, select(2, out:gsub("\n", "\n")), out) -- the result line alone
   end)
 end)
+
+-- a Redlock obtain abandoned with one node's answer in (obtained) and two
+-- nodes frozen: every node's key goes back at once, not at its ttl
+describe("host 'luv': a Redlock obtain whose coroutine is closed mid-request", function()
+  local R = require "support.redis"
+  local H = require "support.hosts"
+
+  it("releases the node that said obtained and the ones still answering", function()
+    local servers, urls = {}, {}
+    for i = 1, 3 do
+      servers[i] = R.start()
+      urls[i] = servers[i].url
+    end
+    local luv, waits = require("fluxalock.host").resolve("luv"), 0
+    local fl = require "fluxalock"
+    fl.configure { pools = { default = { redlock = urls, timeout = 2, connect_timeout = 2 } },
+                   host = { wait = function(...) waits = waits + 1 return luv.wait(...) end,
+                            park = luv.park, unpark = luv.unpark } }
+    local locker = fl.locker()
+    local d = H.luv()
+    d.spawn(function()
+      assert(assert(locker:obtain("rl-orphan:warm", 5)):release()) -- every node's connection open
+      servers[2]:pause()
+      servers[3]:pause()
+      waits = 0
+      local co = coroutine.create(function() return locker:obtain("rl-orphan", 30) end)
+      assert(coroutine.resume(co)) -- sent to all three; waiting for them
+      -- the real signal: the first wait ended (node 1 answered: obtained)
+      -- and the call waits again, for the two frozen nodes
+      while waits < 2 do d.sleep(0.005) end
+      assert.equal("suspended", coroutine.status(co))
+      assert(coroutine.close(co))
+    end)
+    d.run()
+    servers[2]:resume()
+    servers[3]:resume()
+    local ok, err = pcall(R.until_true, function()
+      for i = 1, 3 do
+        if servers[i]:cli("PTTL", "rl-orphan") ~= "-2" then return false end
+      end
+      return true
+    end, 5, "every node's key released (the ttl is 30 s)")
+    local pttl = {}
+    for i = 1, 3 do pttl[i] = servers[i]:cli("PTTL", "rl-orphan") end
+    for i = 1, 3 do servers[i]:stop() end
+    fl.configure { host = false }
+    assert.same({}, d.errors)
+    assert(ok, tostring(err) .. ": " .. table.concat(pttl, " "))
+  end)
+end)
