@@ -140,6 +140,16 @@ void fl_conn_setmsg(fl_conn *c, const char *msg) {
 
 static int append_eval(fl_link *k, fl_cmd *cmd);
 
+/* cmd (as EVAL: no NOSCRIPT round) right behind c on its link k, for
+   nobody: its reply is dropped; sent now.  cmd NULL (out of memory), or no
+   memory to queue it: the link goes (part of a command may be queued) */
+static void follow(fl_conn *c, fl_link *k, fl_cmd *cmd) {
+  if (!cmd || append_eval(k, cmd) != 0 || fl_link_push_ghost(k, c->h) != 0)
+    fl_link_close(k, "out of memory");
+  else
+    fl_link_send(k);
+}
+
 /*
  * An obtain given up before its answer (its coroutine closed or collected,
  * a host wait that raised, a timeout: c->orphan, set by the fan) may still
@@ -175,12 +185,21 @@ static void orphan_release(fl_conn *c, fl_link *k) {
     bad = !(buf = fl_companion_dup(&c->pool->o, key + plen, keylen - plen, "wake:", &wakelen));
     if (!bad) fl_cmd_release(&cmd, key, keylen, buf, wakelen, o->argv[5]);
   }
-  if (bad || append_eval(k, &cmd) != 0 || fl_link_push_ghost(k, c->h) != 0)
-    fl_link_close(k, "out of memory");
-  else
-    fl_link_send(k);
+  follow(c, k, bad ? NULL : &cmd);
   free(buf);
   free(d.key);
+}
+
+/* a release (or hand-over) given up before its answer: the server may
+   answer NOSCRIPT (its script cache flushed), and a ghost sends nothing
+   again, so the lock would stay until its ttl.  It goes once more as EVAL
+   behind itself (the second does nothing once the first released) */
+static void release_again(fl_conn *c, fl_link *k) {
+  int s = c->cmd.script;
+  if (k->state == FL_LK_CLOSED || c->retried || c->reply ||
+      (s != FL_S_RELEASE && s != FL_S_MRELEASE && s != FL_S_HANDOVER))
+    return;
+  follow(c, k, &c->cmd);
 }
 
 /* c gives up on its entry: a ghost keeps the place of its replies */
@@ -201,6 +220,7 @@ void fl_conn_detach(fl_conn *c) {
   if (c->orphan && (c->cmd.script == FL_S_OBTAIN || c->cmd.script == FL_S_MOBTAIN) &&
       (!c->reply || (c->reply->type == REDIS_REPLY_INTEGER && c->reply->integer > 0)))
     orphan_release(c, k);
+  release_again(c, k);
 }
 
 /* the request ran out of time */

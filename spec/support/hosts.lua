@@ -374,6 +374,30 @@ function H.spec(name, outside, env)
       assert.equal("-2", server:cli("PTTL", "orphan:outside"))
     end)
 
+    -- Redis lost its scripts (SCRIPT FLUSH, a restart): a release answers
+    -- NOSCRIPT and is sent again as EVAL.  One whose coroutine is closed
+    -- before that answer is read still frees its key; the release behind
+    -- it on the same connection is answered after it
+    it("a release whose coroutine is closed before its NOSCRIPT answer still frees the key", function()
+      local d, locker = new(), fluxalock.locker()
+      local res = {}
+      d.spawn(function()
+        local a = assert(locker:obtain("noscript:a", 30))
+        local b = assert(locker:obtain("noscript:b", 30))
+        assert.equal("OK", server:cli("SCRIPT", "FLUSH"))
+        local co = coroutine.create(function() return a:release() end)
+        assert(coroutine.resume(co)) -- sent; now in the host's wait
+        assert.equal("suspended", coroutine.status(co))
+        assert(coroutine.close(co))
+        res.b = b:release()
+      end)
+      d.run()
+      assert.same({}, d.errors)
+      assert.is_true(res.b)
+      assert.equal("-2", server:cli("PTTL", "noscript:b"))
+      assert.equal("-2", server:cli("PTTL", "noscript:a"))
+    end)
+
     it("redis killed and restarted while coroutines wait: each wait ends on time, then reconnects", function()
       local s2 = R.start()
       local fl2 = R.fluxalock(s2, { timeout = 0.5, connect_timeout = 0.5 })
