@@ -62,12 +62,14 @@ fl_script fl_scripts[FL_NSCRIPTS] = {
     "redis.pcall('publish', KEYS[2], ARGV[3] or '1')\n"
     "return 1\n", "" },
   { "ttl",
-    /* KEYS: lock. ARGV: token. -> ms left, or -1 when not held */
+    /* KEYS: lock. ARGV: token. -> ms left, or -1 when not held.  PTTL
+       rounds down: a key it still holds with under 1 ms left is 1 ms,
+       never 0, which lock:ttl() answers only for a lock no longer held */
     "local v = redis.call('get', KEYS[1])\n"
     "if v ~= ARGV[1] and v ~= ARGV[1] .. '+' then return -1 end\n"
     "local t = redis.call('pttl', KEYS[1])\n"
     "if t < 0 then return 0 end\n"
-    "return t\n", "" },
+    "return math.max(t, 1)\n", "" },
   { "refresh",
     /* KEYS: lock. ARGV: token, ms, "1" to replace. -> 1 or 0 */
     "local v = redis.call('get', KEYS[1])\n"
