@@ -21,7 +21,9 @@
 #define FL_POOL_MT "fluxalock.Pool"
 #define FL_LOCK_MT "fluxalock.Lock"
 
-#define FL_TOKEN_LEN 32 /* 128 random bits as hex */
+#define FL_TOKEN_LEN 40 /* 128 random bits as hex, then 8 hex digits that
+                           mark it fluxalock's (token.c) */
+#define FL_TOKEN_RANDOM 32
 #define FL_ERRLEN 1024
 #define FL_MAXARGS 12 /* a mode obtain: 6 keys, 6 arguments */
 
@@ -336,6 +338,7 @@ void fl_stats_open(lua_State *L);
 
 /* token.c */
 int fl_token(char out[FL_TOKEN_LEN]);
+void fl_sha1_hex(const char *msg, char out[41]);
 #define FL_WAKE_ID_LEN 16
 const char *fl_wake_id(void); /* this process's id in its releases' messages */
 

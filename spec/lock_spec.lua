@@ -165,13 +165,13 @@ describe("a lock", function()
       lock:release()
     end)
 
-    it("token() is 32 hex chars, the value in Redis, fresh at every obtain", function()
+    it("token() is 40 hex chars (32 random, 8 that mark it fluxalock's), the value in Redis, fresh at every obtain", function()
       local seen = {}
       for _ = 1, 20 do
         local lock = assert(locker:obtain("tokens", 5))
         local tok = lock:token()
         assert.matches("^%x+$", tok)
-        assert.equal(32, #tok)
+        assert.equal(40, #tok)
         assert.equal(tok, (value("tokens"):gsub("%+$", "")))
         assert.is_nil(seen[tok])
         seen[tok] = true
