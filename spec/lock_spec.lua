@@ -79,7 +79,8 @@ describe("a lock", function()
       for round = 1, 5 do
         local key = "ttl-last:" .. round
         local lock = assert(locker:obtain(key, 0.02))
-        local t, last, n = nil, nil, 0
+        local t, n = nil, 0
+        local last
         repeat
           last, t = t, assert(lock:ttl())
           n = n + 1
