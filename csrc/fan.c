@@ -221,28 +221,36 @@ void fl_fan_end_legs(fl_fan *f) {
   for (i = 0; i < f->nlegs; i++) leg_drop(&f->legs[i]);
 }
 
+/* a release of f's lock on l's node, sent now for nobody (its reply is
+   dropped; conn.c sends it once more as EVAL, against NOSCRIPT): the node
+   said obtained, and the call that asked is gone */
+static void release_node(fl_fan *f, fl_leg *l) {
+  fl_conn *c = fl_pool_conn(l->node);
+  double extra = 0;
+  int op = f->op;
+  if (!c) return; /* best effort: the ttl still frees it */
+  f->op = FL_OP_RELEASE; /* (an obtain's fan has no hand-over) */
+  if (leg_cmd(f, c, &extra) == 0 && fl_conn_begin(c, "release", 0) == FL_WAIT &&
+      c->link->state == FL_LK_READY)
+    fl_link_send(c->link);
+  f->op = (unsigned char)op;
+  fl_conn_end(c);
+}
+
 /* the fan's coroutine is gone before the verdict (closed in a wait,
    collected): an obtain's lock goes back at once, not at its ttl.  A leg
    still running is released behind its obtain (conn.c), a node that has
-   already said obtained (Redlock, while the others ran) gets its release
-   deferred, sent now when the server has an idle connection */
+   already said obtained (Redlock, while the others ran) is sent its
+   release now, on any of its connections (its obtain is over) */
 void fl_fan_abandon(fl_fan *f) {
   int i;
   for (i = 0; i < f->nlegs && f->op == FL_OP_OBTAIN; i++) {
     fl_leg *l = &f->legs[i];
-    fl_pool *p = l->node;
-    size_t wakelen;
-    char *wake;
     if (l->st == LEG_RUN && l->c) l->c->orphan = 1;
-    if (l->st != LEG_DONE || l->n <= 0 || !p) continue;
-    if (!(wake = fl_companion_dup(&p->o, FAN_KEY(f), FAN_KEYLEN(f), "wake:", &wakelen)))
-      continue; /* best effort: the ttl still frees it */
-    fl_pool_defer(p, f->lkey, f->lkeylen, wake, wakelen, f->token);
-    if (p->pending && memcmp(p->pending->token, f->token, FL_TOKEN_LEN) == 0)
-      p->pending->mode = f->mode ? f->mode->mode : 0;
-    free(wake);
-    l->n = 0;
-    fl_pool_flush(p);
+    if (l->st == LEG_DONE && l->n > 0 && l->node) {
+      release_node(f, l);
+      l->n = 0;
+    }
   }
   fl_fan_end_legs(f);
 }

@@ -168,6 +168,11 @@ describe("host 'luv': a Redlock obtain whose coroutine is closed mid-request", f
     local d = H.luv()
     d.spawn(function()
       assert(assert(locker:obtain("rl-orphan:warm", 5)):release()) -- every node's connection open
+      -- node 1 answers late once: a majority answered without it, and its
+      -- connection keeps the late replies of nobody, unread (not idle)
+      servers[1]:pause()
+      assert(assert(locker:obtain("rl-orphan:late", 5)):release())
+      servers[1]:resume()
       servers[2]:pause()
       servers[3]:pause()
       waits = 0
