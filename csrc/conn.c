@@ -138,6 +138,70 @@ void fl_conn_setmsg(fl_conn *c, const char *msg) {
   c->state = FL_RQ_ERR;
 }
 
+static int append_eval(fl_link *k, fl_cmd *cmd);
+
+/* cmd (as EVAL: no NOSCRIPT round) right behind c on its link k, for
+   nobody: its reply is dropped; sent now.  cmd NULL (out of memory), or no
+   memory to queue it: the link goes (part of a command may be queued) */
+static void follow(fl_conn *c, fl_link *k, fl_cmd *cmd) {
+  if (!cmd || append_eval(k, cmd) != 0 || fl_link_push_ghost(k, c->h) != 0)
+    fl_link_close(k, "out of memory");
+  else
+    fl_link_send(k);
+}
+
+/*
+ * An obtain given up before its answer (its coroutine closed or collected,
+ * a host wait that raised, a timeout: c->orphan, set by the fan) may still
+ * take the lock on the server, for nobody: it would stay held until its
+ * ttl.  Its release goes right behind it on the same link, so the server
+ * runs it after the obtain (a release whose token does not hold the key
+ * does nothing), as EVAL (no NOSCRIPT round), and is sent now; its reply
+ * is dropped.  Out of memory: the link goes (part of a command may be
+ * queued), and the obtain with it if it was not sent yet.
+ */
+static void orphan_release(fl_conn *c, fl_link *k) {
+  const fl_cmd *o = &c->cmd;
+  size_t plen = c->pool->o.prefixlen, wakelen = 0;
+  fl_pending d;
+  fl_cmd cmd;
+  const char *key = o->argv[3];
+  size_t keylen = o->argvlen[3];
+  char *buf = NULL;
+  int bad;
+  if (k->state == FL_LK_CLOSED || o->argc < 6 || keylen < plen) return;
+  if (o->script == FL_S_MOBTAIN) { /* KEYS: lock and 5 companions; ARGV: token, ms, kind */
+    if (o->argc < 12 || o->argvlen[9] != FL_TOKEN_LEN || o->argvlen[11] != 1) return;
+    memset(&d, 0, sizeof d);
+    memcpy(d.token, o->argv[9], FL_TOKEN_LEN);
+    d.mode = (unsigned char)o->argv[11][0];
+    d.keylen = keylen;
+    /* a copy: the pending release's key is not const */
+    if ((d.key = malloc(keylen + 1)) != NULL) memcpy(d.key, key, keylen);
+    bad = !d.key || !(buf = fl_mode_pending(c, &d, &cmd));
+  } else { /* KEYS: lock, fence; ARGV: token, ms */
+    if (o->argvlen[5] != FL_TOKEN_LEN) return;
+    d.key = NULL;
+    bad = !(buf = fl_companion_dup(&c->pool->o, key + plen, keylen - plen, "wake:", &wakelen));
+    if (!bad) fl_cmd_release(&cmd, key, keylen, buf, wakelen, o->argv[5]);
+  }
+  follow(c, k, bad ? NULL : &cmd);
+  free(buf);
+  free(d.key);
+}
+
+/* a release (or hand-over) given up before its answer: the server may
+   answer NOSCRIPT (its script cache flushed), and a ghost sends nothing
+   again, so the lock would stay until its ttl.  It goes once more as EVAL
+   behind itself (the second does nothing once the first released) */
+static void release_again(fl_conn *c, fl_link *k) {
+  int s = c->cmd.script;
+  if (k->state == FL_LK_CLOSED || c->retried || c->reply ||
+      (s != FL_S_RELEASE && s != FL_S_MRELEASE && s != FL_S_HANDOVER))
+    return;
+  follow(c, k, &c->cmd);
+}
+
 /* c gives up on its entry: a ghost keeps the place of its replies */
 void fl_conn_detach(fl_conn *c) {
   fl_link *k = c->link;
@@ -152,6 +216,11 @@ void fl_conn_detach(fl_conn *c) {
   }
   if (k->reader == c) fl_conn_unclaim(c);
   c->state = FL_RQ_ERR;
+  /* (with replicas: the obtain's answer may be in, and WAIT's not yet) */
+  if (c->orphan && (c->cmd.script == FL_S_OBTAIN || c->cmd.script == FL_S_MOBTAIN) &&
+      (!c->reply || (c->reply->type == REDIS_REPLY_INTEGER && c->reply->integer > 0)))
+    orphan_release(c, k);
+  release_again(c, k);
 }
 
 /* the request ran out of time */

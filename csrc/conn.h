@@ -12,6 +12,7 @@ fl_link *fl_link_for(fl_pool *p, unsigned h);
 int fl_link_connect(fl_link *k, double now);
 int fl_link_out(fl_link *k, int argc, const char *const *argv, const size_t *len);
 int fl_link_push(fl_link *k, fl_conn *c);
+int fl_link_push_ghost(fl_link *k, unsigned h);
 void fl_link_drive(fl_link *k, void *self);
 void fl_link_reap(fl_link *k);
 

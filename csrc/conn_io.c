@@ -14,7 +14,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include "conn.h"
 #include "net.h"
@@ -58,7 +60,15 @@ void fl_reader_cap(redisReader *r) {
 
 int fl_link_idle(const fl_link *k) { return k->qlen == 0; }
 
+/* k's epoll descriptor stops watching the descriptor it watched (a
+   closed one, or the resolver's once the socket is there) */
+static void unwatch(fl_link *k) {
+  if (k->eopen && k->esock >= 0) epoll_ctl(k->efd, EPOLL_CTL_DEL, k->esock, NULL);
+  k->esock = -1;
+}
+
 static void release_io(fl_link *k) {
+  unwatch(k);
   if (k->net) fl_net_close(k->net);
   if (k->rd) redisReaderFree(k->rd);
   k->net = NULL;
@@ -115,6 +125,7 @@ void fl_link_free(fl_link *k) {
   k->reader = NULL;
   k->watched = 0;
   close_as(k, NULL, "pool closed");
+  if (k->eopen) close(k->efd);
   free(k->out);
   free(k->q);
   free(k);
@@ -165,8 +176,10 @@ int fl_link_out(fl_link *k, int argc, const char *const *argv, const size_t *len
   return 0;
 }
 
-/* c's entry at the tail of k's FIFO */
-int fl_link_push(fl_link *k, fl_conn *c) {
+/* an entry at the tail of k's FIFO: c's, or (c NULL) a ghost of 'ghost'
+   replies that nobody waits for */
+static int push(fl_link *k, fl_conn *c, unsigned h, int ghost) {
+  fl_entry *e;
   if (k->qlen == k->qcap) {
     int cap = k->qcap ? 2 * k->qcap : 8, i;
     fl_entry *q = malloc((size_t)cap * sizeof *q);
@@ -178,13 +191,20 @@ int fl_link_push(fl_link *k, fl_conn *c) {
     k->qhead = 0;
   }
   if (k->qlen == 0) k->progress = fl_now();
-  k->q[(k->qhead + k->qlen) % k->qcap].c = c;
-  k->q[(k->qhead + k->qlen) % k->qcap].ghost = 0;
-  k->q[(k->qhead + k->qlen) % k->qcap].h = c->h;
-  k->keys[c->h & 63]++;
+  e = &k->q[(k->qhead + k->qlen) % k->qcap];
+  e->c = c;
+  e->ghost = ghost;
+  e->h = h;
+  k->keys[h & 63]++;
   k->qlen++;
   return 0;
 }
+
+int fl_link_push(fl_link *k, fl_conn *c) { return push(k, c, c->h, 0); }
+
+/* the reply of a command sent for no caller (conn.c orphan_release) is
+   dropped when it comes; h: its key's hash, as a request's */
+int fl_link_push_ghost(fl_link *k, unsigned h) { return push(k, NULL, h, 1); }
 
 static void pop(fl_link *k) {
   unsigned *n = &k->keys[k->q[k->qhead].h & 63];
@@ -466,6 +486,43 @@ int fl_link_wait(fl_link *k, void *self, double left) {
   if (read_all(k, self, 1)) return 0;
   after_read(k);
   return 1;
+}
+
+/*
+ * The descriptor a host waits on for k (drive.c, wake.c): an epoll
+ * descriptor of the link's own that watches its socket (or its resolver's
+ * eventfd) for 'events', kept for the link's life.  It is readable when
+ * the socket is ready, and also when the socket failed (EPOLLERR, EPOLLHUP
+ * are always reported), but never is in an error state itself: a server's
+ * reset then reaches the core's own receive, where the request fails with
+ * it, and never the host's poll (libuv reports POLLERR as UV_EBADF, which
+ * luv prints to stderr before any Lua code runs).  -1 when there is none
+ * (no descriptor left for it): the caller waits on the socket itself.
+ */
+int fl_link_hostfd(fl_link *k, int events) {
+  struct epoll_event ev;
+  int fd = k->net ? fl_net_fd(k->net) : -1, op;
+  if (fd < 0) return -1;
+  if (!k->eopen) {
+    if ((k->efd = epoll_create1(EPOLL_CLOEXEC)) < 0) return -1;
+    k->eopen = 1;
+    k->esock = -1;
+  }
+  if (k->esock == fd && k->eevents == events) return k->efd;
+  if (k->esock != fd) unwatch(k);
+  memset(&ev, 0, sizeof ev);
+  ev.events = (events & POLLOUT ? (unsigned)EPOLLOUT : 0u) | (events & POLLIN ? (unsigned)EPOLLIN : 0u);
+  ev.data.fd = fd;
+  op = k->esock == fd ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
+  /* a MOD of a registration its closing dropped (the number reused): ADD */
+  if (epoll_ctl(k->efd, op, fd, &ev) != 0 &&
+      (op == EPOLL_CTL_ADD || epoll_ctl(k->efd, EPOLL_CTL_ADD, fd, &ev) != 0)) {
+    k->esock = -1;
+    return -1;
+  }
+  k->esock = fd;
+  k->eevents = events;
+  return k->efd;
 }
 
 /* is an idle link still usable?  A server that went away leaves the

@@ -94,7 +94,7 @@ static int guard_close(lua_State *L) { /* never raises, never yields */
   g->fd = -1;
   g->f = NULL;
   if (!f || !f->g) return 0;
-  fl_fan_end_legs(f); /* their replies dropped, the reading handed on */
+  fl_fan_abandon(f); /* their replies dropped, the reading handed on */
   lua_getiuservalue(L, 1, 1);
   fl_wake_flush(L, f->g, lua_gettop(L));
   for (i = 0; i < f->g->nnodes; i++) fl_wake_flush(L, f->g->nodes[i], lua_gettop(L));
@@ -192,6 +192,8 @@ static int host_wait(lua_State *L, fl_fan *f, double now, double left, lua_KFunc
     if (park) g->f = f;
     if (n > 1) g->fd = wfd = watch_all(watch, n);
   }
+  /* one socket: its link's epoll descriptor (conn_io.c fl_link_hostfd) */
+  if (n == 1) wfd = fl_link_hostfd(watch[0]->link, watch[0]->events);
   if (n) {
     lua_getfield(L, f->hidx, "wait");
     lua_pushinteger(L, wfd >= 0 ? wfd : fl_conn_fd(watch[0]));

@@ -107,6 +107,10 @@ void fl_leg_start(fl_fan *f, fl_leg *l) {
   }
   c->wkey = f; /* a reply for any leg wakes the fan's coroutine */
   c->asking = l->asking;
+  /* one node's obtain given up before its answer fails the call: its lock
+     goes back (conn.c).  Of several, only when the call is abandoned
+     (fl_fan_abandon): a majority may hold it, a failed one is undone */
+  c->orphan = f->op == FL_OP_OBTAIN && f->nlegs == 1;
   l->st = LEG_RUN;
   if (fl_conn_begin(c, fl_opname(f->op), extra) == FL_ERR) {
     l->st = LEG_ERR;
@@ -217,6 +221,40 @@ void fl_fan_end_legs(fl_fan *f) {
   for (i = 0; i < f->nlegs; i++) leg_drop(&f->legs[i]);
 }
 
+/* a release of f's lock on l's node, sent now for nobody (its reply is
+   dropped; conn.c sends it once more as EVAL, against NOSCRIPT): the node
+   said obtained, and the call that asked is gone */
+static void release_node(fl_fan *f, fl_leg *l) {
+  fl_conn *c = fl_pool_conn(l->node);
+  double extra = 0;
+  int op = f->op;
+  if (!c) return; /* best effort: the ttl still frees it */
+  f->op = FL_OP_RELEASE; /* (an obtain's fan has no hand-over) */
+  if (leg_cmd(f, c, &extra) == 0 && fl_conn_begin(c, "release", 0) == FL_WAIT &&
+      c->link->state == FL_LK_READY)
+    fl_link_send(c->link);
+  f->op = (unsigned char)op;
+  fl_conn_end(c);
+}
+
+/* the fan's coroutine is gone before the verdict (closed in a wait,
+   collected): an obtain's lock goes back at once, not at its ttl.  A leg
+   still running is released behind its obtain (conn.c), a node that has
+   already said obtained (Redlock, while the others ran) is sent its
+   release now, on any of its connections (its obtain is over) */
+void fl_fan_abandon(fl_fan *f) {
+  int i;
+  for (i = 0; i < f->nlegs && f->op == FL_OP_OBTAIN; i++) {
+    fl_leg *l = &f->legs[i];
+    if (l->st == LEG_RUN && l->c) l->c->orphan = 1;
+    if (l->st == LEG_DONE && l->n > 0 && l->node) {
+      release_node(f, l);
+      l->n = 0;
+    }
+  }
+  fl_fan_end_legs(f);
+}
+
 void fl_fan_release(fl_fan *f) {
   fl_fan_end_legs(f);
   if (f->g && !f->onstack) fl_pool_unref(f->g);
@@ -226,6 +264,7 @@ void fl_fan_release(fl_fan *f) {
 /* a coroutine abandoned mid-request: its requests go back to the pool */
 static int fan_gc(lua_State *L) {
   fl_fan *f = lua_touserdata(L, 1);
+  if (f->g) fl_fan_abandon(f);
   if (f->g) fl_fan_release(f);
   return 0;
 }

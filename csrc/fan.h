@@ -86,6 +86,7 @@ fl_fan *fl_fan_new(lua_State *L, fl_pool *g, int op, int pooludx, const char *lk
                    size_t lkeylen, fl_fan_room *room);
 void fl_fan_start(fl_fan *f);
 void fl_fan_end_legs(fl_fan *f);
+void fl_fan_abandon(fl_fan *f);
 void fl_fan_release(fl_fan *f);
 void fl_fan_defer(fl_lock *lk);
 void fl_fan_drop(fl_lock *lk);

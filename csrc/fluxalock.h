@@ -21,7 +21,9 @@
 #define FL_POOL_MT "fluxalock.Pool"
 #define FL_LOCK_MT "fluxalock.Lock"
 
-#define FL_TOKEN_LEN 32 /* 128 random bits as hex */
+#define FL_TOKEN_LEN 40 /* 128 random bits as hex, then 8 hex digits that
+                           mark it fluxalock's (token.c) */
+#define FL_TOKEN_RANDOM 32
 #define FL_ERRLEN 1024
 #define FL_MAXARGS 12 /* a mode obtain: 6 keys, 6 arguments */
 
@@ -107,6 +109,8 @@ typedef struct fl_conn {
   unsigned char state; /* FL_RQ_* */
   unsigned char busy;  /* begun and not yet ended */
   unsigned char retried;  /* NOSCRIPT fallback done */
+  unsigned char orphan;   /* an obtain: given up before its answer, its
+                             release follows it (conn.c orphan_release) */
   unsigned char connwait; /* its deadline is the link's connect time */
   unsigned char asking;   /* send ASKING before the command (cluster ASK) */
   unsigned char post;     /* a WAIT for replicas follows the main command */
@@ -155,6 +159,10 @@ typedef struct fl_link {
   void (*on_message)(struct fl_link *k, redisReply *r);
   void *ctx;           /* theirs (wake.c: the fl_sub) */
   int watched;         /* a waiter outside the FIFO waits on the socket */
+  int efd;             /* with eopen: the epoll descriptor a host waits on
+                          (conn_io.c fl_link_hostfd) */
+  int esock, eevents;  /* the descriptor it watches (-1: none), for what */
+  unsigned char eopen;
   unsigned gen;        /* the pool's target generation at connect */
   char *out;           /* RESP bytes not yet sent */
   size_t outlen, outpos, outcap;
@@ -263,6 +271,7 @@ void fl_link_close(fl_link *k, const char *why);
 int fl_link_idle(const fl_link *k);
 void fl_link_send(fl_link *k);
 int fl_link_wait(fl_link *k, void *self, double left);
+int fl_link_hostfd(fl_link *k, int events);
 void fl_reader_cap(redisReader *r);
 
 int fl_conn_block(fl_conn *c);
@@ -343,6 +352,7 @@ void fl_stats_open(lua_State *L);
 
 /* token.c */
 int fl_token(char out[FL_TOKEN_LEN]);
+void fl_sha1_hex(const char *msg, char out[41]);
 #define FL_WAKE_ID_LEN 16
 const char *fl_wake_id(void); /* this process's id in its releases' messages */
 

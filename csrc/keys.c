@@ -24,7 +24,7 @@
 /* ---- the scripts ------------------------------------------------------- */
 
 /*
- * The value of a lock key is exactly the holder's 32-character token:
+ * The value of a lock key is exactly the holder's 40-character token:
  * fluxalock never writes to a lock key it does not hold, so a lock of
  * another client library on the same key (redis-py's Lock, node-redlock,
  * bsm/redislock) keeps its value and can still be released and refreshed
@@ -62,12 +62,14 @@ fl_script fl_scripts[FL_NSCRIPTS] = {
     "redis.pcall('publish', KEYS[2], ARGV[3] or '1')\n"
     "return 1\n", "" },
   { "ttl",
-    /* KEYS: lock. ARGV: token. -> ms left, or -1 when not held */
+    /* KEYS: lock. ARGV: token. -> ms left, or -1 when not held.  PTTL
+       rounds down: a key it still holds with under 1 ms left is 1 ms,
+       never 0, which lock:ttl() answers only for a lock no longer held */
     "local v = redis.call('get', KEYS[1])\n"
     "if v ~= ARGV[1] and v ~= ARGV[1] .. '+' then return -1 end\n"
     "local t = redis.call('pttl', KEYS[1])\n"
     "if t < 0 then return 0 end\n"
-    "return t\n", "" },
+    "return math.max(t, 1)\n", "" },
   { "refresh",
     /* KEYS: lock. ARGV: token, ms, "1" to replace. -> 1 or 0 */
     "local v = redis.call('get', KEYS[1])\n"
@@ -90,50 +92,6 @@ fl_script fl_scripts[FL_NSCRIPTS] = {
     "redis.call('set', KEYS[1], ARGV[2], 'PX', ARGV[3])\n"
     "return redis.call('incr', KEYS[2])\n", "" }
 };
-
-/* ---- SHA-1, for EVALSHA (FIPS 180-4) ------------------------------------ */
-
-#define ROL(x, n) (((x) << (n)) | ((x) >> (32 - (n))))
-
-static void sha1_block(uint32_t h[5], const unsigned char *p) {
-  uint32_t w[80], a, b, c, d, e, t;
-  int i;
-  for (i = 0; i < 16; i++)
-    w[i] = (uint32_t)p[4 * i] << 24 | (uint32_t)p[4 * i + 1] << 16 |
-           (uint32_t)p[4 * i + 2] << 8 | p[4 * i + 3];
-  for (; i < 80; i++) w[i] = ROL(w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16], 1);
-  a = h[0]; b = h[1]; c = h[2]; d = h[3]; e = h[4];
-  for (i = 0; i < 80; i++) {
-    uint32_t f, k;
-    if (i < 20) { f = (b & c) | (~b & d); k = 0x5A827999u; }
-    else if (i < 40) { f = b ^ c ^ d; k = 0x6ED9EBA1u; }
-    else if (i < 60) { f = (b & c) | (b & d) | (c & d); k = 0x8F1BBCDCu; }
-    else { f = b ^ c ^ d; k = 0xCA62C1D6u; }
-    t = ROL(a, 5) + f + e + k + w[i];
-    e = d; d = c; c = ROL(b, 30); b = a; a = t;
-  }
-  h[0] += a; h[1] += b; h[2] += c; h[3] += d; h[4] += e;
-}
-
-static void sha1_hex(const char *msg, char out[41]) {
-  uint32_t h[5] = {0x67452301u, 0xEFCDAB89u, 0x98BADCFEu, 0x10325476u,
-                   0xC3D2E1F0u};
-  size_t len = strlen(msg), i;
-  unsigned char blk[64];
-  uint64_t bits = (uint64_t)len * 8;
-  for (i = 0; i + 64 <= len; i += 64) sha1_block(h, (const unsigned char *)msg + i);
-  size_t rest = len - i;
-  memset(blk, 0, sizeof blk);
-  memcpy(blk, msg + i, rest);
-  blk[rest] = 0x80;
-  if (rest >= 56) { /* no room for the length: one more block */
-    sha1_block(h, blk);
-    memset(blk, 0, sizeof blk);
-  }
-  for (i = 0; i < 8; i++) blk[63 - i] = (unsigned char)(bits >> (8 * i));
-  sha1_block(h, blk);
-  for (i = 0; i < 5; i++) snprintf(out + 8 * i, 9, "%08x", (unsigned)h[i]);
-}
 
 /* ---- hash slots ---------------------------------------------------------- */
 
@@ -200,7 +158,7 @@ static void scripts_make(void) {
     for (j = 0; j < 8; j++) c = (uint16_t)(c & 0x8000 ? (c << 1) ^ 0x1021 : c << 1);
     crctab[i] = c;
   }
-  for (i = 0; i < FL_NSCRIPTS; i++) sha1_hex(fl_scripts[i].body, fl_scripts[i].sha);
+  for (i = 0; i < FL_NSCRIPTS; i++) fl_sha1_hex(fl_scripts[i].body, fl_scripts[i].sha);
   memset(tags, 0, sizeof tags);
   /* 62^3 = 238328 three-character tags cover all 16384 slots (checked by
      the loop: it stops once every slot has one) */

@@ -167,7 +167,9 @@
     "if not v then return {'free', 0, -1, waiting, 0} end\n" \
     "if v ~= '" FL_MODE_MARK "' then\n" \
     "  local left = math.max(redis.call('pttl', K), 0)\n" \
-    "  local own = #v == 32 and not string.find(v, '[^0-9a-f]')\n" \
+    /* a token of fluxalock's: 32 hex digits and their mark (token.c) */ \
+    "  local own = #v == 40 and not string.find(v, '[^0-9a-f]') and\n" \
+    "    string.sub(redis.sha1hex('fluxalock:' .. string.sub(v, 1, 32)), 1, 8) == string.sub(v, 33)\n" \
     "  return {own and 'exclusive' or 'foreign', 1, -1, waiting, left}\n" \
     "end\n" \
     "local n = redis.call('zcount', H, '(' .. now, '+inf')\n" \

@@ -67,6 +67,7 @@ fl_conn *fl_pool_conn(fl_pool *p) {
   c->wkey = c;
   c->link = NULL;
   c->asking = 0;
+  c->orphan = 0;
   return c;
 }
 

@@ -1,5 +1,9 @@
 /*
- * Lock tokens: 128 bits from the kernel CSPRNG, as 32 hex characters.
+ * Lock tokens: 128 bits from the kernel CSPRNG, as 32 hex characters, and
+ * 8 more: the first of SHA-1("fluxalock:" .. those 32), in hex.  The mark
+ * tells a value fluxalock wrote from another client's on the same key
+ * (redis-py's Lock and node-redlock write 32 hex digits too): inspect's
+ * script checks it with redis.sha1hex (modes_scripts.h).
  *
  * Random bytes are read 512 at a time (one syscall per 32 tokens).  A forked
  * child must never hand out the bytes its parent also holds, or two processes
@@ -14,6 +18,8 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 #include <pthread.h>
@@ -71,6 +77,61 @@ static void watch_fork(void) {
   forkwatch_err = pthread_atfork(hold, let_go, forget) != 0;
 }
 
+/* ---- SHA-1 (FIPS 180-4): a token's mark, and the scripts' EVALSHA (keys.c) -- */
+
+#define ROL(x, n) (((x) << (n)) | ((x) >> (32 - (n))))
+
+static void sha1_block(uint32_t h[5], const unsigned char *p) {
+  uint32_t w[80], a, b, c, d, e, t;
+  int i;
+  for (i = 0; i < 16; i++)
+    w[i] = (uint32_t)p[4 * i] << 24 | (uint32_t)p[4 * i + 1] << 16 |
+           (uint32_t)p[4 * i + 2] << 8 | p[4 * i + 3];
+  for (; i < 80; i++) w[i] = ROL(w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16], 1);
+  a = h[0]; b = h[1]; c = h[2]; d = h[3]; e = h[4];
+  for (i = 0; i < 80; i++) {
+    uint32_t f, k;
+    if (i < 20) { f = (b & c) | (~b & d); k = 0x5A827999u; }
+    else if (i < 40) { f = b ^ c ^ d; k = 0x6ED9EBA1u; }
+    else if (i < 60) { f = (b & c) | (b & d) | (c & d); k = 0x8F1BBCDCu; }
+    else { f = b ^ c ^ d; k = 0xCA62C1D6u; }
+    t = ROL(a, 5) + f + e + k + w[i];
+    e = d; d = c; c = ROL(b, 30); b = a; a = t;
+  }
+  h[0] += a; h[1] += b; h[2] += c; h[3] += d; h[4] += e;
+}
+
+void fl_sha1_hex(const char *msg, char out[41]) {
+  uint32_t h[5] = {0x67452301u, 0xEFCDAB89u, 0x98BADCFEu, 0x10325476u,
+                   0xC3D2E1F0u};
+  size_t len = strlen(msg), i;
+  unsigned char blk[64];
+  uint64_t bits = (uint64_t)len * 8;
+  for (i = 0; i + 64 <= len; i += 64) sha1_block(h, (const unsigned char *)msg + i);
+  size_t rest = len - i;
+  memset(blk, 0, sizeof blk);
+  memcpy(blk, msg + i, rest);
+  blk[rest] = 0x80;
+  if (rest >= 56) { /* no room for the length: one more block */
+    sha1_block(h, blk);
+    memset(blk, 0, sizeof blk);
+  }
+  for (i = 0; i < 8; i++) blk[63 - i] = (unsigned char)(bits >> (8 * i));
+  sha1_block(h, blk);
+  for (i = 0; i < 5; i++) snprintf(out + 8 * i, 9, "%08x", (unsigned)h[i]);
+}
+
+/* the mark after the random part (see above) */
+static void mark(char out[FL_TOKEN_LEN]) {
+  char msg[10 + FL_TOKEN_RANDOM + 1], sha[41];
+  memcpy(msg, "fluxalock:", 10);
+  memcpy(msg + 10, out, FL_TOKEN_RANDOM);
+  msg[10 + FL_TOKEN_RANDOM] = '\0';
+  fl_sha1_hex(msg, sha);
+  memcpy(out + FL_TOKEN_RANDOM, sha, FL_TOKEN_LEN - FL_TOKEN_RANDOM);
+  memset(msg, 0, sizeof msg);
+}
+
 int fl_token(char out[FL_TOKEN_LEN]) {
   static const char hex[] = "0123456789abcdef";
   unsigned char b[16];
@@ -94,6 +155,7 @@ int fl_token(char out[FL_TOKEN_LEN]) {
     out[2 * i + 1] = hex[b[i] & 15];
   }
   memset(b, 0, sizeof b);
+  mark(out);
   return 0;
 }
 

@@ -248,9 +248,10 @@ static int pool_subwait(lua_State *L) {
     s->reader = lua_topointer(L, 2);
     s->rdl = now + secs;
     s->k->watched = 1; /* closed meanwhile: the descriptor waits for us */
+    int efd = fl_link_hostfd(s->k, s->k->events); /* a reset never reaches the host */
     lua_getfield(L, 4, "wait");
-    lua_pushinteger(L, fd);
-    lua_pushstring(L, s->k->events == POLLOUT ? "w" : "r");
+    lua_pushinteger(L, efd >= 0 ? efd : fd);
+    lua_pushstring(L, efd < 0 && s->k->events == POLLOUT ? "w" : "r");
     lua_pushnumber(L, secs);
     lua_pushvalue(L, 2); /* a local release unparks this wait too */
   } else {

@@ -109,3 +109,95 @@ describe("host 'luv': a pool collected with deferred releases", function()
     R.until_true(function() return server:cli("EXISTS", "gc:frozen") == "0" end, 10, "the deferred release")
   end)
 end)
+
+-- luv's poll handle reports a socket in an error state (POLLERR: the
+-- server's reset) as UV_EBADF, and luv prints "EBADF: bad file descriptor"
+-- to stderr before any Lua code runs.  The core never hands the host a
+-- socket that can end so: a reset comes back as the request's failure, and
+-- the program's output has no stray line.
+describe("host 'luv': a server that resets the connection a request waits on", function()
+  local R = require "support.redis"
+
+  it("fails the request with the reset, and nothing is printed", function()
+    local server = R.start()
+    -- the child holds an idle pooled connection, freezes the server, sends
+    -- an obtain (it stays unread in the server's socket), then kills the
+    -- server: the kernel answers unread bytes with a reset
+    local proc = R.child([[
+      local uv = require "luv"
+      local pid = os.getenv("PID")
+      assert(locker:obtain("reset:warm", 30)) -- the connection, now idle
+      fluxalock.configure { host = "luv" }
+      local l2 = fluxalock.locker()
+      assert(os.execute("kill -STOP " .. pid))
+      local res
+      coroutine.wrap(function()
+        local lock, err = l2:obtain("reset", 30)
+        res = tostring(lock) .. " " .. tostring(err)
+      end)() -- sent; now waiting in the loop's poll
+      assert(os.execute("kill -KILL " .. pid .. "; kill -CONT " .. pid))
+      uv.run()
+      print("result " .. tostring(res))
+    ]], { URL = server.url, PID = tostring(server.pid), TIMEOUT = "2" })
+    local out = proc:wait(30)
+    server.pid = nil
+    assert.matches("result nil fluxalock: obtain 127%.0%.0%.1:%d+: ", out)
+    assert.is_nil(out:find("EBADF", 1, true), out)
+    assert.equal(1, select(2, out:gsub("\n", "\n")), out) -- the result line alone
+  end)
+end)
+
+-- a Redlock obtain abandoned with one node's answer in (obtained) and two
+-- nodes frozen: every node's key goes back at once, not at its ttl
+describe("host 'luv': a Redlock obtain whose coroutine is closed mid-request", function()
+  local R = require "support.redis"
+  local H = require "support.hosts"
+
+  it("releases the node that said obtained and the ones still answering", function()
+    local servers, urls = {}, {}
+    for i = 1, 3 do
+      servers[i] = R.start()
+      urls[i] = servers[i].url
+    end
+    local luv, waits = require("fluxalock.host").resolve("luv"), 0
+    local fl = require "fluxalock"
+    fl.configure { pools = { default = { redlock = urls, timeout = 2, connect_timeout = 2 } },
+                   host = { wait = function(...) waits = waits + 1 return luv.wait(...) end,
+                            park = luv.park, unpark = luv.unpark } }
+    local locker = fl.locker()
+    local d = H.luv()
+    d.spawn(function()
+      assert(assert(locker:obtain("rl-orphan:warm", 5)):release()) -- every node's connection open
+      -- node 1 answers late once: a majority answered without it, and its
+      -- connection keeps the late replies of nobody, unread (not idle)
+      servers[1]:pause()
+      assert(assert(locker:obtain("rl-orphan:late", 5)):release())
+      servers[1]:resume()
+      servers[2]:pause()
+      servers[3]:pause()
+      waits = 0
+      local co = coroutine.create(function() return locker:obtain("rl-orphan", 30) end)
+      assert(coroutine.resume(co)) -- sent to all three; waiting for them
+      -- the real signal: the first wait ended (node 1 answered: obtained)
+      -- and the call waits again, for the two frozen nodes
+      while waits < 2 do d.sleep(0.005) end
+      assert.equal("suspended", coroutine.status(co))
+      assert(coroutine.close(co))
+    end)
+    d.run()
+    servers[2]:resume()
+    servers[3]:resume()
+    local ok, err = pcall(R.until_true, function()
+      for i = 1, 3 do
+        if servers[i]:cli("PTTL", "rl-orphan") ~= "-2" then return false end
+      end
+      return true
+    end, 5, "every node's key released (the ttl is 30 s)")
+    local pttl = {}
+    for i = 1, 3 do pttl[i] = servers[i]:cli("PTTL", "rl-orphan") end
+    for i = 1, 3 do servers[i]:stop() end
+    fl.configure { host = false }
+    assert.same({}, d.errors)
+    assert(ok, tostring(err) .. ": " .. table.concat(pttl, " "))
+  end)
+end)

@@ -70,6 +70,27 @@ describe("a lock", function()
       assert.equal(0, lock:ttl()) -- and stays 0
     end)
 
+    -- PTTL rounds down: in the last millisecond of a lock the server
+    -- still holds, it answers 0.  ttl() answers 0 only for a lock no longer
+    -- held (held() false then); the last millisecond is 0.001.  Each round
+    -- asks many times a millisecond (a round trip on loopback is tens of
+    -- microseconds) until the answer is 0, through that last millisecond
+    it("is never 0 while the server still holds the lock: its last millisecond is 0.001", function()
+      for round = 1, 5 do
+        local key = "ttl-last:" .. round
+        local lock = assert(locker:obtain(key, 0.02))
+        local t, n = nil, 0
+        local last
+        repeat
+          last, t = t, assert(lock:ttl())
+          n = n + 1
+        until t == 0 or n > 100000
+        assert.equal(0, t)
+        assert.is_false(lock:held(), ("round %d: ttl() 0 after %s (%d calls) while held()"):format(round, last, n))
+        assert.is_true(last > 0, "the ttl before was " .. tostring(last))
+      end
+    end)
+
     it("is 0 after release", function()
       local lock = assert(locker:obtain("ttl-released", 5))
       lock:release()
@@ -145,13 +166,13 @@ describe("a lock", function()
       lock:release()
     end)
 
-    it("token() is 32 hex chars, the value in Redis, fresh at every obtain", function()
+    it("token() is 40 hex chars (32 random, 8 that mark it fluxalock's), the value in Redis, fresh at every obtain", function()
       local seen = {}
       for _ = 1, 20 do
         local lock = assert(locker:obtain("tokens", 5))
         local tok = lock:token()
         assert.matches("^%x+$", tok)
-        assert.equal(32, #tok)
+        assert.equal(40, #tok)
         assert.equal(tok, (value("tokens"):gsub("%+$", "")))
         assert.is_nil(seen[tok])
         seen[tok] = true

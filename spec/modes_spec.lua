@@ -456,7 +456,19 @@ describe("modes", function()
       assert.equal("foreign", i.mode)
       assert.equal(1, i.holders)
       assert.is_true(i.ttl > 2 and i.ttl <= 3)
+      -- other clients' tokens in the form of fluxalock's before 0.3 (32 hex
+      -- digits): redis-py's Lock (uuid1().hex) and node-redlock (16 random
+      -- bytes); and 40 hex digits without fluxalock's mark
+      for _, v in ipairs { "6f1c2b3e9a4f11efb3a20242ac120002", "c4ca4238a0b923820dcc509a6f75849b",
+                           "c4ca4238a0b923820dcc509a6f75849b00000000" } do
+        server:cli("SET", "ins", v, "PX", "3000")
+        assert.equal("foreign", locker:inspect("ins").mode, v)
+      end
       server:cli("DEL", "ins")
+      local p = assert(locker:obtain("ins", 5))
+      assert.same({ mode = "exclusive", holders = 1, waiting = 0 },
+        (function(t) t.ttl = nil return t end)(locker:inspect("ins")))
+      p:release()
       local s1 = assert(locker:obtain("ins", 5, 0, { shared = true }))
       local s2 = assert(locker:obtain("ins", 4, 0, { shared = true }))
       i = locker:inspect("ins")

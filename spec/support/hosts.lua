@@ -341,6 +341,66 @@ function H.spec(name, outside, env)
       assert.equal("host wait: " .. outside, err:match("^fluxalock: obtain 127%.0%.0%.1:%d+: (.*)$"))
     end)
 
+    -- an obtain the server runs after its caller is gone: the lock it
+    -- took is released at once, never left to its ttl (30 s here).  The
+    -- next obtain of the key goes on the same connection, behind it
+    it("an obtain whose coroutine is closed mid-request, or made outside a coroutine, leaves the key free", function()
+      local d, locker = new(), fluxalock.locker()
+      local res = {}
+      d.spawn(function()
+        local co = coroutine.create(function() return locker:obtain("orphan", 30) end)
+        assert(coroutine.resume(co)) -- sent; now in the host's wait
+        assert.equal("suspended", coroutine.status(co))
+        assert(coroutine.close(co))
+        local lock, err = locker:obtain("orphan", 30, 0)
+        res.closed = { lock = lock, err = err }
+        if lock then res.closed.released = lock:release() end
+      end)
+      d.run()
+      assert.same({}, d.errors)
+      assert.truthy(res.closed.lock, res.closed.err)
+      assert.is_true(res.closed.released)
+      -- no coroutine: fails after sending (the connection is open)
+      local lock, err = locker:obtain("orphan:outside", 30)
+      assert.is_nil(lock)
+      assert.matches("host wait: ", err)
+      d.spawn(function()
+        local l2, err2 = locker:obtain("orphan:outside", 30, 0)
+        res.outside = { lock = l2, err = err2 }
+        if l2 then res.outside.released = l2:release() end
+      end)
+      d.run()
+      assert.same({}, d.errors)
+      assert.truthy(res.outside.lock, res.outside.err)
+      assert.is_true(res.outside.released)
+      assert.equal("-2", server:cli("PTTL", "orphan"))
+      assert.equal("-2", server:cli("PTTL", "orphan:outside"))
+    end)
+
+    -- Redis lost its scripts (SCRIPT FLUSH, a restart): a release answers
+    -- NOSCRIPT and is sent again as EVAL.  One whose coroutine is closed
+    -- before that answer is read still frees its key; the release behind
+    -- it on the same connection is answered after it
+    it("a release whose coroutine is closed before its NOSCRIPT answer still frees the key", function()
+      local d, locker = new(), fluxalock.locker()
+      local res = {}
+      d.spawn(function()
+        local a = assert(locker:obtain("noscript:a", 30))
+        local b = assert(locker:obtain("noscript:b", 30))
+        assert.equal("OK", server:cli("SCRIPT", "FLUSH"))
+        local co = coroutine.create(function() return a:release() end)
+        assert(coroutine.resume(co)) -- sent; now in the host's wait
+        assert.equal("suspended", coroutine.status(co))
+        assert(coroutine.close(co))
+        res.b = b:release()
+      end)
+      d.run()
+      assert.same({}, d.errors)
+      assert.is_true(res.b)
+      assert.equal("-2", server:cli("PTTL", "noscript:b"))
+      assert.equal("-2", server:cli("PTTL", "noscript:a"))
+    end)
+
     it("redis killed and restarted while coroutines wait: each wait ends on time, then reconnects", function()
       local s2 = R.start()
       local fl2 = R.fluxalock(s2, { timeout = 0.5, connect_timeout = 0.5 })
