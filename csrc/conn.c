@@ -1,5 +1,5 @@
 /*
- * Requests (fl_conn) on shared links (fl_link): hiredis async.c's habit.
+ * Requests (fl_req) on shared links (fl_link): hiredis async.c's habit.
  *
  * A link is one socket (a transport of net.h) and a FIFO of entries, one
  * per request queued on it; replies are matched to entries in order.  A
@@ -10,7 +10,7 @@
  * request was queued: the replies would no longer match) fails every
  * request on it; the next request reconnects.
  *
- * fl_conn_step() never waits: it moves the request's link on (connect,
+ * fl_req_step() never waits: it moves the request's link on (connect,
  * write, read and dispatch) and answers FL_DONE, FL_ERR, or FL_WAIT with
  * the events its link needs; drive.c is the one place that waits (in a
  * plain script the receive itself where the transport can: conn_io.c's
@@ -30,7 +30,7 @@
 #include "conn.h"
 #include "net.h"
 
-static void drop_reply(fl_conn *c) {
+static void drop_reply(fl_req *c) {
   if (c->reply) freeReplyObject(c->reply);
   c->reply = NULL;
 }
@@ -39,14 +39,14 @@ static void drop_reply(fl_conn *c) {
    memory for the message itself */
 static char no_memory[] = "fluxalock: out of memory";
 
-static void drop_err(fl_conn *c) {
+static void drop_err(fl_req *c) {
   if (c->err != no_memory) free(c->err);
   c->err = NULL;
 }
 
-const char *fl_conn_errmsg(const fl_conn *c) { return c->err ? c->err : ""; }
+const char *fl_req_errmsg(const fl_req *c) { return c->err ? c->err : ""; }
 
-void fl_conn_free(fl_conn *c) {
+void fl_req_free(fl_req *c) {
   if (!c) return;
   drop_reply(c);
   drop_err(c);
@@ -74,7 +74,7 @@ void fl_wake(fl_pool *p, void *key) {
 
 
 /* may c's coroutine wait on the link's socket?  Else it parks */
-int fl_conn_claim(fl_conn *c, double now, double left) {
+int fl_req_claim(fl_req *c, double now, double left) {
   fl_link *k = c->link;
   if (!k) return 1;
   if (k->reader && k->reader != c && now < k->rdl + FL_READER_GRACE) return 0;
@@ -87,14 +87,14 @@ int fl_conn_claim(fl_conn *c, double now, double left) {
    Also when c never held it: a request woken to become the reader may find
    its reply already in and end without claiming, and the ones parked behind
    it would then sleep until their own timeout with nobody reading */
-void fl_conn_unclaim(fl_conn *c) {
+void fl_req_unclaim(fl_req *c) {
   fl_link *k = c->link;
   int i;
   if (!k || (k->reader && k->reader != c)) return;
   k->reader = NULL;
   fl_link_reap(k);
   for (i = 0; i < k->qlen; i++) {
-    fl_conn *o = k->q[(k->qhead + i) % k->qcap].c;
+    fl_req *o = k->q[(k->qhead + i) % k->qcap].c;
     if (o && o != c && o->state == FL_RQ_QUEUED) {
       fl_wake(k->pool, o->wkey);
       return;
@@ -116,20 +116,20 @@ static unsigned char code_of(const char *op, const char *why) {
 
 /* "fluxalock: <op> <where>: <why>" into c->err, allocated to its length
    (a request holds no message buffer while it runs); c fails */
-void fl_conn_fail(fl_conn *c, const char *op, const char *fmt, ...) {
+void fl_req_fail(fl_req *c, const char *op, const char *fmt, ...) {
   char why[FL_ERRLEN / 2], msg[FL_ERRLEN];
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(why, sizeof why, fmt, ap);
   va_end(ap);
   snprintf(msg, sizeof msg, "fluxalock: %s %s: %s", op, c->pool->o.where, why);
-  fl_conn_setmsg(c, msg);
+  fl_req_setmsg(c, msg);
   c->code = code_of(op, why);
 }
 
 /* c fails with the whole message msg (a strategy's own words, never c's
    own message), kept at its length */
-void fl_conn_setmsg(fl_conn *c, const char *msg) {
+void fl_req_setmsg(fl_req *c, const char *msg) {
   size_t n = strlen(msg) + 1;
   drop_err(c);
   if ((c->err = malloc(n)) != NULL) memcpy(c->err, msg, n);
@@ -143,7 +143,7 @@ static int append_eval(fl_link *k, fl_cmd *cmd);
 /* cmd (as EVAL: no NOSCRIPT round) right behind c on its link k, for
    nobody: its reply is dropped; sent now.  cmd NULL (out of memory), or no
    memory to queue it: the link goes (part of a command may be queued) */
-static void follow(fl_conn *c, fl_link *k, fl_cmd *cmd) {
+static void follow(fl_req *c, fl_link *k, fl_cmd *cmd) {
   if (!cmd || append_eval(k, cmd) != 0 || fl_link_push_ghost(k, c->h) != 0)
     fl_link_close(k, "out of memory");
   else
@@ -160,7 +160,7 @@ static void follow(fl_conn *c, fl_link *k, fl_cmd *cmd) {
  * is dropped.  Out of memory: the link goes (part of a command may be
  * queued), and the obtain with it if it was not sent yet.
  */
-static void orphan_release(fl_conn *c, fl_link *k) {
+static void orphan_release(fl_req *c, fl_link *k) {
   const fl_cmd *o = &c->cmd;
   size_t plen = c->pool->o.prefixlen, wakelen = 0;
   fl_pending d;
@@ -194,7 +194,7 @@ static void orphan_release(fl_conn *c, fl_link *k) {
    answer NOSCRIPT (its script cache flushed), and a ghost sends nothing
    again, so the lock would stay until its ttl.  It goes once more as EVAL
    behind itself (the second does nothing once the first released) */
-static void release_again(fl_conn *c, fl_link *k) {
+static void release_again(fl_req *c, fl_link *k) {
   int s = c->cmd.script;
   if (k->state == FL_LK_CLOSED || c->retried || c->reply ||
       (s != FL_S_RELEASE && s != FL_S_MRELEASE && s != FL_S_HANDOVER))
@@ -203,7 +203,7 @@ static void release_again(fl_conn *c, fl_link *k) {
 }
 
 /* c gives up on its entry: a ghost keeps the place of its replies */
-void fl_conn_detach(fl_conn *c) {
+void fl_req_detach(fl_req *c) {
   fl_link *k = c->link;
   int i;
   if (!k || c->state != FL_RQ_QUEUED) return;
@@ -214,7 +214,7 @@ void fl_conn_detach(fl_conn *c) {
       e->ghost = c->expect;
     }
   }
-  if (k->reader == c) fl_conn_unclaim(c);
+  if (k->reader == c) fl_req_unclaim(c);
   c->state = FL_RQ_ERR;
   /* (with replicas: the obtain's answer may be in, and WAIT's not yet) */
   if (c->orphan && (c->cmd.script == FL_S_OBTAIN || c->cmd.script == FL_S_MOBTAIN) &&
@@ -224,24 +224,24 @@ void fl_conn_detach(fl_conn *c) {
 }
 
 /* the request ran out of time */
-int fl_conn_timeout(fl_conn *c) {
+int fl_req_timeout(fl_req *c) {
   fl_link *k = c->link;
   int connecting = k && k->state == FL_LK_CONNECTING;
   double now = fl_now();
-  fl_conn_detach(c);
-  fl_conn_fail(c, connecting ? "connect" : c->op, "timed out");
+  fl_req_detach(c);
+  fl_req_fail(c, connecting ? "connect" : c->op, "timed out");
   /* nothing came back for a whole timeout, and the link is not busy with
      a request still within its own time (a WAIT for replicas, a BLPOP): the
      server is gone or frozen, and what is queued would wait for nothing */
   if (k && k->qlen > 0 && now - k->progress >= c->pool->o.timeout) {
-    const fl_conn *h = k->q[k->qhead].c;
+    const fl_req *h = k->q[k->qhead].c;
     if (!h || now >= h->deadline) fl_link_close(k, "timed out");
   }
   return FL_ERR;
 }
 
 /* drop c's link (a reply that makes no sense: not Redis?) */
-void fl_conn_disconnect(fl_conn *c) {
+void fl_req_disconnect(fl_req *c) {
   if (c->link && c->link->state != FL_LK_CLOSED) fl_link_close(c->link, "connection dropped");
 }
 
@@ -262,7 +262,7 @@ static int append_eval(fl_link *k, fl_cmd *cmd) {
 }
 
 /* queue the releases that __gc deferred in front of this request */
-static int append_pending(fl_conn *c) {
+static int append_pending(fl_req *c) {
   fl_pool *p = c->pool;
   while (p->pending) {
     fl_pending *d = p->pending;
@@ -281,7 +281,7 @@ static int append_pending(fl_conn *c) {
   return 0;
 }
 
-static int append_asking(fl_conn *c) {
+static int append_asking(fl_req *c) {
   const char *a[1] = {"ASKING"};
   size_t al[1] = {6};
   c->pending++; /* its +OK is skipped like a deferred release's */
@@ -289,7 +289,7 @@ static int append_asking(fl_conn *c) {
 }
 
 /* WAIT <replicas> <ms> (its arguments are encoded at once: nothing kept) */
-static int append_wait(fl_conn *c) {
+static int append_wait(fl_req *c) {
   const fl_opts *o = &c->pool->o;
   char n[24], ms[24];
   const char *a[3];
@@ -304,7 +304,7 @@ static int append_wait(fl_conn *c) {
 }
 
 /* the commands of c, appended to its link's output */
-static int append_request(fl_conn *c) {
+static int append_request(fl_req *c) {
   if (append_pending(c) != 0) return -1;
   if (c->asking && append_asking(c) != 0) return -1;
   if (append_cmd(c->link, &c->cmd) != 0) return -1;
@@ -315,7 +315,7 @@ static int append_request(fl_conn *c) {
 /* c->cmd's arguments copied into c: a NOSCRIPT retry re-encodes them
    later, when the caller's memory (its Lock, its stack) may be gone with an
    abandoned coroutine.  The script words (EVALSHA, sha, nkeys) are static */
-static int own_args(fl_conn *c) {
+static int own_args(fl_req *c) {
   fl_cmd *cmd = &c->cmd;
   int i, first = cmd->script >= 0 ? 3 : 0;
   size_t need = 0, at = 0;
@@ -353,7 +353,7 @@ static unsigned key_hash(const fl_cmd *cmd) {
 #define OUT_BATCH 65536 /* bytes queued on a link that are sent at once */
 
 /* start c->cmd; extra: seconds the command itself may block (BLPOP) */
-int fl_conn_begin(fl_conn *c, const char *op, double extra) {
+int fl_req_begin(fl_req *c, const char *op, double extra) {
   double now = fl_now();
   const fl_opts *o = &c->pool->o;
   fl_link *k;
@@ -377,18 +377,18 @@ int fl_conn_begin(fl_conn *c, const char *op, double extra) {
   drop_err(c);
   if (own_args(c) != 0) {
     c->link = NULL;
-    fl_conn_fail(c, op, "out of memory");
+    fl_req_fail(c, op, "out of memory");
     return FL_ERR;
   }
   c->h = key_hash(&c->cmd);
   if (!(k = fl_link_for(c->pool, c->h))) {
     c->link = NULL;
-    fl_conn_fail(c, "connect", "out of memory");
+    fl_req_fail(c, "connect", "out of memory");
     return FL_ERR;
   }
   c->link = k;
   if (k->state == FL_LK_CLOSED && (oom = fl_link_connect(k, now)) != 0) {
-    fl_conn_fail(c, "connect", "%s", oom == -2 ? "out of memory" : "cannot connect");
+    fl_req_fail(c, "connect", "%s", oom == -2 ? "out of memory" : "cannot connect");
     return FL_ERR;
   }
   c->connwait = k->state == FL_LK_CONNECTING;
@@ -396,7 +396,7 @@ int fl_conn_begin(fl_conn *c, const char *op, double extra) {
   if (append_request(c) != 0 || fl_link_push(k, c) != 0) {
     /* what was appended is sent unanswered: the link cannot be trusted */
     fl_link_close(k, "out of memory");
-    fl_conn_fail(c, op, "out of memory");
+    fl_req_fail(c, op, "out of memory");
     return FL_ERR;
   }
   c->expect = c->pending + 1 + c->post;
@@ -415,7 +415,7 @@ static int is_error(const redisReply *r, const char *prefix) {
 
 /* NOSCRIPT: the server lost its script cache (SCRIPT FLUSH, restart): send
    the body once, at the link's tail; EVAL caches it again */
-static int retry_eval(fl_conn *c) {
+static int retry_eval(fl_req *c) {
   const fl_opts *o = &c->pool->o;
   c->retried = 1;
   /* a round trip of its own, after the WAIT that may follow the failed
@@ -431,7 +431,7 @@ static int retry_eval(fl_conn *c) {
 
 /* one reply of c's; FL_DONE when it was the main one (and WAIT's),
    FL_LATE when c moves to the link's tail (NOSCRIPT), else FL_WAIT */
-int fl_conn_on_reply(fl_conn *c, redisReply *r) {
+int fl_req_on_reply(fl_req *c, redisReply *r) {
   c->expect--;
   if (c->pending > 0) { /* deferred release, ASKING: answer ignored */
     c->pending--;
@@ -456,7 +456,7 @@ int fl_conn_on_reply(fl_conn *c, redisReply *r) {
   return FL_DONE;
 }
 
-int fl_conn_step(fl_conn *c) {
+int fl_req_step(fl_req *c) {
   fl_link *k = c->link;
   /* under a parking host only the link's reader moves it: a request behind
      a live reader leaves its bytes and its reply to that reader, so what
@@ -469,17 +469,17 @@ int fl_conn_step(fl_conn *c) {
   if (c->state == FL_RQ_DONE) return FL_DONE;
   if (c->state == FL_RQ_ERR) return FL_ERR;
   if (c->state != FL_RQ_QUEUED) {
-    fl_conn_fail(c, c->op ? c->op : "request", "not queued");
+    fl_req_fail(c, c->op ? c->op : "request", "not queued");
     return FL_ERR;
   }
   return FL_WAIT;
 }
 
-void fl_conn_end(fl_conn *c) {
+void fl_req_end(fl_req *c) {
   fl_pool *p = c->pool;
   drop_reply(c);
-  if (c->state == FL_RQ_QUEUED) fl_conn_detach(c);
-  fl_conn_unclaim(c);
+  if (c->state == FL_RQ_QUEUED) fl_req_detach(c);
+  fl_req_unclaim(c);
   c->state = FL_RQ_IDLE;
   c->asking = 0;
   if (c->link && c->link->doomed && fl_link_idle(c->link)) fl_link_close(c->link, "closed");
@@ -490,7 +490,7 @@ void fl_conn_end(fl_conn *c) {
   }
 }
 
-int fl_conn_fd(const fl_conn *c) {
+int fl_req_fd(const fl_req *c) {
   return c->link && c->link->net ? fl_net_fd(c->link->net) : -1;
 }
 
@@ -498,19 +498,19 @@ int fl_conn_fd(const fl_conn *c) {
 /* one request to its end, blocking with poll(2): only a flush of deferred
    releases (server.c), which never runs under a host and is bounded by the
    pool's timeouts; every Lua call waits in drive.c.  FL_DONE or FL_ERR */
-int fl_conn_block(fl_conn *c) {
+int fl_req_block(fl_req *c) {
   for (;;) {
-    int st = fl_conn_step(c);
+    int st = fl_req_step(c);
     double left;
     struct pollfd pfd;
     if (st != FL_WAIT) return st;
     left = c->deadline - fl_now();
-    if (left <= 0) return fl_conn_timeout(c);
-    pfd.fd = fl_conn_fd(c);
+    if (left <= 0) return fl_req_timeout(c);
+    pfd.fd = fl_req_fd(c);
     pfd.events = (short)c->events;
     pfd.revents = 0;
     if (poll(&pfd, 1, fl_poll_ms(left)) < 0 && errno != EINTR) {
-      fl_conn_detach(c);
+      fl_req_detach(c);
       return FL_ERR;
     }
   }

@@ -11,14 +11,14 @@
 fl_link *fl_link_for(fl_pool *p, unsigned h);
 int fl_link_connect(fl_link *k, double now);
 int fl_link_out(fl_link *k, int argc, const char *const *argv, const size_t *len);
-int fl_link_push(fl_link *k, fl_conn *c);
+int fl_link_push(fl_link *k, fl_req *c);
 int fl_link_push_ghost(fl_link *k, unsigned h);
 void fl_link_drive(fl_link *k, void *self);
 void fl_link_reap(fl_link *k);
 
 /* conn.c */
 void fl_wake(fl_pool *p, void *key);
-void fl_conn_fail(fl_conn *c, const char *op, const char *fmt, ...);
-int fl_conn_on_reply(fl_conn *c, redisReply *r);
+void fl_req_fail(fl_req *c, const char *op, const char *fmt, ...);
+int fl_req_on_reply(fl_req *c, redisReply *r);
 
 #endif

@@ -96,11 +96,11 @@ static void close_code(fl_link *k, const char *op, const char *why, int code) {
   fl_pool *p = k->pool;
   k->state = FL_LK_CLOSED;
   while (k->qlen > 0) {
-    fl_conn *c = k->q[k->qhead].c;
+    fl_req *c = k->q[k->qhead].c;
     k->qhead = (k->qhead + 1) % k->qcap;
     k->qlen--;
     if (!c || c->state != FL_RQ_QUEUED) continue;
-    fl_conn_fail(c, op ? op : connecting ? "connect" : c->op, "%s", why);
+    fl_req_fail(c, op ? op : connecting ? "connect" : c->op, "%s", why);
     if (code) c->code = (unsigned char)code;
     fl_wake(p, c->wkey);
   }
@@ -178,7 +178,7 @@ int fl_link_out(fl_link *k, int argc, const char *const *argv, const size_t *len
 
 /* an entry at the tail of k's FIFO: c's, or (c NULL) a ghost of 'ghost'
    replies that nobody waits for */
-static int push(fl_link *k, fl_conn *c, unsigned h, int ghost) {
+static int push(fl_link *k, fl_req *c, unsigned h, int ghost) {
   fl_entry *e;
   if (k->qlen == k->qcap) {
     int cap = k->qcap ? 2 * k->qcap : 8, i;
@@ -200,7 +200,7 @@ static int push(fl_link *k, fl_conn *c, unsigned h, int ghost) {
   return 0;
 }
 
-int fl_link_push(fl_link *k, fl_conn *c) { return push(k, c, c->h, 0); }
+int fl_link_push(fl_link *k, fl_req *c) { return push(k, c, c->h, 0); }
 
 /* the reply of a command sent for no caller (conn.c orphan_release) is
    dropped when it comes; h: its key's hash, as a request's */
@@ -284,7 +284,7 @@ static void connected(fl_link *k) {
   k->ever = 1;
   k->progress = now;
   for (i = 0; i < k->qlen; i++) {
-    fl_conn *c = k->q[(k->qhead + i) % k->qcap].c;
+    fl_req *c = k->q[(k->qhead + i) % k->qcap].c;
     if (c && c->connwait) {
       c->connwait = 0;
       c->deadline = now + p->o.timeout + c->extra;
@@ -319,7 +319,7 @@ static int on_handshake(fl_link *k, redisReply *r) {
 /* one reply: to the handshake, a ghost, or the head request */
 static int dispatch(fl_link *k, redisReply *r, void *self) {
   fl_entry *e;
-  fl_conn *c;
+  fl_req *c;
   int st;
   if (k->handshake > 0) return on_handshake(k, r);
   if (k->on_message) { /* a subscription: no FIFO */
@@ -338,7 +338,7 @@ static int dispatch(fl_link *k, redisReply *r, void *self) {
     if (--e->ghost <= 0) pop(k);
     return 0;
   }
-  st = fl_conn_on_reply(c, r);
+  st = fl_req_on_reply(c, r);
   if (st == FL_WAIT) return 0;
   if (st == FL_LATE) { /* NOSCRIPT: the EVAL is queued; its WAIT's reply still comes here */
     if (c->post) {
@@ -356,8 +356,8 @@ static int dispatch(fl_link *k, redisReply *r, void *self) {
     /* out of memory in the middle of c's retry: what it queued (part of
        it, perhaps) and what it still expects (a WAIT's reply) would answer
        the requests behind it, another's "obtained" among them.  The link
-       cannot be trusted: closed, as fl_conn_begin does; c fails first */
-    fl_conn_fail(c, c->op, "out of memory");
+       cannot be trusted: closed, as fl_req_begin does; c fails first */
+    fl_req_fail(c, c->op, "out of memory");
     if (c->wkey != self) fl_wake(k->pool, c->wkey);
     close_as(k, NULL, "out of memory");
     return -1;

@@ -137,14 +137,14 @@ static guard *guard_on(lua_State *L, fl_fan *f) {
 
 /* one descriptor readable when any of the n sockets is ready: -1 when the
    kernel gives none (the first socket alone is watched then) */
-static int watch_all(fl_conn **watch, int n) {
+static int watch_all(fl_req **watch, int n) {
   int i, fd = epoll_create1(EPOLL_CLOEXEC);
   for (i = 0; i < n && fd >= 0; i++) {
     struct epoll_event ev;
     memset(&ev, 0, sizeof ev);
     ev.events = (watch[i]->events & POLLOUT ? (unsigned)EPOLLOUT : 0u) |
                 (watch[i]->events & POLLIN ? (unsigned)EPOLLIN : 0u);
-    ev.data.fd = fl_conn_fd(watch[i]);
+    ev.data.fd = fl_req_fd(watch[i]);
     if (epoll_ctl(fd, EPOLL_CTL_ADD, ev.data.fd, &ev) != 0) {
       close(fd);
       fd = -1;
@@ -155,19 +155,19 @@ static int watch_all(fl_conn **watch, int n) {
 
 /* the legs whose links the fan may read (it is their reader); the others
    are unclaimed, and t shortened to when a reader of theirs is due back */
-static int readable_legs(fl_fan *f, double now, double left, fl_conn **watch, double *t) {
+static int readable_legs(fl_fan *f, double now, double left, fl_req **watch, double *t) {
   int i, n = 0;
   for (i = 0; i < f->nlegs; i++) {
     fl_leg *l = &f->legs[i];
     fl_link *lk;
     if (l->st != LEG_RUN) continue;
     lk = l->c->link;
-    if (fl_conn_fd(l->c) >= 0 && n < FL_MAXNODES &&
-        (!l->c->pool->has_park || fl_conn_claim(l->c, now, left))) {
+    if (fl_req_fd(l->c) >= 0 && n < FL_MAXNODES &&
+        (!l->c->pool->has_park || fl_req_claim(l->c, now, left))) {
       watch[n++] = l->c;
       continue;
     }
-    fl_conn_unclaim(l->c);
+    fl_req_unclaim(l->c);
     if (lk && lk->reader && lk->reader != l->c && lk->rdl + FL_READER_GRACE - now < *t)
       *t = lk->rdl + FL_READER_GRACE - now; /* a reader gone: look again then */
   }
@@ -181,7 +181,7 @@ static int readable_legs(fl_fan *f, double now, double left, fl_conn **watch, do
    fan, so a reader of another leg's link unparks it; with nothing to watch
    the fan parks on itself until a reader wakes it */
 static int host_wait(lua_State *L, fl_fan *f, double now, double left, lua_KFunction k) {
-  fl_conn *watch[FL_MAXNODES];
+  fl_req *watch[FL_MAXNODES];
   int n, park = f->g->has_park, wfd = -1;
   double t = left;
   if (luaL_testudata(L, -1, GUARD_MT)) lua_pop(L, 1); /* the last wait's: closed */
@@ -196,7 +196,7 @@ static int host_wait(lua_State *L, fl_fan *f, double now, double left, lua_KFunc
   if (n == 1) wfd = fl_link_hostfd(watch[0]->link, watch[0]->events);
   if (n) {
     lua_getfield(L, f->hidx, "wait");
-    lua_pushinteger(L, wfd >= 0 ? wfd : fl_conn_fd(watch[0]));
+    lua_pushinteger(L, wfd >= 0 ? wfd : fl_req_fd(watch[0]));
     lua_pushstring(L, wfd < 0 && watch[0]->events == POLLOUT ? "w" : "r");
     lua_pushnumber(L, t > 0.001 ? t : 0.001);
     if (!park) return lua_pcallk(L, 3, 0, 0, (lua_KContext)f, k);
@@ -224,8 +224,8 @@ static int gather(fl_fan *f, struct pollfd *pfd, int *np, double *until) {
       double d = l->c->deadline;
       if (l->c->limit > 0 && l->c->limit < d) d = l->c->limit;
       if (d < *until) *until = d;
-      if (fl_conn_fd(l->c) >= 0 && *np < FL_MAXNODES) {
-        pfd[*np].fd = fl_conn_fd(l->c);
+      if (fl_req_fd(l->c) >= 0 && *np < FL_MAXNODES) {
+        pfd[*np].fd = fl_req_fd(l->c);
         pfd[*np].events = (short)l->c->events;
         pfd[*np].revents = 0;
         (*np)++;
@@ -243,7 +243,7 @@ static int gather(fl_fan *f, struct pollfd *pfd, int *np, double *until) {
    itself where the transport can (conn_io.c fl_link_wait): 1 when it got
    bytes, 0 to poll for what is left */
 static int plain_recv(fl_fan *f, double left) {
-  fl_conn *c = f->nlegs == 1 && f->legs[0].st == LEG_RUN ? f->legs[0].c : NULL;
+  fl_req *c = f->nlegs == 1 && f->legs[0].st == LEG_RUN ? f->legs[0].c : NULL;
   return c && c->events == POLLIN && c->link && fl_link_wait(c->link, c->wkey, left);
 }
 

@@ -2,7 +2,7 @@
  * The fan engine: every request of every pool kind.
  *
  * A request is a fan userdata on the Lua stack (at FAN_SELF) holding one
- * leg per server asked, each with its fl_conn queued on that server's links.
+ * leg per server asked, each with its fl_req queued on that server's links.
  * The driver (drive.c) steps the legs (fl_leg_step) and waits for them;
  * when no leg runs, the kind's verdict turns the legs' answers into the
  * method's results.  The fan holds a reference on its pool
@@ -43,20 +43,20 @@ void fl_leg_fail(fl_leg *l, int code, const char *fmt, ...) {
     l->err = "fluxalock: out of memory";
     return;
   }
-  fl_conn_detach(l->c);
-  fl_conn_setmsg(l->c, msg);
-  l->err = fl_conn_errmsg(l->c);
+  fl_req_detach(l->c);
+  fl_req_setmsg(l->c, msg);
+  l->err = fl_req_errmsg(l->c);
 }
 
 static void leg_drop(fl_leg *l) {
-  if (l->c) fl_conn_end(l->c);
+  if (l->c) fl_req_end(l->c);
   l->c = NULL;
   if (l->reply) freeReplyObject(l->reply);
   l->reply = NULL;
 }
 
 /* the command of f->op for l's node, into c */
-static int leg_cmd(fl_fan *f, fl_conn *c, double *extra) {
+static int leg_cmd(fl_fan *f, fl_req *c, double *extra) {
   const char *comp = NULL;
   size_t complen = 0;
   int op = f->op;
@@ -98,7 +98,7 @@ static int leg_cmd(fl_fan *f, fl_conn *c, double *extra) {
 
 /* build the command of f->op for l's node and queue it */
 void fl_leg_start(fl_fan *f, fl_leg *l) {
-  fl_conn *c = fl_pool_conn(l->node);
+  fl_req *c = fl_pool_conn(l->node);
   double extra = 0;
   l->c = c;
   if (!c || leg_cmd(f, c, &extra) != 0) {
@@ -112,9 +112,9 @@ void fl_leg_start(fl_fan *f, fl_leg *l) {
      (fl_fan_abandon): a majority may hold it, a failed one is undone */
   c->orphan = f->op == FL_OP_OBTAIN && f->nlegs == 1;
   l->st = LEG_RUN;
-  if (fl_conn_begin(c, fl_opname(f->op), extra) == FL_ERR) {
+  if (fl_req_begin(c, fl_opname(f->op), extra) == FL_ERR) {
     l->st = LEG_ERR;
-    l->err = fl_conn_errmsg(c);
+    l->err = fl_req_errmsg(c);
     l->code = c->code;
     return;
   }
@@ -126,7 +126,7 @@ void fl_leg_start(fl_fan *f, fl_leg *l) {
 
 /* an integer reply of an obtain or refresh that replicas had to confirm */
 static int unacked(fl_fan *f, fl_leg *l) {
-  const fl_conn *c = l->c;
+  const fl_req *c = l->c;
   int want = l->node->o.replicas;
   if (l->n <= 0 || (f->op != FL_OP_OBTAIN && f->op != FL_OP_REFRESH) || want <= 0 ||
       c->acked >= want)
@@ -147,7 +147,7 @@ static int auth_refused(const redisReply *r) {
 
 /* l's reply has arrived: the kind may take it, else it is the answer */
 static void leg_reply(fl_fan *f, fl_leg *l) {
-  fl_conn *c = l->c;
+  fl_req *c = l->c;
   redisReply *r = c->reply;
   if (f->ops->on_reply && f->ops->on_reply(f, l, r)) return;
   if (r->type == REDIS_REPLY_ERROR) {
@@ -165,11 +165,11 @@ static void leg_reply(fl_fan *f, fl_leg *l) {
     l->n = r->integer;
     if (unacked(f, l)) return;
   } else {
-    fl_conn_disconnect(c); /* not Redis? */
+    fl_req_disconnect(c); /* not Redis? */
     fl_leg_fail(l, FL_E_IO, "fluxalock: %s %s: unexpected reply", c->op, l->node->o.where);
     return;
   }
-  fl_conn_end(c);
+  fl_req_end(c);
   l->c = NULL;
   l->st = LEG_DONE;
 }
@@ -189,7 +189,7 @@ void fl_leg_step(fl_fan *f, fl_leg *l, double now) {
   int st, timedout = 0;
   if (l->st == LEG_PAUSE && now >= l->resume) fl_leg_start(f, l);
   if (l->st != LEG_RUN) return;
-  st = fl_conn_step(l->c);
+  st = fl_req_step(l->c);
   if (st == FL_WAIT) {
     now = fl_now();
     if (l->c->limit > 0 && now >= l->c->limit) {
@@ -197,7 +197,7 @@ void fl_leg_step(fl_fan *f, fl_leg *l, double now) {
       return;
     }
     if (now >= l->c->deadline) {
-      st = fl_conn_timeout(l->c);
+      st = fl_req_timeout(l->c);
       timedout = 1;
     }
   }
@@ -208,7 +208,7 @@ void fl_leg_step(fl_fan *f, fl_leg *l, double now) {
        timeout never (a frozen node would cost each try the whole timeout) */
     if (!timedout && f->ops->fallback && f->ops->fallback(f, l)) return;
     l->st = LEG_ERR;
-    l->err = fl_conn_errmsg(l->c);
+    l->err = fl_req_errmsg(l->c);
     l->code = l->c->code;
   }
 }
@@ -225,16 +225,16 @@ void fl_fan_end_legs(fl_fan *f) {
    dropped; conn.c sends it once more as EVAL, against NOSCRIPT): the node
    said obtained, and the call that asked is gone */
 static void release_node(fl_fan *f, fl_leg *l) {
-  fl_conn *c = fl_pool_conn(l->node);
+  fl_req *c = fl_pool_conn(l->node);
   double extra = 0;
   int op = f->op;
   if (!c) return; /* best effort: the ttl still frees it */
   f->op = FL_OP_RELEASE; /* (an obtain's fan has no hand-over) */
-  if (leg_cmd(f, c, &extra) == 0 && fl_conn_begin(c, "release", 0) == FL_WAIT &&
+  if (leg_cmd(f, c, &extra) == 0 && fl_req_begin(c, "release", 0) == FL_WAIT &&
       c->link->state == FL_LK_READY)
     fl_link_send(c->link);
   f->op = (unsigned char)op;
-  fl_conn_end(c);
+  fl_req_end(c);
 }
 
 /* the fan's coroutine is gone before the verdict (closed in a wait,

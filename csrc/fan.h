@@ -22,7 +22,7 @@ enum { LEG_IDLE, LEG_RUN, LEG_PAUSE, LEG_DONE, LEG_ERR, LEG_LATE };
 
 typedef struct fl_leg {
   fl_pool *node;      /* borrowed: the group (or, single, the fan) holds it */
-  fl_conn *c;         /* its request while it runs, or its failure's */
+  fl_req *c;         /* its request while it runs, or its failure's */
   double resume;      /* LEG_PAUSE: when to try again */
   double until;       /* TRYAGAIN is retried until then */
   long long n;        /* the integer reply */

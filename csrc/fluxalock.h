@@ -96,11 +96,11 @@ typedef struct fl_sentinels {
 /* a request: one coroutine's command(s) queued on a shared link */
 enum { FL_RQ_IDLE, FL_RQ_QUEUED, FL_RQ_DONE, FL_RQ_ERR };
 
-typedef struct fl_conn {
+typedef struct fl_req {
   struct fl_pool *pool;
   struct fl_link *link; /* where it is queued (kept after the end, for
-                           fl_conn_disconnect) */
-  struct fl_conn *nextfree, *nextall;
+                           fl_req_disconnect) */
+  struct fl_req *nextfree, *nextall;
   void *wkey;          /* what its coroutine parks on: itself, or a fan */
   unsigned h;          /* its key's hash: which link (conn_io.c fl_link_for) */
   int expect;          /* replies still to come, main one last */
@@ -127,19 +127,19 @@ typedef struct fl_conn {
   redisReply *reply;   /* main reply once FL_DONE, owned by the request */
   char num[1][32];     /* the numeric argument of the request */
   char *scratch;       /* companion key while the command is built (freed
-                          once fl_conn_begin copied the arguments) */
+                          once fl_req_begin copied the arguments) */
   size_t scratchcap;
   char *args;          /* the command's arguments, owned (conn.c own_args) */
   size_t argcap;
-  char *err;           /* FL_RQ_ERR: the message (fl_conn_errmsg), malloc'd
+  char *err;           /* FL_RQ_ERR: the message (fl_req_errmsg), malloc'd
                           to its length when it failed; NULL, or the static
                           fallback when that malloc failed */
-} fl_conn;
+} fl_req;
 
 /* one socket shared by many requests: a FIFO of entries, replies matched
    in order (conn.c) */
 typedef struct fl_entry {
-  fl_conn *c;  /* NULL: its request gave up; 'ghost' replies are dropped */
+  fl_req *c;  /* NULL: its request gave up; 'ghost' replies are dropped */
   int ghost;
   unsigned h;  /* its key's hash (fl_link.keys) */
 } fl_entry;
@@ -168,7 +168,7 @@ typedef struct fl_link {
   size_t outlen, outpos, outcap;
   fl_entry *q;         /* ring of entries */
   int qhead, qlen, qcap;
-  fl_conn *reader;     /* the request whose coroutine waits on the fd */
+  fl_req *reader;     /* the request whose coroutine waits on the fd */
   double rdl;          /* until when the reader waits */
   double progress;     /* last time the link moved (a reply, or work queued) */
   unsigned keys[64];   /* entries queued, by key hash mod 64: never more
@@ -194,7 +194,7 @@ typedef struct fl_pool {
   int nlinks, linkcap;
   int maxconn;   /* max_connections */
   int has_park;  /* the host can park and unpark coroutines */
-  fl_conn *freereqs, *allreqs;
+  fl_req *freereqs, *allreqs;
   void **wakes;  /* park keys to unpark at the next chance (conn.c) */
   int nwakes, wakecap;
   struct fl_sub *sub; /* the wake-up subscription, or NULL (wake.c) */
@@ -252,18 +252,18 @@ const char *fl_clock_name(void); /* "boottime" or "monotonic" */
 int fl_poll_ms(double seconds);  /* a poll(2) timeout, 0 to an hour */
 
 /* conn.c: requests */
-void fl_conn_free(fl_conn *c);
-void fl_conn_disconnect(fl_conn *c);
-void fl_conn_detach(fl_conn *c);
-int fl_conn_fd(const fl_conn *c);
-int fl_conn_claim(fl_conn *c, double now, double left);
-void fl_conn_unclaim(fl_conn *c);
-int fl_conn_begin(fl_conn *c, const char *op, double extra);
-int fl_conn_step(fl_conn *c);
-void fl_conn_end(fl_conn *c);
-int fl_conn_timeout(fl_conn *c);
-const char *fl_conn_errmsg(const fl_conn *c);
-void fl_conn_setmsg(fl_conn *c, const char *msg);
+void fl_req_free(fl_req *c);
+void fl_req_disconnect(fl_req *c);
+void fl_req_detach(fl_req *c);
+int fl_req_fd(const fl_req *c);
+int fl_req_claim(fl_req *c, double now, double left);
+void fl_req_unclaim(fl_req *c);
+int fl_req_begin(fl_req *c, const char *op, double extra);
+int fl_req_step(fl_req *c);
+void fl_req_end(fl_req *c);
+int fl_req_timeout(fl_req *c);
+const char *fl_req_errmsg(const fl_req *c);
+void fl_req_setmsg(fl_req *c, const char *msg);
 
 /* conn_io.c: links */
 void fl_link_free(fl_link *k);
@@ -274,7 +274,7 @@ int fl_link_wait(fl_link *k, void *self, double left);
 int fl_link_hostfd(fl_link *k, int events);
 void fl_reader_cap(redisReader *r);
 
-int fl_conn_block(fl_conn *c);
+int fl_req_block(fl_req *c);
 
 /* drive.c */
 void fl_wake_flush(lua_State *L, fl_pool *p, int hostidx);
@@ -286,7 +286,7 @@ void fl_sub_open(lua_State *L);
 /* server.c */
 fl_pool *fl_pool_ref(fl_pool *p);
 void fl_pool_unref(fl_pool *p);
-fl_conn *fl_pool_conn(fl_pool *p);
+fl_req *fl_pool_conn(fl_pool *p);
 void fl_pool_defer(fl_pool *p, const char *key, size_t keylen,
                    const char *wake, size_t wakelen, const char *token);
 void fl_pool_flush(fl_pool *p);
@@ -359,8 +359,8 @@ const char *fl_wake_id(void); /* this process's id in its releases' messages */
 /* modes.c: semaphores, shared holds, fair order (docs/modes.md) */
 struct fl_fan;
 int fl_mode_read(lua_State *L, int idx, fl_lock *lk);
-int fl_mode_cmd(const struct fl_fan *f, fl_conn *c);
-char *fl_mode_pending(fl_conn *c, const fl_pending *d, fl_cmd *cmd);
+int fl_mode_cmd(const struct fl_fan *f, fl_req *c);
+char *fl_mode_pending(fl_req *c, const fl_pending *d, fl_cmd *cmd);
 char *fl_mode_hkey(const fl_opts *o, const fl_lock *lk, size_t *len);
 void fl_mode_open(lua_State *L);
 
@@ -368,7 +368,7 @@ void fl_mode_open(lua_State *L);
 unsigned fl_slot(const char *key, size_t len);
 int fl_redirect_parse(const char *msg, const char *from, unsigned *slot, char *host,
                       size_t hostcap, int *port);
-const char *fl_companion(fl_conn *c, const char *key, size_t keylen,
+const char *fl_companion(fl_req *c, const char *key, size_t keylen,
                          const char *what, int withkey, size_t *len);
 char *fl_companion_dup(const fl_opts *o, const char *key, size_t keylen,
                        const char *what, size_t *len);

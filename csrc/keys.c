@@ -211,7 +211,7 @@ static size_t companion(const fl_opts *o, const char *key, size_t keylen,
 
 #define COMPANION_MAX(o, keylen, what) ((o)->prefixlen + 16 + strlen(what) + (keylen))
 
-const char *fl_companion(fl_conn *c, const char *key, size_t keylen,
+const char *fl_companion(fl_req *c, const char *key, size_t keylen,
                          const char *what, int withkey, size_t *len) {
   size_t need = COMPANION_MAX(&c->pool->o, keylen, what);
   if (need > c->scratchcap) {

@@ -68,7 +68,7 @@ static void redirect(fl_fan *f, fl_leg *l, const redisReply *r) {
     fl_leg_fail(l, FL_E_IO, "fluxalock: out of memory");
     return;
   }
-  fl_conn_end(l->c);
+  fl_req_end(l->c);
   l->c = NULL;
   if (ask) {
     g->asked++;
@@ -93,7 +93,7 @@ static int cluster_on_reply(fl_fan *f, fl_leg *l, const redisReply *r) {
     if (l->until == 0) l->until = now + l->node->o.timeout;
     if (now + pause < l->until) {
       l->tries++;
-      fl_conn_end(l->c);
+      fl_req_end(l->c);
       l->c = NULL;
       l->st = LEG_PAUSE;
       l->resume = now + pause;
@@ -110,7 +110,7 @@ static int cluster_fallback(fl_fan *f, fl_leg *l) {
   if (g->nnodes < 2 || l->fallbacks >= 2) return 0;
   for (i = 0; i < g->nnodes; i++)
     if (g->nodes[i] == l->node) cur = i;
-  fl_conn_end(l->c);
+  fl_req_end(l->c);
   l->c = NULL;
   l->fallbacks++;
   l->asking = 0;

@@ -43,7 +43,7 @@ int fl_mode_read(lua_State *L, int idx, fl_lock *lk) {
 
 /* the companion keys of a mode, one after the other in one buffer: fence,
    wake, holders, queue, meta; -> the buffer (malloc'd), or NULL */
-static char *mode_keys(fl_conn *c, const char *key, size_t keylen,
+static char *mode_keys(fl_req *c, const char *key, size_t keylen,
                        const char *k[5], size_t len[5]) {
   static const char *what[3] = {"fence", "wake:", "m:"};
   char *part[3] = {NULL, NULL, NULL}, *buf = NULL;
@@ -79,7 +79,7 @@ static const int release[] = {1, 2, 3, 4};
 
 /* the command of f->op for the mode lock f->mode, into c (keys.c's
    fl_cmd_* for a plain lock) */
-int fl_mode_cmd(const fl_fan *f, fl_conn *c) {
+int fl_mode_cmd(const fl_fan *f, fl_req *c) {
   static const int obtain[] = {0, 1, 2, 3, 4}, one[] = {2};
   const fl_lock *lk = f->mode;
   fl_cmd *cmd = &c->cmd;
@@ -87,7 +87,7 @@ int fl_mode_cmd(const fl_fan *f, fl_conn *c) {
   size_t len[5];
   char *buf = mode_keys(c, FAN_KEY(f), FAN_KEYLEN(f), k, len);
   if (!buf) return -1;
-  free(c->scratch); /* the keys live there until fl_conn_begin copies them */
+  free(c->scratch); /* the keys live there until fl_req_begin copies them */
   c->scratch = buf;
   c->scratchcap = 0;
   snprintf(c->num[0], sizeof c->num[0], "%lld", f->ms);
@@ -128,7 +128,7 @@ int fl_mode_cmd(const fl_fan *f, fl_conn *c) {
 /* the release __gc deferred (conn.c append_pending) of a lock in a mode:
    into cmd; -> the buffer its keys are in (the caller frees it once the
    command is sent), or NULL */
-char *fl_mode_pending(fl_conn *c, const fl_pending *d, fl_cmd *cmd) {
+char *fl_mode_pending(fl_req *c, const fl_pending *d, fl_cmd *cmd) {
   size_t plen = c->pool->o.prefixlen, len[5];
   const char *k[5];
   char *buf = mode_keys(c, d->key + plen, d->keylen - plen, k, len);

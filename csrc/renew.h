@@ -33,7 +33,7 @@ typedef struct rn_leg {
   int query;        /* RQ_REFRESH, or RQ_DISCOVER: one question after
                        another until e->disc's round ends; a master found
                        retargets targets[0] there */
-  fl_conn *c;       /* its request while LEG_QUEUED (conn.c) */
+  fl_req *c;       /* its request while LEG_QUEUED (conn.c) */
   struct rn_leg *qnext; /* the legs in flight (rn_io.flight) */
 } rn_leg;
 

@@ -65,7 +65,7 @@ static fl_pool *server_for(rn_io *io, const fl_opts *o) {
 }
 
 static int server_busy(const fl_pool *p) {
-  const fl_conn *c;
+  const fl_req *c;
   for (c = p->allreqs; c; c = c->nextall)
     if (c->busy) return 1;
   return 0;
@@ -102,7 +102,7 @@ static const fl_opts *leg_target(const rn_leg *l) {
 }
 
 /* the command of leg l, into its request */
-static void leg_cmd(rn_leg *l, fl_conn *c) {
+static void leg_cmd(rn_leg *l, fl_req *c) {
   const fl_renewal *e = l->e;
   c->cmd.argc = 0;
   c->cmd.script = -1;
@@ -127,7 +127,7 @@ static void leg_done(rn_io *io, rn_leg *l, int st) {
   rn_leg **pp = &io->flight;
   while (*pp && *pp != l) pp = &(*pp)->qnext;
   if (*pp) *pp = l->qnext;
-  if (l->c) fl_conn_end(l->c);
+  if (l->c) fl_req_end(l->c);
   l->st = st;
   l->c = NULL;
   l->qnext = NULL;
@@ -138,7 +138,7 @@ static void leg_done(rn_io *io, rn_leg *l, int st) {
    the failure and goes on */
 static void leg_failed(rn_io *io, rn_leg *l) {
   if (l->query == RQ_DISCOVER) {
-    fl_sdisc_judge(&l->e->disc, NULL, l->c ? fl_conn_errmsg(l->c) : "fluxalock: out of memory",
+    fl_sdisc_judge(&l->e->disc, NULL, l->c ? fl_req_errmsg(l->c) : "fluxalock: out of memory",
                    l->c ? l->c->code : FL_E_IO);
     leg_done(io, l, LEG_IDLE);
     rn_discover(io, l);
@@ -161,7 +161,7 @@ void rn_leg_send(rn_io *io, rn_leg *l) {
     return;
   }
   leg_cmd(l, l->c);
-  if (fl_conn_begin(l->c, l->query == RQ_REFRESH ? "renew" : "sentinel", 0) == FL_ERR) {
+  if (fl_req_begin(l->c, l->query == RQ_REFRESH ? "renew" : "sentinel", 0) == FL_ERR) {
     leg_failed(io, l);
     return;
   }
@@ -230,7 +230,7 @@ void rn_discover(rn_io *io, rn_leg *l) {
    many: else it counts as failed, like a refresh's), not the owner, or a
    failure to retry.  A MOVED sends the leg on */
 static void refresh_reply(rn_io *io, rn_leg *l, const redisReply *r) {
-  fl_conn *c = l->c;
+  fl_req *c = l->c;
   int want = c->pool->o.replicas;
   if (r->type == REDIS_REPLY_INTEGER && r->integer == 1) {
     leg_done(io, l, want > 0 && c->acked < want ? LEG_ERR : LEG_OK);
@@ -270,7 +270,7 @@ int rn_io_fill(rn_io *io, struct pollfd *pf, int max, long long *wake_at) {
   for (l = io->flight; l; l = l->qnext) {
     /* (a request's deadline is on fl_now()'s clock: counted from now) */
     long long dl = mono + (long long)((l->c->deadline - now) * 1e9);
-    int fd = fl_conn_fd(l->c);
+    int fd = fl_req_fd(l->c);
     if (dl < *wake_at) *wake_at = dl;
     if (l->c->state != FL_RQ_QUEUED) *wake_at = 0; /* it ended: read it now */
     if (n == max) continue;
@@ -288,9 +288,9 @@ void rn_io_step(rn_io *io, const struct pollfd *pf, int n) {
   (void)pf;
   (void)n; /* each request steps its own link, whatever poll said */
   for (; l; l = next) {
-    int st = fl_conn_step(l->c);
+    int st = fl_req_step(l->c);
     next = l->qnext; /* a leg sent on is put in front: not seen again now */
-    if (st == FL_WAIT && fl_now() >= l->c->deadline) st = fl_conn_timeout(l->c);
+    if (st == FL_WAIT && fl_now() >= l->c->deadline) st = fl_req_timeout(l->c);
     if (st == FL_DONE) leg_reply(io, l);
     else if (st == FL_ERR) leg_failed(io, l);
   }

@@ -37,9 +37,9 @@ void fl_pool_unref(fl_pool *p) {
   for (i = 0; i < p->nlinks; i++) fl_link_free(p->links[i]);
   free(p->links);
   while (p->allreqs) {
-    fl_conn *c = p->allreqs;
+    fl_req *c = p->allreqs;
     p->allreqs = c->nextall;
-    fl_conn_free(c);
+    fl_req_free(c);
   }
   free(p->wakes);
   for (i = 0; i < p->nnodes; i++) fl_pool_unref(p->nodes[i]); /* a group's */
@@ -52,8 +52,8 @@ void fl_pool_unref(fl_pool *p) {
 }
 
 /* a request object (free, or a new one): requests are cheap, links are not */
-fl_conn *fl_pool_conn(fl_pool *p) {
-  fl_conn *c = p->freereqs;
+fl_req *fl_pool_conn(fl_pool *p) {
+  fl_req *c = p->freereqs;
   if (c) {
     p->freereqs = c->nextfree;
   } else {
@@ -109,18 +109,18 @@ static fl_link *ready_link(const fl_pool *p) {
    ghost entry drops them), or stay queued for the next request when no
    link is open; a pool going away then leaves them to their ttl */
 void fl_pool_flush(fl_pool *p) {
-  fl_conn *c;
+  fl_req *c;
   if (!p->pending || !pool_quiet(p)) return;
   if (p->has_host && !ready_link(p)) return;
   if (!(c = fl_pool_conn(p))) return;
   c->cmd.argc = 0;
   c->cmd.script = -1;
   fl_cmd_arg(&c->cmd, "PING", 4);
-  if (fl_conn_begin(c, "release", 0) != FL_ERR) {
+  if (fl_req_begin(c, "release", 0) != FL_ERR) {
     if (p->has_host) fl_link_send(c->link); /* what the socket takes now */
-    else fl_conn_block(c);
+    else fl_req_block(c);
   }
-  fl_conn_end(c);
+  fl_req_end(c);
 }
 
 /* drop p's idle links; the next call reconnects */

@@ -170,7 +170,7 @@ static void setint(lua_State *L, const char *k, long long v) {
 /* pool:counts() -> a fresh table: this pool's counters and its nodes' */
 /* requests of p taken and not yet given back */
 static long long in_flight(const fl_pool *p) {
-  const fl_conn *c;
+  const fl_req *c;
   long long n = 0;
   for (c = p->allreqs; c; c = c->nextall) n += c->busy != 0;
   return n;

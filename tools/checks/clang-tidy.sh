@@ -12,7 +12,7 @@
 #   bugprone-not-null-terminated-result  keys are binary with explicit
 #                           lengths; memcpy without a NUL is the intent
 #   bugprone-sizeof-expression  "sizeof *a" where a is an array of pointers
-#                           (realloc of fl_conn *[]): the idiom it misreads
+#                           (realloc of fl_req *[]): the idiom it misreads
 cd "$(dirname "$0")/../.." || exit 1
 checks='-*,bugprone-*,cert-*,clang-analyzer-*,-cert-err33-c,-bugprone-easily-swappable-parameters,-bugprone-reserved-identifier,-cert-dcl37-c,-cert-dcl51-cpp,-bugprone-implicit-widening-of-multiplication-result,-bugprone-not-null-terminated-result,-bugprone-sizeof-expression'
 inc=$(pkg-config --variable=includedir lua5.4 2>/dev/null)/lua5.4
