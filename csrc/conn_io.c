@@ -176,9 +176,10 @@ int fl_link_out(fl_link *k, int argc, const char *const *argv, const size_t *len
   return 0;
 }
 
-/* an entry at the tail of k's FIFO: c's, or (c NULL) a ghost of 'ghost'
-   replies that nobody waits for */
-static int push(fl_link *k, fl_req *c, unsigned h, int ghost) {
+/* c's entry at the tail of k's FIFO (c NULL: a ghost's, fl_link_push_ghost).
+   The ring's growth stays in this function, not in a helper of it: the
+   allocation-failure spec fails "the 2nd malloc in fl_link_push" */
+int fl_link_push(fl_link *k, fl_req *c) {
   fl_entry *e;
   if (k->qlen == k->qcap) {
     int cap = k->qcap ? 2 * k->qcap : 8, i;
@@ -193,18 +194,24 @@ static int push(fl_link *k, fl_req *c, unsigned h, int ghost) {
   if (k->qlen == 0) k->progress = fl_now();
   e = &k->q[(k->qhead + k->qlen) % k->qcap];
   e->c = c;
-  e->ghost = ghost;
-  e->h = h;
-  k->keys[h & 63]++;
+  e->ghost = c == NULL;
+  e->h = c ? c->h : 0;
+  k->keys[e->h & 63]++;
   k->qlen++;
   return 0;
 }
 
-int fl_link_push(fl_link *k, fl_req *c) { return push(k, c, c->h, 0); }
-
 /* the reply of a command sent for no caller (conn.c orphan_release) is
    dropped when it comes; h: its key's hash, as a request's */
-int fl_link_push_ghost(fl_link *k, unsigned h) { return push(k, NULL, h, 1); }
+int fl_link_push_ghost(fl_link *k, unsigned h) {
+  fl_entry *e;
+  if (fl_link_push(k, NULL) != 0) return -1;
+  e = &k->q[(k->qhead + k->qlen - 1) % k->qcap];
+  k->keys[e->h & 63]--;
+  e->h = h;
+  k->keys[h & 63]++;
+  return 0;
+}
 
 static void pop(fl_link *k) {
   unsigned *n = &k->keys[k->q[k->qhead].h & 63];
