@@ -79,7 +79,7 @@ describe("an embedding program with a Lua state per thread", function()
     assert.matches("exit=0\n$", out, err)
     local seen, n = {}, 0
     for tok in out:gmatch("%f[%x](%x+)%f[^%x]") do
-      if #tok == 32 then
+      if #tok == 40 then -- (a token: 40 hex digits)
         assert.is_nil(seen[tok], "a token drawn twice")
         seen[tok], n = true, n + 1
       end
