@@ -3,7 +3,8 @@
 # also kept in $BENCH_OUT/table.md), then plot the W3 handoff latencies
 # (bench/plot.gp -> $BENCH_OUT/handoff.png; docs/handoff.png is a copy),
 # then W1/W3 for the pool kinds (bench/poolkinds.lua -> poolkinds.md),
-# then what 100 renewed locks cost (bench/renew.lua -> renew.md), then W1/W3
+# then what 100 renewed locks cost (bench/renew.lua -> renew.md), then how
+# soon on_lost runs under a host (bench/lost.lua -> lost.md), then W1/W3
 # over TLS beside plain TCP (bench/tls.lua -> tls.md), then
 # W6/W7, 100 to 10,000 coroutines in one luv process beside node-redlock and
 # redis-semaphore (bench/stampede.lua -> stampede.md; bench/stampede.gp ->
@@ -28,6 +29,10 @@ echo "bench: 100 renewed locks: refresh requests/s and W1 beside them" >&2
 lua5.4 bench/renew.lua > "$out/renew.md"
 echo
 cat "$out/renew.md"
+echo "bench: on_lost under luv and cqueues: how soon after the loss is known" >&2
+lua5.4 bench/lost.lua > "$out/lost.md"
+echo
+cat "$out/lost.md"
 echo "bench: W1/W3 over TLS beside plain TCP" >&2
 lua5.4 bench/tls.lua > "$out/tls.md"
 echo

@@ -17,21 +17,8 @@ local fluxalock = require "fluxalock"
 
 local HOSTS = { "plain", "luv", "cqueues" }
 
--- fn() run in a plain script, or in a coroutine of a real luv or cqueues
--- loop (the lockers are made inside fn, under that host); -> its results
-local function under(host, fn)
-  if host == "plain" then return fn() end
-  fluxalock.configure { host = host }
-  local d = H[host]()
-  local res
-  d.spawn(function() res = table.pack(fn()) end)
-  local ok, err = pcall(d.run)
-  fluxalock.configure { host = false }
-  assert(ok, err)
-  assert.same({}, d.errors)
-  assert(res, "the coroutine did not finish")
-  return table.unpack(res, 1, res.n)
-end
+-- fn() in a plain script, or in a coroutine of a real luv or cqueues loop
+local under = H.under
 
 -- nil, a message that matches 'pattern', and 'code'
 local function fails(code, pattern, v, msg, got)
@@ -266,18 +253,10 @@ describe("error codes", function()
   end)
 
   describe("on a Sentinel pool", function()
-    local master, sentinels
-    lazy_setup(function()
-      master = R.start()
-      sentinels = Top.sentinels(master, {}, 1, "codes")
-    end)
-    lazy_teardown(function()
-      for _, s in ipairs(sentinels or {}) do s:stop() end
-      if master then master:stop() end
-    end)
+    local env = Top.setup_sentinels("codes")
 
     local function sentinel(extra)
-      local o = { sentinels = { sentinels[1].addr }, master = "codes", timeout = 0.3, connect_timeout = 0.3 }
+      local o = { sentinels = { env.sentinels[1].addr }, master = "codes", timeout = 0.3, connect_timeout = 0.3 }
       for k, v in pairs(extra or {}) do o[k] = v end
       return fluxalock.locker(o)
     end
@@ -296,14 +275,14 @@ describe("error codes", function()
         assert.same({ nil, "not obtained", "not_obtained" }, { under(host, function()
           return sentinel():obtain("s", 5)
         end) })
-        master:pause()
+        env.master:pause()
         local v, msg, code = under(host, function() return holder:ttl() end)
-        master:resume()
+        env.master:resume()
         fails("timeout", "timed out", v, msg, code)
         assert.is_true(holder:release())
-        master:cli("CONFIG", "SET", "maxmemory", "1")
+        env.master:cli("CONFIG", "SET", "maxmemory", "1")
         local a = table.pack(under(host, function() return sentinel():obtain("oom", 5) end))
-        master:cli("CONFIG", "SET", "maxmemory", "0")
+        env.master:cli("CONFIG", "SET", "maxmemory", "0")
         fails("server", "^fluxalock: obtain 127%.0%.0%.1:%d+: OOM ", table.unpack(a, 1, 3))
       end)
     end

@@ -154,11 +154,7 @@ describe("host 'luv': a Redlock obtain whose coroutine is closed mid-request", f
   local H = require "support.hosts"
 
   it("releases the node that said obtained and the ones still answering", function()
-    local servers, urls = {}, {}
-    for i = 1, 3 do
-      servers[i] = R.start()
-      urls[i] = servers[i].url
-    end
+    local servers, urls = R.servers(3)
     local luv, waits = require("fluxalock.host").resolve("luv"), 0
     local fl = require "fluxalock"
     fl.configure { pools = { default = { redlock = urls, timeout = 2, connect_timeout = 2 } },

@@ -3,50 +3,29 @@
 -- sentinel that answers but monitors no master of that name is one of the
 -- failures listed, with the code "server", in a plain script and under a
 -- host (the questions go out as pool calls there, yielding to the loop).
-local R = require "support.redis"
 local Top = require "support.topology"
 local H = require "support.hosts"
 
 local fluxalock = require "fluxalock"
 
-local function under(host, fn)
-  if host == "plain" then return fn() end
-  fluxalock.configure { host = host }
-  local d = H[host]()
-  local res
-  d.spawn(function() res = table.pack(fn()) end)
-  local ok, err = pcall(d.run)
-  fluxalock.configure { host = false }
-  assert(ok, err)
-  assert.same({}, d.errors)
-  assert(res, "the coroutine did not finish")
-  return table.unpack(res, 1, res.n)
-end
+local under = H.under -- (plain, or in a coroutine of a real luv loop)
 
 describe("Sentinel discovery", function()
-  local master, sentinels
-  lazy_setup(function()
-    master = R.start()
-    sentinels = Top.sentinels(master, {}, 1, "known")
-  end)
-  lazy_teardown(function()
-    for _, s in ipairs(sentinels or {}) do s:stop() end
-    if master then master:stop() end
-  end)
+  local env = Top.setup_sentinels("known")
 
   for _, host in ipairs { "plain", "luv" } do
     it("(" .. host .. ") lists a sentinel that knows no such master, code 'server'", function()
       local lock, err, code = under(host, function()
-        return fluxalock.locker { sentinels = { sentinels[1].addr }, master = "unknown",
+        return fluxalock.locker { sentinels = { env.sentinels[1].addr }, master = "unknown",
                                   timeout = 0.5, connect_timeout = 0.5 }:obtain("k", 5)
       end)
       assert.is_nil(lock)
       assert.equal(("fluxalock: sentinel master 'unknown': not found (sentinel %s knows no master 'unknown')")
-        :format(sentinels[1].addr), err)
+        :format(env.sentinels[1].addr), err)
       assert.equal("server", code)
       -- the same sentinel, asked for the master it monitors: found
       local ok = under(host, function()
-        local l = fluxalock.locker { sentinels = { sentinels[1].addr }, master = "known",
+        local l = fluxalock.locker { sentinels = { env.sentinels[1].addr }, master = "known",
                                      timeout = 0.5, connect_timeout = 0.5 }
         local got = assert(l:obtain("k", 5))
         return got:release()

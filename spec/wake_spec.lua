@@ -143,11 +143,7 @@ describe("the wake-up subscription of a group pool under host 'luv'", function()
   end)
 
   it("Redlock: wakes a waiter when another process releases, before its first backoff step", function()
-    local servers, urls = {}, {}
-    for i = 1, 3 do
-      servers[i] = R.start()
-      urls[i] = servers[i].url
-    end
+    local servers, urls = R.servers(3)
     finally(function() for _, srv in ipairs(servers) do srv:stop() end end)
     local source = ("{ redlock = { %q, %q, %q } }"):format(urls[1], urls[2], urls[3])
     woken_by_other(dir, source, { redlock = urls }, servers)

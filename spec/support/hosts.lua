@@ -273,6 +273,25 @@ end
 -- ASan beside other jobs), which is not what this measures
 local MAX_GAP = 1.0
 
+-- fn() run in a plain script (host "plain"), or in a coroutine of a real
+-- luv or cqueues loop, fluxalock configured with that host meanwhile (the
+-- lockers are made inside fn) -> fn's results.  Raises when the loop
+-- failed, a coroutine of it raised, or fn did not finish
+function H.under(host, fn)
+  if host == "plain" then return fn() end
+  local fluxalock = require "fluxalock"
+  fluxalock.configure { host = host }
+  local d = H[host]()
+  local res
+  d.spawn(function() res = table.pack(fn()) end)
+  local ok, err = pcall(d.run)
+  fluxalock.configure { host = false }
+  if not ok then error(err, 2) end
+  if #d.errors > 0 then error("a coroutine of the loop failed: " .. tostring(d.errors[1]), 2) end
+  if not res then error("the coroutine did not finish", 2) end
+  return table.unpack(res, 1, res.n)
+end
+
 -- the shared specs of one host; env: the calling spec file's _ENV (busted
 -- gives describe/it/assert to spec files only)
 function H.spec(name, outside, env)
@@ -346,33 +365,31 @@ function H.spec(name, outside, env)
     -- next obtain of the key goes on the same connection, behind it
     it("an obtain whose coroutine is closed mid-request, or made outside a coroutine, leaves the key free", function()
       local d, locker = new(), fluxalock.locker()
-      local res = {}
-      d.spawn(function()
+      -- in the loop (after 'before', in a coroutine of it): key obtained at
+      -- once (wait 0) and released
+      local function free_now(key, before)
+        local res
+        d.spawn(function()
+          if before then before() end
+          local lock, err = locker:obtain(key, 30, 0)
+          res = { lock = lock, err = err, released = lock and lock:release() }
+        end)
+        d.run()
+        assert.same({}, d.errors)
+        assert.truthy(res.lock, res.err)
+        assert.is_true(res.released)
+      end
+      free_now("orphan", function()
         local co = coroutine.create(function() return locker:obtain("orphan", 30) end)
         assert(coroutine.resume(co)) -- sent; now in the host's wait
         assert.equal("suspended", coroutine.status(co))
         assert(coroutine.close(co))
-        local lock, err = locker:obtain("orphan", 30, 0)
-        res.closed = { lock = lock, err = err }
-        if lock then res.closed.released = lock:release() end
       end)
-      d.run()
-      assert.same({}, d.errors)
-      assert.truthy(res.closed.lock, res.closed.err)
-      assert.is_true(res.closed.released)
       -- no coroutine: fails after sending (the connection is open)
       local lock, err = locker:obtain("orphan:outside", 30)
       assert.is_nil(lock)
       assert.matches("host wait: ", err)
-      d.spawn(function()
-        local l2, err2 = locker:obtain("orphan:outside", 30, 0)
-        res.outside = { lock = l2, err = err2 }
-        if l2 then res.outside.released = l2:release() end
-      end)
-      d.run()
-      assert.same({}, d.errors)
-      assert.truthy(res.outside.lock, res.outside.err)
-      assert.is_true(res.outside.released)
+      free_now("orphan:outside")
       assert.equal("-2", server:cli("PTTL", "orphan"))
       assert.equal("-2", server:cli("PTTL", "orphan:outside"))
     end)

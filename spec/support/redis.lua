@@ -446,6 +446,16 @@ function R.own(opts, pool)
   return server, fl, fl.locker()
 end
 
+-- n servers started (R.start) -> the list of them, the list of their URLs
+function R.servers(n)
+  local servers, urls = {}, {}
+  for i = 1, n do
+    servers[i] = R.start()
+    urls[i] = servers[i].url
+  end
+  return servers, urls
+end
+
 -- a loopback port where every connect is refused -> port, its redis:// URL.
 -- A socket of this process stays bound to it, without listening (and
 -- without SO_REUSEADDR), until the process ends: no server of another spec

@@ -249,39 +249,54 @@ function Cluster:give_slot(slot, to)
   end
 end
 
+-- in the calling describe block: start(env) at lazy_setup, stop(env) at
+-- lazy_teardown -> env
+local function staged(start, stop)
+  local env = {}
+  local busted = R.busted_env()
+  busted.lazy_setup(function() start(env) end)
+  busted.lazy_teardown(function() stop(env) end)
+  return env
+end
+
 -- T.setup_sentinel(name, pools, fill): in the calling describe block, a
 -- master, its replica and sentinels watching it as 'name' (T.replicated),
 -- started at lazy_setup and stopped at lazy_teardown, and fluxalock
 -- configured with pools(addrs); fill(env) with env.master, env.replica,
 -- env.sentinels, env.fluxalock
 function T.setup_sentinel(name, pools, fill)
-  local env = {}
-  local busted = R.busted_env()
-  busted.lazy_setup(function()
+  return staged(function(env)
     local addrs
     env.master, env.replica, env.sentinels, addrs, env.stop = T.replicated(name)
     env.fluxalock = require "fluxalock"
     env.fluxalock.configure { pools = pools(addrs) }
     if fill then fill(env) end
+  end, function(env) if env.stop then env.stop() end end)
+end
+
+-- T.setup_sentinels(name, n): in the calling describe block, a master and
+-- n (default 1) sentinels watching it as 'name' (T.sentinels), started at
+-- lazy_setup and stopped at lazy_teardown -> env (env.master, env.sentinels)
+function T.setup_sentinels(name, n)
+  return staged(function(env)
+    env.master = R.start()
+    env.sentinels = T.sentinels(env.master, {}, n or 1, name)
+  end, function(env)
+    for _, s in ipairs(env.sentinels or {}) do s:stop() end
+    if env.master then env.master:stop() end
   end)
-  busted.lazy_teardown(function() if env.stop then env.stop() end end)
-  return env
 end
 
 -- T.setup_cluster(pools, fill): in the calling describe block, a cluster
 -- started at lazy_setup (stopped at lazy_teardown) and fluxalock configured
 -- with pools(cluster); fill(cluster, fluxalock)
 function T.setup_cluster(pools, fill)
-  local env = {}
-  local busted = R.busted_env()
-  busted.lazy_setup(function()
+  return staged(function(env)
     env.cluster = T.cluster()
     env.fluxalock = require "fluxalock"
     env.fluxalock.configure { pools = pools(env.cluster) }
     if fill then fill(env.cluster, env.fluxalock) end
-  end)
-  busted.lazy_teardown(function() if env.cluster then env.cluster:stop() end end)
-  return env
+  end, function(env) if env.cluster then env.cluster:stop() end end)
 end
 
 return T
