@@ -50,7 +50,7 @@ static void fan_wakes(lua_State *L, fl_fan *f) {
   int i;
   if (!f->hidx) return;
   fl_wake_flush(L, f->g, f->hidx);
-  for (i = 0; i < f->g->nnodes; i++) fl_wake_flush(L, f->g->nodes[i], f->hidx);
+  for (i = 0; i < f->g->group.nnodes; i++) fl_wake_flush(L, f->g->group.nodes[i], f->hidx);
 }
 
 /* the host's wait failed (or a poll): every leg still running fails */
@@ -97,7 +97,7 @@ static int guard_close(lua_State *L) { /* never raises, never yields */
   fl_fan_abandon(f); /* their replies dropped, the reading handed on */
   lua_getiuservalue(L, 1, 1);
   fl_wake_flush(L, f->g, lua_gettop(L));
-  for (i = 0; i < f->g->nnodes; i++) fl_wake_flush(L, f->g->nodes[i], lua_gettop(L));
+  for (i = 0; i < f->g->group.nnodes; i++) fl_wake_flush(L, f->g->group.nodes[i], lua_gettop(L));
   fl_fan_release(f);
   return 0;
 }

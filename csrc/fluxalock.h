@@ -185,6 +185,17 @@ typedef struct fl_counts {
   long long released, lost, refreshed, errors, reconnects;
 } fl_counts;
 
+/* What makes a pool a group (group.c): a Redlock, Cluster or Sentinel
+   pool's locks live on its nodes, each a pool of one server, not on a
+   server of its own.  A pool of one server has none of it (all zero) */
+typedef struct fl_group {
+  struct fl_pool **nodes;  /* one reference each */
+  int nnodes, nodecap;
+  unsigned short *slots;   /* Cluster: node index + 1 per hash slot */
+  unsigned long moved, asked, rotate;
+  fl_sentinels *sentinels; /* Sentinel: the sentinels' options, else NULL */
+} fl_group;
+
 typedef struct fl_pool {
   int refs;
   int has_host;  /* waits go through a Lua host function */
@@ -199,17 +210,12 @@ typedef struct fl_pool {
   int nwakes, wakecap;
   struct fl_sub *sub; /* the wake-up subscription, or NULL (wake.c) */
   fl_pending *pending;
-  /* a group (group.c): the lock lives on nodes, not on this pool's server */
   const struct fl_kind *ops; /* what its kind does (fan.h) */
-  struct fl_pool **nodes;  /* one reference each */
-  int nnodes, nodecap;
-  unsigned short *slots;   /* cluster: node index + 1 per hash slot */
-  unsigned long moved, asked, rotate;
+  fl_group group;  /* a group's nodes; all zero in a pool of one server */
   struct fl_rcounts *rcounts; /* renewal counters, shared with the renewal
                                thread's entries (renew.c); NULL until the
                                first renewed lock */
   int has_log;   /* uservalue 3 of the Pool userdata is a log function */
-  fl_sentinels *sentinels; /* a Sentinel group's, else NULL */
   fl_counts n;
 } fl_pool;
 

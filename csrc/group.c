@@ -15,7 +15,7 @@
 
 void fl_group_close(fl_pool *p) {
   int j;
-  for (j = 0; j < p->nnodes; j++) fl_pool_close_idle(p->nodes[j]);
+  for (j = 0; j < p->group.nnodes; j++) fl_pool_close_idle(p->group.nodes[j]);
 }
 
 /* the Pool userdata at idx joins the group g; raises when out of memory */
@@ -32,15 +32,15 @@ int fl_group_fresh(const fl_pool *g) { return g->ops == &fl_kind_single && g->nl
 
 /* n joins the group (its reference with it): its index, or -1 */
 int fl_group_add(fl_pool *g, fl_pool *n) {
-  if (g->nnodes == g->nodecap) {
-    int cap = g->nodecap ? 2 * g->nodecap : 4;
-    fl_pool **a = realloc(g->nodes, (size_t)cap * sizeof *a);
+  if (g->group.nnodes == g->group.nodecap) {
+    int cap = g->group.nodecap ? 2 * g->group.nodecap : 4;
+    fl_pool **a = realloc(g->group.nodes, (size_t)cap * sizeof *a);
     if (!a) return -1;
-    g->nodes = a;
-    g->nodecap = cap;
+    g->group.nodes = a;
+    g->group.nodecap = cap;
   }
-  g->nodes[g->nnodes++] = n;
-  return g->nnodes - 1;
+  g->group.nodes[g->group.nnodes++] = n;
+  return g->group.nnodes - 1;
 }
 
 static char *dup(const char *s) {
@@ -55,8 +55,8 @@ static char *dup(const char *s) {
 int fl_group_node(fl_pool *g, const char *host, int port) {
   fl_pool *n;
   int i;
-  for (i = 0; i < g->nnodes; i++)
-    if (g->nodes[i]->o.port == port && strcmp(g->nodes[i]->o.host, host) == 0) return i;
+  for (i = 0; i < g->group.nnodes; i++)
+    if (g->group.nodes[i]->o.port == port && strcmp(g->group.nodes[i]->o.host, host) == 0) return i;
   if (!(n = calloc(1, sizeof *n))) return -1;
   n->refs = 1;
   n->ops = &fl_kind_single;
@@ -89,15 +89,15 @@ int fl_group_info(lua_State *L) {
   lua_createtable(L, 0, 4);
   lua_pushstring(L, g->ops->name);
   lua_setfield(L, -2, "kind");
-  lua_createtable(L, g->nnodes, 0);
-  for (i = 0; i < g->nnodes; i++) {
-    lua_pushstring(L, g->nodes[i]->o.where);
+  lua_createtable(L, g->group.nnodes, 0);
+  for (i = 0; i < g->group.nnodes; i++) {
+    lua_pushstring(L, g->group.nodes[i]->o.where);
     lua_rawseti(L, -2, i + 1);
   }
   lua_setfield(L, -2, "nodes");
-  lua_pushinteger(L, (lua_Integer)g->moved);
+  lua_pushinteger(L, (lua_Integer)g->group.moved);
   lua_setfield(L, -2, "moved");
-  lua_pushinteger(L, (lua_Integer)g->asked);
+  lua_pushinteger(L, (lua_Integer)g->group.asked);
   lua_setfield(L, -2, "asked");
   return 1;
 }
@@ -105,7 +105,7 @@ int fl_group_info(lua_State *L) {
 /* pool:redirects() -> moved, asked (cheap: for the cluster layer's checks) */
 int fl_group_redirects(lua_State *L) {
   fl_pool *g = fl_checkpool(L, 1);
-  lua_pushinteger(L, (lua_Integer)g->moved);
-  lua_pushinteger(L, (lua_Integer)g->asked);
+  lua_pushinteger(L, (lua_Integer)g->group.moved);
+  lua_pushinteger(L, (lua_Integer)g->group.asked);
   return 2;
 }

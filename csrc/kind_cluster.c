@@ -18,7 +18,7 @@
 
 static void cluster_setup(lua_State *L, fl_pool *g, int n) {
   int i;
-  if (!(g->slots = calloc(16384, sizeof *g->slots))) luaL_error(L, "fluxalock: out of memory");
+  if (!(g->group.slots = calloc(16384, sizeof *g->group.slots))) luaL_error(L, "fluxalock: out of memory");
   g->o.cluster = 1;
   for (i = 1; i <= n; i++) {
     char host[256];
@@ -35,8 +35,8 @@ static void cluster_setup(lua_State *L, fl_pool *g, int n) {
 
 /* the node that serves the slot of the full key lkey */
 static fl_pool *slot_node(fl_pool *g, const char *lkey, size_t len) {
-  unsigned short i = g->slots[fl_slot(lkey, len)];
-  return g->nodes[i ? i - 1 : 0];
+  unsigned short i = g->group.slots[fl_slot(lkey, len)];
+  return g->group.nodes[i ? i - 1 : 0];
 }
 
 static int cluster_nodes(fl_pool *g, const char *lkey, size_t len, fl_pool **out) {
@@ -71,12 +71,12 @@ static void redirect(fl_fan *f, fl_leg *l, const redisReply *r) {
   fl_req_end(l->c);
   l->c = NULL;
   if (ask) {
-    g->asked++;
+    g->group.asked++;
   } else {
-    g->moved++;
-    g->slots[slot] = (unsigned short)(idx + 1);
+    g->group.moved++;
+    g->group.slots[slot] = (unsigned short)(idx + 1);
   }
-  l->node = g->nodes[idx];
+  l->node = g->group.nodes[idx];
   l->asking = ask;
   fl_leg_start(f, l);
 }
@@ -107,14 +107,14 @@ static int cluster_on_reply(fl_fan *f, fl_leg *l, const redisReply *r) {
 static int cluster_fallback(fl_fan *f, fl_leg *l) {
   fl_pool *g = f->g;
   int i, cur = 0;
-  if (g->nnodes < 2 || l->fallbacks >= 2) return 0;
-  for (i = 0; i < g->nnodes; i++)
-    if (g->nodes[i] == l->node) cur = i;
+  if (g->group.nnodes < 2 || l->fallbacks >= 2) return 0;
+  for (i = 0; i < g->group.nnodes; i++)
+    if (g->group.nodes[i] == l->node) cur = i;
   fl_req_end(l->c);
   l->c = NULL;
   l->fallbacks++;
   l->asking = 0;
-  l->node = g->nodes[(cur + 1) % g->nnodes];
+  l->node = g->group.nodes[(cur + 1) % g->group.nnodes];
   fl_leg_start(f, l);
   return 1;
 }
@@ -132,7 +132,7 @@ static void unknown_endpoint(lua_State *L, fl_pool *g, char *host, size_t cap) {
     lua_pop(L, 2);
   }
   lua_pop(L, 1);
-  if (!ip || !*ip) snprintf(host, cap, "%s", g->nnodes > 0 ? g->nodes[0]->o.host : "127.0.0.1");
+  if (!ip || !*ip) snprintf(host, cap, "%s", g->group.nnodes > 0 ? g->group.nodes[0]->o.host : "127.0.0.1");
 }
 
 /* pool:setslots(reply of CLUSTER SLOTS) -> number of slots mapped */
@@ -162,7 +162,7 @@ int fl_cluster_setslots(lua_State *L) {
     if (!host[0] || strcmp(host, "?") == 0) unknown_endpoint(L, g, host, sizeof host);
     if (port < 1 || port > 65535) return luaL_argerror(L, 2, "bad port in CLUSTER SLOTS");
     if ((idx = fl_group_node(g, host, port)) < 0) return luaL_error(L, "fluxalock: out of memory");
-    for (s = from; s <= to; s++) g->slots[s] = (unsigned short)(idx + 1);
+    for (s = from; s <= to; s++) g->group.slots[s] = (unsigned short)(idx + 1);
     mapped += (int)(to - from + 1);
     lua_pop(L, 6);
   }

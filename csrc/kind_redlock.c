@@ -23,8 +23,8 @@ static int redlock_nodes(fl_pool *g, const char *lkey, size_t len, fl_pool **out
   int i;
   (void)lkey;
   (void)len;
-  for (i = 0; i < g->nnodes; i++) out[i] = g->nodes[i];
-  return g->nnodes;
+  for (i = 0; i < g->group.nnodes; i++) out[i] = g->group.nodes[i];
+  return g->group.nnodes;
 }
 
 /* wait on a node that answered lately (an open connection), in turn */
@@ -32,14 +32,14 @@ static fl_pool *redlock_await_node(fl_pool *g, const char *lkey, size_t len) {
   int i, k, pick = -1;
   (void)lkey;
   (void)len;
-  for (i = 0; i < g->nnodes && pick < 0; i++) {
-    int j = (int)((g->rotate + (unsigned long)i) % (unsigned long)g->nnodes);
-    for (k = 0; k < g->nodes[j]->nlinks; k++)
-      if (g->nodes[j]->links[k]->state == FL_LK_READY && fl_link_idle(g->nodes[j]->links[k]))
+  for (i = 0; i < g->group.nnodes && pick < 0; i++) {
+    int j = (int)((g->group.rotate + (unsigned long)i) % (unsigned long)g->group.nnodes);
+    for (k = 0; k < g->group.nodes[j]->nlinks; k++)
+      if (g->group.nodes[j]->links[k]->state == FL_LK_READY && fl_link_idle(g->group.nodes[j]->links[k]))
         pick = j;
   }
-  g->rotate++;
-  return g->nodes[pick < 0 ? 0 : pick];
+  g->group.rotate++;
+  return g->group.nodes[pick < 0 ? 0 : pick];
 }
 
 static int quorum(const fl_fan *f) { return f->nlegs / 2 + 1; }

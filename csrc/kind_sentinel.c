@@ -34,7 +34,7 @@ static void read_sentinels(lua_State *L, fl_pool *g) {
   lua_getfield(L, 5, "password");
   master = luaL_checkstring(L, -2);
   pw = luaL_optstring(L, -1, NULL);
-  if (!(s = g->sentinels = calloc(1, sizeof *s)) || !(s->o = calloc((size_t)n, sizeof *s->o)) ||
+  if (!(s = g->group.sentinels = calloc(1, sizeof *s)) || !(s->o = calloc((size_t)n, sizeof *s->o)) ||
       !(s->master = malloc(strlen(master) + 1)))
     luaL_error(L, "fluxalock: out of memory"); /* the group frees what was made */
   memcpy(s->master, master, strlen(master) + 1);
@@ -48,7 +48,7 @@ static void read_sentinels(lua_State *L, fl_pool *g) {
     port = lua_tointeger(L, -1);
     luaL_argcheck(L, host && len > 0 && len < 200 && port >= 1 && port <= 65535, 5,
                   "host, port pairs expected");
-    if (fl_sentinels_add(s, host, len, (int)port, pw, &g->nodes[0]->o) != 0)
+    if (fl_sentinels_add(s, host, len, (int)port, pw, &g->group.nodes[0]->o) != 0)
       luaL_error(L, "fluxalock: out of memory");
     lua_pop(L, 2);
   }
@@ -65,7 +65,7 @@ static void sentinel_setup(lua_State *L, fl_pool *g, int n) {
 
 static fl_pool *checkgroup(lua_State *L) {
   fl_pool *g = fl_checkpool(L, 1);
-  luaL_argcheck(L, g->ops == &fl_kind_sentinel && g->sentinels, 1, "not a sentinel pool");
+  luaL_argcheck(L, g->ops == &fl_kind_sentinel && g->group.sentinels, 1, "not a sentinel pool");
   return g;
 }
 
@@ -118,7 +118,7 @@ int fl_sentinel_discovery(lua_State *L) {
   }
   lua_setmetatable(L, -2);
   u->g = fl_pool_ref(g);
-  fl_sdisc_start(&u->d, g->sentinels);
+  fl_sdisc_start(&u->d, g->group.sentinels);
   return 1;
 }
 
@@ -128,11 +128,11 @@ int fl_sentinel_pool(lua_State *L) {
   fl_pool *g = checkgroup(L), *p;
   lua_Integer i = luaL_checkinteger(L, 2);
   fl_pool_ud *u;
-  luaL_argcheck(L, i >= 1 && i <= g->sentinels->n, 2, "no such sentinel");
+  luaL_argcheck(L, i >= 1 && i <= g->group.sentinels->n, 2, "no such sentinel");
   u = lua_newuserdatauv(L, sizeof *u, 3); /* as lpool.c's pool_new */
   u->p = NULL;
   luaL_setmetatable(L, FL_POOL_MT);
-  if (!(p = calloc(1, sizeof *p)) || fl_opts_copy(&p->o, &g->sentinels->o[i - 1]) != 0) {
+  if (!(p = calloc(1, sizeof *p)) || fl_opts_copy(&p->o, &g->group.sentinels->o[i - 1]) != 0) {
     free(p);
     return luaL_error(L, "fluxalock: out of memory");
   }
@@ -146,14 +146,14 @@ int fl_sentinel_pool(lua_State *L) {
 static int sentinel_nodes(fl_pool *g, const char *lkey, size_t len, fl_pool **out) {
   (void)lkey;
   (void)len;
-  out[0] = g->nodes[0];
+  out[0] = g->group.nodes[0];
   return 1;
 }
 
 static fl_pool *sentinel_await_node(fl_pool *g, const char *lkey, size_t len) {
   (void)lkey;
   (void)len;
-  return g->nodes[0];
+  return g->group.nodes[0];
 }
 
 /* a lock's request failed (master gone, or now a replica that refused the

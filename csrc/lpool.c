@@ -113,7 +113,7 @@ static int pool_sethost(lua_State *L) {
   }
   { /* a group's nodes share its host (their requests are the fan's legs) */
     int j;
-    for (j = 0; j < p->nnodes; j++) p->nodes[j]->has_park = p->has_park;
+    for (j = 0; j < p->group.nnodes; j++) p->group.nodes[j]->has_park = p->has_park;
   }
   lua_setiuservalue(L, 1, 1);
   return 0;
@@ -138,7 +138,7 @@ static int pool_connections(lua_State *L) {
   fl_pool *p = checkpool(L);
   int j, open = 0, total = 0;
   count_links(p, &open, &total);
-  for (j = 0; j < p->nnodes; j++) count_links(p->nodes[j], &open, &total);
+  for (j = 0; j < p->group.nnodes; j++) count_links(p->group.nodes[j], &open, &total);
   lua_pushinteger(L, open);
   lua_pushinteger(L, total);
   return 2;

@@ -161,7 +161,7 @@ char *fl_mode_hkey(const fl_opts *o, const fl_lock *lk, size_t *len) {
    inspect script's body (locker:inspect sends it with pool:call) */
 static int mode_modekeys(lua_State *L) {
   fl_pool *p = fl_checkpool(L, 1);
-  const fl_opts *o = p->nnodes > 0 ? &p->nodes[0]->o : &p->o;
+  const fl_opts *o = p->group.nnodes > 0 ? &p->group.nodes[0]->o : &p->o;
   size_t keylen, blen;
   const char *key = luaL_checklstring(L, 2, &keylen);
   char *base = fl_companion_dup(o, key, keylen, "m:", &blen);

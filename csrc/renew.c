@@ -507,7 +507,7 @@ int fl_renew_start(lua_State *L) {
   }
   if (!p->rcounts && (p->rcounts = calloc(1, sizeof *p->rcounts))) p->rcounts->refs = 1;
   if (!p->rcounts || !(e = entry_new(lk, p, ttl, every, sent)) ||
-      (p->sentinels && !(e->sentinels = fl_sentinels_copy(p->sentinels)))) {
+      (p->group.sentinels && !(e->sentinels = fl_sentinels_copy(p->group.sentinels)))) {
     if (e) entry_free(e);
     lua_pushstring(L, "fluxalock: renew: out of memory");
     return 2;

@@ -42,10 +42,10 @@ void fl_pool_unref(fl_pool *p) {
     fl_req_free(c);
   }
   free(p->wakes);
-  for (i = 0; i < p->nnodes; i++) fl_pool_unref(p->nodes[i]); /* a group's */
-  free(p->nodes);
-  free(p->slots);
-  fl_sentinels_free(p->sentinels);
+  for (i = 0; i < p->group.nnodes; i++) fl_pool_unref(p->group.nodes[i]); /* a group's */
+  free(p->group.nodes);
+  free(p->group.slots);
+  fl_sentinels_free(p->group.sentinels);
   fl_rcounts_unref(p->rcounts);
   fl_opts_free(&p->o);
   free(p);

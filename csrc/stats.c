@@ -182,9 +182,9 @@ static int pool_counts(lua_State *L) {
   fl_counts n = p->n;
   long long renewed = 0;
   int i;
-  for (i = 0; i < p->nnodes; i++) {
-    add(&n, &p->nodes[i]->n);
-    flying += in_flight(p->nodes[i]);
+  for (i = 0; i < p->group.nnodes; i++) {
+    add(&n, &p->group.nodes[i]->n);
+    flying += in_flight(p->group.nodes[i]);
   }
   { /* renewal (renew.c): refreshes the thread confirmed, and locks it
        found lost (a later call on such a lock is not counted again: count) */
@@ -199,7 +199,7 @@ static int pool_counts(lua_State *L) {
   setint(L, "refreshed", n.refreshed);
   setint(L, "errors", n.errors);
   setint(L, "reconnects", n.reconnects);
-  setint(L, "redirects", (long long)p->moved + (long long)p->asked);
+  setint(L, "redirects", (long long)p->group.moved + (long long)p->group.asked);
   setint(L, "renewed", renewed);
   setint(L, "in_flight", flying);
   return 1;

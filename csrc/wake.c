@@ -101,7 +101,7 @@ static void sub_message(fl_link *k, redisReply *r) {
 }
 
 /* the server that carries p's subscription */
-static fl_pool *sub_server(fl_pool *p) { return p->nnodes ? p->nodes[0] : p; }
+static fl_pool *sub_server(fl_pool *p) { return p->group.nnodes ? p->group.nodes[0] : p; }
 
 static fl_sub *sub_of(fl_pool *p) {
   if (!p->sub) {
