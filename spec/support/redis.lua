@@ -145,7 +145,13 @@ function Server:_launch(port)
       f:close()
       -- ours, not another run's server on a port ours could not bind
       local info = self.pid and self:cli("INFO", "server")
-      if info and tonumber(info:match("process_id:(%d+)")) == self.pid then return true end
+      if info and tonumber(info:match("process_id:(%d+)")) == self.pid then
+        -- a server with data to load answers INFO, but every other command
+        -- with LOADING, until its AOF is read (seen on a loaded machine)
+        if not self.opts.persist then return true end
+        local st = self:cli("INFO", "persistence")
+        return st ~= nil and st:match("loading:0") ~= nil
+      end
       return self.pid and self.opts.args and info:match("NOAUTH") and alive(self.pid)
     end, 5, "redis-server")
     if ok then
