@@ -125,7 +125,6 @@ describe("examples/http_service.lua: two services, a slow backend, 200 concurren
       local res = drive(ports, 200, 2)
       local st = backend_stats(bport)
       assert.same({}, res.bad)
-      assert.is_true(res.n >= 400, ("only %d requests"):format(res.n))
       assert.equal(0, st.overlaps)
       -- a key is fetched when its entry has expired: at most once per FRESH
       -- seconds of the run, plus the first fetch
