@@ -675,8 +675,17 @@ local function wait_queued(self, pool, key, ms, deadline, q, w, mode)
         pause = min(pause + step, smax)
         -- jitter: waiters of other processes do not step in lockstep
         local t = min(pause * (0.5 + random() * 0.5), left)
-        w.alive = now() + t
-        if q.chan then q.cp:subwait(w, t) else park(w, t) end
+        local step_end = now() + t
+        w.alive = step_end
+        -- only a release of the key (kicked), a hand-over or the step's
+        -- end ends the step: anything else that comes on the
+        -- subscription's socket (the confirmation of another waiter's
+        -- SUBSCRIBE), or a waiter behind leaving, would make a try for
+        -- nothing
+        repeat
+          if q.chan then q.cp:subwait(w, t) else park(w, t) end
+          t = step_end - now()
+        until w.kicked or w.grant or t <= 0.001 or q[w.at] ~= w
         -- woken in the step (a release's message, or this process's own):
         -- a Redlock try may come before the other nodes released, too
         if w.kicked then w.quick = queues[q.cp].settle and 2 or 0 end

@@ -282,3 +282,52 @@ describe("a release whose coroutine is closed while its hand-over is in flight (
     assert.equal("", s:cli("GET", key))
   end)
 end)
+
+-- A head waiter sleeps its backoff step on the wake-up subscription's
+-- socket (csrc/wake.c, pool:subwait).  What else comes on that socket (the
+-- confirmation of a SUBSCRIBE another key's waiter sent, of its own) ended
+-- the step, and the waiter tried the key again for nothing: on a loaded
+-- machine that try fell inside a hand-over and was counted as its second
+-- script.  Only a release of its key, a hand-over or the step's end may
+-- end the step.
+for _, host in ipairs { "luv", "cqueues" } do
+  describe("a head waiter's backoff step under " .. host, function()
+    local env = R.setup { host = host, pool = { retry_step = 5, retry_max = 5 } }
+
+    -- the wake-up channels the server has subscribers for
+    local function channels(s)
+      return #assert(s:call("PUBSUB", "CHANNELS"))
+    end
+
+    it("is not ended by the subscription's replies to another waiter's SUBSCRIBE", function()
+      local d, l, s = H[host](), env.locker, env.server
+      local k1, k2 = "ho:step1:" .. host, "ho:step2:" .. host
+      local w, x, before, after
+      d.spawn(function()
+        local h1, h2 = assert(l:obtain(k1, 10)), assert(l:obtain(k2, 10))
+        d.spawn(function() w = assert(l:obtain(k1, 10, 8)) end)
+        until_loop(d, function() return l:stats().waiting == 1 and channels(s) == 1 end, 10, "the first waiter")
+        -- (its own confirmation is on its socket by now: the loop reads it)
+        d.sleep(0.1)
+        before = { script_calls(s) }
+        d.spawn(function() x = assert(l:obtain(k2, 10, 8)) end) -- one try, then it subscribes
+        until_loop(d, function() return l:stats().waiting == 2 and channels(s) == 2 end, 10, "the second waiter")
+        -- the confirmation is on the first waiter's socket: a wake-up it
+        -- took for a release would send its try in this turn of the loop
+        d.sleep(0.1)
+        after = { script_calls(s) }
+        assert(h1:release())
+        assert(h2:release())
+        until_loop(d, function() return w ~= nil and x ~= nil end, 5, "the hand-overs")
+        assert(w:release())
+        assert(x:release())
+      end)
+      d.run()
+      assert.same({}, d.errors)
+      -- the second waiter's first try, and nothing else
+      assert.equal(1, after[1] - before[1], ("before: %s\nafter: %s"):format(before[3], after[3]))
+      assert.equal("", s:cli("GET", k1))
+      assert.equal("", s:cli("GET", k2))
+    end)
+  end)
+end
