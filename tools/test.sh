@@ -22,6 +22,8 @@
 # the load (5 and more) stalls processes for hundreds of ms
 # (docs/reliability.md, "The test run").
 # FLUXALOCK_SKIP_CHECKS=1 leaves the checks out (spec files only).
+# The run ends with each failed job again in brief and their names, so
+# that the last lines of a log (a CI page) say what failed.
 #
 # Any redis-server a crashed spec left behind is stopped by its own PID.
 # Each busted run gets a TMPDIR of its own: whatever is left in it afterwards
@@ -85,6 +87,9 @@ if [ "${1:-}" = "--job" ]; then
   times >"$log.cpu" # in this shell: in a pipeline it would count the pipeline's
   cpu=$(tail -n 1 "$log.cpu" | awk '{ n = 0; for (i = 1; i <= NF; i++) { split($i, a, "m"); n += a[1] * 60 + a[2] } printf "%d", n }')
   echo "$name $counts $secs $cpu" >>"$results"
+  # a failed job's output is kept for the run's end, where the last lines
+  # (all a CI page may show) name it and quote its failures
+  [ "${counts#* }" -eq 0 ] || cp "$log" "$results.failed.$(echo "$name" | tr '/:' '__')"
   flock "$lock" sh -c 'cat "$1"; echo "== $2: $3 passed, $4 failed, $5 s ($6 s of CPU)"' sh "$log" "$name" $counts "$secs" "$cpu"
   rm -f "$log" "$log.cpu" "$pids"
   exit 0
@@ -171,8 +176,20 @@ fi
 if [ -n "${FLUXALOCK_TEST_TIMES:-}" ]; then
   sort -k4,4nr "$results" | awk '{ print $1, $4, $5 }' >"$FLUXALOCK_TEST_TIMES"
 fi
+# each failed job again, briefly: busted's failure headers and sanitizer
+# or check verdicts with the lines after them (else its last lines)
+while read -r name ok bad secs cpu; do
+  f=$results.failed.$(echo "$name" | tr '/:' '__')
+  [ "$bad" -gt 0 ] && [ -e "$f" ] || continue
+  echo "== failed: $name"
+  awk '/(Failure|Error) →|ERROR:|SUMMARY:|FAILED|leftover:|did not finish/ { n = 5 }
+       n > 0 { print "   " $0; n--; if (++shown == 40) exit }' "$f" >"$f.x"
+  if [ -s "$f.x" ]; then cat "$f.x"; else tail -n 10 "$f" | sed 's/^/   /'; fi
+done <"$results"
 echo "== the slowest jobs: $(sort -k4,4nr "$results" | head -n 5 | awk '{ printf "%s%s %s s", s, $1, $4; s = ", " }')"
 echo "== $n jobs in $(($(date +%s) - start)) s"
 
+failed_jobs=$(awk '$3 > 0 { printf "%s%s", s, $1; s = ", " }' "$results")
+[ -z "$failed_jobs" ] || echo "== failed jobs: $failed_jobs"
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ] && [ "$passed" -gt 0 ]
