@@ -143,6 +143,7 @@ local function luv_host()
   -- chains of them would overflow the C stack)
   -- (a parked coroutine itself: it is resumed if it is still parked then)
   local parked, ready, kick = {}, {}, nil
+  local polls = {} -- fd -> the poll handle a wait of ours opened on it
   local at -- below: coroutine -> its place in the heap of parked ones
   -- { finish } as a to-be-closed value: finish() runs when the wait
   -- returns, and also when its coroutine is closed in it (coroutine.close):
@@ -231,6 +232,14 @@ local function luv_host()
   function h.wait(fd, events, timeout, key)
     inside()
     local co = running()
+    -- a poll handle of ours still open on fd is stale (see below): closed
+    -- first, so that new_poll does not fail (luv 1.44 loses the memory of
+    -- a handle whose new_poll failed)
+    local old = polls[fd]
+    if old and not old:is_closing() then
+      old:stop()
+      old:close()
+    end
     local poll, err = new_poll(fd)
     if not poll and tostring(err):find("EEXIST", 1, true) then
       -- libuv takes one poll handle per descriptor.  One still open on fd
@@ -243,6 +252,7 @@ local function luv_host()
       poll, err = new_poll(fd)
     end
     if not poll then error("uv.new_poll: " .. tostring(err), 0) end
+    polls[fd] = poll
     local timer = new_timer()
     local waiting = true
     local wake
@@ -250,6 +260,7 @@ local function luv_host()
       if not waiting then return false end
       waiting = false
       if key ~= nil and parked[key] == wake then parked[key] = nil end
+      if polls[fd] == poll then polls[fd] = nil end
       -- another wait on the same fd may have closed this handle (libuv
       -- takes one per descriptor; see above): stopping it then aborts
       if not poll:is_closing() then
@@ -321,22 +332,31 @@ local function luv_host()
   local function check()
     if lost_tick and not lost_tick() then
       lost_tick = nil
-      lost_poll:close()
+      if lost_poll then lost_poll:close() end
       lost_timer:close()
       lost_poll, lost_timer = nil, nil
     end
   end
   function h._watch(fd, tick)
-    if not lost_poll then
-      local poll = new_poll(fd)
-      if not poll then return false end
-      lost_poll, lost_timer = poll, new_timer()
-      lost_poll:unref()
+    if not lost_timer then
+      -- a poll handle on fd already (the watcher of a fluxalock loaded
+      -- once more in this state, a reload): libuv takes one per
+      -- descriptor, and luv 1.44 loses the memory of a uv.new_poll that
+      -- fails.  Then the timer alone calls tick(), often enough for
+      -- on_lost's 50 ms
+      local taken = false
+      walk(function(hd)
+        if hd:get_type() == "poll" and not hd:is_closing() and hd:fileno() == fd then taken = true end
+      end)
+      lost_poll = not taken and new_poll(fd) or nil
+      lost_timer = new_timer()
+      if lost_poll then lost_poll:unref() end
       lost_timer:unref()
     end
     lost_tick = tick
-    lost_poll:start("r", check)
-    lost_timer:start(1000, 1000, check)
+    if lost_poll then lost_poll:start("r", check) end
+    local every = lost_poll and 1000 or 20
+    lost_timer:start(every, every, check)
     return function() end -- tick() every second is soon enough: nothing waits for it
   end
   function h._spawn(fn)
