@@ -13,14 +13,11 @@
 # share anything: each has a TMPDIR and a list of PIDs of its own, its
 # redis-servers on free ports of their own.  A job's output is printed whole
 # when it ends, never interleaved with another's.  With more than one job
-# at a time the ASan rerun is cut in FLUXALOCK_ASAN_PARTS parts (default 4)
-# and valgrind's in FLUXALOCK_VALGRIND_PARTS (default 2), by
-# tools/checks/lib/part.sh; one at a time, each runs whole.
-# Side by side is faster (12 min with 2 jobs, 10 min with 4, against 16 to
-# 19 one at a time, on 2 cores), but not the default: the suite's timing
-# bounds are set for a machine that runs one job, and at 4 jobs on 2 cores
-# the load (5 and more) stalls processes for hundreds of ms
-# (docs/reliability.md, "The test run").
+# at a time the ASan rerun is cut in FLUXALOCK_ASAN_PARTS parts (default 4,
+# by tools/checks/lib/part.sh), and the checks that are CPU work for all
+# their time (valgrind, the fuzzers, the linters, the install's builds) run
+# one after another in a lane of their own beside the others; one at a
+# time, each runs whole (docs/reliability.md, "The test run").
 # FLUXALOCK_SKIP_CHECKS=1 leaves the checks out (spec files only).
 # The run ends with each failed job again in brief and their names, so
 # that the last lines of a log (a CI page) say what failed.
@@ -136,8 +133,9 @@ fi
 # the jobs, the longest first by the times of an earlier run (one not timed
 # yet first of all: it may be long)
 jobs=${FLUXALOCK_TEST_JOBS:-1}
+cpu_bound='^(valgrind:|tools/checks/(fuzz|clang-tidy|cppcheck|install|luacheck)\.sh)'
 if [ "$jobs" -gt 1 ]; then
-  asan_parts=${FLUXALOCK_ASAN_PARTS:-4} valgrind_parts=${FLUXALOCK_VALGRIND_PARTS:-2}
+  asan_parts=${FLUXALOCK_ASAN_PARTS:-4} valgrind_parts=${FLUXALOCK_VALGRIND_PARTS:-1}
 else
   asan_parts=${FLUXALOCK_ASAN_PARTS:-1} valgrind_parts=${FLUXALOCK_VALGRIND_PARTS:-1}
 fi
@@ -159,11 +157,27 @@ results=$run/results
 : >"$results"
 start=$(date +%s)
 n=$(wc -l <"$run/jobs")
-echo "== $n jobs, $jobs at a time"
 # each job makes its own directories beside the run's, in the TMPDIR this
 # run was given
-env TMPDIR="$(dirname "$run")" xargs -P "$jobs" -I{} \
-  sh tools/test.sh --job {} "$results" "$run/lock" <"$run/jobs"
+lane() { # lane <width> <job list>
+  env TMPDIR="$(dirname "$run")" xargs -P "$1" -I{} \
+    sh tools/test.sh --job {} "$results" "$run/lock" <"$2"
+}
+if [ "$jobs" -gt 1 ]; then
+  # side by side, the checks that are CPU work all the time they run
+  # (valgrind, the fuzzers, the linters, the install's builds) go one after
+  # another in a lane of their own: together they would take both cores
+  # from the spec files, which mostly wait
+  grep -E "$cpu_bound" "$run/jobs" >"$run/heavy"
+  grep -vE "$cpu_bound" "$run/jobs" >"$run/light"
+  echo "== $n jobs, $jobs at a time and $(wc -l <"$run/heavy") CPU-bound checks one at a time beside them"
+  lane 1 "$run/heavy" &
+  lane "$jobs" "$run/light"
+  wait
+else
+  echo "== $n jobs, one at a time"
+  lane 1 "$run/jobs"
+fi
 
 while read -r name ok bad secs cpu; do
   passed=$((passed + ok)) failed=$((failed + bad))
