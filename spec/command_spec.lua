@@ -162,9 +162,8 @@ describe("the fluxalock command", function()
 
   describe("Redis", function()
     it("unreachable: exits 69, says why on stderr, and the command never starts", function()
-      local closed = R.start()
-      local url = ("redis://user:s3cretpw@127.0.0.1:%d/0"):format(closed.port)
-      closed:stop()
+      -- a port nobody listens on, and no other job's server can take
+      local url = ("redis://user:s3cretpw@127.0.0.1:%d/0"):format(R.free_port())
       for _, via in ipairs { "-u", "env" } do
         local args = { "job", "-c", "touch \"$D/ran\"" }
         local o = {}

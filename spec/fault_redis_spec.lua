@@ -63,7 +63,10 @@ describe("Redis killed and restarted", function()
       local lock, err = locker:obtain("job", 10, 10)
       print(string.format("result %s %s %.3f", tostring(lock), tostring(err), core.now() - t))
     ]]
-    local child = R.child(code, { URL = server.url })
+    -- backoff steps of 2.5 s and more: once blocked on its wake-up list,
+    -- the waiter stays there well past the kill (with the default 0.1 s
+    -- steps a loaded machine's kill could meet its next try instead)
+    local child = R.child(code, { URL = server.url, RETRY = 5 })
     -- the waiter is blocked on its wake-up list: it is waiting
     R.until_true(function() return server:blocked() > 0 end, 10, "the waiter")
     server:kill()

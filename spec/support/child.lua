@@ -5,6 +5,7 @@
 --   URLS     space-separated node URLs: the default pool is a Redlock pool
 --   SEEDS    space-separated "host:port" seeds: the default pool is a Cluster
 --   TIMEOUT  the default pool's timeout and connect_timeout (seconds)
+--   RETRY    the default pool's retry_step and retry_max (seconds)
 --   WITNESS  the port of a witness redis-server on 127.0.0.1: C.witness, a
 --            connection of its own (core.pool), not the lock's
 -- With none of URL, URLS, SEEDS, nothing is configured (FLUXALOCK_URL or
@@ -34,6 +35,8 @@ end
 if pool then
   local t = tonumber(os.getenv("TIMEOUT"))
   if t then pool.timeout, pool.connect_timeout = t, t end
+  local r = tonumber(os.getenv("RETRY"))
+  if r then pool.retry_step, pool.retry_max = r, r end
   fluxalock.configure { pools = { default = pool } }
 end
 C.locker = fluxalock.locker()

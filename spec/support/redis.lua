@@ -114,6 +114,10 @@ local function failed_listening(logfile, from, p)
 end
 
 function Server:_launch(port)
+  if self.hold then -- (held since its stop: Server:stop)
+    self.hold:close()
+    self.hold = nil
+  end
   for _ = 1, 20 do
     local p = port or random_port()
     local logfrom = fsize(self.dir .. "/redis.log")
@@ -221,6 +225,13 @@ function Server:stop(sig)
       f:close()
       return not text:find(pat, 1, true)
     end, 10, "redis-server's port to close")
+    -- held until a restart on it: a spec that stops a server expects its
+    -- port refused, not another job's server that picked it meanwhile
+    -- (seen: an AUTH error from a stopped server's port).  A port a
+    -- connection of the old server holds in TIME_WAIT cannot be held: a
+    -- server (SO_REUSEADDR) could still take it, rarely
+    local hold = require("socket").tcp()
+    if hold and hold:bind("127.0.0.1", self.port) then self.hold = hold elseif hold then hold:close() end
   end
   self.pid = nil
 end
