@@ -77,15 +77,19 @@ end
 describe("many coroutines, few connections", function()
   for _, name in ipairs { "luv", "cqueues" } do
     describe("under host '" .. name .. "'", function()
-      -- n coroutines on k keys, pool options, the most connections allowed
+      -- n coroutines on k keys, pool options, the most connections allowed.
+      -- A request's timeout counts from its call: 5000 requests queued on
+      -- one connection of an ASan build on a loaded machine took more than
+      -- the default 1 s at the tail, though the server answered all along.
+      -- What is checked here is connections and that all obtain: 10 s
       for _, c in ipairs {
         { "2000 coroutines on one key, each holding it 1 ms: all obtain, one at a time, "
-          .. "over at most 5 connections (the default max_connections = 4, + 1)", 2000, 1, nil, 5 },
+          .. "over at most 5 connections (the default max_connections = 4, + 1)", 2000, 1, { timeout = 10 }, 5 },
         { "2000 coroutines on one key with max_connections = 1: at most 2 connections",
-          2000, 1, { max_connections = 1 }, 2 },
-        { "5000 coroutines on 5000 keys: all obtain, at most 5 connections", 5000, 5000, nil, 5 },
+          2000, 1, { max_connections = 1, timeout = 10 }, 2 },
+        { "5000 coroutines on 5000 keys: all obtain, at most 5 connections", 5000, 5000, { timeout = 10 }, 5 },
         { "5000 coroutines on 5000 keys with max_connections = 1: at most 2 connections",
-          5000, 5000, { max_connections = 1 }, 2 },
+          5000, 5000, { max_connections = 1, timeout = 10 }, 2 },
       } do
         local title, n, k, pool, bound = table.unpack(c, 1, 5)
         it(title, function()

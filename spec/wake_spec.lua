@@ -45,13 +45,15 @@ local function woken_by_other(dir, source, pool, servers)
     got_at = core.now()
     got = lock and lock:release()
   end)()
-  -- the release comes once the waiter's subscription is in place (the
-  -- server shows a client in pub/sub mode): a message published before
-  -- would be missed by design, and cost one backoff step
+  -- the release comes once the waiter's subscription is in place (a
+  -- server has a subscriber on the key's wake-up channel; a client in
+  -- pub/sub mode is not enough: sentinels keep one on their master): a
+  -- message published before would be missed by design, and cost one
+  -- backoff step
   local t, t0, subscribed = uv.new_timer(), core.now(), false
   t:start(5, 5, function()
     for _, srv in ipairs(servers) do
-      if srv:cli("CLIENT", "LIST"):find("sub=1", 1, true) then subscribed = true end
+      if srv:cli("PUBSUB", "CHANNELS"):find("wake:other", 1, true) then subscribed = true end
     end
     if not subscribed and core.now() - t0 < 5 then return end
     t:close()
