@@ -312,10 +312,22 @@ describe("a renewed Redlock lock", function()
     local urls = {}
     for i, s in ipairs(servers) do urls[i] = s.url end
     fl.configure { pools = { rl = { redlock = urls, timeout = 0.5, connect_timeout = 0.5 } } }
-    local lock = assert(fl.locker("rl"):obtain("quorum", 2, 0, { renew = 0.3 }))
+    local locker = fl.locker("rl")
+    local lock = assert(locker:obtain("quorum", 2, 0, { renew = 0.3 }))
+    local port3 = servers[3].port
     servers[3]:stop()
     R.sleep(3) -- 1.5 ttls: renewed by the two nodes left
-    assert.is_true(lock:held())
+    -- (seen twice beside other jobs, not explained: lost here.  What the
+    -- renewal counted, the key on the two nodes, and whether anything
+    -- answers on the stopped node's port say more next time)
+    local function why()
+      local st, c3 = locker:stats(), require("socket").connect("127.0.0.1", port3)
+      if c3 then c3:close() end
+      return ("renewed %s, lost %s; node 1: %s, PTTL %s; node 2: %s, PTTL %s; node 3's port %s"):format(
+        tostring(st.renewed), tostring(st.lost), servers[1]:cli("GET", "quorum"), pttl(servers[1], "quorum"),
+        servers[2]:cli("GET", "quorum"), pttl(servers[2], "quorum"), c3 and "accepts" or "refuses")
+    end
+    assert.is_true(lock:held(), why())
     for i = 1, 2 do assert.is_true(pttl(servers[i], "quorum") > 0) end
     servers[1]:cli("DEL", "quorum") -- one of the two left: no quorum any more
     R.until_true(function() return not lock:held() end, 2, "the loss of the quorum")
