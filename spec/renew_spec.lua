@@ -311,21 +311,32 @@ describe("a renewed Redlock lock", function()
     local fl = require "fluxalock"
     local urls = {}
     for i, s in ipairs(servers) do urls[i] = s.url end
-    fl.configure { pools = { rl = { redlock = urls, timeout = 0.5, connect_timeout = 0.5 } } }
+    fl.configure { pools = { rl = { redlock = urls, timeout = 1, connect_timeout = 1 } } }
     local locker = fl.locker("rl")
-    local lock = assert(locker:obtain("quorum", 2, 0, { renew = 0.3 }))
-    local port3 = servers[3].port
+    -- obtained on all three nodes: a node that answered after the others
+    -- (a loaded machine; seen beside other jobs) may have no key, and the
+    -- lock then stands on two, which one node down leaves short of a
+    -- quorum.  Such a lock is given back, and obtained again
+    local lock
+    for _ = 1, 5 do
+      lock = assert(locker:obtain("quorum", 2, 0, { renew = 0.3 }))
+      local on = 0
+      for i = 1, 3 do
+        if servers[i]:cli("GET", "quorum") == lock:token() then on = on + 1 end
+      end
+      if on == 3 then break end
+      lock:release()
+      lock = nil
+    end
+    assert(lock, "never obtained on all three nodes in 5 tries")
     servers[3]:stop()
     R.sleep(3) -- 1.5 ttls: renewed by the two nodes left
-    -- (seen twice beside other jobs, not explained: lost here.  What the
-    -- renewal counted, the key on the two nodes, and whether anything
-    -- answers on the stopped node's port say more next time)
+    -- what the renewal counted and the key on the two nodes, if it was lost
     local function why()
-      local st, c3 = locker:stats(), require("socket").connect("127.0.0.1", port3)
-      if c3 then c3:close() end
-      return ("renewed %s, lost %s; node 1: %s, PTTL %s; node 2: %s, PTTL %s; node 3's port %s"):format(
+      local st = locker:stats()
+      return ("renewed %s, lost %s; node 1: %s, PTTL %s; node 2: %s, PTTL %s"):format(
         tostring(st.renewed), tostring(st.lost), servers[1]:cli("GET", "quorum"), pttl(servers[1], "quorum"),
-        servers[2]:cli("GET", "quorum"), pttl(servers[2], "quorum"), c3 and "accepts" or "refuses")
+        servers[2]:cli("GET", "quorum"), pttl(servers[2], "quorum"))
     end
     assert.is_true(lock:held(), why())
     for i = 1, 2 do assert.is_true(pttl(servers[i], "quorum") > 0) end
