@@ -121,7 +121,9 @@ describe("a renewed lock with replicas = 1", function()
     -- the renewals were refused for want of a replica, not for a lost key
     assert.equal("1", master:cli("EXISTS", "w-renewed"))
     assert.is_true(R.now() - t0 >= 0.5, "lost before its deadline")
-    assert.is_true(l:stats().lost >= 1)
+    -- held() is false from the deadline on; the renewal thread counts the
+    -- loss when its poll wakes for it, later on a loaded machine (seen)
+    R.until_true(function() return l:stats().lost >= 1 end, 5, "the loss to be counted")
     lock:release()
   end)
 end)
