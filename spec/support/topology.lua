@@ -242,10 +242,16 @@ function Cluster:move_slot(slot, from, to, migrating_only)
   if not migrating_only then self:give_slot(slot, to) end
 end
 
--- slot handed to 'to' on every master (no key moved)
+-- slot handed to 'to' on every master (no key moved), 'to' first, as
+-- Redis's own procedure does: with the source first, the two pointed a
+-- request at each other until 'to' learnt it (seen: "more than 5
+-- redirects" in a waiter that retried meanwhile)
 function Cluster:give_slot(slot, to)
+  assert(to:cli("CLUSTER", "SETSLOT", slot, "NODE", to.id) == "OK")
   for _, n in ipairs(self.nodes) do
-    if n:cli("ROLE"):find("^master") then assert(n:cli("CLUSTER", "SETSLOT", slot, "NODE", to.id) == "OK") end
+    if n ~= to and n:cli("ROLE"):find("^master") then
+      assert(n:cli("CLUSTER", "SETSLOT", slot, "NODE", to.id) == "OK")
+    end
   end
 end
 
