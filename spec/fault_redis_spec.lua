@@ -11,6 +11,21 @@ local ERR = "^fluxalock: %a+ 127%.0%.0%.1:%d+: "
 local function gone(server) server:refusing() end
 
 describe("Redis killed and restarted", function()
+  -- the cases below rely on this: a restarted server with data answers
+  -- every command once restart() returns.  A data set that takes a while
+  -- to load: Redis serves INFO during the load, and its INFO persistence
+  -- says "loading:1" next to "async_loading:0" (the harness once read the
+  -- latter as loaded, and a case met LOADING)
+  it("restart() returns once the data is loaded, not while Redis answers LOADING", function()
+    local server = R.own { persist = true }
+    assert.equal(200000, server:call("EVAL", [[
+      for i = 1, 200000 do redis.call("SET", "k" .. i, i) end
+      return redis.call("DBSIZE")]], 0))
+    server:kill()
+    server:restart()
+    assert.same(1, server:call("EXISTS", "k200000"))
+  end)
+
   it("mid-hold, data kept (appendfsync always): the holder still owns its lock", function()
     local server, _, locker = R.own { persist = true }
     local lock = assert(locker:obtain("job", 30))

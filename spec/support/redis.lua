@@ -151,10 +151,12 @@ function Server:_launch(port)
       local info = self.pid and self:cli("INFO", "server")
       if info and tonumber(info:match("process_id:(%d+)")) == self.pid then
         -- a server with data to load answers INFO, but every other command
-        -- with LOADING, until its AOF is read (seen on a loaded machine)
+        -- with LOADING, until its AOF is read (seen on a loaded machine).
+        -- The field at a line's start: "async_loading:0" stands beside
+        -- "loading:1" while it loads
         if not self.opts.persist then return true end
         local st = self:cli("INFO", "persistence")
-        return st ~= nil and st:match("loading:0") ~= nil
+        return st ~= nil and ("\n" .. st):match("\nloading:(%d)") == "0"
       end
       return self.pid and self.opts.args and info:match("NOAUTH") and alive(self.pid)
     end, 5, "redis-server")
