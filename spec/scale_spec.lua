@@ -14,13 +14,17 @@ local S = dofile(HERE .. "support/scale.lua")
 local BIG = 60 -- ttl and wait of the stampedes: generous, a slow machine must not fail correct code
 
 -- a failure message with the sampler's report: the clients it saw at its
--- peak, one short line each
+-- peak, one short line each, "+" before those it counted
 local function report(s)
   local lines = {}
   for line in (s.report or ""):gmatch("[^\n]+") do
     if #lines < 40 and not line:find("^sampler ") then
-      lines[#lines + 1] = (line:match("(addr=%S+).*( age=%S+).*( cmd=%S+)") and
-        table.concat({ line:match("(addr=%S+).*( age=%S+).*( cmd=%S+)") }) or line)
+      local short = { line:match("^[+-] ") or "" }
+      for _, f in ipairs { "addr", "name", "age", "flags", "cmd" } do
+        local v = line:match(" " .. f .. "=(%S*)")
+        if v then short[#short + 1] = f .. "=" .. v .. " " end
+      end
+      lines[#lines + 1] = #short > 1 and table.concat(short) or line
     end
   end
   return ("most connections seen %s in %s samples%s; clients then:\n%s"):format(tostring(s.max),

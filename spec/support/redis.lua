@@ -88,10 +88,43 @@ local function ephemeral_low()
   return low
 end
 
+-- Ports.  A port a stopped server had is still tried for a while by the
+-- clients it had: sentinels and replicas that watched it, a pool's
+-- reconnects, in another job of the run or in another run beside it.  A
+-- new server on that port takes their connections and commands (seen: a
+-- stampede that never subscribes counted another job's subscriptions and
+-- scripts among its connections).  So each port a server is started on is
+-- claimed machine-wide, a directory in REGISTRY (mkdir is atomic), and not
+-- given out again for QUARANTINE minutes.  Without a writable /tmp the
+-- claim is left out.
+local REGISTRY, QUARANTINE = "/tmp/fluxalock-test-ports", 15
+local registry -- nil: not looked at yet; false: none
+local function sweep()
+  os.execute(("find %s -mindepth 1 -maxdepth 1 -mmin +%d -exec rmdir {} + 2>/dev/null"):format(REGISTRY, QUARANTINE))
+end
+local function claim(p)
+  if registry == nil then
+    registry = os.execute("mkdir -p " .. REGISTRY .. " 2>/dev/null && test -w " .. REGISTRY) == true
+    if registry then sweep() end
+  end
+  return not registry or os.execute(("mkdir %s/%d 2>/dev/null"):format(REGISTRY, p)) == true
+end
+
+-- a port in lo..hi no test run of this machine used in the last
+-- QUARANTINE minutes, claimed for this process's server
+function R.pick_port(lo, hi)
+  for i = 1, 400 do
+    local p = math.random(lo, hi)
+    if claim(p) then return p end
+    if i % 100 == 0 then sweep() end
+  end
+  error(("no port in %d-%d left unclaimed in %s"):format(lo, hi, REGISTRY), 2)
+end
+
 local function random_port()
   local low = ephemeral_low()
-  if low and low > 11000 then return math.random(10000, low - 1) end
-  return math.random(20000, 59999)
+  if low and low > 11000 then return R.pick_port(10000, low - 1) end
+  return R.pick_port(20000, 59999)
 end
 
 -- the size of a file (0 if absent)

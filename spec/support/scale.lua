@@ -188,12 +188,14 @@ repeat
   local last = exists(stop) -- one more sample after the stop file appears
   local list = not tripped and p:call { "CLIENT", "LIST" }
   if type(list) == "string" then
-    local n = 0
+    local n, marked = 0, {}
     for line in list:gmatch("[^\n]+") do
-      if counted(line) then n = n + 1 end
+      -- "+" marks a line counted, "-" one left out
+      if counted(line) then n = n + 1 marked[#marked + 1] = "+ " .. line
+      else marked[#marked + 1] = "- " .. line end
     end
     samples = samples + 1
-    if n > max then max, at = n, list end
+    if n > max then max, at = n, table.concat(marked, "\n") .. "\n" end
     if trip and n > trip and not tripped then
       tripped = true
       os.execute("kill -KILL " .. pid)

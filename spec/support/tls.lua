@@ -106,7 +106,7 @@ function T.sentinel(master, name)
   local c = T.certs()
   local dir = R.tmpdir("s")
   for _ = 1, 20 do
-    local p = math.random(20000, 59999)
+    local p = R.pick_port(20000, 59999)
     local f = assert(io.open(dir .. "/sentinel.conf", "w"))
     f:write(table.concat({
       "port 0", "tls-port " .. p, "bind 127.0.0.1", "protected-mode no", "daemonize yes",

@@ -41,7 +41,7 @@ local function launch(lines, extra, port, host)
   host = host or "127.0.0.1"
   local dir = R.tmpdir("t")
   for _ = 1, 20 do
-    local p = port or math.random(20000, 59999)
+    local p = port or R.pick_port(20000, 59999)
     local conf = dir .. "/node.conf"
     local f = assert(io.open(conf, "w"))
     f:write(("port %d\nbind %s\nprotected-mode no\ndaemonize yes\n"):format(p, host))
@@ -72,7 +72,7 @@ T.launch = launch
 
 local function free_port()
   for _ = 1, 50 do
-    local p = math.random(20000, 59999)
+    local p = R.pick_port(20000, 59999)
     if not R.sh("ss -Htln 'sport = :" .. p .. "' 2>/dev/null"):find("LISTEN", 1, true) then return p end
   end
   error("no free port")
