@@ -56,7 +56,7 @@ if ... == "support.proxy" then
       q(here()), target_port, q(mode or "pass"), self_pid(), q(out))
     local pid = Tmp.track(tonumber(sh(cmd)))
     local px = setmetatable({ pid = pid, out = out }, Proxy)
-    local deadline = socket.gettime() + 10
+    local deadline = socket.gettime() + 60 -- a start under valgrind beside other jobs took over 10 s
     while true do
       local h = io.open(out)
       local text = h and h:read("a") or ""
@@ -100,7 +100,7 @@ if ... == "support.proxy" then
   function Proxy:stop()
     if not self.pid then return end
     pcall(self.send, self, "quit")
-    local deadline = socket.gettime() + 10
+    local deadline = socket.gettime() + 60 -- a start under valgrind beside other jobs took over 10 s
     while alive(self.pid) and socket.gettime() < deadline do socket.sleep(0.01) end
     if alive(self.pid) then os.execute("kill -KILL " .. self.pid .. " 2>/dev/null") end
     os.remove(self.out)

@@ -56,9 +56,12 @@ local track = Tmp.track
 R.track = track
 
 -- wait until fn() is true, polling; the condition is the real signal, the
--- poll interval only paces the checks
+-- poll interval only paces the checks.  The timeout only stops a hang: it
+-- is multiplied by FLUXALOCK_WAIT_SCALE, which the valgrind run sets (a
+-- child's start there took over 10 s on a loaded machine)
+local WAIT_SCALE = tonumber(os.getenv("FLUXALOCK_WAIT_SCALE") or "") or 1
 local function until_true(fn, timeout, what)
-  local deadline = core.now() + (timeout or 10)
+  local deadline = core.now() + (timeout or 10) * WAIT_SCALE
   while not fn() do
     if core.now() > deadline then error("timed out waiting for " .. (what or "condition"), 2) end
     core.sleep(0.01)

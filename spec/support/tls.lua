@@ -186,7 +186,7 @@ function T.dns(mode, delay)
       end
     end
   ]=]):format(mode, tostring(delay or 0), ip))
-  R.until_true(function() return proc:output():find("ready", 1, true) end, 10, "the DNS server")
+  R.until_true(function() return proc:output():find("ready", 1, true) end, 60, "the DNS server")
   local conf = proc.dir .. "/resolv.conf"
   local f = assert(io.open(conf, "w"))
   f:write("nameserver ", ip, "\noptions timeout:5 attempts:1\n")
