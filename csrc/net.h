@@ -49,6 +49,10 @@ typedef struct fl_tls_conf {
 
 /* NULL on failure: err says why, *bad names the option at fault */
 fl_tls *fl_tls_new(const fl_tls_conf *cf, char *err, size_t errlen, const char **bad);
+/* OpenSSL initialised now (its own exit handler registered now, if not
+   already): an exit handler registered after this runs before OpenSSL's
+   cleanup */
+void fl_tls_library_init(void);
 fl_tls *fl_tls_ref(fl_tls *t); /* NULL stays NULL */
 void fl_tls_unref(fl_tls *t);
 

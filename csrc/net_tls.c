@@ -124,6 +124,8 @@ static int load(fl_tls *t, const fl_tls_conf *cf, const char **bad) {
   return 0;
 }
 
+void fl_tls_library_init(void) { OPENSSL_init_ssl(0, NULL); }
+
 fl_tls *fl_tls_new(const fl_tls_conf *cf, char *err, size_t errlen, const char **bad) {
   fl_tls *t = calloc(1, sizeof *t);
   *bad = "tls";

@@ -346,7 +346,9 @@ static int start_thread(void) {
 
 /* at process exit: stop the thread (its requests in flight are dropped:
    the process is going anyway, and its locks expire by their ttl) and join
-   it, so nothing of ours outlives the program, not even its stack */
+   it, so nothing of ours outlives the program, not even its stack.  An
+   exit handler (setup registers it, to run before OpenSSL's cleanup) and
+   the module's destructor: the second call finds nothing left to do */
 __attribute__((destructor)) static void at_exit(void) {
   int j;
   if (!set_up) return;
@@ -416,6 +418,13 @@ static int setup(void) {
      (linked into a program instead, it is never unmapped) */
   if (dladdr((void *)(size_t)fl_renew_start, &info) && info.dli_fname)
     dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
+  /* pinned, this module's destructor runs only after exit()'s handlers,
+     one of which is OpenSSL's cleanup: a thread still running then (a
+     renewed lock held at exit) lost its TLS state to it, or used OpenSSL
+     after it.  Exit handlers run in reverse order: OpenSSL's is
+     registered first, then ours, which stops the thread before it */
+  fl_tls_library_init();
+  atexit(at_exit);
   if ((r = redisReaderCreate())) { /* hiredis 0.14: set up the shared table here */
     fl_reader_cap(r);
     redisReaderFree(r);
