@@ -358,7 +358,11 @@ wait]] })
     end)
 
     it("SIGTSTP (Ctrl-Z) does not stop fluxalock while the command runs: the lock is still renewed", function()
-      local h = start(server, { "-t", "1", "job", "-c", "touch \"$D/started\"; sleep 3" }, { job = true })
+      -- the command runs until the spec is done (the file stop): a fixed
+      -- run could end, and fluxalock with it, before a loaded machine's checks
+      local h = start(server, { "-t", "1", "job", "-c",
+        "touch \"$D/started\"; i=0; while [ ! -e \"$D/stop\" ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done" },
+        { job = true })
       R.until_true(function() return exists(h.dir .. "/started") end, 10, "the command")
       local fl = tonumber(read(h.dir .. "/job"))
       kill(fl, "TSTP")
@@ -370,6 +374,7 @@ wait]] })
       -- a stopped process has state T in /proc/<pid>/stat
       local state = (read("/proc/" .. fl .. "/stat") or ""):match("^%d+ %b() (%a)")
       if state == "T" then kill(fl, "CONT") end
+      write(h.dir .. "/stop", "")
       assert.is_truthy(state)
       assert.is_true(state ~= "T", "fluxalock was stopped")
       assert.is_true(low > 0, "PTTL fell to " .. low .. ": not renewed")

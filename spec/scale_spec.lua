@@ -460,7 +460,9 @@ describe("many coroutines, few connections per node", function()
         return S.child(servers[1], [[
           local d = S.drivers.luv()
           local fl = require "fluxalock"
-          fl.configure { host = d.host, pools = { default = { redlock = ARGS.urls, max_connections = ARGS.max } } }
+          -- timeout 10: as in the stampedes above (a request's timeout counts from its call)
+          fl.configure { host = d.host, pools = { default = { redlock = ARGS.urls, max_connections = ARGS.max,
+            timeout = 10 } } }
           return S.stampede(d, fl.locker(), S.counter(SERVER, d), ARGS)
         ]], { urls = urls, max = max ~= 4 and max or nil, n = 600, k = 6, ttl = BIG, wait = BIG })
       end)
@@ -476,8 +478,10 @@ describe("many coroutines, few connections per node", function()
 end)
 
 -- a stampede of a Cluster or Sentinel pool under luv, each node of 'nodes'
--- sampled; the Redis counters live on a server of their own
+-- sampled; the Redis counters live on a server of their own.  Timeout 10,
+-- as in the stampedes above
 local function per_node(nodes, pool, n, k)
+  pool.timeout = 10
   local counters = R.start()
   local samplers = {}
   local ok, st = pcall(function()
