@@ -48,6 +48,7 @@ while core.now() < deadline do
   if r[2] == "done" then break end
   if r[2] == "chain" then
     looks = looks + 1
+    redis:call { "INCR", key .. ":looks" } -- the chain's links wait for a look
     if r[1] == nil then free = free + 1 end
     local lock = locker:obtain(key, 5)
     if lock then
@@ -108,7 +109,7 @@ for _, host in ipairs { "luv", "cqueues" } do
     it("keeps the key held along a chain: a contender process never gets it", function()
       local d, l, s = H[host](), env.locker, env.server
       local key = "ho:chain:" .. host
-      s:cli("DEL", key .. ":phase", key .. ":ready")
+      s:cli("DEL", key .. ":phase", key .. ":ready", key .. ":looks")
       local proc = R.child(CONTENDER, { URL = s.url, PORT = s.port, KEY = key })
       R.until_true(function() return s:cli("EXISTS", key .. ":ready") == "1" end, 20, "the contender")
       local n, fences, done = 20, {}, 0
@@ -120,7 +121,11 @@ for _, host in ipairs { "luv", "cqueues" } do
           d.spawn(function()
             local lock = assert(l:obtain(key, 10, 8))
             fences[#fences + 1] = lock:fence()
-            d.sleep(0.003) -- the contender tries meanwhile
+            -- the contender tries meanwhile: each link holds until it has
+            -- looked once more (0.3 s at most), not for a guessed 3 ms (a
+            -- loaded machine's contender once slept through the chain)
+            local seen, t = tonumber(s:cli("GET", key .. ":looks")) or 0, core.now()
+            repeat d.sleep(0.002) until (tonumber(s:cli("GET", key .. ":looks")) or 0) > seen or core.now() - t > 0.3
             if i == n then s:cli("SET", key .. ":phase", "done") end
             assert(lock:release())
             done = done + 1
