@@ -90,7 +90,9 @@ describe("examples", function()
   for _, name in ipairs { "non_blocking", "waiting", "ttl_refresh", "scoped", "renewed" } do
     it(name .. ".lua prints the reference's lines and releases its lock", function()
       local out, stderr, code = run(name, server.url)
-      assert.are.equal(lines(expected[name]), out)
+      -- (its stderr in the message: beside another make test, two examples
+      -- once stopped early, and only their stdout was shown)
+      assert.are.equal(lines(expected[name]), out, "stderr: " .. stderr)
       assert.are.equal("", stderr)
       assert.are.equal(0, code)
       -- released, not left to expire (only fluxalock's own keys remain:
