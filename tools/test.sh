@@ -39,6 +39,23 @@ busted_counts() {
     { read -r ok f e p && echo "$ok $((f + e + p))"; }
 }
 
+# stop what a PID list names that still runs.  Each line is "pid start"
+# (spec/support/tmp.lua): the process's start time, field 22 of
+# /proc/<pid>/stat.  Only the process with that start time is ours: pids
+# wrap at 32768 here within a minute of a busy run, and a number a job
+# recorded minutes ago may be another job's process by now, or another
+# run's
+stop_listed() { # stop_listed <list>
+  list=$1
+  while read -r pid start; do
+    [ -n "${start:-}" ] || continue
+    st=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
+    # the fields after "pid (name) ": the state, ..., the start time 20th
+    set -- ${st##*") "}
+    [ "${20:-}" = "$start" ] && kill "$pid" 2>/dev/null
+  done <"$list"
+}
+
 # one job (a spec file, a check, or a part of one), with a TMPDIR and a PID
 # list of its own: appends "name passed failed seconds" to $results and
 # prints its output in one piece under the run's lock
@@ -72,9 +89,7 @@ if [ "${1:-}" = "--job" ]; then
       counts="0 1"; echo "== FAILED: $name" >>"$log"
     fi ;;
   esac
-  while read -r pid; do
-    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && kill "$pid" 2>/dev/null
-  done <"$pids"
+  stop_listed "$pids"
   if ! env -u TMPDIR sh tools/checks/lib/leftover.sh "$dir" "$name" >>"$log" 2>&1; then
     counts="${counts% *} $((${counts#* } + 1))"
   fi
@@ -99,9 +114,7 @@ run=$(mktemp -d "${TMPDIR:-/tmp}/fluxalock-run.XXXXXX")
 # at the end, and on Ctrl-C: any process recorded there still running is
 # stopped by its PID, and the run's files are removed
 finish() {
-  while read -r pid; do
-    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && kill "$pid" 2>/dev/null
-  done < "$FLUXALOCK_TEST_PIDS"
+  stop_listed "$FLUXALOCK_TEST_PIDS"
   rm -rf "$run" "$FLUXALOCK_TEST_PIDS" "$log"
 }
 trap finish EXIT

@@ -157,22 +157,23 @@ function M.file(tag)
 end
 
 -- record a process to stop at exit (it may end before; a reused pid is
--- told apart by its start time); also in tools/test.sh's list when set
+-- told apart by its start time); also in tools/test.sh's list when set,
+-- with its start time too: a job's list is read when the job ends, by
+-- which time a pid of its first minutes may be another process's
 function M.track(pid)
   pid = tonumber(pid)
   if not pid then return pid end
   local start = started(pid)
-  if start then
-    state.procs[#state.procs + 1] = { tostring(pid), start }
-    M.root()
-    if state.parent then
-      local h = io.open(state.parent .. "/.pids", "a")
-      if h then h:write(pid, " ", start, "\n") h:close() end
-    end
+  if not start then return pid end -- gone already: nothing to stop
+  state.procs[#state.procs + 1] = { tostring(pid), start }
+  M.root()
+  if state.parent then
+    local h = io.open(state.parent .. "/.pids", "a")
+    if h then h:write(pid, " ", start, "\n") h:close() end
   end
   local list = os.getenv("FLUXALOCK_TEST_PIDS")
   local h = list and io.open(list, "a")
-  if h then h:write(pid, "\n") h:close() end
+  if h then h:write(pid, " ", start, "\n") h:close() end
   return pid
 end
 
