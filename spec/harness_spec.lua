@@ -1,13 +1,55 @@
--- The test command's own promise about processes (tools/test.sh): when a
--- job ends, what it recorded and still runs is stopped by its PID, and
--- nothing else is.  A recorded number can belong to another process by
--- then: pids wrap at 32768 here within a minute of a busy run, and a job's
--- list is read minutes after its first entries, and SIGTERM went to
--- whatever had the number then.
+-- The harness's own promises, checked from outside.  Its random choices
+-- (ports, DNS server addresses) are its own per process.  And when a job
+-- of the test command (tools/test.sh) ends, what the job recorded and
+-- still runs is stopped by its PID, and nothing else is: pids wrap at
+-- 32768 here every few minutes of a busy run, and a job's list is read
+-- minutes after its first entries, when a number may be another's.
 local R = require "support.redis"
 
 local root = R.sh("pwd"):gsub("%s+$", "")
 local LAST_PID = "/proc/sys/kernel/ns_last_pid"
+
+describe("the harness's random choices", function()
+  -- two suites side by side ran their valgrind reruns in step: Lua seeds
+  -- from the time in seconds and an address, valgrind lays memory out the
+  -- same every time, and two spec processes drew the same DNS server
+  -- address (a port is claimed machine-wide, an address is not)
+  it("differ between two spec processes started in one second with memory laid out the same", function()
+    -- setarch -R: no address space randomisation, as under valgrind
+    local cmd = ("cd %s && LUA_PATH='spec/?.lua;lua/?.lua;;' LUA_CPATH='./?.so;;' setarch -R lua5.4 -e %s")
+      :format(R.quote(root), R.quote('require "support.redis" io.write(os.time(), " ", math.random(1, 1e9), "\\n")'))
+    local a, b
+    for _ = 1, 5 do -- until both start within one second
+      local out = R.sh(("%s & %s & wait"):format(cmd, cmd)) -- a line each, one write
+      a, b = out:match("^(%d+ %d+)\n(%d+ %d+)\n$")
+      assert.truthy(a, out)
+      if a:match("^%d+") == b:match("^%d+") then break end
+    end
+    assert.are_not.equal(a, b)
+  end)
+
+  it("a DNS server's address that another one holds is not used: the next server gets another", function()
+    local T = require "support.tls"
+    local socket = require "socket"
+    -- the address T.dns draws first, held by a socket of ours
+    math.randomseed(42)
+    local taken = ("127.53.%d.%d"):format(math.random(0, 255), math.random(1, 254))
+    local squat = assert(socket.udp())
+    assert(squat:setsockname(taken, 53))
+    math.randomseed(42)
+    local dns = T.dns("answer")
+    finally(function() dns:stop() squat:close() end)
+    assert.are_not.equal(taken, dns.ip)
+    -- and the server there answers: an A query for "x." gets 127.0.0.1
+    local u = assert(socket.udp())
+    assert(u:setpeername(dns.ip, 53))
+    u:settimeout(10)
+    assert(u:send("\0\7\1\0\0\1\0\0\0\0\0\0\1x\0\0\1\0\1"))
+    local reply = u:receive()
+    u:close()
+    assert.truthy(reply and reply:find("\127\0\0\1$"), "no answer from " .. dns.ip)
+  end)
+end)
 
 describe("tools/test.sh", function()
   -- the kernel gives the next new process the pid after the number in

@@ -42,7 +42,7 @@ busted_counts() {
 # stop what a PID list names that still runs.  Each line is "pid start"
 # (spec/support/tmp.lua): the process's start time, field 22 of
 # /proc/<pid>/stat.  Only the process with that start time is ours: pids
-# wrap at 32768 here within a minute of a busy run, and a number a job
+# wrap at 32768 here every few minutes of a busy run, and a number a job
 # recorded minutes ago may be another job's process by now, or another
 # run's
 stop_listed() { # stop_listed <list>

@@ -35,6 +35,12 @@ R.read, R.write = S.read, S.write
 R.sleep = core.sleep
 R.now = core.now
 
+-- random choices (ports, DNS addresses) of this process's own.  Lua seeds
+-- from the time in seconds and an address, and under valgrind, which
+-- lays memory out the same every time, two spec processes started in one
+-- second (two runs side by side) drew the same numbers
+math.randomseed(S.self_pid(), math.floor(core.now() * 1e9))
+
 -- elapsed seconds of f(...), and its results
 function R.timed(f, ...)
   local t = core.now()

@@ -150,13 +150,10 @@ end
 
 -- ---- host names, hermetically ---------------------------------------------
 
--- T.dns(mode [, delay]) -> a DNS server of ours on a loopback address, port
--- 53, in a child process: "silent" answers nothing, "nxdomain" says no such
--- name, "answer" gives 127.0.0.1 for any A query after 'delay' seconds (and
--- no AAAA; "dual" answers AAAA with ::1 too).  :stop().  Only processes run by T.isolated() ask it.
-function T.dns(mode, delay)
-  local ip = ("127.53.%d.%d"):format(math.random(0, 255), math.random(1, 254))
-  local proc = R.spawn(([=[
+-- the process of T.dns's server on ip, port 53: it says "ready" once it
+-- has the address
+local function dns_process(mode, delay, ip)
+  return R.spawn(([=[
     local socket = require "socket"
     local mode, delay = %q, %s
     local u = assert(socket.udp())
@@ -186,7 +183,27 @@ function T.dns(mode, delay)
       end
     end
   ]=]):format(mode, tostring(delay or 0), ip))
-  R.until_true(function() return proc:output():find("ready", 1, true) end, 60, "the DNS server")
+end
+
+-- T.dns(mode [, delay]) -> a DNS server of ours on a loopback address, port
+-- 53, in a child process: "silent" answers nothing, "nxdomain" says no such
+-- name, "answer" gives 127.0.0.1 for any A query after 'delay' seconds (and
+-- no AAAA; "dual" answers AAAA with ::1 too).  :stop().  Only processes run by T.isolated() ask it.
+function T.dns(mode, delay)
+  local ip, proc
+  for _ = 1, 20 do
+    ip = ("127.53.%d.%d"):format(math.random(0, 255), math.random(1, 254))
+    proc = dns_process(mode, delay, ip)
+    -- "ready" alone on its line: a failed bind says "address already in
+    -- use", which has those letters too
+    R.until_true(function() return proc:output():find("^ready\n") or not R.alive(proc.pid) end, 60,
+      "the DNS server")
+    if proc:output():find("^ready\n") then break end
+    -- the address is another DNS server's (a spec's beside this one): another
+    assert(proc:output():find("address already in use", 1, true), "the DNS server failed: " .. proc:output())
+    proc = nil
+  end
+  assert(proc, "no free address for a DNS server in 127.53.0.0/16 in 20 tries")
   local conf = proc.dir .. "/resolv.conf"
   local f = assert(io.open(conf, "w"))
   f:write("nameserver ", ip, "\noptions timeout:5 attempts:1\n")
