@@ -45,15 +45,16 @@ busted_counts() {
 # wrap at 32768 here every few minutes of a busy run, and a number a job
 # recorded minutes ago may be another job's process by now, or another
 # run's
+# (its variables are named for it alone: sh has no local ones, and a job's
+# own "start" is read after this)
 stop_listed() { # stop_listed <list>
-  list=$1
-  while read -r pid start; do
-    [ -n "${start:-}" ] || continue
-    st=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
+  while read -r listed_pid listed_start; do
+    [ -n "${listed_start:-}" ] || continue
+    listed_stat=$(cat "/proc/$listed_pid/stat" 2>/dev/null) || continue
     # the fields after "pid (name) ": the state, ..., the start time 20th
-    set -- ${st##*") "}
-    [ "${20:-}" = "$start" ] && kill "$pid" 2>/dev/null
-  done <"$list"
+    set -- ${listed_stat##*") "}
+    [ "${20:-}" = "$listed_start" ] && kill "$listed_pid" 2>/dev/null
+  done <"$1"
 }
 
 # one job (a spec file, a check, or a part of one), with a TMPDIR and a PID
