@@ -548,12 +548,19 @@ local function dequeue(w)
 end
 Waiter.__close = dequeue
 
+-- settle: a Redlock release publishes on each node as it gets there, so
+-- the first node's message may come before the others released.  A head
+-- woken by it whose try finds the key still held on a majority tries
+-- again up to SETTLE times, 5 ms after the first and each pause twice
+-- the last (5 to 160 ms, 315 ms in all; never more than retry_max): the
+-- other nodes' releases come one network trip later, and on a loaded
+-- machine tens of ms later (two quick tries 5 ms apart missed them, and
+-- the head waited its whole backoff step)
+local SETTLE = 6
 local function queues_of(pool)
   local cp = core_of(pool)
   local qs = queues[cp]
   if not qs then
-    -- settle: a Redlock release publishes on each node as it gets there,
-    -- so the first node's message may come before the others released
     qs = { chans = {}, settle = cp:info().kind == "redlock" }
     queues[cp] = qs
   end
@@ -663,13 +670,14 @@ local function wait_queued(self, pool, key, ms, deadline, q, w, mode)
     else
       if w.kicked then
         w.kicked = false
-        w.quick = queues[q.cp].settle and 2 or 0 -- (see queues_of)
+        w.quick = queues[q.cp].settle and SETTLE or 0 -- (see SETTLE)
       elseif left > 0 and (w.quick or 0) > 0 then
         -- woken, but the try found the key still held on a majority: the
         -- release is on its way to the other nodes
+        local t = min(0.005 * 2 ^ (SETTLE - w.quick), smax, left)
         w.quick = w.quick - 1
-        w.alive = now() + 0.005
-        park(w, min(0.005, left))
+        w.alive = now() + t
+        park(w, t)
         w.kicked = false
       elseif left > 0 then
         pause = min(pause + step, smax)
@@ -688,7 +696,7 @@ local function wait_queued(self, pool, key, ms, deadline, q, w, mode)
         until w.kicked or w.grant or t <= 0.001 or q[w.at] ~= w
         -- woken in the step (a release's message, or this process's own):
         -- a Redlock try may come before the other nodes released, too
-        if w.kicked then w.quick = queues[q.cp].settle and 2 or 0 end
+        if w.kicked then w.quick = queues[q.cp].settle and SETTLE or 0 end
         w.kicked = false
       end
       if w.grant then break end -- handed over while it slept its step

@@ -25,14 +25,38 @@ assert(lock:release())
 print(("released=%.6f"):format(core.now()))
 ]]
 
+-- the same, but its release reaches the first node of its Redlock group
+-- 60 ms before the others (as from nodes at other distances, or a loaded
+-- machine): the lock key and the wake-up message there, as the release
+-- script does, then the key on the other nodes
+local STAGGERED = [[
+local fluxalock = require "fluxalock"
+local core = require "fluxalock.core"
+local resp = require "support.resp"
+local urls = load("return " .. os.getenv("POOL"))().redlock
+fluxalock.configure { pools = { default = { redlock = urls } } }
+local key = os.getenv("KEY")
+local lock = assert(fluxalock.locker():obtain(key, 30))
+io.open(os.getenv("HELD"), "w"):close()
+while not io.open(os.getenv("GO")) do core.sleep(0.005) end
+local function node(i) return { port = tonumber(urls[i]:match(":(%d+)/")) } end
+assert(resp.call(node(1), nil, "DEL", key) == 1)
+assert(resp.call(node(1), nil, "PUBLISH", "fluxalock:wake:" .. key, "1") == 1)
+local released = core.now()
+core.sleep(0.06) -- the subject: the other nodes' releases come later
+for i = 2, 3 do assert(resp.call(node(i), nil, "DEL", key) == 1) end
+print(("released=%.6f"):format(released))
+lock:release() -- not held any more: false
+]]
+
 -- another process holds 'key' and releases it once this process's waiter
 -- (under luv, with slow backoff steps) is subscribed: the waiter must
 -- obtain within a few ms of the release.  pool: the options as Lua source
 -- (for the other process) and as a table; servers: where the subscription
 -- may be (a client in pub/sub mode shows it)
-local function woken_by_other(dir, source, pool, servers)
+local function woken_by_other(dir, source, pool, servers, releaser)
   local held, go = dir .. "/held", dir .. "/go"
-  local proc = R.spawn(RELEASER, { POOL = source, KEY = "wake:other", HELD = held, GO = go })
+  local proc = R.spawn(releaser or RELEASER, { POOL = source, KEY = "wake:other", HELD = held, GO = go })
   R.until_true(function() local f = io.open(held) if f then f:close() end return f ~= nil end,
     20, "the other process to hold the lock")
   local fl = require "fluxalock"
@@ -149,6 +173,14 @@ describe("the wake-up subscription of a group pool under host 'luv'", function()
     finally(function() for _, srv in ipairs(servers) do srv:stop() end end)
     local source = ("{ redlock = { %q, %q, %q } }"):format(urls[1], urls[2], urls[3])
     woken_by_other(dir, source, { redlock = urls }, servers)
+  end)
+
+  it("Redlock: a head woken by the first node's release waits for the other nodes' (60 ms later), "
+    .. "not for its backoff step", function()
+    local servers, urls = R.servers(3)
+    finally(function() for _, srv in ipairs(servers) do srv:stop() end end)
+    local source = ("{ redlock = { %q, %q, %q } }"):format(urls[1], urls[2], urls[3])
+    woken_by_other(dir, source, { redlock = urls }, servers, STAGGERED)
   end)
 
   it("Sentinel: wakes a waiter when another process releases, before its first backoff step", function()
