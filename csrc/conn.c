@@ -191,13 +191,20 @@ static void orphan_release(fl_req *c, fl_link *k) {
 }
 
 /* a release (or hand-over) given up before its answer: the server may
-   answer NOSCRIPT (its script cache flushed), and a ghost sends nothing
-   again, so the lock would stay until its ttl.  It goes once more as EVAL
-   behind itself (the second does nothing once the first released) */
-static void release_again(fl_req *c, fl_link *k) {
+   answer NOSCRIPT (its script cache flushed, or not yet filled), and a
+   ghost sends nothing again, so the lock would stay until its ttl.  It
+   goes once more as EVAL behind itself (the second does nothing once the
+   first released).  So does a Redlock obtain that a majority did without
+   (c->resend, kind_redlock.c): on a node that has not cached the script
+   yet it would never take the lock, which then stands on fewer nodes than
+   it could, and a release there finds nothing to publish a wake-up for;
+   behind an obtain that ran, the second finds the key taken and does
+   nothing */
+static void send_again(fl_req *c, fl_link *k) {
   int s = c->cmd.script;
   if (k->state == FL_LK_CLOSED || c->retried || c->reply ||
-      (s != FL_S_RELEASE && s != FL_S_MRELEASE && s != FL_S_HANDOVER))
+      (s != FL_S_RELEASE && s != FL_S_MRELEASE && s != FL_S_HANDOVER &&
+       !(s == FL_S_OBTAIN && c->resend)))
     return;
   follow(c, k, &c->cmd);
 }
@@ -220,7 +227,7 @@ void fl_req_detach(fl_req *c) {
   if (c->orphan && (c->cmd.script == FL_S_OBTAIN || c->cmd.script == FL_S_MOBTAIN) &&
       (!c->reply || (c->reply->type == REDIS_REPLY_INTEGER && c->reply->integer > 0)))
     orphan_release(c, k);
-  release_again(c, k);
+  send_again(c, k);
 }
 
 /* the request ran out of time */

@@ -111,6 +111,8 @@ typedef struct fl_req {
   unsigned char retried;  /* NOSCRIPT fallback done */
   unsigned char orphan;   /* an obtain: given up before its answer, its
                              release follows it (conn.c orphan_release) */
+  unsigned char resend;   /* an obtain a majority did without: it goes
+                             once more as EVAL behind (conn.c send_again) */
   unsigned char connwait; /* its deadline is the link's connect time */
   unsigned char asking;   /* send ASKING before the command (cluster ASK) */
   unsigned char post;     /* a WAIT for replicas follows the main command */

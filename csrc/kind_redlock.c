@@ -59,8 +59,10 @@ static void redlock_settle(fl_fan *f) {
     fl_leg *l = &f->legs[i];
     if (l->st != LEG_RUN && l->st != LEG_PAUSE) continue;
     /* its command still goes out (a release the majority did not need
-       must still reach its node), its late reply is dropped */
+       must still reach its node), its late reply is dropped; an obtain
+       goes once more as EVAL behind, against NOSCRIPT (conn.c) */
     if (l->c && l->c->link) fl_link_send(l->c->link);
+    if (l->c && f->op == FL_OP_OBTAIN) l->c->resend = 1;
     fl_leg_fail(l, FL_E_IO, "fluxalock: %s %s: not awaited (a majority answered)", fl_opname(f->op),
                 l->node->o.where);
   }

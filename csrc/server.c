@@ -68,6 +68,7 @@ fl_req *fl_pool_conn(fl_pool *p) {
   c->link = NULL;
   c->asking = 0;
   c->orphan = 0;
+  c->resend = 0;
   return c;
 }
 

@@ -154,6 +154,24 @@ describe("a redlock pool", function()
     assert.is_true(took < 2.5, "took " .. took .. " s")
   end)
 
+  it("a node that answers after the majority, with no script cached yet, still takes the lock", function()
+    -- new servers: no script cached.  Node 3 is frozen until the obtain
+    -- has returned on the other two; its EVALSHA then meets NOSCRIPT, and
+    -- the obtain that went once more as EVAL behind it takes the key.
+    -- Before, the lock stood on two nodes for good (one failure from lost),
+    -- and a release there had no wake-up to publish
+    local fresh, u = R.servers(3)
+    finally(function() for _, s in ipairs(fresh) do if s.pid then s:stop() end end end)
+    fluxalock.configure { pools = { late = { redlock = u, timeout = 5, connect_timeout = 5 } } }
+    fresh[3]:pause() -- SIGSTOP
+    local lock, err = fluxalock.locker("late"):obtain("r-late", 30)
+    fresh[3]:resume()
+    assert.is_truthy(lock, err)
+    R.until_true(function() return fresh[3]:cli("GET", "r-late") == lock:token() end, 5, "the lock on node 3")
+    assert.is_true(lock:release())
+    R.until_true(function() return fresh[3]:cli("EXISTS", "r-late") == "0" end, 5, "the release on node 3")
+  end)
+
   it("runs under an event-loop host: coroutines contend, each fan-out yields", function()
     local r = H.cqueues_rounds(fluxalock, "r-host", function() return locker end)
     assert.is_true(r.ok, tostring(r.err))

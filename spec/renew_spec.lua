@@ -322,21 +322,28 @@ describe("a renewed Redlock lock", function()
     -- obtained on all three nodes: a node that answered after the others
     -- (a loaded machine; seen beside other jobs) may have no key, and the
     -- lock then stands on two, which one node down leaves short of a
-    -- quorum.  Such a lock is given back, and obtained again
+    -- quorum.  Such a lock is given back, and obtained again, for up to
+    -- 10 s: a call returns once two nodes answered, and the third may
+    -- take its command later (its connection still opening, or its script
+    -- not cached yet: then its obtain goes again as EVAL).  Beside another
+    -- make test node 3 missed five tries in a row, then for good: its
+    -- NOSCRIPT went unread (fixed; redlock_spec has that case)
     local lock
-    local tries = {}
-    for _ = 1, 5 do
+    local tries, deadline = {}, R.now() + 10
+    R.until_true(function()
       lock = assert(locker:obtain("quorum", 2, 0, { renew = 0.3 }))
       local on = {}
       for i = 1, 3 do
         if servers[i]:cli("GET", "quorum") == lock:token() then on[#on + 1] = i end
       end
-      if #on == 3 then break end
+      if #on == 3 then return true end
       tries[#tries + 1] = "on nodes " .. table.concat(on, ",")
       lock:release()
       lock = nil
-    end
-    assert(lock, "never obtained on all three nodes in 5 tries: " .. table.concat(tries, "; "))
+      return R.now() > deadline
+    end, 20, "tries at a lock on all three nodes")
+    assert(lock, ("never obtained on all three nodes in %d tries (10 s): %s"):format(#tries,
+      table.concat(tries, "; ", math.max(1, #tries - 4))))
     servers[3]:stop()
     R.sleep(3) -- 1.5 ttls: renewed by the two nodes left
     -- what the renewal counted and the key on the two nodes, if it was lost
