@@ -553,9 +553,9 @@ Waiter.__close = dequeue
 -- woken by it whose try finds the key still held on a majority tries
 -- again up to SETTLE times, 5 ms after the first and each pause twice
 -- the last (5 to 160 ms, 315 ms in all; never more than retry_max): the
--- other nodes' releases come one network trip later, and on a loaded
--- machine tens of ms later (two quick tries 5 ms apart missed them, and
--- the head waited its whole backoff step)
+-- other nodes' releases come a network trip later, more with nodes at
+-- other distances (two tries 5 ms apart missed a release 60 ms behind,
+-- and the head waited its whole backoff step: wake_spec)
 local SETTLE = 6
 local function queues_of(pool)
   local cp = core_of(pool)
