@@ -40,6 +40,9 @@ if [ -d "$dir" ]; then
   n=$(ls -A "$dir" | wc -l)
   if [ "$n" -gt 0 ]; then
     echo "leftover: $what left $n entries in its TMPDIR: $(ls -A "$dir" | head -n 8 | tr '\n' ' ')"
+    # what is inside them, with sizes and times: a directory left alone
+    # says little (seen once: a spec's whole root, its files unknown)
+    find "$dir" -mindepth 2 -printf '  %P %s bytes %TT\n' 2>/dev/null | head -n 20
     left=1
   fi
   rm -rf "$dir"
