@@ -386,31 +386,27 @@ describe("modes", function()
   end)
 
   describe("fair under contention", function()
-    it("8 processes x 200 rounds: the top share is at most 0.15, and no waiter is overtaken", function()
-      server:cli("DEL", "ticket", "pending", "grants", "ready")
+    -- the order itself is the case above's (it fails without fair).  This
+    -- one once also counted a waiter "overtaken" when one whose ticket was
+    -- 50 ms older still waited: under two suites at once a process stalled
+    -- that long between its ticket and its obtain (and failed it), and
+    -- with fair off the count stayed 0 in four runs of five, so it told
+    -- nothing either way
+    it("8 processes x 200 rounds: every obtain succeeds and the top share is at most 0.15", function()
+      server:cli("DEL", "grants", "ready")
       local procs = {}
       for i = 1, 8 do
         procs[i] = R.child(([[
           local l = locker
           local c = witness
-          local overtaken, failures, done = 0, 0, 0
+          local failures, done = 0, 0
           -- all eight start together (a process started first would
           -- otherwise take its first rounds alone)
           c:call { "INCR", "ready" }
           while tonumber(c:call { "GET", "ready" }) < 8 do core.sleep(0.002) end
           for _ = 1, 200 do
-            -- a ticket, stamped with the server's time, before the obtain
-            local t = c:call { "INCR", "ticket" }
-            local tm = c:call { "TIME" }
-            local at = tonumber(tm[1]) * 1000 + tonumber(tm[2]) // 1000
-            c:call { "ZADD", "pending", at, t }
             local lock = l:obtain("fair-c", 10, 10, { fair = true })
-            c:call { "ZREM", "pending", t }
             if lock then
-              -- someone who came 50 ms or more before this one still waits
-              if #c:call { "ZRANGEBYSCORE", "pending", "-inf", at - 50, "LIMIT", 0, 1 } > 0 then
-                overtaken = overtaken + 1
-              end
               c:call { "RPUSH", "grants", %d }
               lock:release()
               done = done + 1
@@ -418,15 +414,14 @@ describe("modes", function()
               failures = failures + 1
             end
           end
-          print(("DONE %%d %%d %%d"):format(done, overtaken, failures))
+          print(("DONE %%d %%d"):format(done, failures))
         ]]):format(i), { URL = server.url, WITNESS = tostring(server.port) })
       end
       for i, p in ipairs(procs) do
         local out = p:wait(240)
-        local done, overtaken, failures = out:match("DONE (%d+) (%d+) (%d+)")
+        local done, failures = out:match("DONE (%d+) (%d+)")
         assert.equal("200", done, "process " .. i .. ": " .. out)
         assert.equal("0", failures)
-        assert.equal("0", overtaken, "process " .. i .. " overtook a waiter that came before it")
       end
       -- shares while all eight contend: the first 1200 grants (an even
       -- share is 150 each; none can have finished its 200 before that
