@@ -390,8 +390,8 @@ describe("modes", function()
     -- one once also counted a waiter "overtaken" when one whose ticket was
     -- 50 ms older still waited: under two suites at once a process stalled
     -- that long between its ticket and its obtain (and failed it), and
-    -- with fair off the count stayed 0 in four runs of five, so it told
-    -- nothing either way
+    -- with fair off the count stayed 0 in two runs of three, so it told
+    -- little either way
     it("8 processes x 200 rounds: every obtain succeeds and the top share is at most 0.15", function()
       server:cli("DEL", "grants", "ready")
       local procs = {}
